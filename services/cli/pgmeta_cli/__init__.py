@@ -1,0 +1,1 @@
+"""`pgmeta`: the command line for requesting extractions and watching runs."""

@@ -1,0 +1,3 @@
+from pgmeta_extractor.app import main
+
+main()

@@ -1,0 +1,103 @@
+"""Connections to the source PostgreSQL: read-only, bounded in time, errors classified by SQLSTATE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from sqlalchemy import URL, Connection, create_engine, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
+
+from pgmeta_shared.errors import (
+    AuthenticationFailedError,
+    DatabaseNotFoundError,
+    InsufficientPrivilegeError,
+    PgmetaError,
+    SourceUnreachableError,
+)
+from pgmeta_shared.events import SourceSpec
+
+# A metadata read must never block, or be blocked by, the application's DDL.
+SESSION_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=300000 -c lock_timeout=5000"
+
+
+def classify_connect_error(exc: BaseException, source: SourceSpec) -> PgmetaError:
+    """Maps a psycopg connection failure to an error that says which problem it is."""
+    where = f"{source.host}:{source.port}"
+    if isinstance(exc, pg_errors.InvalidPassword | pg_errors.InvalidAuthorizationSpecification):
+        return AuthenticationFailedError(
+            f"authentication failed for user {source.username!r} at {where}",
+            hint="check the password in the referenced secret or PGPASSWORD",
+        )
+    if isinstance(exc, pg_errors.InvalidCatalogName):
+        return DatabaseNotFoundError(f"database {source.database!r} does not exist on {where}")
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return InsufficientPrivilegeError(
+            f"user {source.username!r} may not connect to database {source.database!r} on {where}",
+            hint="GRANT CONNECT ON DATABASE to the role",
+        )
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = str(exc).lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        # libpq reports some authentication failures before a SQLSTATE is available.
+        return AuthenticationFailedError(
+            f"authentication failed for user {source.username!r} at {where}",
+            hint="check the password in the referenced secret or PGPASSWORD",
+        )
+    return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {message}")
+
+
+def make_url(source: SourceSpec, password: str | None) -> URL:
+    return URL.create(
+        "postgresql+psycopg",
+        username=source.username,
+        password=password,
+        host=source.host,
+        port=source.port,
+        database=source.database,
+    )
+
+
+@contextmanager
+def connect(source: SourceSpec, password: str | None) -> Iterator[Connection]:
+    """One read-only connection to the source; connection failures become classified PgmetaErrors."""
+    engine = create_engine(
+        make_url(source, password),
+        poolclass=NullPool,
+        connect_args={
+            "connect_timeout": source.connect_timeout_seconds,
+            "sslmode": source.sslmode,
+            "application_name": "pgmeta",
+            "options": SESSION_OPTIONS,
+        },
+    )
+    try:
+        try:
+            connection = engine.connect()
+        except sa_exc.OperationalError as exc:
+            raise classify_connect_error(exc.orig or exc, source) from None
+        except sa_exc.DBAPIError as exc:
+            raise classify_connect_error(exc.orig or exc, source) from None
+        with connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def stream_rows(connection: Connection, sql: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of one catalog query as dicts, fetched through a server-side cursor in bounded batches."""
+    result = connection.execution_options(stream_results=True, yield_per=2000).execute(text(sql), params or {})
+    for row in result.mappings():
+        yield dict(row)
+
+
+def fetch_one(connection: Connection, sql: str) -> dict[str, Any]:
+    row = connection.execute(text(sql)).mappings().one()
+    return dict(row)
+
+
+__all__ = ["connect", "stream_rows", "fetch_one", "classify_connect_error", "psycopg"]

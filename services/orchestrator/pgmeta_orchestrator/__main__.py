@@ -1,0 +1,3 @@
+from pgmeta_orchestrator.app import main
+
+main()

@@ -1,0 +1,152 @@
+"""The orchestrator's FastAPI app: REST API, Dapr Workflow host, subscriptions feeding the workflow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from pgmeta_orchestrator.runs import RunRequest, RunService, RunView
+from pgmeta_orchestrator.settings import OrchestratorSettings
+from pgmeta_orchestrator.workflow import ACTIVITY_FINISH, ACTIVITY_PUBLISH, WORKFLOW_NAME, Activities, extraction_workflow
+from pgmeta_shared.events import (
+    STAGE_COMPLETION_TOPICS,
+    ExtractCompleted,
+    ExtractionProgress,
+    ExtractionRequested,
+    PublishCompleted,
+    Stage,
+    StageFailed,
+    TopicName,
+    TransformCompleted,
+    stage_result_event,
+)
+from pgmeta_shared.platform import DaprPlatform
+from pgmeta_shared.service import ServerSettings
+from pgmeta_shared.subscriptions import register_subscription
+
+log = logging.getLogger(__name__)
+
+COMPLETION_MODELS: dict[Stage, Any] = {
+    Stage.EXTRACT: ExtractCompleted,
+    Stage.TRANSFORM: TransformCompleted,
+    Stage.PUBLISH: PublishCompleted,
+}
+
+
+def runs_of(request: Request) -> RunService:
+    service: RunService = request.app.state.runs
+    return service
+
+
+Runs = Annotated[RunService, Depends(runs_of)]
+
+
+def create_app(settings: OrchestratorSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime
+
+        platform = DaprPlatform(settings)
+        activities = Activities(platform, settings.credentials_store)
+        runtime = WorkflowRuntime(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+        runtime.register_workflow(extraction_workflow, name=WORKFLOW_NAME)
+        runtime.register_activity(activities.publish_event, name=ACTIVITY_PUBLISH)
+        runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
+        runtime.start()
+        workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+        app.state.runs = RunService(platform, workflows, settings)
+        log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
+        try:
+            yield
+        finally:
+            runtime.shutdown()
+            platform.close()
+
+    app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    def on_extraction_requested(event: ExtractionRequested) -> None:
+        app.state.runs.start(event)
+
+    register_subscription(
+        app,
+        pubsub=settings.pubsub_name,
+        topic=TopicName.EXTRACTION_REQUESTED,
+        model=ExtractionRequested,
+        handler=on_extraction_requested,
+    )
+
+    for stage, topic in STAGE_COMPLETION_TOPICS.items():
+
+        def on_stage_completed(event: Any, stage: Stage = stage) -> None:
+            app.state.runs.raise_stage_event(
+                event.run_id, stage_result_event(stage), {"ok": True, "event": event.model_dump(mode="json")}
+            )
+
+        register_subscription(
+            app, pubsub=settings.pubsub_name, topic=topic, model=COMPLETION_MODELS[stage], handler=on_stage_completed
+        )
+
+    def on_stage_failed(event: StageFailed) -> None:
+        app.state.runs.raise_stage_event(
+            event.run_id,
+            stage_result_event(event.stage),
+            {"ok": False, "error_code": event.error_code, "error": event.error},
+        )
+
+    register_subscription(
+        app, pubsub=settings.pubsub_name, topic=TopicName.STAGE_FAILED, model=StageFailed, handler=on_stage_failed
+    )
+
+    def on_progress(event: ExtractionProgress) -> None:
+        app.state.runs.record_progress(event)
+
+    register_subscription(
+        app,
+        pubsub=settings.pubsub_name,
+        topic=TopicName.EXTRACTION_PROGRESS,
+        model=ExtractionProgress,
+        handler=on_progress,
+    )
+
+    # -- REST API ---------------------------------------------------------------------------------
+
+    @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
+    async def create_run(body: RunRequest, runs: Runs) -> dict[str, str]:
+        """Publishes ``extraction.requested`` (the same event any publisher sends) and returns the run id."""
+        run_id = await run_in_threadpool(runs.submit, body)
+        return {"run_id": run_id, "status_url": f"/runs/{run_id}"}
+
+    @app.get("/runs/{run_id}")
+    async def get_run(run_id: str, runs: Runs) -> RunView:
+        view = await run_in_threadpool(runs.view, run_id)
+        if view is None:
+            raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
+        return view
+
+    @app.get("/runs")
+    async def list_runs(runs: Runs, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunView]:
+        return await run_in_threadpool(runs.recent, limit)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": "orchestrator"}
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    from pgmeta_shared.observability import configure_logging
+
+    settings = OrchestratorSettings()
+    server = ServerSettings()
+    configure_logging("orchestrator", settings.log_level)
+    uvicorn.run(create_app(settings), host=server.app_host, port=server.app_port, log_level="warning")

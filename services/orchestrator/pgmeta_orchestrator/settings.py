@@ -1,0 +1,20 @@
+"""Orchestrator settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pgmeta_shared.settings import DaprSettings
+
+
+class OrchestratorSettings(DaprSettings):
+    credentials_store: str = Field(
+        default="credentials",
+        description="State store (with Dapr state encryption) for passwords given to the REST API.",
+    )
+    credentials_ttl_seconds: int = Field(default=24 * 3600, description="Backstop TTL of a stored password.")
+    objectstore_local_root: str | None = Field(
+        default=None,
+        description="Local directory behind the objectstore binding, to report runs' output as a path.",
+    )
+    runs_index_size: int = Field(default=500, description="How many recent runs GET /runs remembers.")

@@ -1,0 +1,1 @@
+"""Publisher service: writes Atlas entities to object storage as JSON Lines plus a manifest."""

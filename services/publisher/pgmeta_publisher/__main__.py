@@ -1,0 +1,3 @@
+from pgmeta_publisher.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Transformer service: raw catalog records to Atlas entities (Atlan's model)."""

@@ -1,0 +1,3 @@
+from pgmeta_transformer.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Shared building blocks of pgmeta's services: event contracts, settings, Dapr adapters, Atlas naming."""

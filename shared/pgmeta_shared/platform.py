@@ -1,0 +1,140 @@
+"""The infrastructure a service needs, behind one small Protocol, and its Dapr implementation.
+
+Domain code takes a ``Platform``; tests pass an in-memory one, services pass ``DaprPlatform``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any, Protocol
+
+import grpc
+import orjson
+from pydantic import BaseModel
+
+from pgmeta_shared.claimcheck import Record, chunk_key, decode_chunk, encode_chunk
+from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
+from pgmeta_shared.events import TopicName, to_payload
+from pgmeta_shared.settings import DaprSettings
+
+log = logging.getLogger(__name__)
+
+
+class Platform(Protocol):
+    def publish(self, topic: TopicName, event: BaseModel) -> None: ...
+
+    def save_chunk(self, run_id: str, stage: str, index: int, records: list[Record]) -> None: ...
+
+    def load_chunk(self, run_id: str, stage: str, index: int) -> list[Record]: ...
+
+    def get_json(self, key: str) -> Any | None: ...
+
+    def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None: ...
+
+    def get_secret(self, store: str, key: str) -> dict[str, str]: ...
+
+    def get_state_json(self, store: str, key: str) -> Any | None: ...
+
+    def save_state_json(self, store: str, key: str, value: Any, *, ttl_seconds: int | None = None) -> None: ...
+
+    def delete_state(self, store: str, key: str) -> None: ...
+
+    def write_object(self, binding: str, path: str, content: bytes) -> None: ...
+
+
+def _transient(exc: grpc.RpcError) -> bool:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class DaprPlatform:
+    """``Platform`` over one Dapr sidecar (gRPC). Thread-safe: gRPC channels are."""
+
+    def __init__(self, settings: DaprSettings) -> None:
+        from dapr.clients import DaprClient
+
+        self._settings = settings
+        self._client = DaprClient(address=settings.dapr_grpc_address, max_grpc_message_length=16 * 1024 * 1024)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            if _transient(exc):
+                raise TransientInfrastructureError(f"Dapr sidecar unavailable during {what}: {exc}") from exc
+            raise
+
+    def publish(self, topic: TopicName, event: BaseModel) -> None:
+        self._call(
+            f"publish to {topic}",
+            self._client.publish_event,
+            pubsub_name=self._settings.pubsub_name,
+            topic_name=topic.value,
+            data=orjson.dumps(to_payload(event)),
+            data_content_type="application/json",
+        )
+
+    def _ttl(self, ttl_seconds: int | None) -> dict[str, str]:
+        return {"ttlInSeconds": str(ttl_seconds)} if ttl_seconds else {}
+
+    def save_chunk(self, run_id: str, stage: str, index: int, records: list[Record]) -> None:
+        self._call(
+            "save chunk",
+            self._client.save_state,
+            self._settings.artifacts_store,
+            chunk_key(run_id, stage, index),
+            encode_chunk(records),
+            state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
+        )
+
+    def load_chunk(self, run_id: str, stage: str, index: int) -> list[Record]:
+        key = chunk_key(run_id, stage, index)
+        response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
+        if not response.data:
+            raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
+        return decode_chunk(response.data)
+
+    def get_json(self, key: str) -> Any | None:
+        return self.get_state_json(self._settings.artifacts_store, key)
+
+    def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
+        self.save_state_json(self._settings.artifacts_store, key, value, ttl_seconds=ttl_seconds)
+
+    def get_secret(self, store: str, key: str) -> dict[str, str]:
+        try:
+            response = self._client.get_secret(store, key)
+        except grpc.RpcError as exc:
+            if _transient(exc):
+                raise TransientInfrastructureError(f"secret store {store!r} unavailable: {exc}") from exc
+            raise CredentialsNotFoundError(
+                f"secret {key!r} could not be read from secret store {store!r}: {exc.details()}"  # type: ignore[attr-defined]
+            ) from exc
+        secret: dict[str, str] = dict(response.secret)
+        return secret
+
+    def get_state_json(self, store: str, key: str) -> Any | None:
+        response = self._call("get state", self._client.get_state, store, key)
+        return orjson.loads(response.data) if response.data else None
+
+    def save_state_json(self, store: str, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
+        self._call(
+            "save state", self._client.save_state, store, key, orjson.dumps(value), state_metadata=self._ttl(ttl_seconds)
+        )
+
+    def delete_state(self, store: str, key: str) -> None:
+        self._call("delete state", self._client.delete_state, store, key)
+
+    def write_object(self, binding: str, path: str, content: bytes) -> None:
+        # localstorage base64-decodes any payload that happens to be valid base64, so always send base64.
+        self._call(
+            "write object",
+            self._client.invoke_binding,
+            binding,
+            "create",
+            base64.b64encode(content),
+            binding_metadata={"fileName": path, "key": path},
+        )

@@ -1,0 +1,75 @@
+"""App factory shared by the stage services: FastAPI + Dapr subscription + a Platform opened in lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pgmeta_shared.events import Stage, TopicName
+from pgmeta_shared.observability import configure_logging
+from pgmeta_shared.platform import DaprPlatform, Platform
+from pgmeta_shared.settings import DaprSettings
+from pgmeta_shared.stages import CommandT, stage_handler
+from pgmeta_shared.subscriptions import register_subscription
+
+log = logging.getLogger(__name__)
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PGMETA_", extra="ignore")
+
+    app_host: str = "127.0.0.1"
+    app_port: int = 8000
+
+
+def create_stage_app(
+    *,
+    service: str,
+    settings: DaprSettings,
+    stage: Stage,
+    command_topic: TopicName,
+    command_model: type[CommandT],
+    work: Callable[[CommandT, Platform], BaseModel],
+    completion_topic: TopicName,
+    platform_factory: Callable[[DaprSettings], Platform] = DaprPlatform,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform = platform_factory(settings)
+        app.state.platform = platform
+        log.info("%s ready (sidecar %s)", service, settings.dapr_grpc_address)
+        try:
+            yield
+        finally:
+            close = getattr(platform, "close", None)
+            if close:
+                close()
+
+    app = FastAPI(title=f"pgmeta {service}", lifespan=lifespan)
+
+    def on_command(command: CommandT) -> None:
+        stage_handler(app.state.platform, stage, work, completion_topic)(command)
+
+    register_subscription(
+        app, pubsub=settings.pubsub_name, topic=command_topic, model=command_model, handler=on_command
+    )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    return app
+
+
+def serve(service: str, app_factory: Callable[[DaprSettings], FastAPI]) -> None:
+    """Entry point of a service process: settings from the environment, then uvicorn."""
+    settings = DaprSettings()
+    server = ServerSettings()
+    configure_logging(service, settings.log_level)
+    uvicorn.run(app_factory(settings), host=server.app_host, port=server.app_port, log_level="warning")

@@ -1,0 +1,54 @@
+"""The one way a stage service answers a command: do the work, then announce completion or failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from pgmeta_shared.errors import PgmetaError
+from pgmeta_shared.events import Stage, StageFailed, TopicName
+from pgmeta_shared.platform import Platform
+
+log = logging.getLogger(__name__)
+
+
+class StageCommand(Protocol):
+    @property
+    def run_id(self) -> str: ...
+
+
+CommandT = TypeVar("CommandT", bound=StageCommand)
+
+
+def stage_handler(
+    platform: Platform,
+    stage: Stage,
+    work: Callable[[CommandT, Platform], BaseModel],
+    completion_topic: TopicName,
+) -> Callable[[CommandT], None]:
+    """A subscription handler for ``stage``.
+
+    A permanent failure (bad credentials, unreachable source, missing artifact) becomes a
+    ``stage.failed`` event and the delivery is acknowledged: the run fails fast, with no retry storm.
+    A transient one propagates, so the delivery is retried by Dapr.
+    """
+
+    def handler(command: CommandT) -> None:
+        try:
+            completed = work(command, platform)
+        except PgmetaError as exc:
+            if exc.retryable:
+                raise
+            log.error("run %s: %s failed: %s", command.run_id, stage.value, exc)
+            platform.publish(
+                TopicName.STAGE_FAILED,
+                StageFailed(run_id=command.run_id, stage=stage, error_code=exc.code, error=str(exc)),
+            )
+            return
+        log.info("run %s: %s done", command.run_id, stage.value)
+        platform.publish(completion_topic, completed)
+
+    return handler
