@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 
 class TopicName(StrEnum):
@@ -71,9 +71,7 @@ class SourceSpec(BaseModel):
     database: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
         default="postgres", description="Database to connect to and extract."
     )
-    username: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
-        description="Role to connect as."
-    )
+    username: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(description="Role to connect as.")
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default="prefer", description="libpq sslmode."
     )
@@ -93,8 +91,13 @@ class ExtractionRequested(EventModel):
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400, description="Per-stage time limit.")
 
 
-class ExtractRequested(EventModel):
+class StageCommand(EventModel):
+    """A command to one stage service for one run."""
+
     run_id: RunId
+
+
+class ExtractRequested(StageCommand):
     source: SourceSpec
     credentials: CredentialRef
     connection_qualified_name: ConnectionQualifiedName
@@ -106,8 +109,7 @@ class ExtractCompleted(EventModel):
     counts: Counts
 
 
-class TransformRequested(EventModel):
-    run_id: RunId
+class TransformRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
     chunk_count: int = Field(ge=0)
 
@@ -118,8 +120,7 @@ class TransformCompleted(EventModel):
     counts: Counts
 
 
-class PublishRequested(EventModel):
-    run_id: RunId
+class PublishRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
     chunk_count: int = Field(ge=0)
     counts: Counts

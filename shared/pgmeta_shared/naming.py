@@ -6,7 +6,7 @@ import hashlib
 
 
 def default_connection_qualified_name(host: str, port: int) -> str:
-    """A connection qualifiedName that is stable for one server, shaped like Atlan's ``default/postgres/<epoch>``.
+    """A connection qualifiedName stable for one server, shaped like Atlan's ``default/postgres/<epoch>``.
 
     Atlan uses the connection's creation epoch; we have none, so ten digits derived from the server address
     keep later runs of the same server comparable.

@@ -45,7 +45,11 @@ class Platform(Protocol):
 
 def _transient(exc: grpc.RpcError) -> bool:
     code = exc.code() if hasattr(exc, "code") else None
-    return code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    return code in {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
 
 
 class DaprPlatform:
@@ -58,7 +62,7 @@ class DaprPlatform:
         self._client = DaprClient(address=settings.dapr_grpc_address, max_grpc_message_length=16 * 1024 * 1024)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -111,7 +115,7 @@ class DaprPlatform:
             if _transient(exc):
                 raise TransientInfrastructureError(f"secret store {store!r} unavailable: {exc}") from exc
             raise CredentialsNotFoundError(
-                f"secret {key!r} could not be read from secret store {store!r}: {exc.details()}"  # type: ignore[attr-defined]
+                f"secret {key!r} could not be read from secret store {store!r}: {exc.details()}"
             ) from exc
         secret: dict[str, str] = dict(response.secret)
         return secret
@@ -122,7 +126,12 @@ class DaprPlatform:
 
     def save_state_json(self, store: str, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         self._call(
-            "save state", self._client.save_state, store, key, orjson.dumps(value), state_metadata=self._ttl(ttl_seconds)
+            "save state",
+            self._client.save_state,
+            store,
+            key,
+            orjson.dumps(value),
+            state_metadata=self._ttl(ttl_seconds),
         )
 
     def delete_state(self, store: str, key: str) -> None:

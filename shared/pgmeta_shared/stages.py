@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
 from pgmeta_shared.errors import PgmetaError
-from pgmeta_shared.events import Stage, StageFailed, TopicName
+from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
 from pgmeta_shared.platform import Platform
 
 log = logging.getLogger(__name__)
-
-
-class StageCommand(Protocol):
-    @property
-    def run_id(self) -> str: ...
 
 
 CommandT = TypeVar("CommandT", bound=StageCommand)

@@ -43,12 +43,19 @@ def parse_event(model: type[EventT], cloud_event: dict[str, Any]) -> EventT:
     return model.model_validate(data)
 
 
-def deliver(model: type[EventT], handler: Callable[[EventT], None], cloud_event: dict[str, Any], topic: str) -> Delivery:
+def deliver(
+    model: type[EventT], handler: Callable[[EventT], None], cloud_event: dict[str, Any], topic: str
+) -> Delivery:
     """Runs ``handler`` on one delivery and decides its fate. Blocking; call from a worker thread."""
     try:
         event = parse_event(model, cloud_event)
     except ValidationError as exc:
-        log.error("dropping malformed %s event id=%s: %s", topic, cloud_event.get("id"), describe_validation_error(exc))
+        log.error(
+            "dropping malformed %s event id=%s: %s",
+            topic,
+            cloud_event.get("id"),
+            describe_validation_error(exc),
+        )
         return Delivery.DROP
     run_id = getattr(event, "run_id", None) or getattr(event, "request_id", None)
     try:

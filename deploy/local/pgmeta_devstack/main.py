@@ -29,10 +29,25 @@ def demo(stack: LocalStack) -> int:
     env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
     print(f"\n[demo] extracting database {DEMO_DATABASE!r} from the demo PostgreSQL\n", flush=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pgmeta_cli.main", "extract", "--host", "127.0.0.1",
-         "--port", str(stack.layout.postgres_port), "--user", "postgres", "--database", DEMO_DATABASE,
-         "--request-id", f"demo-{int(time.time())}", "--wait"],
-        env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pgmeta_cli.main",
+            "extract",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(stack.layout.postgres_port),
+            "--user",
+            "postgres",
+            "--database",
+            DEMO_DATABASE,
+            "--request-id",
+            f"demo-{int(time.time())}",
+            "--wait",
+        ],
+        env=env,
+        check=False,
     )
     if result.returncode != 0:
         print("[demo] the extraction failed; the stack stays up for a look (logs above). Ctrl-C stops it.")

@@ -24,7 +24,12 @@ def spawn(name: str, argv: Sequence[str], *, logs: Path, pids: Path, cwd: Path, 
     pids.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:
         process = subprocess.Popen(
-            list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     (pids / f"{name}.pid").write_text(str(process.pid))
@@ -87,7 +92,9 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def wait_until(what: str, ready: Callable[[], bool], *, timeout: float, pid: int | None = None, log: Path | None = None) -> None:
+def wait_until(
+    what: str, ready: Callable[[], bool], *, timeout: float, pid: int | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():

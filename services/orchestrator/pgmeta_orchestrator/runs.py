@@ -117,13 +117,18 @@ class RunService:
                 WORKFLOW_NAME, input=event.model_dump(mode="json"), instance_id=run_id
             )
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.ALREADY_EXISTS or "already exists" in str(exc).lower():  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS or "already exists" in str(exc).lower():
                 log.info("run %s: lost a race to a duplicate request; nothing to do", run_id)
                 return
             raise
         self._remember(run_id)
-        log.info("run %s: workflow scheduled for %s:%s/%s", run_id, event.source.host, event.source.port,
-                 event.source.database)
+        log.info(
+            "run %s: workflow scheduled for %s:%s/%s",
+            run_id,
+            event.source.host,
+            event.source.port,
+            event.source.database,
+        )
 
     def _remember(self, run_id: str) -> None:
         index: list[dict[str, str]] = self._platform.get_json(INDEX_KEY) or []
@@ -137,7 +142,7 @@ class RunService:
         try:
             self._workflows.raise_workflow_event(run_id, event_name, data=payload)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
                 log.warning("run %s: no workflow to receive %s; ignored", run_id, event_name)
                 return
             raise

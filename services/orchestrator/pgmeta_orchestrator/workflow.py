@@ -127,7 +127,10 @@ def _command(topic: TopicName, event: Any) -> dict[str, Any]:
 
 
 def _finish(result: ExtractionCompleted, request: ExtractionRequested) -> dict[str, Any]:
-    return {"result": result.model_dump(mode="json"), "credentials": request.credentials.model_dump(mode="json")}
+    return {
+        "result": result.model_dump(mode="json"),
+        "credentials": request.credentials.model_dump(mode="json"),
+    }
 
 
 class Activities:

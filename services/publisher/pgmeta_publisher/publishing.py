@@ -64,7 +64,11 @@ def publish(event: PublishRequested, platform: Platform) -> PublishCompleted:
         platform.publish(
             TopicName.EXTRACTION_PROGRESS,
             ExtractionProgress(
-                run_id=event.run_id, stage=Stage.PUBLISH, done=index + 1, total=event.chunk_count, unit="chunks"
+                run_id=event.run_id,
+                stage=Stage.PUBLISH,
+                done=index + 1,
+                total=event.chunk_count,
+                unit="chunks",
             ),
         )
     manifest = {
@@ -75,7 +79,9 @@ def publish(event: PublishRequested, platform: Platform) -> PublishCompleted:
         "counts": counts,
         "files": files,
     }
-    platform.write_object(OBJECTSTORE_BINDING, f"{prefix}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    platform.write_object(
+        OBJECTSTORE_BINDING, f"{prefix}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+    )
     completed = PublishCompleted(run_id=event.run_id, location=prefix, file_count=len(files), counts=counts)
     platform.save_json(result_key(event.run_id), completed.model_dump(mode="json"))
     return completed

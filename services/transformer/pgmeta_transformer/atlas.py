@@ -66,7 +66,6 @@ def connection_entity(connection_qn: str, server: Record) -> Entity:
 def database_entity(connection_qn: str, row: Record) -> Entity:
     db = row["database_name"]
     attributes = _common(connection_qn, database_qn(connection_qn, db), db)
-    attributes["connection"] = ref("Connection", connection_qn)
     _describe(attributes, row.get("comment"), row.get("owner"))
     return {"typeName": "Database", "attributes": attributes}
 
@@ -107,9 +106,8 @@ def relation_entity(connection_qn: str, row: Record) -> Entity:
             attributes["constraint"] = row["partition_bound"]
     else:
         attributes["atlanSchema"] = ref("Schema", schema_qn(connection_qn, db, schema))
-    if type_name in {"View", "MaterialisedView"}:
-        if row.get("view_definition"):
-            attributes["definition"] = row["view_definition"]
+    if type_name in {"View", "MaterialisedView"} and row.get("view_definition"):
+        attributes["definition"] = row["view_definition"]
     if type_name != "View" and row.get("row_estimate") is not None:
         attributes["rowCount"] = row["row_estimate"]
     if row["relkind"] == "p":
@@ -122,7 +120,12 @@ def relation_entity(connection_qn: str, row: Record) -> Entity:
 
 
 def column_entity(connection_qn: str, row: Record) -> Entity:
-    db, schema, relation, name = row["database_name"], row["schema_name"], row["relation_name"], row["column_name"]
+    db, schema, relation, name = (
+        row["database_name"],
+        row["schema_name"],
+        row["relation_name"],
+        row["column_name"],
+    )
     parent_type = relation_type(row["relkind"], row["is_partition"])
     parent_qn = relation_qn(connection_qn, db, schema, relation)
     attributes = _common(connection_qn, column_qn(connection_qn, db, schema, relation, name), name)

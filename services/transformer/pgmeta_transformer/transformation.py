@@ -37,7 +37,11 @@ def transform(event: TransformRequested, platform: Platform) -> TransformComplet
         platform.publish(
             TopicName.EXTRACTION_PROGRESS,
             ExtractionProgress(
-                run_id=event.run_id, stage=Stage.TRANSFORM, done=index + 1, total=event.chunk_count, unit="chunks"
+                run_id=event.run_id,
+                stage=Stage.TRANSFORM,
+                done=index + 1,
+                total=event.chunk_count,
+                unit="chunks",
             ),
         )
     completed = TransformCompleted(run_id=event.run_id, chunk_count=event.chunk_count, counts=counts)

@@ -1,0 +1,62 @@
+"""An in-memory Platform for unit tests (services use DaprPlatform)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel
+
+from pgmeta_shared.claimcheck import Record, chunk_key, decode_chunk, encode_chunk
+from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError
+from pgmeta_shared.events import TopicName
+
+
+class InMemoryPlatform:
+    def __init__(self, secrets: dict[str, dict[str, dict[str, str]]] | None = None) -> None:
+        self.published: list[tuple[TopicName, BaseModel]] = []
+        self.state: dict[tuple[str, str], Any] = {}
+        self.chunks: dict[str, bytes] = {}
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.secrets = secrets or {}
+        self.object_writes = 0
+
+    def publish(self, topic: TopicName, event: BaseModel) -> None:
+        self.published.append((topic, event))
+
+    def topics(self) -> list[TopicName]:
+        return [topic for topic, _ in self.published]
+
+    def save_chunk(self, run_id: str, stage: str, index: int, records: list[Record]) -> None:
+        self.chunks[chunk_key(run_id, stage, index)] = encode_chunk(records)
+
+    def load_chunk(self, run_id: str, stage: str, index: int) -> list[Record]:
+        key = chunk_key(run_id, stage, index)
+        if key not in self.chunks:
+            raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")
+        return decode_chunk(self.chunks[key])
+
+    def get_json(self, key: str) -> Any | None:
+        return self.get_state_json("artifacts", key)
+
+    def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
+        self.save_state_json("artifacts", key, value, ttl_seconds=ttl_seconds)
+
+    def get_secret(self, store: str, key: str) -> dict[str, str]:
+        try:
+            return dict(self.secrets[store][key])
+        except KeyError:
+            raise CredentialsNotFoundError(f"secret {key!r} could not be read from secret store {store!r}") from None
+
+    def get_state_json(self, store: str, key: str) -> Any | None:
+        return copy.deepcopy(self.state.get((store, key)))
+
+    def save_state_json(self, store: str, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
+        self.state[(store, key)] = copy.deepcopy(value)
+
+    def delete_state(self, store: str, key: str) -> None:
+        self.state.pop((store, key), None)
+
+    def write_object(self, binding: str, path: str, content: bytes) -> None:
+        self.object_writes += 1
+        self.objects[(binding, path)] = content
