@@ -57,7 +57,12 @@ class DaprPlatform:
 
     def __init__(self, settings: DaprSettings) -> None:
         from dapr.clients import DaprClient
+        from dapr.conf import settings as sdk_settings
 
+        # The SDK waits for the sidecar's HTTP health endpoint, found through its process-wide settings
+        # (DAPR_HTTP_PORT by default): point them at this sidecar, whatever the environment says.
+        sdk_settings.DAPR_RUNTIME_HOST = settings.dapr_host
+        sdk_settings.DAPR_HTTP_PORT = settings.dapr_http_port
         self._settings = settings
         self._client = DaprClient(address=settings.dapr_grpc_address, max_grpc_message_length=16 * 1024 * 1024)
 

@@ -99,3 +99,20 @@ class StackLayout:
         rows.append(("logs", str(self.logs)))
         rows.append(("published entities", str(self.objects)))
         return rows
+
+
+def free_port_block(start: int, size: int = 100, attempts: int = 50) -> int:
+    """The first base port from ``start`` (in steps of ``size``) whose whole block is free on loopback."""
+    import socket
+
+    for base in range(start, start + size * attempts, size):
+        ports_free = True
+        for port in range(base, base + size):
+            with socket.socket() as sock:
+                sock.settimeout(0.05)
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    ports_free = False
+                    break
+        if ports_free:
+            return base
+    raise RuntimeError(f"no free block of {size} ports from {start}")

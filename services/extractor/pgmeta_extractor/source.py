@@ -25,30 +25,44 @@ from pgmeta_shared.events import SourceSpec
 SESSION_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=300000 -c lock_timeout=5000"
 
 
+# libpq reports connection-time FATALs without a SQLSTATE (psycopg's ``sqlstate`` is None there), so
+# these are told apart by the server's message; errors after connecting are classified by class.
+CONNECT_FAILURE_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("password authentication failed", "authentication"),
+    ("no password supplied", "authentication"),
+    ("authentication failed", "authentication"),
+    ("does not exist", "database"),
+    ("permission denied for database", "privilege"),
+)
+
+
 def classify_connect_error(exc: BaseException, source: SourceSpec) -> PgmetaError:
     """Maps a psycopg connection failure to an error that says which problem it is."""
     where = f"{source.host}:{source.port}"
+    auth = AuthenticationFailedError(
+        f"authentication failed for user {source.username!r} at {where}",
+        hint="check the password in the referenced secret or PGPASSWORD",
+    )
+    missing_db = DatabaseNotFoundError(f"database {source.database!r} does not exist on {where}")
+    privilege = InsufficientPrivilegeError(
+        f"user {source.username!r} may not connect to database {source.database!r} on {where}",
+        hint="GRANT CONNECT ON DATABASE to the role",
+    )
     if isinstance(exc, pg_errors.InvalidPassword | pg_errors.InvalidAuthorizationSpecification):
-        return AuthenticationFailedError(
-            f"authentication failed for user {source.username!r} at {where}",
-            hint="check the password in the referenced secret or PGPASSWORD",
-        )
+        return auth
     if isinstance(exc, pg_errors.InvalidCatalogName):
-        return DatabaseNotFoundError(f"database {source.database!r} does not exist on {where}")
+        return missing_db
     if isinstance(exc, pg_errors.InsufficientPrivilege):
-        return InsufficientPrivilegeError(
-            f"user {source.username!r} may not connect to database {source.database!r} on {where}",
-            hint="GRANT CONNECT ON DATABASE to the role",
-        )
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    lowered = str(exc).lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered:
-        # libpq reports some authentication failures before a SQLSTATE is available.
-        return AuthenticationFailedError(
-            f"authentication failed for user {source.username!r} at {where}",
-            hint="check the password in the referenced secret or PGPASSWORD",
-        )
-    return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {message}")
+        return privilege
+    text = str(exc)
+    lowered = text.lower()
+    for pattern, kind in CONNECT_FAILURE_PATTERNS:
+        if pattern in lowered:
+            if kind == "database" and 'role "' in lowered:
+                return auth
+            return {"authentication": auth, "database": missing_db, "privilege": privilege}[kind]
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {first_line}")
 
 
 def make_url(source: SourceSpec, password: str | None) -> URL:

