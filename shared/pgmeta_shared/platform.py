@@ -61,8 +61,8 @@ class DaprPlatform:
 
         # The SDK waits for the sidecar's HTTP health endpoint, found through its process-wide settings
         # (DAPR_HTTP_PORT by default): point them at this sidecar, whatever the environment says.
-        sdk_settings.DAPR_RUNTIME_HOST = settings.dapr_host
-        sdk_settings.DAPR_HTTP_PORT = settings.dapr_http_port
+        sdk_settings.DAPR_RUNTIME_HOST = settings.dapr_host  # type: ignore[attr-defined]
+        sdk_settings.DAPR_HTTP_PORT = settings.dapr_http_port  # type: ignore[attr-defined]
         self._settings = settings
         self._client = DaprClient(address=settings.dapr_grpc_address, max_grpc_message_length=16 * 1024 * 1024)
 
