@@ -1,0 +1,210 @@
+"""The whole stack as a user drives it: events through a Dapr sidecar, entities out, failures reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
+from pgmeta_shared.naming import default_connection_qualified_name
+
+pytestmark = pytest.mark.e2e
+
+RELATION_TYPES = {"r": "Table", "p": "Table", "f": "Table", "v": "View", "m": "MaterialisedView"}
+PARENT_ATTRIBUTES = ("database", "atlanSchema", "parentTable", "table", "view", "materialisedView", "tablePartition")
+
+
+def publish(stack: LocalStack, document: dict[str, Any], topic: str = "extraction.requested") -> None:
+    """Publishes through the orchestrator sidecar's publish API, as `dapr publish` does."""
+    url = f"http://127.0.0.1:{stack.layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/{topic}"
+    response = httpx.post(url, json=document, timeout=10)
+    assert response.status_code == 204, response.text
+
+
+def request_document(stack: LocalStack, request_id: str, **source: Any) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "source": {"host": "127.0.0.1", "port": stack.layout.postgres_port, "username": "postgres",
+                   "database": DEMO_DATABASE} | source,  # fmt: skip
+        "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
+        "stage_timeout_seconds": 60,
+    }
+
+
+def stream_events(stack: LocalStack, topic: str) -> list[dict[str, Any]]:
+    entries = redis.Redis(port=stack.layout.redis_port).xrange(topic)
+    return [json.loads(fields[b"data"]) for _, fields in entries]
+
+
+def wait_for_completion(stack: LocalStack, run_id: str, timeout: float = 90) -> dict[str, Any]:
+    """Waits for the run's `extraction.completed` event on the pub/sub itself."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for cloud_event in stream_events(stack, "extraction.completed"):
+            if cloud_event["data"]["run_id"] == run_id:
+                data: dict[str, Any] = cloud_event["data"]
+                return data
+        time.sleep(0.2)
+    raise AssertionError(f"no extraction.completed for {run_id} within {timeout} s")
+
+
+def demo_catalog(stack: LocalStack) -> dict[str, Any]:
+    """What pg_catalog says is in the demo database, asked independently of the extractor."""
+    with psycopg.connect(**stack.postgres.connect_kwargs(DEMO_DATABASE)) as conn:
+        schemas = {r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'")}
+        relations = conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind, c.relispartition FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','f') "
+            "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'").fetchall()
+        columns = {tuple(r) for r in conn.execute(
+            "SELECT n.nspname, c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attnum > 0 AND NOT a.attisdropped "
+            "AND c.relkind IN ('r','p','v','m','f') AND n.nspname NOT LIKE 'pg\\_%' "
+            "AND n.nspname <> 'information_schema'")}  # fmt: skip
+    kinds = Counter("TablePartition" if part else RELATION_TYPES[kind] for _, _, kind, part in relations)
+    return {"schemas": schemas, "relation_types": kinds, "columns": columns}
+
+
+def load_entities(stack: LocalStack, location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    run_dir = stack.layout.objects / location
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    entities = []
+    for entry in manifest["files"]:
+        import hashlib
+
+        content = (run_dir / entry["name"]).read_bytes()
+        assert hashlib.sha256(content).hexdigest() == entry["sha256"]
+        entities.extend(json.loads(line) for line in content.decode().splitlines())
+    return entities, manifest
+
+
+def test_event_in_entities_out_matching_the_catalog(full_stack: LocalStack) -> None:
+    publish(full_stack, request_document(full_stack, "e2e-demo"))
+    completed = wait_for_completion(full_stack, "e2e-demo")
+    assert completed["status"] == "COMPLETED", completed
+    entities, manifest = load_entities(full_stack, completed["location"])
+    expected = demo_catalog(full_stack)
+    counts = Counter(e["typeName"] for e in entities)
+    assert counts == Counter(
+        {"Connection": 1, "Database": 1, "Schema": len(expected["schemas"]), "Column": len(expected["columns"])}
+    ) + expected["relation_types"]
+    assert manifest["counts"] == dict(counts) == completed["counts"]
+    connection_qn = default_connection_qualified_name("127.0.0.1", full_stack.layout.postgres_port)
+    assert completed["location"] == f"{connection_qn}/e2e-demo"
+    prefix = f"{connection_qn}/{DEMO_DATABASE}/"
+    got_columns = {
+        tuple(e["attributes"]["qualifiedName"].removeprefix(prefix).split("/"))
+        for e in entities
+        if e["typeName"] == "Column"
+    }
+    assert got_columns == expected["columns"]
+    by_qn = {(e["typeName"], e["attributes"]["qualifiedName"]) for e in entities}
+    assert len(by_qn) == len(entities), "qualifiedNames must be unique within a run"
+    for entity in entities:
+        for attribute in PARENT_ATTRIBUTES:
+            if attribute in entity["attributes"]:
+                ref = entity["attributes"][attribute]
+                assert (ref["typeName"], ref["uniqueAttributes"]["qualifiedName"]) in by_qn, (entity, attribute)
+
+
+def test_duplicate_request_starts_no_second_run(full_stack: LocalStack) -> None:
+    publish(full_stack, request_document(full_stack, "e2e-dup"))
+    wait_for_completion(full_stack, "e2e-dup")
+    publish(full_stack, request_document(full_stack, "e2e-dup"))
+    # A later request acts as a barrier: once it has completed, the duplicate has long been handled.
+    publish(full_stack, request_document(full_stack, "e2e-after-dup"))
+    wait_for_completion(full_stack, "e2e-after-dup")
+    runs = [ce["data"]["run_id"] for ce in stream_events(full_stack, "extraction.completed")]
+    assert runs.count("e2e-dup") == 1
+    extract_commands = [ce["data"]["run_id"] for ce in stream_events(full_stack, "extract.requested")]
+    assert extract_commands.count("e2e-dup") == 1
+
+
+def test_malformed_request_is_dead_lettered_and_the_services_keep_serving(full_stack: LocalStack) -> None:
+    publish(full_stack, {"request_id": "e2e bad id", "source": {"host": "x"}, "password": "leak?"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        dead = [ce for ce in stream_events(full_stack, "pgmeta.deadletter") if ce["data"].get("request_id") == "e2e bad id"]
+        if dead:
+            break
+        time.sleep(0.2)
+    assert dead, "the malformed event did not reach the dead-letter topic"
+    log = (full_stack.layout.logs / "orchestrator.log").read_text()
+    assert "dropping malformed extraction.requested" in log and "request_id" in log
+    publish(full_stack, request_document(full_stack, "e2e-after-bad"))
+    assert wait_for_completion(full_stack, "e2e-after-bad")["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    ("run_id", "source", "password", "says"),
+    [
+        ("e2e-wrong-password", {}, "not-the-password", "authentication failed for user 'postgres'"),
+        ("e2e-unreachable", {"port": 1}, "whatever", "cannot connect to PostgreSQL at 127.0.0.1:1"),
+    ],
+)
+def test_bad_source_fails_fast_with_a_clear_error(
+    full_stack: LocalStack, run_id: str, source: dict[str, Any], password: str, says: str
+) -> None:
+    body = request_document(full_stack, run_id, **source)
+    body.pop("credentials")
+    body["password"] = password
+    started = time.monotonic()
+    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    deadline = started + 30
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{full_stack.layout.api_url}/runs/{run_id}", timeout=10).json()
+        if run["status"] in {"COMPLETED", "FAILED"}:
+            break
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    assert run["status"] == "FAILED", run
+    assert says in run["error"]
+    assert password not in json.dumps(run)
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    extract_commands = [ce["data"]["run_id"] for ce in stream_events(full_stack, "extract.requested")]
+    assert extract_commands.count(run_id) == 1, "a failed connection must not be retried in a storm"
+    completed = wait_for_completion(full_stack, run_id)
+    assert completed["status"] == "FAILED" and says in completed["error"]
+    for topic in ("extraction.requested", "extract.requested", "stage.failed", "extraction.completed"):
+        assert password not in json.dumps(stream_events(full_stack, topic))
+    assert password not in (full_stack.layout.logs / "extractor.log").read_text()
+    redis_client = redis.Redis(port=full_stack.layout.redis_port)
+    assert not redis_client.exists(f"cred/{run_id}"), "the run's stored password outlived the run"
+
+
+def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
+    env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgmeta_cli.main", "extract", "--host", "127.0.0.1",
+         "--port", str(full_stack.layout.postgres_port), "--user", "postgres", "--database", DEMO_DATABASE,
+         "--request-id", "e2e-cli", "--wait", "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) == {"run_id", "status", "counts", "output", "error"}
+    assert document["status"] == "COMPLETED" and document["error"] is None
+    output = Path(document["output"])
+    lines = [line for path in output.glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) == sum(document["counts"].values())
+    assert all({"typeName", "attributes"} <= json.loads(line).keys() for line in lines)
+    status = subprocess.run(
+        [sys.executable, "-m", "pgmeta_cli.main", "status", "e2e-cli", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0 and json.loads(status.stdout)["status"] == "COMPLETED"
+    listed = httpx.get(f"{full_stack.layout.api_url}/runs", timeout=10).json()
+    assert "e2e-cli" in {run["run_id"] for run in listed}
