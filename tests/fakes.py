@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -41,6 +42,11 @@ class InMemoryPlatform:
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         self.save_state_json("artifacts", key, value, ttl_seconds=ttl_seconds)
+
+    def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any:
+        updated = mutate(self.get_json(key))
+        self.save_json(key, updated)
+        return updated
 
     def get_secret(self, store: str, key: str) -> dict[str, str]:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -31,6 +32,8 @@ class Platform(Protocol):
     def get_json(self, key: str) -> Any | None: ...
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None: ...
+
+    def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any: ...
 
     def get_secret(self, store: str, key: str) -> dict[str, str]: ...
 
@@ -112,6 +115,30 @@ class DaprPlatform:
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         self.save_state_json(self._settings.artifacts_store, key, value, ttl_seconds=ttl_seconds)
+
+    def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any:
+        """Read-modify-write of one artifacts entry under optimistic concurrency (ETag, first-write-wins)."""
+        from dapr.clients.grpc._state import Concurrency, StateOptions
+
+        store = self._settings.artifacts_store
+        for _ in range(20):
+            response = self._call("get state", self._client.get_state, store, key)
+            current = orjson.loads(response.data) if response.data else None
+            updated = mutate(current)
+            try:
+                self._client.save_state(
+                    store,
+                    key,
+                    orjson.dumps(updated),
+                    etag=response.etag or None,
+                    options=StateOptions(concurrency=Concurrency.first_write),
+                )
+                return updated
+            except grpc.RpcError as exc:
+                if _transient(exc):
+                    raise TransientInfrastructureError(f"Dapr sidecar unavailable during update: {exc}") from exc
+                log.debug("concurrent update of %s, retrying: %s", key, exc)
+        raise TransientInfrastructureError(f"{key!r} kept changing under concurrent updates")
 
     def get_secret(self, store: str, key: str) -> dict[str, str]:
         try:

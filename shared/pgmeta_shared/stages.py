@@ -43,6 +43,20 @@ def stage_handler(
                 StageFailed(run_id=command.run_id, stage=stage, error_code=exc.code, error=str(exc)),
             )
             return
+        except Exception as exc:
+            # A bug, not a fault of the input or the infrastructure: retrying would fail the same way,
+            # so fail the run now with the cause, and keep the traceback in the log.
+            log.exception("run %s: %s failed unexpectedly", command.run_id, stage.value)
+            platform.publish(
+                TopicName.STAGE_FAILED,
+                StageFailed(
+                    run_id=command.run_id,
+                    stage=stage,
+                    error_code="internal_error",
+                    error=f"{type(exc).__name__}: {exc} (a pgmeta bug; see the {stage.value} service log)",
+                ),
+            )
+            return
         log.info("run %s: %s done", command.run_id, stage.value)
         platform.publish(completion_topic, completed)
 

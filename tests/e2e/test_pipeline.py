@@ -35,8 +35,13 @@ def publish(stack: LocalStack, document: dict[str, Any], topic: str = "extractio
 def request_document(stack: LocalStack, request_id: str, **source: Any) -> dict[str, Any]:
     return {
         "request_id": request_id,
-        "source": {"host": "127.0.0.1", "port": stack.layout.postgres_port, "username": "postgres",
-                   "database": DEMO_DATABASE} | source,  # fmt: skip
+        "source": {
+            "host": "127.0.0.1",
+            "port": stack.layout.postgres_port,
+            "username": "postgres",
+            "database": DEMO_DATABASE,
+        }
+        | source,  # fmt: skip
         "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
         "stage_timeout_seconds": 60,
     }
@@ -62,12 +67,17 @@ def wait_for_completion(stack: LocalStack, run_id: str, timeout: float = 90) -> 
 def demo_catalog(stack: LocalStack) -> dict[str, Any]:
     """What pg_catalog says is in the demo database, asked independently of the extractor."""
     with psycopg.connect(**stack.postgres.connect_kwargs(DEMO_DATABASE)) as conn:
-        schemas = {r[0] for r in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'")}
+        schemas = {
+            r[0]
+            for r in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
+            )
+        }
         relations = conn.execute(
             "SELECT n.nspname, c.relname, c.relkind, c.relispartition FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','f') "
-            "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'").fetchall()
+            "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+        ).fetchall()
         columns = {tuple(r) for r in conn.execute(
             "SELECT n.nspname, c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attnum > 0 AND NOT a.attisdropped "
@@ -97,9 +107,13 @@ def test_event_in_entities_out_matching_the_catalog(full_stack: LocalStack) -> N
     entities, manifest = load_entities(full_stack, completed["location"])
     expected = demo_catalog(full_stack)
     counts = Counter(e["typeName"] for e in entities)
-    assert counts == Counter(
-        {"Connection": 1, "Database": 1, "Schema": len(expected["schemas"]), "Column": len(expected["columns"])}
-    ) + expected["relation_types"]
+    assert (
+        counts
+        == Counter(
+            {"Connection": 1, "Database": 1, "Schema": len(expected["schemas"]), "Column": len(expected["columns"])}
+        )
+        + expected["relation_types"]
+    )
     assert manifest["counts"] == dict(counts) == completed["counts"]
     connection_qn = default_connection_qualified_name("127.0.0.1", full_stack.layout.postgres_port)
     assert completed["location"] == f"{connection_qn}/e2e-demo"
@@ -136,7 +150,9 @@ def test_malformed_request_is_dead_lettered_and_the_services_keep_serving(full_s
     publish(full_stack, {"request_id": "e2e bad id", "source": {"host": "x"}, "password": "leak?"})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        dead = [ce for ce in stream_events(full_stack, "pgmeta.deadletter") if ce["data"].get("request_id") == "e2e bad id"]
+        dead = [
+            ce for ce in stream_events(full_stack, "pgmeta.deadletter") if ce["data"].get("request_id") == "e2e bad id"
+        ]
         if dead:
             break
         time.sleep(0.2)

@@ -50,8 +50,24 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, name: str, start_port: int)
     return LocalStack(StackLayout(free_port_block(start_port), state))
 
 
-def _assert_all_stopped(stack: LocalStack, pids: list[int]) -> None:
-    survivors = [pid for pid in pids if alive(pid)]
+def _recorded_pids(stack: LocalStack) -> list[int]:
+    """Every process the stack recorded, PostgreSQL's postmaster included."""
+    pids = [int(path.read_text()) for path in stack.layout.pids.glob("*.pid")] if stack.layout.pids.exists() else []
+    postmaster = stack.state / "postgres" / "postmaster.pid"
+    if postmaster.exists():
+        pids.append(int(postmaster.read_text().splitlines()[0]))
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
+def _assert_all_stopped(pids: list[int]) -> None:
+    survivors = [f"{pid} {_cmdline(pid)}" for pid in pids if alive(pid)]
     assert not survivors, f"processes still running after down(): {survivors}"
 
 
@@ -61,19 +77,18 @@ def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     stack = _stack(tmp_path_factory, "sidecars", 28100)
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.layout.objects.mkdir(parents=True, exist_ok=True)
-    pids: list[int] = []
     try:
         stack.start_redis()
         stack.start_placement()
         stack.start_scheduler()
         for service in ("orchestrator", "publisher"):
             _, sidecar = stack.start_service(service, with_app=False)
-            pids.append(sidecar)
             stack.wait_for_service(service, None, sidecar)
         yield stack
     finally:
+        pids = _recorded_pids(stack)
         stack.down()
-        _assert_all_stopped(stack, pids)
+        _assert_all_stopped(pids)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +99,7 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
         stack.up()
         yield stack
     finally:
-        pids = [p for p in (_pid(stack, n) for n in (*SERVICES, *(f"{s}-daprd" for s in SERVICES))) if p]
+        pids = _recorded_pids(stack)
+        assert len(pids) == 2 * len(SERVICES) + 4, pids
         stack.down()
-        _assert_all_stopped(stack, pids)
-
-
-def _pid(stack: LocalStack, name: str) -> int | None:
-    path = stack.layout.pids / f"{name}.pid"
-    return int(path.read_text()) if path.exists() else None
+        _assert_all_stopped(pids)

@@ -117,3 +117,14 @@ def test_password_comes_from_the_referenced_secret_or_state_entry() -> None:
         resolve_password(platform, CredentialRef(kind="state", store="credentials", key="cred/r2"))
     with pytest.raises(CredentialsNotFoundError, match="nope"):
         resolve_password(platform, CredentialRef(kind="secret", store="secretstore", key="nope"))
+
+
+def test_unexpected_errors_fail_the_run_instead_of_looping() -> None:
+    platform = InMemoryPlatform()
+    platform.save_chunk("r3", "extract", 0, [{"kind": "mystery"}])
+    handler = stage_handler(platform, Stage.TRANSFORM, transform, TopicName.TRANSFORM_COMPLETED)
+    handler(TransformRequested(run_id="r3", connection_qualified_name=CONNECTION_QN, chunk_count=1))
+    [(topic, event)] = platform.published
+    assert topic == TopicName.STAGE_FAILED
+    assert isinstance(event, StageFailed)
+    assert event.error_code == "internal_error" and "unknown catalog record kind 'mystery'" in event.error

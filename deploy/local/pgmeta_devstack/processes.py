@@ -43,12 +43,17 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child of ours counts as gone.
+    # A zombie counts as gone: reap it if it is our child; otherwise its parent (perhaps a PID 1 that
+    # never reaps, as in some containers) will.
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in {"Z", "X"}
 
 
 def recorded_pid(pids: Path, name: str) -> int | None:

@@ -131,10 +131,13 @@ class RunService:
         )
 
     def _remember(self, run_id: str) -> None:
-        index: list[dict[str, str]] = self._platform.get_json(INDEX_KEY) or []
-        if not any(entry["run_id"] == run_id for entry in index):
-            index.insert(0, {"run_id": run_id, "created_at": _now()})
-            self._platform.save_json(INDEX_KEY, index[: self._settings.runs_index_size])
+        def add(index: list[dict[str, str]] | None) -> list[dict[str, str]]:
+            entries = index or []
+            if any(entry["run_id"] == run_id for entry in entries):
+                return entries
+            return [{"run_id": run_id, "created_at": _now()}, *entries][: self._settings.runs_index_size]
+
+        self._platform.update_json(INDEX_KEY, add)
 
     # -- stage outcomes ---------------------------------------------------------------------------
 
