@@ -61,6 +61,25 @@ class CredentialRef(BaseModel):
     )
 
 
+DatabaseName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+class AuthSpec(BaseModel):
+    """How to authenticate: a password, or an AWS IAM token for RDS/Aurora made fresh per connection."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["basic", "iam_user", "iam_role"] = Field(
+        default="basic",
+        description="'basic': the referenced password; 'iam_user': an RDS auth token signed with the access "
+        "key in the referenced secret (aws_access_key_id, aws_secret_access_key); 'iam_role': the same after "
+        "assuming role_arn through STS.",
+    )
+    aws_region: str | None = Field(default=None, description="Region of the RDS/Aurora instance (IAM only).")
+    role_arn: str | None = Field(default=None, description="Role to assume (iam_role only).")
+    external_id: str | None = Field(default=None, description="External id for the role assumption, if required.")
+
+
 class SourceSpec(BaseModel):
     """The PostgreSQL server to read. No secret in here."""
 
@@ -68,14 +87,49 @@ class SourceSpec(BaseModel):
 
     host: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(description="Server host.")
     port: int = Field(default=5432, ge=1, le=65535, description="Server port.")
-    database: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
-        default="postgres", description="Database to connect to and extract."
+    database: DatabaseName | None = Field(
+        default=None, description="The one database to extract; none: every database the filters admit."
     )
-    username: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(description="Role to connect as.")
+    maintenance_database: DatabaseName = Field(
+        default="postgres", description="Database to connect to for discovering the others."
+    )
+    username: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
+        description="Role to connect as."
+    )
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default="prefer", description="libpq sslmode."
     )
+    sslrootcert: str | None = Field(
+        default=None, description="Path (as the extractor sees it) of the CA bundle for verify-ca / verify-full."
+    )
     connect_timeout_seconds: int = Field(default=10, ge=1, le=120, description="TCP connect timeout.")
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+
+    @property
+    def discovery_database(self) -> str:
+        return self.database or self.maintenance_database
+
+
+FilterValue = list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] | Literal["*"]
+
+
+class FilterSpec(BaseModel):
+    """What to extract. Regexes match whole names (they are anchored); validated before any SQL runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    include: dict[Annotated[str, StringConstraints(min_length=1, max_length=500)], FilterValue] | None = Field(
+        default=None,
+        description='Atlan\'s format {"<database regex>": ["<schema regex>", ...] | "*"}; none: everything.',
+    )
+    exclude: dict[Annotated[str, StringConstraints(min_length=1, max_length=500)], FilterValue] | None = Field(
+        default=None, description="Same format; wins over include."
+    )
+    temp_table_regex: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = Field(
+        default=None, description="Tables and views whose name matches are skipped."
+    )
+    exclude_views: bool = Field(default=False, description="Skip views and materialized views.")
+    exclude_empty_tables: bool = Field(default=False, description="Skip tables with no rows.")
 
 
 class ExtractionRequested(EventModel):
@@ -88,6 +142,7 @@ class ExtractionRequested(EventModel):
         default=None,
         description="Atlan connection qualifiedName; default derived from host and port (stable per server).",
     )
+    filters: FilterSpec = Field(default_factory=FilterSpec)
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400, description="Per-stage time limit.")
 
 

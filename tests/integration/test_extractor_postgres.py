@@ -132,7 +132,7 @@ def test_key_membership_and_column_facts(postgres: PostgresServer, extracted: li
 
 
 def test_session_is_read_only_and_bounded(postgres: PostgresServer) -> None:
-    with connect(request(postgres).source, postgres.password) as connection:
+    with connect(request(postgres).source, lambda: postgres.password) as connection:
         settings = dict(
             connection.execute(
                 text(

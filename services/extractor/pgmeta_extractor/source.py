@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from psycopg import errors as pg_errors
-from sqlalchemy import URL, Connection, create_engine, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
@@ -36,16 +35,17 @@ CONNECT_FAILURE_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def classify_connect_error(exc: BaseException, source: SourceSpec) -> PgmetaError:
+def classify_connect_error(exc: BaseException, source: SourceSpec, database: str | None = None) -> PgmetaError:
     """Maps a psycopg connection failure to an error that says which problem it is."""
     where = f"{source.host}:{source.port}"
+    database = database or source.discovery_database
     auth = AuthenticationFailedError(
         f"authentication failed for user {source.username!r} at {where}",
         hint="check the password in the referenced secret or PGPASSWORD",
     )
-    missing_db = DatabaseNotFoundError(f"database {source.database!r} does not exist on {where}")
+    missing_db = DatabaseNotFoundError(f"database {database!r} does not exist on {where}")
     privilege = InsufficientPrivilegeError(
-        f"user {source.username!r} may not connect to database {source.database!r} on {where}",
+        f"user {source.username!r} may not connect to database {database!r} on {where}",
         hint="GRANT CONNECT ON DATABASE to the role",
     )
     if isinstance(exc, pg_errors.InvalidPassword | pg_errors.InvalidAuthorizationSpecification):
@@ -65,37 +65,47 @@ def classify_connect_error(exc: BaseException, source: SourceSpec) -> PgmetaErro
     return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {first_line}")
 
 
-def make_url(source: SourceSpec, password: str | None) -> URL:
+PasswordProvider = Callable[[], str]
+
+
+def make_url(source: SourceSpec, database: str) -> URL:
     return URL.create(
-        "postgresql+psycopg",
-        username=source.username,
-        password=password,
-        host=source.host,
-        port=source.port,
-        database=source.database,
+        "postgresql+psycopg", username=source.username, host=source.host, port=source.port, database=database
     )
+
+
+def connect_args(source: SourceSpec) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "connect_timeout": source.connect_timeout_seconds,
+        "sslmode": source.sslmode,
+        "application_name": "pgmeta",
+        "options": SESSION_OPTIONS,
+    }
+    if source.sslrootcert:
+        args["sslrootcert"] = source.sslrootcert
+    return args
+
+
+def create_source_engine(source: SourceSpec, database: str, password: PasswordProvider) -> Engine:
+    """An engine whose every new connection asks ``password`` anew (IAM tokens live 15 minutes)."""
+    engine = create_engine(make_url(source, database), poolclass=NullPool, connect_args=connect_args(source))
+
+    @event.listens_for(engine, "do_connect")
+    def _fresh_password(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["password"] = password()
+
+    return engine
 
 
 @contextmanager
-def connect(source: SourceSpec, password: str | None) -> Iterator[Connection]:
-    """One read-only connection to the source; connection failures become classified PgmetaErrors."""
-    engine = create_engine(
-        make_url(source, password),
-        poolclass=NullPool,
-        connect_args={
-            "connect_timeout": source.connect_timeout_seconds,
-            "sslmode": source.sslmode,
-            "application_name": "pgmeta",
-            "options": SESSION_OPTIONS,
-        },
-    )
+def connect(source: SourceSpec, password: PasswordProvider, database: str | None = None) -> Iterator[Connection]:
+    """One read-only connection to ``database`` (default: the source's); failures become classified errors."""
+    engine = create_source_engine(source, database or source.discovery_database, password)
     try:
         try:
             connection = engine.connect()
-        except sa_exc.OperationalError as exc:
-            raise classify_connect_error(exc.orig or exc, source) from None
         except sa_exc.DBAPIError as exc:
-            raise classify_connect_error(exc.orig or exc, source) from None
+            raise classify_connect_error(exc.orig or exc, source, database) from None
         with connection:
             yield connection
     finally:
@@ -114,4 +124,3 @@ def fetch_one(connection: Connection, sql: str) -> dict[str, Any]:
     return dict(row)
 
 
-__all__ = ["connect", "stream_rows", "fetch_one", "classify_connect_error", "psycopg"]
