@@ -28,11 +28,11 @@ class InMemoryPlatform:
     def topics(self) -> list[TopicName]:
         return [topic for topic, _ in self.published]
 
-    def save_chunk(self, run_id: str, stage: str, index: int, records: list[Record]) -> None:
-        self.chunks[chunk_key(run_id, stage, index)] = encode_chunk(records)
+    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Record]) -> None:
+        self.chunks[chunk_key(run_id, stage, unit, index)] = encode_chunk(records)
 
-    def load_chunk(self, run_id: str, stage: str, index: int) -> list[Record]:
-        key = chunk_key(run_id, stage, index)
+    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Record]:
+        key = chunk_key(run_id, stage, unit, index)
         if key not in self.chunks:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")
         return decode_chunk(self.chunks[key])

@@ -15,8 +15,8 @@ MAX_CHUNK_RAW_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_RECORDS = 5_000
 
 
-def chunk_key(run_id: str, stage: str, index: int) -> str:
-    return f"{run_id}/{stage}/{index:06d}"
+def chunk_key(run_id: str, stage: str, unit: str, index: int) -> str:
+    return f"{run_id}/{stage}/{unit}/{index:06d}"
 
 
 def encode_chunk(records: list[Record]) -> bytes:

@@ -11,10 +11,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION: Literal[1] = 1
+SERVER_UNIT = "server"  # the unit holding the server and its selected databases, written by preflight
 
 
 class TopicName(StrEnum):
     EXTRACTION_REQUESTED = "extraction.requested"
+    PREFLIGHT_REQUESTED = "preflight.requested"
+    PREFLIGHT_COMPLETED = "preflight.completed"
+    METADATA_REQUESTED = "metadata.requested"
     EXTRACT_REQUESTED = "extract.requested"
     EXTRACT_COMPLETED = "extract.completed"
     TRANSFORM_REQUESTED = "transform.requested"
@@ -28,12 +32,14 @@ class TopicName(StrEnum):
 
 
 class Stage(StrEnum):
+    PREFLIGHT = "preflight"
     EXTRACT = "extract"
     TRANSFORM = "transform"
     PUBLISH = "publish"
 
 
 RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+UnitId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,32}$")]
 ConnectionQualifiedName = Annotated[str, StringConstraints(pattern=r"^default/postgres/[A-Za-z0-9._-]{1,64}$")]
 Counts = dict[str, int]
 
@@ -93,9 +99,7 @@ class SourceSpec(BaseModel):
     maintenance_database: DatabaseName = Field(
         default="postgres", description="Database to connect to for discovering the others."
     )
-    username: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
-        description="Role to connect as."
-    )
+    username: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(description="Role to connect as.")
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default="prefer", description="libpq sslmode."
     )
@@ -151,33 +155,90 @@ class StageCommand(EventModel):
 
     run_id: RunId
 
+    def work_unit(self) -> str | None:
+        """The unit of work within the run this command is for, if the stage fans out."""
+        return None
+
+
+class DatabaseSelection(BaseModel):
+    """One database to extract, as one unit of work, with the schema regexes the filters give it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database: DatabaseName
+    unit: UnitId
+    schema_include: list[str] = Field(default_factory=list, description="Anchored regexes; empty: all.")
+    schema_exclude: list[str] = Field(default_factory=list, description="Anchored regexes.")
+
+
+class UnitChunks(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unit: UnitId
+    chunk_count: int = Field(ge=0)
+
+
+class PreflightRequested(StageCommand):
+    source: SourceSpec
+    credentials: CredentialRef
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+
+
+class PreflightCompleted(EventModel):
+    run_id: RunId
+    server_version: str
+    databases: list[DatabaseSelection]
+    counts: Counts = Field(description="Objects the filters select: schemas, tables, views, columns.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class MetadataRequested(StageCommand):
+    """Lists databases (or one database's schemas) for filter pickers; the answer goes to the artifacts store."""
+
+    source: SourceSpec
+    credentials: CredentialRef
+    listing: Literal["databases", "schemas"]
+
 
 class ExtractRequested(StageCommand):
     source: SourceSpec
     credentials: CredentialRef
     connection_qualified_name: ConnectionQualifiedName
+    selection: DatabaseSelection
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+
+    def work_unit(self) -> str | None:
+        return self.selection.unit
 
 
 class ExtractCompleted(EventModel):
     run_id: RunId
+    unit: UnitId
     chunk_count: int = Field(ge=0)
     counts: Counts
+    problems: int = Field(default=0, ge=0, description="Per-object problems recorded in the run report.")
 
 
 class TransformRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
+    unit: UnitId
     chunk_count: int = Field(ge=0)
+
+    def work_unit(self) -> str | None:
+        return self.unit
 
 
 class TransformCompleted(EventModel):
     run_id: RunId
+    unit: UnitId
     chunk_count: int = Field(ge=0)
     counts: Counts
+    problems: int = Field(default=0, ge=0)
 
 
 class PublishRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
-    chunk_count: int = Field(ge=0)
+    units: list[UnitChunks]
     counts: Counts
 
 
@@ -186,11 +247,13 @@ class PublishCompleted(EventModel):
     location: str = Field(description="Object-store prefix that holds the run's files and manifest.json.")
     file_count: int = Field(ge=0)
     counts: Counts
+    problems: int = Field(default=0, ge=0)
 
 
 class StageFailed(EventModel):
     run_id: RunId
     stage: Stage
+    unit: UnitId | None = None
     error_code: str = Field(description="Stable machine-readable error class, e.g. 'authentication_failed'.")
     error: str = Field(description="Human-readable message naming the problem.")
     retryable: bool = False
@@ -201,7 +264,8 @@ class ExtractionProgress(EventModel):
     stage: Stage
     done: int = Field(ge=0)
     total: int | None = Field(default=None, ge=0)
-    unit: str = "objects"
+    measure: str = Field(default="objects", description="What done/total count: objects, chunks, …")
+    work_unit: UnitId | None = Field(default=None, description="The database unit this progress is for.")
     message: str = ""
 
 
@@ -211,18 +275,20 @@ class ExtractionCompleted(EventModel):
     counts: Counts = Field(default_factory=dict)
     location: str | None = None
     error: str | None = None
+    problems: int = Field(default=0, ge=0)
 
 
 STAGE_COMPLETION_TOPICS: dict[Stage, TopicName] = {
+    Stage.PREFLIGHT: TopicName.PREFLIGHT_COMPLETED,
     Stage.EXTRACT: TopicName.EXTRACT_COMPLETED,
     Stage.TRANSFORM: TopicName.TRANSFORM_COMPLETED,
     Stage.PUBLISH: TopicName.PUBLISH_COMPLETED,
 }
 
 
-def stage_result_event(stage: Stage) -> str:
-    """Name of the workflow external event that carries a stage's outcome."""
-    return f"{stage.value}_result"
+def stage_result_event(stage: Stage, unit: str | None = None) -> str:
+    """Name of the workflow external event that carries a stage's (or one of its units') outcome."""
+    return f"{stage.value}_result" if unit is None else f"{stage.value}_result_{unit}"
 
 
 def to_payload(event: BaseModel) -> dict[str, Any]:

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 class Platform(Protocol):
     def publish(self, topic: TopicName, event: BaseModel) -> None: ...
 
-    def save_chunk(self, run_id: str, stage: str, index: int, records: list[Record]) -> None: ...
+    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Record]) -> None: ...
 
-    def load_chunk(self, run_id: str, stage: str, index: int) -> list[Record]: ...
+    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Record]: ...
 
     def get_json(self, key: str) -> Any | None: ...
 
@@ -93,18 +93,18 @@ class DaprPlatform:
     def _ttl(self, ttl_seconds: int | None) -> dict[str, str]:
         return {"ttlInSeconds": str(ttl_seconds)} if ttl_seconds else {}
 
-    def save_chunk(self, run_id: str, stage: str, index: int, records: list[Record]) -> None:
+    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Record]) -> None:
         self._call(
             "save chunk",
             self._client.save_state,
             self._settings.artifacts_store,
-            chunk_key(run_id, stage, index),
+            chunk_key(run_id, stage, unit, index),
             encode_chunk(records),
             state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
         )
 
-    def load_chunk(self, run_id: str, stage: str, index: int) -> list[Record]:
-        key = chunk_key(run_id, stage, index)
+    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Record]:
+        key = chunk_key(run_id, stage, unit, index)
         response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
         if not response.data:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,15 +30,22 @@ class ServerSettings(BaseSettings):
     app_port: int = 8000
 
 
+@dataclass(frozen=True)
+class StageRoute(Generic[CommandT]):
+    """A command topic a stage service answers: run ``work``, announce completion or failure."""
+
+    stage: Stage
+    command_topic: TopicName
+    command_model: type[CommandT]
+    work: Callable[[CommandT, Platform], BaseModel]
+    completion_topic: TopicName
+
+
 def create_stage_app(
     *,
     service: str,
     settings: DaprSettings,
-    stage: Stage,
-    command_topic: TopicName,
-    command_model: type[CommandT],
-    work: Callable[[CommandT, Platform], BaseModel],
-    completion_topic: TopicName,
+    routes: Sequence[StageRoute[Any]],
     platform_factory: Callable[[DaprSettings], Platform] = DaprPlatform,
 ) -> FastAPI:
     @asynccontextmanager
@@ -53,12 +62,14 @@ def create_stage_app(
 
     app = FastAPI(title=f"pgmeta {service}", lifespan=lifespan)
 
-    def on_command(command: CommandT) -> None:
-        stage_handler(app.state.platform, stage, work, completion_topic)(command)
+    for route in routes:
 
-    register_subscription(
-        app, pubsub=settings.pubsub_name, topic=command_topic, model=command_model, handler=on_command
-    )
+        def on_command(command: Any, route: StageRoute[Any] = route) -> None:
+            stage_handler(app.state.platform, route.stage, route.work, route.completion_topic)(command)
+
+        register_subscription(
+            app, pubsub=settings.pubsub_name, topic=route.command_topic, model=route.command_model, handler=on_command
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

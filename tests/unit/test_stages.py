@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pgmeta_extractor.extraction import resolve_password
+from pgmeta_extractor.extraction import resolve_secret
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.errors import CredentialsNotFoundError, SourceUnreachableError, TransientInfrastructureError
 from pgmeta_shared.events import (
@@ -16,6 +16,7 @@ from pgmeta_shared.events import (
     StageFailed,
     TopicName,
     TransformRequested,
+    UnitChunks,
 )
 from pgmeta_shared.stages import stage_handler
 from pgmeta_transformer.transformation import transform
@@ -23,68 +24,90 @@ from pgmeta_transformer.transformation import transform
 from ..fakes import InMemoryPlatform
 from .records import CONNECTION_QN, sample_catalog
 
+UNITS = [UnitChunks(unit="db000", chunk_count=2)]
+
+
+def transform_command(run_id: str = "r1", chunk_count: int = 2) -> TransformRequested:
+    return TransformRequested(
+        run_id=run_id, connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=chunk_count
+    )
+
+
+def publish_command(run_id: str = "r1") -> PublishRequested:
+    return PublishRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, units=UNITS, counts={})
+
 
 def transformed_platform(run_id: str = "r1") -> InMemoryPlatform:
     platform = InMemoryPlatform()
     catalog = sample_catalog()
-    platform.save_chunk(run_id, "extract", 0, catalog[:5])
-    platform.save_chunk(run_id, "extract", 1, catalog[5:])
-    transform(TransformRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, chunk_count=2), platform)
+    platform.save_chunk(run_id, "extract", "db000", 0, catalog[:5])
+    platform.save_chunk(run_id, "extract", "db000", 1, catalog[5:])
+    transform(transform_command(run_id), platform)
     return platform
 
 
 def test_transform_maps_every_chunk_and_counts_types() -> None:
     platform = InMemoryPlatform()
-    platform.save_chunk("r1", "extract", 0, sample_catalog())
-    completed = transform(
-        TransformRequested(run_id="r1", connection_qualified_name=CONNECTION_QN, chunk_count=1), platform
-    )
+    platform.save_chunk("r1", "extract", "db000", 0, sample_catalog())
+    completed = transform(transform_command(chunk_count=1), platform)
     assert completed.counts == {
-        "Connection": 1, "Database": 1, "Schema": 1, "Table": 2, "TablePartition": 1, "View": 1,
-        "MaterialisedView": 1, "Column": 5,
+        "Connection": 1, "Database": 1, "Schema": 1, "Table": 3, "TablePartition": 1, "View": 1,
+        "MaterialisedView": 1, "Column": 7, "Procedure": 3, "Process": 1, "extra:constraint": 1, "extra:index": 1,
     }  # fmt: skip
-    assert len(platform.load_chunk("r1", "transform", 0)) == sum(completed.counts.values())
+    assert completed.unit == "db000" and completed.problems == 0
+    assert len(platform.load_chunk("r1", "transform", "db000", 0)) == sum(completed.counts.values())
 
 
 def test_transform_redelivery_finds_the_recorded_result() -> None:
     platform = transformed_platform()
     platform.chunks.clear()  # a second run of the work would now fail: it must not happen
-    again = transform(TransformRequested(run_id="r1", connection_qualified_name=CONNECTION_QN, chunk_count=2), platform)
-    assert again.chunk_count == 2
+    assert transform(transform_command(), platform).chunk_count == 2
 
 
-def test_publish_writes_jsonl_per_type_and_manifest_last() -> None:
+def test_transform_records_unmappable_records_in_the_report() -> None:
+    platform = InMemoryPlatform()
+    platform.save_chunk("r1", "extract", "db000", 0, [*sample_catalog(), {"kind": "mystery", "database_name": "shop"}])
+    completed = transform(transform_command(chunk_count=1), platform)
+    assert completed.problems == 1
+    assert platform.get_json("r1/report/transform/db000")[0]["object"] == "mystery shop"
+
+
+def test_publish_writes_jsonl_per_type_extras_report_and_manifest_last() -> None:
     platform = transformed_platform()
-    request = PublishRequested(run_id="r1", connection_qualified_name=CONNECTION_QN, chunk_count=2, counts={})
-    completed = publish(request, platform)
+    completed = publish(publish_command(), platform)
     paths = [path for _, path in platform.objects]
     assert paths[-1] == f"{CONNECTION_QN}/r1/manifest.json"
     manifest = json.loads(platform.objects[("objectstore", paths[-1])])
     assert manifest["counts"] == completed.counts
-    assert sum(f["entities"] for f in manifest["files"]) == sum(completed.counts.values())
-    for entry in manifest["files"]:
+    entity_files = [f for f in manifest["files"] if "type" in f]
+    assert sum(f["entities"] for f in entity_files) == sum(completed.counts.values())
+    for entry in entity_files:
         lines = platform.objects[("objectstore", f"{CONNECTION_QN}/r1/{entry['name']}")].splitlines()
         assert len(lines) == entry["entities"]
         assert {json.loads(line)["typeName"] for line in lines} == {entry["type"]}
+    extras = {f["name"] for f in manifest["files"] if "extra" in f}
+    assert extras == {"extras/constraint-db000-00001.jsonl", "extras/index-db000-00001.jsonl"}
+    assert f"{CONNECTION_QN}/r1/report.json" in paths
 
 
 def test_publish_redelivery_writes_nothing_twice() -> None:
     platform = transformed_platform()
-    request = PublishRequested(run_id="r1", connection_qualified_name=CONNECTION_QN, chunk_count=2, counts={})
-    first = publish(request, platform)
+    first = publish(publish_command(), platform)
     writes = platform.object_writes
-    assert publish(request, platform) == first
+    assert publish(publish_command(), platform) == first
     assert platform.object_writes == writes
 
 
 def test_missing_chunk_fails_the_stage_with_a_stage_failed_event() -> None:
     platform = InMemoryPlatform()
     handler = stage_handler(platform, Stage.TRANSFORM, transform, TopicName.TRANSFORM_COMPLETED)
-    handler(TransformRequested(run_id="r9", connection_qualified_name=CONNECTION_QN, chunk_count=1))
+    handler(transform_command("r9", 1))
     [(topic, event)] = platform.published
     assert topic == TopicName.STAGE_FAILED
     assert isinstance(event, StageFailed)
-    assert event.error_code == "artifact_missing" and "r9/extract/000000" in event.error
+    assert event.error_code == "artifact_missing" and "r9/extract/db000/000000" in event.error
+    assert event.unit == "db000"
+    assert platform.get_json("r9/transform/db000/failed")["error_code"] == "artifact_missing"
 
 
 def test_permanent_errors_are_reported_and_transient_ones_propagate() -> None:
@@ -101,6 +124,7 @@ def test_permanent_errors_are_reported_and_transient_ones_propagate() -> None:
         source={"host": "db", "username": "u"},  # type: ignore[arg-type]
         credentials=CredentialRef(kind="secret", store="secretstore", key="k"),
         connection_qualified_name=CONNECTION_QN,
+        selection={"database": "shop", "unit": "db000"},  # type: ignore[arg-type]
     )
     stage_handler(platform, Stage.EXTRACT, unreachable, TopicName.EXTRACT_COMPLETED)(command)
     assert platform.topics() == [TopicName.STAGE_FAILED]
@@ -108,23 +132,30 @@ def test_permanent_errors_are_reported_and_transient_ones_propagate() -> None:
         stage_handler(platform, Stage.EXTRACT, flaky, TopicName.EXTRACT_COMPLETED)(command)
 
 
-def test_password_comes_from_the_referenced_secret_or_state_entry() -> None:
+def test_credentials_come_from_the_referenced_secret_or_state_entry() -> None:
     platform = InMemoryPlatform(secrets={"secretstore": {"demo": {"password": "s3cret"}}})
-    assert resolve_password(platform, CredentialRef(kind="secret", store="secretstore", key="demo")) == "s3cret"
+    assert resolve_secret(platform, CredentialRef(kind="secret", store="secretstore", key="demo")) == {
+        "password": "s3cret"
+    }
     platform.save_state_json("credentials", "cred/r1", {"password": "other"})
-    assert resolve_password(platform, CredentialRef(kind="state", store="credentials", key="cred/r1")) == "other"
+    assert resolve_secret(platform, CredentialRef(kind="state", store="credentials", key="cred/r1")) == {
+        "password": "other"
+    }
     with pytest.raises(CredentialsNotFoundError, match="cred/r2"):
-        resolve_password(platform, CredentialRef(kind="state", store="credentials", key="cred/r2"))
+        resolve_secret(platform, CredentialRef(kind="state", store="credentials", key="cred/r2"))
     with pytest.raises(CredentialsNotFoundError, match="nope"):
-        resolve_password(platform, CredentialRef(kind="secret", store="secretstore", key="nope"))
+        resolve_secret(platform, CredentialRef(kind="secret", store="secretstore", key="nope"))
 
 
 def test_unexpected_errors_fail_the_run_instead_of_looping() -> None:
     platform = InMemoryPlatform()
-    platform.save_chunk("r3", "extract", 0, [{"kind": "mystery"}])
-    handler = stage_handler(platform, Stage.TRANSFORM, transform, TopicName.TRANSFORM_COMPLETED)
-    handler(TransformRequested(run_id="r3", connection_qualified_name=CONNECTION_QN, chunk_count=1))
+    handler = stage_handler(platform, Stage.TRANSFORM, exploding, TopicName.TRANSFORM_COMPLETED)
+    handler(transform_command("r3", 1))
     [(topic, event)] = platform.published
     assert topic == TopicName.STAGE_FAILED
     assert isinstance(event, StageFailed)
-    assert event.error_code == "internal_error" and "unknown catalog record kind 'mystery'" in event.error
+    assert event.error_code == "internal_error" and "ZeroDivisionError" in event.error
+
+
+def exploding(command: TransformRequested, platform: object) -> ExtractCompleted:
+    raise ZeroDivisionError("a bug")

@@ -98,38 +98,78 @@ def print_human(run: dict[str, Any]) -> None:
         out.print(f"[red]error:[/red] {run['error']}")
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    pass
+
+
+def _json_filter(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f'{option} must be a JSON object like {{"<database regex>": ["<schema regex>"] | "*"}}')
+    return value
+
+
+def source_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The request body shared by extract and preflight: source, credentials, filters."""
     password = os.environ.get("PGPASSWORD")
-    if password is None and args.credentials_secret is None:
-        return _fail(
+    if args.credentials_secret is None and password is None:
+        raise UsageError(
             "set PGPASSWORD (the password is never taken from the command line), "
             "or name a secret with --credentials-secret"
         )
+    source: dict[str, Any] = {"host": args.host, "port": args.port, "username": args.user, "sslmode": args.sslmode}
+    if args.database:
+        source["database"] = args.database
+    if args.sslrootcert:
+        source["sslrootcert"] = args.sslrootcert
+    if args.auth != "basic":
+        source["auth"] = {"method": args.auth, "aws_region": args.aws_region, "role_arn": args.role_arn}
     body: dict[str, Any] = {
-        "source": {
-            "host": args.host,
-            "port": args.port,
-            "username": args.user,
-            "database": args.database,
-            "sslmode": args.sslmode,
+        "source": source,
+        "filters": {
+            "include": _json_filter(args.include_filter, "--include-filter"),
+            "exclude": _json_filter(args.exclude_filter, "--exclude-filter"),
+            "temp_table_regex": args.temp_table_regex,
+            "exclude_views": args.exclude_views,
+            "exclude_empty_tables": args.exclude_empty_tables,
         },
-        "stage_timeout_seconds": args.stage_timeout,
     }
-    if args.request_id:
-        body["request_id"] = args.request_id
-    if args.connection_qualified_name:
-        body["connection_qualified_name"] = args.connection_qualified_name
     if args.credentials_secret:
         body["credentials"] = {"kind": "secret", "store": "secretstore", "key": args.credentials_secret}
     else:
         body["password"] = password
+    return body
+
+
+def _rejected(response: httpx.Response) -> str:
+    detail = response.json().get("detail")
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+    return str(detail)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    try:
+        body = source_body(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+    body["stage_timeout_seconds"] = args.stage_timeout
+    if args.request_id:
+        body["request_id"] = args.request_id
+    if args.connection_qualified_name:
+        body["connection_qualified_name"] = args.connection_qualified_name
     with httpx.Client(timeout=30) as client:
         try:
             response = client.post(f"{api_url()}/runs", json=body)
         except httpx.HTTPError as exc:
             return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
         if response.status_code == 422:
-            return _fail(f"the API rejected the request: {response.json().get('detail')}")
+            return _fail(f"the API rejected the request: {_rejected(response)}")
         response.raise_for_status()
         run_id = response.json()["run_id"]
         if not args.wait:
@@ -141,6 +181,33 @@ def cmd_extract(args: argparse.Namespace) -> int:
     else:
         print_human(run)
     return 0 if run["status"] == "COMPLETED" else 1
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    try:
+        body = source_body(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+    with httpx.Client(timeout=120) as client:
+        try:
+            response = client.post(f"{api_url()}/preflight", json=body)
+        except httpx.HTTPError as exc:
+            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
+    answer = response.json()
+    if "detail" in answer:
+        return _fail(f"the API rejected the request: {_rejected(response)}")
+    if args.json:
+        print(json.dumps(answer))
+    elif answer.get("ok"):
+        names = ", ".join(db["database"] for db in answer["databases"])
+        print(f"preflight passed: PostgreSQL {answer['server_version']}; databases: {names}")
+        for key, value in answer["counts"].items():
+            print(f"  {key:<10} {value:>8}")
+        for warning in answer.get("warnings", []):
+            print(f"  warning: {warning}")
+    else:
+        err.print(f"[red]preflight failed:[/red] {answer.get('error')}")
+    return 0 if answer.get("ok") else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -186,6 +253,31 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--database", help="one database; default: every database the filters admit")
+    parser.add_argument(
+        "--sslmode", default="prefer", choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+    )
+    parser.add_argument("--sslrootcert", help="CA bundle path (as the extractor sees it) for verify-ca/verify-full")
+    parser.add_argument(
+        "--auth",
+        default="basic",
+        choices=["basic", "iam_user", "iam_role"],
+        help="iam_*: an RDS IAM token per connection, from AWS keys in --credentials-secret",
+    )
+    parser.add_argument("--aws-region", help="region of the RDS/Aurora instance (IAM)")
+    parser.add_argument("--role-arn", help="role to assume (iam_role)")
+    parser.add_argument("--credentials-secret", help="name of a secret in the Dapr secret store instead of PGPASSWORD")
+    parser.add_argument("--include-filter", metavar="JSON", help='{"<database regex>": ["<schema regex>", ...] | "*"}')
+    parser.add_argument("--exclude-filter", metavar="JSON", help="same format; wins over --include-filter")
+    parser.add_argument("--temp-table-regex", metavar="RE", help="skip tables and views whose name matches")
+    parser.add_argument("--exclude-views", action="store_true", help="skip views and materialized views")
+    parser.add_argument("--exclude-empty-tables", action="store_true", help="skip tables with no rows")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgmeta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,23 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     extract = sub.add_parser("extract", help="request an extraction of one PostgreSQL server")
-    extract.add_argument("--host", required=True)
-    extract.add_argument("--port", type=int, default=5432)
-    extract.add_argument("--user", required=True)
-    extract.add_argument("--database", default="postgres")
-    extract.add_argument(
-        "--sslmode",
-        default="prefer",
-        choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
-    )
+    add_source_arguments(extract)
     extract.add_argument("--connection-qualified-name", help="Atlan connection qualifiedName, default/postgres/<id>")
-    extract.add_argument("--credentials-secret", help="name of a secret in the Dapr secret store instead of PGPASSWORD")
     extract.add_argument("--request-id", help="idempotency key (a repeat starts no second run)")
     extract.add_argument("--stage-timeout", type=int, default=900, help="seconds each stage may take")
     extract.add_argument("--wait", action="store_true", help="show progress and wait for the run to end")
     extract.add_argument("--json", action="store_true", help="print one JSON document")
     extract.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")
     extract.set_defaults(func=cmd_extract)
+
+    check = sub.add_parser("preflight", help="check connection, privileges and filters; count what they select")
+    add_source_arguments(check)
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.set_defaults(func=cmd_preflight)
 
     status = sub.add_parser("status", help="show one run")
     status.add_argument("run_id")

@@ -1,25 +1,63 @@
-"""The extractor's FastAPI app: one subscription, ``extract.requested``."""
+"""The extractor's FastAPI app: preflight, extract (one database per command) and metadata listings."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 
-from pgmeta_extractor.extraction import extract
-from pgmeta_shared.events import ExtractRequested, Stage, TopicName
-from pgmeta_shared.service import create_stage_app, serve
+from pgmeta_extractor.extraction import extract_database, list_metadata, preflight
+from pgmeta_shared.errors import PgmetaError
+from pgmeta_shared.events import ExtractRequested, MetadataRequested, PreflightRequested, Stage, TopicName
+from pgmeta_shared.service import StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
+from pgmeta_shared.subscriptions import register_subscription
+
+log = logging.getLogger(__name__)
+
+
+def metadata_key(request_id: str) -> str:
+    return f"{request_id}/metadata/result"
 
 
 def create_app(settings: DaprSettings) -> FastAPI:
-    return create_stage_app(
+    app = create_stage_app(
         service="extractor",
         settings=settings,
-        stage=Stage.EXTRACT,
-        command_topic=TopicName.EXTRACT_REQUESTED,
-        command_model=ExtractRequested,
-        work=extract,
-        completion_topic=TopicName.EXTRACT_COMPLETED,
+        routes=[
+            StageRoute(
+                Stage.PREFLIGHT,
+                TopicName.PREFLIGHT_REQUESTED,
+                PreflightRequested,
+                preflight,
+                TopicName.PREFLIGHT_COMPLETED,
+            ),
+            StageRoute(
+                Stage.EXTRACT,
+                TopicName.EXTRACT_REQUESTED,
+                ExtractRequested,
+                extract_database,
+                TopicName.EXTRACT_COMPLETED,
+            ),
+        ],  # fmt: skip
     )
+
+    def on_metadata(command: MetadataRequested) -> None:
+        """Answers by writing to the artifacts store, where the asking orchestrator replica polls."""
+        platform = app.state.platform
+        try:
+            answer = {"ok": True, **list_metadata(command, platform)}
+        except PgmetaError as exc:
+            if exc.retryable:
+                raise
+            answer = {"ok": False, "error_code": exc.code, "error": str(exc)}
+        platform.save_json(metadata_key(command.run_id), answer, ttl_seconds=600)
+
+    register_subscription(
+        app, pubsub=settings.pubsub_name, topic=TopicName.METADATA_REQUESTED, model=MetadataRequested,
+        handler=on_metadata,
+    )  # fmt: skip
+    return app
 
 
 def main() -> None:

@@ -1,22 +1,70 @@
-"""Catalog queries: one bulk query per object kind for the whole database, never one per table.
+"""Catalog queries: one bulk query per object kind for a whole database, never one per table.
 
-Straight from pg_catalog (information_schema is ~6x slower and hides objects the role lacks
-privileges on). Relations are always identified by schema AND name.
+Straight from pg_catalog (information_schema is ~6x slower and hides objects the role lacks privileges
+on). Every relation is identified by schema AND name. Filters arrive as bind parameters only:
+
+- ``schema_include`` / ``schema_exclude``: text[] of anchored regexes (empty include = every schema);
+- ``temp_re``: text or NULL; ``exclude_views``, ``exclude_empty``: booleans.
+
+Nothing here takes a lock on a user table: sizes and row counts come from pg_class / pg_stat (as of the
+last VACUUM / ANALYZE / stats flush), never from pg_relation_size(), which would queue behind DDL.
 """
 
 from __future__ import annotations
 
-# Schemas that are PostgreSQL's own, not the user's.
 SYSTEM_SCHEMA_FILTER = """
     n.nspname NOT IN ('pg_catalog', 'information_schema')
     AND n.nspname NOT LIKE 'pg\\_toast%'
     AND n.nspname NOT LIKE 'pg\\_temp\\_%'
 """
 
+# The selection every query starts from: schemas and relations that pass the filters.
+SELECTION = f"""
+WITH sel_ns AS (
+    SELECT n.oid, n.nspname
+    FROM pg_namespace n
+    WHERE {SYSTEM_SCHEMA_FILTER}
+      AND (cardinality(CAST(:schema_include AS text[])) = 0
+           OR n.nspname ~ ANY (CAST(:schema_include AS text[])))
+      AND NOT (n.nspname ~ ANY (CAST(:schema_exclude AS text[])))
+      AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                      WHERE e.classid = 'pg_namespace'::regclass AND e.objid = n.oid AND e.deptype = 'e')
+),
+sel_rel AS (
+    SELECT c.oid, c.relname, c.relkind, c.relnamespace, n.nspname
+    FROM pg_class c
+    JOIN sel_ns n ON n.oid = c.relnamespace
+    LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND (CAST(:temp_re AS text) IS NULL OR c.relname !~ CAST(:temp_re AS text))
+      AND (NOT CAST(:exclude_views AS boolean) OR c.relkind NOT IN ('v', 'm'))
+      AND (NOT CAST(:exclude_empty AS boolean) OR c.relkind <> 'r'
+           OR NOT (c.reltuples <= 0 AND coalesce(st.n_live_tup, 0) = 0))
+)
+"""
+
 SERVER_QUERY = """
 SELECT current_database() AS database_name,
        current_setting('server_version') AS server_version,
-       current_setting('server_version_num')::int AS server_version_num
+       current_setting('server_version_num')::int AS server_version_num,
+       current_user AS current_user
+"""
+
+# Databases the role may connect to, with the indexes of the include / exclude keys each one matches
+# (regexes evaluated by PostgreSQL, bound as parameters).
+DATABASES_QUERY = """
+SELECT d.datname AS database_name,
+       pg_get_userbyid(d.datdba) AS owner,
+       shobj_description(d.oid, 'pg_database') AS comment,
+       pg_encoding_to_char(d.encoding) AS encoding,
+       has_database_privilege(d.oid, 'CONNECT') AS can_connect,
+       ARRAY(SELECT k.i::int FROM unnest(CAST(:include_patterns AS text[])) WITH ORDINALITY AS k(p, i)
+             WHERE d.datname ~ k.p) AS include_matches,
+       ARRAY(SELECT k.i::int FROM unnest(CAST(:exclude_patterns AS text[])) WITH ORDINALITY AS k(p, i)
+             WHERE d.datname ~ k.p) AS exclude_matches
+FROM pg_database d
+WHERE NOT d.datistemplate AND d.datallowconn
+ORDER BY d.datname
 """
 
 DATABASE_QUERY = """
@@ -28,83 +76,236 @@ FROM pg_database d
 WHERE d.datname = current_database()
 """
 
-COUNT_QUERY = f"""
-SELECT (SELECT count(*) FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER}) AS schemas,
-       (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {SYSTEM_SCHEMA_FILTER}) AS relations,
-       (SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE a.attnum > 0 AND NOT a.attisdropped
-           AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {SYSTEM_SCHEMA_FILTER}) AS columns
+COUNT_QUERY = (
+    SELECTION
+    + """
+SELECT (SELECT count(*) FROM sel_ns) AS schemas,
+       (SELECT count(*) FROM sel_rel WHERE relkind IN ('r', 'p', 'f')) AS tables,
+       (SELECT count(*) FROM sel_rel WHERE relkind IN ('v', 'm')) AS views,
+       (SELECT count(*) FROM pg_attribute a JOIN sel_rel c ON c.oid = a.attrelid
+         WHERE a.attnum > 0 AND NOT a.attisdropped) AS columns
 """
+)
 
-SCHEMAS_QUERY = f"""
+SCHEMAS_QUERY = (
+    SELECTION
+    + """
 SELECT n.nspname AS schema_name,
-       pg_get_userbyid(n.nspowner) AS owner,
+       pg_get_userbyid(ns.nspowner) AS owner,
        obj_description(n.oid, 'pg_namespace') AS comment,
-       (SELECT count(*) FROM pg_class c
-         WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
-       (SELECT count(*) FROM pg_class c
-         WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
-FROM pg_namespace n
-WHERE {SYSTEM_SCHEMA_FILTER}
+       (SELECT count(*) FROM sel_rel c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
+       (SELECT count(*) FROM sel_rel c WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
+FROM sel_ns n
+JOIN pg_namespace ns ON ns.oid = n.oid
 ORDER BY n.nspname
 """
+)
 
 # relkind: r table, p partitioned table, v view, m materialized view, f foreign table.
-RELATIONS_QUERY = f"""
-SELECT n.nspname AS schema_name,
+RELATIONS_QUERY = (
+    SELECTION
+    + """
+SELECT s.nspname AS schema_name,
        c.relname AS relation_name,
        c.relkind::text AS relkind,
        c.relispartition AS is_partition,
        pn.nspname AS parent_schema,
        pc.relname AS parent_name,
+       pc.relispartition AS parent_is_partition,
        pg_get_expr(c.relpartbound, c.oid) AS partition_bound,
        pt.partstrat::text AS partition_strategy,
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partition_key,
        (SELECT count(*) FROM pg_inherits ch WHERE ch.inhparent = c.oid) AS partition_count,
        pg_get_userbyid(c.relowner) AS owner,
        obj_description(c.oid, 'pg_class') AS comment,
+       c.relpersistence::text AS persistence,
        CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END AS row_estimate,
-       c.relnatts::int AS column_count,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS view_definition
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
+       st.n_live_tup AS live_tuples,
+       (SELECT count(*) FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::int AS column_count,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'p') THEN c.relpages::bigint * current_setting('block_size')::int END
+           AS table_bytes,
+       (SELECT (coalesce(sum(ic.relpages), 0) * current_setting('block_size')::int)::bigint
+          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid) AS index_bytes,
+       (SELECT (coalesce(sum(tc.relpages), 0) * current_setting('block_size')::int)::bigint
+          FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_bytes,
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS view_definition,
+       fs.srvname AS foreign_server,
+       array_to_string(ft.ftoptions, ', ') AS foreign_options
+FROM sel_rel s
+JOIN pg_class c ON c.oid = s.oid
+LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
 LEFT JOIN pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
 LEFT JOIN pg_class pc ON pc.oid = i.inhparent
 LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
 LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {SYSTEM_SCHEMA_FILTER}
-ORDER BY n.nspname, c.relname
+LEFT JOIN pg_foreign_table ft ON ft.ftrelid = c.oid
+LEFT JOIN pg_foreign_server fs ON fs.oid = ft.ftserver
+ORDER BY s.nspname, c.relname
 """
+)
 
 # One row per column, whatever number of constraints it belongs to (membership via EXISTS, not a join).
-COLUMNS_QUERY = f"""
-SELECT n.nspname AS schema_name,
-       c.relname AS relation_name,
-       c.relkind::text AS relkind,
+# Length / precision / scale use the same internal functions information_schema uses, so they agree.
+COLUMNS_QUERY = (
+    SELECTION
+    + """
+SELECT s.nspname AS schema_name,
+       s.relname AS relation_name,
+       s.relkind::text AS relkind,
        c.relispartition AS is_partition,
        a.attnum::int AS ordinal,
        a.attname AS column_name,
        format_type(a.atttypid, a.atttypmod) AS data_type,
+       CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
+            WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL)
+            ELSE format_type(a.atttypid, NULL) END AS base_type,
+       t.typcategory = 'A' OR (t.typtype = 'd' AND bt.typcategory = 'A') AS is_array,
+       information_schema._pg_char_max_length(information_schema._pg_truetypid(a.*, t.*),
+                                              information_schema._pg_truetypmod(a.*, t.*))::int AS max_length,
+       information_schema._pg_numeric_precision(information_schema._pg_truetypid(a.*, t.*),
+                                                information_schema._pg_truetypmod(a.*, t.*))::int AS numeric_precision,
+       information_schema._pg_numeric_scale(information_schema._pg_truetypid(a.*, t.*),
+                                            information_schema._pg_truetypmod(a.*, t.*))::int AS numeric_scale,
        NOT a.attnotnull AS is_nullable,
-       pg_get_expr(d.adbin, d.adrelid) AS default_value,
-       col_description(c.oid, a.attnum) AS comment,
+       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS default_value,
+       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END AS generation_expression,
+       nullif(a.attidentity, '')::text AS identity,
+       col_description(a.attrelid, a.attnum) AS comment,
        EXISTS (SELECT 1 FROM pg_constraint k
-               WHERE k.conrelid = c.oid AND k.contype = 'p' AND a.attnum = ANY (k.conkey)) AS is_primary,
+               WHERE k.conrelid = a.attrelid AND k.contype = 'p' AND a.attnum = ANY (k.conkey)) AS is_primary,
        EXISTS (SELECT 1 FROM pg_constraint k
-               WHERE k.conrelid = c.oid AND k.contype = 'f' AND a.attnum = ANY (k.conkey)) AS is_foreign
-FROM pg_attribute a
-JOIN pg_class c ON c.oid = a.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE k.conrelid = a.attrelid AND k.contype = 'f' AND a.attnum = ANY (k.conkey)) AS is_foreign,
+       (SELECT json_agg(json_build_array(rn.nspname, rc.relname, rc.relkind, rc.relispartition, ra.attname))
+          FROM pg_constraint k
+          CROSS JOIN LATERAL unnest(k.conkey, k.confkey) AS u(src, dst)
+          JOIN pg_class rc ON rc.oid = k.confrelid
+          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+          JOIN pg_attribute ra ON ra.attrelid = k.confrelid AND ra.attnum = u.dst
+         WHERE k.conrelid = a.attrelid AND k.contype = 'f' AND u.src = a.attnum) AS references,
+       EXISTS (SELECT 1 FROM pg_constraint k
+               WHERE k.conrelid = a.attrelid AND k.contype = 'u' AND a.attnum = ANY (k.conkey)) AS is_unique,
+       EXISTS (SELECT 1 FROM pg_index x
+               WHERE x.indrelid = a.attrelid AND a.attnum = ANY (x.indkey::int2[])) AS is_indexed,
+       (SELECT k.i::int FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
+         WHERE k.attnum = a.attnum) AS partition_key_position
+FROM sel_rel s
+JOIN pg_class c ON c.oid = s.oid
+JOIN pg_attribute a ON a.attrelid = s.oid
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+LEFT JOIN pg_partitioned_table pt ON pt.partrelid = a.attrelid
 WHERE a.attnum > 0 AND NOT a.attisdropped
-  AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {SYSTEM_SCHEMA_FILTER}
-ORDER BY n.nspname, c.relname, a.attnum
+ORDER BY s.nspname, s.relname, a.attnum
 """
+)
 
+CONSTRAINTS_QUERY = (
+    SELECTION
+    + """
+SELECT s.nspname AS schema_name,
+       s.relname AS relation_name,
+       k.conname AS constraint_name,
+       k.contype::text AS constraint_type,
+       ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY AS u(attnum, pos)
+             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum ORDER BY u.pos)::text[]
+           AS columns,
+       rn.nspname AS referenced_schema,
+       rc.relname AS referenced_relation,
+       ARRAY(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY AS u(attnum, pos)
+             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.attnum ORDER BY u.pos)::text[]
+           AS referenced_columns,
+       pg_get_constraintdef(k.oid, true) AS definition,
+       k.condeferrable AS is_deferrable,
+       obj_description(k.oid, 'pg_constraint') AS comment
+FROM sel_rel s
+JOIN pg_constraint k ON k.conrelid = s.oid
+LEFT JOIN pg_class rc ON rc.oid = k.confrelid
+LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE k.contype IN ('p', 'f', 'u', 'c', 'x')
+ORDER BY s.nspname, s.relname, k.conname
+"""
+)
+
+INDEXES_QUERY = (
+    SELECTION
+    + """
+SELECT s.nspname AS schema_name,
+       s.relname AS relation_name,
+       ic.relname AS index_name,
+       am.amname AS method,
+       x.indisunique AS is_unique,
+       x.indisprimary AS is_primary,
+       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true)
+             FROM generate_series(1, x.indnkeyatts) AS k ORDER BY k)::text[] AS columns,
+       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true)
+             FROM generate_series(x.indnkeyatts + 1, x.indnatts) AS k ORDER BY k)::text[] AS include_columns,
+       pg_get_expr(x.indpred, x.indrelid) AS predicate,
+       pg_get_indexdef(x.indexrelid) AS definition,
+       ic.relpages::bigint * current_setting('block_size')::int AS size_bytes,
+       obj_description(ic.oid, 'pg_class') AS comment
+FROM sel_rel s
+JOIN pg_index x ON x.indrelid = s.oid
+JOIN pg_class ic ON ic.oid = x.indexrelid
+JOIN pg_am am ON am.oid = ic.relam
+ORDER BY s.nspname, s.relname, ic.relname
+"""
+)
+
+# Functions and procedures; overloads are told apart by their identity arguments. Routines that belong
+# to an extension are the extension's, not the user's.
+ROUTINES_QUERY = (
+    SELECTION
+    + """
+SELECT n.nspname AS schema_name,
+       p.proname AS routine_name,
+       p.prokind::text AS routine_kind,
+       l.lanname AS language,
+       pg_get_function_identity_arguments(p.oid) AS identity_arguments,
+       pg_get_function_arguments(p.oid) AS arguments,
+       pg_get_function_result(p.oid) AS return_type,
+       CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END AS definition,
+       p.provolatile::text AS volatility,
+       p.prosecdef AS security_definer,
+       pg_get_userbyid(p.proowner) AS owner,
+       obj_description(p.oid, 'pg_proc') AS comment
+FROM pg_proc p
+JOIN sel_ns n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
+WHERE NOT EXISTS (SELECT 1 FROM pg_depend e
+                  WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
+ORDER BY n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)
+"""
+)
+
+# View lineage, exact: what each view's rewrite rule depends on (no SQL parsing), one row per view.
+LINEAGE_QUERY = (
+    SELECTION
+    + """
+SELECT v.nspname AS schema_name,
+       v.relname AS relation_name,
+       v.relkind::text AS relkind,
+       json_agg(DISTINCT jsonb_build_array(sn.nspname, src.relname, src.relkind, src.relispartition)) AS sources
+FROM sel_rel v
+JOIN pg_rewrite r ON r.ev_class = v.oid
+JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> v.oid
+JOIN pg_class src ON src.oid = d.refobjid
+JOIN pg_namespace sn ON sn.oid = src.relnamespace
+WHERE v.relkind IN ('v', 'm') AND src.relkind IN ('r', 'p', 'v', 'm', 'f')
+GROUP BY v.nspname, v.relname, v.relkind
+ORDER BY 1, 2
+"""
+)
+
+# Per database, in the order the records are written.
 CATALOG_QUERIES: dict[str, str] = {
-    "database": DATABASE_QUERY,
     "schema": SCHEMAS_QUERY,
     "relation": RELATIONS_QUERY,
     "column": COLUMNS_QUERY,
+    "constraint": CONSTRAINTS_QUERY,
+    "index": INDEXES_QUERY,
+    "routine": ROUTINES_QUERY,
+    "lineage": LINEAGE_QUERY,
 }

@@ -1,21 +1,46 @@
-"""The extract stage: catalog rows of one database, written as claim-check chunks."""
+"""The extractor's work: preflight (which databases, how much), metadata listings, and the catalog of
+one database written as claim-check chunks."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from typing import Any
 
-from sqlalchemy import Connection
+from psycopg import errors as pg_errors
+from sqlalchemy import Connection, text
+from sqlalchemy import exc as sa_exc
 
-from pgmeta_extractor.catalog_sql import CATALOG_QUERIES, COUNT_QUERY, SERVER_QUERY
-from pgmeta_extractor.source import connect, fetch_one, stream_rows
+from pgmeta_extractor.auth import check_ssl_files, password_provider
+from pgmeta_extractor.catalog_sql import (
+    CATALOG_QUERIES,
+    COUNT_QUERY,
+    DATABASE_QUERY,
+    DATABASES_QUERY,
+    SERVER_QUERY,
+    SYSTEM_SCHEMA_FILTER,
+)
+from pgmeta_extractor.selection import FilterPatterns, choose_databases, relation_params
+from pgmeta_extractor.source import PasswordProvider, connect, fetch_one, stream_rows
 from pgmeta_shared.claimcheck import Record, batch_records
-from pgmeta_shared.errors import CredentialsNotFoundError
+from pgmeta_shared.errors import (
+    CredentialsNotFoundError,
+    InvalidRequestError,
+    SourceUnreachableError,
+)
 from pgmeta_shared.events import (
+    SERVER_UNIT,
     CredentialRef,
+    DatabaseSelection,
     ExtractCompleted,
     ExtractionProgress,
     ExtractRequested,
+    FilterSpec,
+    MetadataRequested,
+    PreflightCompleted,
+    PreflightRequested,
+    SourceSpec,
     Stage,
     TopicName,
 )
@@ -23,64 +48,220 @@ from pgmeta_shared.platform import Platform
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.EXTRACT.value
+MIN_SERVER_VERSION_NUM = 120000
+CONNECTION_ATTEMPTS = 3
 
 
-def result_key(run_id: str) -> str:
-    return f"{run_id}/{STAGE}/result"
+def result_key(run_id: str, stage: Stage, unit: str | None = None) -> str:
+    return f"{run_id}/{stage.value}/result" if unit is None else f"{run_id}/{stage.value}/{unit}/result"
 
 
-def resolve_password(platform: Platform, ref: CredentialRef) -> str:
-    """The source password named by ``ref``; it is never logged or put in an event."""
+def report_key(run_id: str, stage: Stage, unit: str) -> str:
+    return f"{run_id}/report/{stage.value}/{unit}"
+
+
+def resolve_secret(platform: Platform, ref: CredentialRef) -> dict[str, str]:
+    """The referenced secret (never logged, never put in an event)."""
     if ref.kind == "secret":
-        secret = platform.get_secret(ref.store, ref.key)
-        password = secret.get("password")
-    else:
-        entry = platform.get_state_json(ref.store, ref.key)
-        password = entry.get("password") if isinstance(entry, dict) else None
-    if password is None:
+        return platform.get_secret(ref.store, ref.key)
+    entry = platform.get_state_json(ref.store, ref.key)
+    if not isinstance(entry, dict):
         raise CredentialsNotFoundError(
-            f"no password under {ref.kind} {ref.key!r} in store {ref.store!r}",
-            hint="a secret must hold a 'password' entry; a state entry may have expired",
+            f"no credentials under state key {ref.key!r} in store {ref.store!r}",
+            hint="an entry written by POST /runs lives only as long as its run",
         )
-    return str(password)
+    return {str(k): str(v) for k, v in entry.items()}
 
 
-def iter_catalog(connection: Connection) -> Iterator[Record]:
-    """Every catalog record of the connected database, tagged with its kind, streamed."""
-    server = fetch_one(connection, SERVER_QUERY)
-    yield {"kind": "server", **server}
-    for kind, sql in CATALOG_QUERIES.items():
-        for row in stream_rows(connection, sql):
-            row["kind"] = kind
-            row["database_name"] = server["database_name"]
-            yield row
+def provider_for(platform: Platform, source: SourceSpec, ref: CredentialRef) -> PasswordProvider:
+    check_ssl_files(source)
+    return password_provider(source, resolve_secret(platform, ref))
 
 
-def extract(event: ExtractRequested, platform: Platform) -> ExtractCompleted:
-    """Extracts the catalog into chunks; idempotent per run (a redelivery finds the recorded result)."""
-    recorded = platform.get_json(result_key(event.run_id))
+# -- preflight ----------------------------------------------------------------------------------------
+
+
+def _validate_regexes(connection: Connection, patterns: FilterPatterns, filters: FilterSpec) -> None:
+    """PostgreSQL is the authority on its regex dialect: compile every pattern once, name the bad one."""
+    labelled = patterns.all_regexes()
+    if filters.temp_table_regex:
+        labelled.append(("temp_table_regex", filters.temp_table_regex))
+    for label, pattern in labelled:
+        try:
+            with connection.begin_nested():
+                connection.execute(text("SELECT '' ~ CAST(:p AS text)"), {"p": f"^(?:{pattern})$"})
+        except sa_exc.DBAPIError as exc:
+            if isinstance(exc.orig, pg_errors.InvalidRegularExpression):
+                detail = str(exc.orig).strip().splitlines()[0]
+                raise InvalidRequestError(f"{label} is not a valid regular expression: {detail}") from None
+            raise
+
+
+def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompleted:
+    """Connects, checks version, privileges and filters, and counts what the filters select.
+
+    Selecting nothing is a failure, with a message saying so: an empty extraction reported as success
+    would hide a wrong filter.
+    """
+    recorded = platform.get_json(result_key(command.run_id, Stage.PREFLIGHT))
     if recorded is not None:
-        log.info("run %s: extract already done, re-announcing", event.run_id)
-        return ExtractCompleted.model_validate(recorded)
+        return PreflightCompleted.model_validate(recorded)
+    password = provider_for(platform, command.source, command.credentials)
+    filters = command.filters
+    patterns = FilterPatterns.of(filters)
+    warnings: list[str] = []
+    with connect(command.source, password) as connection:
+        server = fetch_one(connection, SERVER_QUERY)
+        if server["server_version_num"] < MIN_SERVER_VERSION_NUM:
+            raise InvalidRequestError(f"PostgreSQL {server['server_version']} is not supported (12 or later is needed)")
+        _validate_regexes(connection, patterns, filters)
+        rows = list(stream_rows(connection, DATABASES_QUERY, patterns.database_params()))
+    choice = choose_databases(rows, filters, command.source.database, patterns)
+    problems = [f"include key {k!r} matches no database" for k in choice.unmatched_include_keys]
+    warnings.extend(choice.skipped)
+    counts = {"databases": len(choice.selected), "schemas": 0, "tables": 0, "views": 0, "columns": 0}
+    database_records: list[Record] = []
+    for selection in choice.selected:
+        with connect(command.source, password, selection.database) as connection:
+            database_records.append({"kind": "database", **fetch_one(connection, DATABASE_QUERY)})
+            selected = fetch_one(connection, COUNT_QUERY, relation_params(selection, filters))
+            for key in ("schemas", "tables", "views", "columns"):
+                counts[key] += int(selected[key])
+            problems.extend(_unmatched_schema_patterns(connection, selection))
+    if not choice.selected:
+        problems.append(
+            "the filters select no database" + (f" ({'; '.join(choice.skipped)})" if choice.skipped else "")
+        )
+    elif counts["tables"] + counts["views"] == 0:
+        problems.append(
+            f"the filters select 0 tables and 0 views in {counts['databases']} database(s): nothing to extract"
+        )
+    if problems:
+        raise InvalidRequestError("preflight failed: " + "; ".join(problems))
+    server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
+    platform.save_chunk(command.run_id, Stage.EXTRACT.value, SERVER_UNIT, 0, [server_record, *database_records])
+    completed = PreflightCompleted(
+        run_id=command.run_id,
+        server_version=str(server["server_version"]),
+        databases=choice.selected,
+        counts=counts,
+        warnings=warnings,
+    )
+    platform.save_json(result_key(command.run_id, Stage.PREFLIGHT), completed.model_dump(mode="json"))
+    return completed
 
-    password = resolve_password(platform, event.credentials)
-    provider = lambda: password  # noqa: E731
+
+UNMATCHED_SCHEMA_PATTERNS_QUERY = f"""
+SELECT k.p AS pattern
+FROM unnest(CAST(:patterns AS text[])) AS k(p)
+WHERE NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} AND n.nspname ~ k.p)
+"""
+
+
+def _unmatched_schema_patterns(connection: Connection, selection: DatabaseSelection) -> list[str]:
+    rows = stream_rows(connection, UNMATCHED_SCHEMA_PATTERNS_QUERY, {"patterns": selection.schema_include})
+    return [f"include schema pattern {r['pattern'][4:-2]!r} matches no schema in database "
+            f"{selection.database!r}" for r in rows]  # fmt: skip
+
+
+# -- metadata for filter pickers -----------------------------------------------------------------------
+
+SCHEMA_LIST_QUERY = f"""
+SELECT n.nspname AS schema_name FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1
+"""
+
+
+def list_metadata(command: MetadataRequested, platform: Platform) -> dict[str, Any]:
+    password = provider_for(platform, command.source, command.credentials)
+    if command.listing == "databases":
+        patterns = FilterPatterns.of(FilterSpec())
+        with connect(command.source, password) as connection:
+            rows = stream_rows(connection, DATABASES_QUERY, patterns.database_params())
+            return {"databases": [{"name": r["database_name"], "can_connect": r["can_connect"],
+                                   "comment": r["comment"]} for r in rows]}  # fmt: skip
+    with connect(command.source, password) as connection:
+        return {"schemas": [r["schema_name"] for r in stream_rows(connection, SCHEMA_LIST_QUERY)]}
+
+
+# -- one database's catalog -----------------------------------------------------------------------------
+
+
+def iter_catalog(
+    connection: Connection, selection: DatabaseSelection, filters: FilterSpec, report: list[dict[str, str]]
+) -> Iterator[Record]:
+    """Every catalog record of the connected database, tagged with its kind, streamed query by query.
+
+    A query that fails on the server (other than by losing the connection) is recorded in the run report
+    and the other kinds are still extracted: one bad object kind does not abort the database.
+    """
+    params = relation_params(selection, filters)
+    for kind, sql in CATALOG_QUERIES.items():
+        try:
+            with connection.begin_nested():
+                for row in stream_rows(connection, sql, params):
+                    row["kind"] = kind
+                    row["database_name"] = selection.database
+                    yield row
+        except sa_exc.OperationalError:
+            raise
+        except sa_exc.DBAPIError as exc:
+            if isinstance(exc.orig, pg_errors.InsufficientPrivilege):
+                hint = "grant the role pg_read_all_stats or ownership of the objects"
+            else:
+                hint = "see the extractor log"
+            message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            log.warning("database %s: %s query failed: %s", selection.database, kind, message)
+            report.append({"object": f"{selection.database}: all {kind}s", "error": message, "hint": hint})
+
+
+def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCompleted:
+    """Extracts one database into chunks; idempotent per run and unit, retried on a lost connection."""
+    unit = command.selection.unit
+    recorded = platform.get_json(result_key(command.run_id, Stage.EXTRACT, unit))
+    if recorded is not None:
+        log.info("run %s: %s already extracted, re-announcing", command.run_id, unit)
+        return ExtractCompleted.model_validate(recorded)
+    password = provider_for(platform, command.source, command.credentials)
+    for attempt in range(1, CONNECTION_ATTEMPTS + 1):
+        try:
+            completed = _extract_once(command, platform, password)
+            break
+        except sa_exc.OperationalError as exc:
+            # Lost mid-stream (restart, failover, network): start the database again; chunks are
+            # rewritten under the same keys, so nothing is duplicated.
+            if attempt == CONNECTION_ATTEMPTS:
+                raise SourceUnreachableError(
+                    f"lost the connection to database {command.selection.database!r} {attempt} times: "
+                    f"{str(exc.orig or exc).strip().splitlines()[0]}"
+                ) from None
+            delay = 2 ** (attempt - 1)
+            log.warning("run %s: connection lost extracting %s, retrying in %d s", command.run_id, unit, delay)
+            time.sleep(delay)
+    platform.save_json(result_key(command.run_id, Stage.EXTRACT, unit), completed.model_dump(mode="json"))
+    return completed
+
+
+def _extract_once(command: ExtractRequested, platform: Platform, password: PasswordProvider) -> ExtractCompleted:
+    selection = command.selection
+    report: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     chunk_count = 0
-    with connect(event.source, provider) as connection:
-        totals = fetch_one(connection, COUNT_QUERY)
-        total = int(totals["schemas"]) + int(totals["relations"]) + int(totals["columns"])
-        done = 0
-        for chunk_count, batch in enumerate(batch_records(iter_catalog(connection)), start=1):
-            platform.save_chunk(event.run_id, STAGE, chunk_count - 1, batch)
+    with connect(command.source, password, selection.database) as connection:
+        totals = fetch_one(connection, COUNT_QUERY, relation_params(selection, command.filters))
+        total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
+        records = iter_catalog(connection, selection, command.filters, report)
+        for chunk_count, batch in enumerate(batch_records(records), start=1):
+            platform.save_chunk(command.run_id, Stage.EXTRACT.value, selection.unit, chunk_count - 1, batch)
             for record in batch:
                 counts[record["kind"]] = counts.get(record["kind"], 0) + 1
             done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
             platform.publish(
                 TopicName.EXTRACTION_PROGRESS,
-                ExtractionProgress(run_id=event.run_id, stage=Stage.EXTRACT, done=done, total=total),
+                ExtractionProgress(
+                    run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
+                ),
             )
-    completed = ExtractCompleted(run_id=event.run_id, chunk_count=chunk_count, counts=counts)
-    platform.save_json(result_key(event.run_id), completed.model_dump(mode="json"))
-    return completed
+    platform.save_json(report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
+    return ExtractCompleted(
+        run_id=command.run_id, unit=selection.unit, chunk_count=chunk_count, counts=counts, problems=len(report)
+    )

@@ -27,6 +27,9 @@ SESSION_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=3000
 # libpq reports connection-time FATALs without a SQLSTATE (psycopg's ``sqlstate`` is None there), so
 # these are told apart by the server's message; errors after connecting are classified by class.
 CONNECT_FAILURE_PATTERNS: tuple[tuple[str, str], ...] = (
+    # TLS set-up failures come first: "root certificate file ... does not exist" is not a missing database.
+    ("certificate", "tls"),
+    ("ssl", "tls"),
     ("password authentication failed", "authentication"),
     ("no password supplied", "authentication"),
     ("authentication failed", "authentication"),
@@ -60,9 +63,17 @@ def classify_connect_error(exc: BaseException, source: SourceSpec, database: str
         if pattern in lowered:
             if kind == "database" and 'role "' in lowered:
                 return auth
+            if kind == "tls":
+                return SourceUnreachableError(
+                    f"TLS connection to {where} failed: {_first_line(text)}",
+                    hint="check sslmode and the CA bundle (sslrootcert)",
+                )
             return {"authentication": auth, "database": missing_db, "privilege": privilege}[kind]
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {first_line}")
+    return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {_first_line(text) or type(exc).__name__}")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 PasswordProvider = Callable[[], str]
@@ -114,13 +125,14 @@ def connect(source: SourceSpec, password: PasswordProvider, database: str | None
 
 def stream_rows(connection: Connection, sql: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of one catalog query as dicts, fetched through a server-side cursor in bounded batches."""
-    result = connection.execution_options(stream_results=True, yield_per=2000).execute(text(sql), params or {})
+    # Options on the statement, not the connection: Connection.execution_options() changes the connection
+    # itself, and every later statement (SAVEPOINT included) would then be sent as a cursor declaration.
+    statement = text(sql).execution_options(stream_results=True, yield_per=2000)
+    result = connection.execute(statement, params or {})
     for row in result.mappings():
         yield dict(row)
 
 
-def fetch_one(connection: Connection, sql: str) -> dict[str, Any]:
-    row = connection.execute(text(sql)).mappings().one()
+def fetch_one(connection: Connection, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    row = connection.execute(text(sql), params or {}).mappings().one()
     return dict(row)
-
-

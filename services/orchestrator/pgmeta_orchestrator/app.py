@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pgmeta_orchestrator.runs import RunRequest, RunService, RunView
+from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
     ACTIVITY_FINISH,
@@ -24,6 +25,7 @@ from pgmeta_shared.events import (
     ExtractCompleted,
     ExtractionProgress,
     ExtractionRequested,
+    PreflightCompleted,
     PublishCompleted,
     Stage,
     StageFailed,
@@ -38,6 +40,7 @@ from pgmeta_shared.subscriptions import register_subscription
 log = logging.getLogger(__name__)
 
 COMPLETION_MODELS: dict[Stage, Any] = {
+    Stage.PREFLIGHT: PreflightCompleted,
     Stage.EXTRACT: ExtractCompleted,
     Stage.TRANSFORM: TransformCompleted,
     Stage.PUBLISH: PublishCompleted,
@@ -92,7 +95,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
 
         def on_stage_completed(event: Any, stage: Stage = stage) -> None:
             app.state.runs.raise_stage_event(
-                event.run_id, stage_result_event(stage), {"ok": True, "event": event.model_dump(mode="json")}
+                event.run_id,
+                stage_result_event(stage, getattr(event, "unit", None)),
+                {"ok": True, "event": event.model_dump(mode="json")},
             )
 
         register_subscription(
@@ -106,7 +111,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     def on_stage_failed(event: StageFailed) -> None:
         app.state.runs.raise_stage_event(
             event.run_id,
-            stage_result_event(event.stage),
+            stage_result_event(event.stage, event.unit),
             {"ok": False, "error_code": event.error_code, "error": event.error},
         )
 
@@ -147,6 +152,35 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     @app.get("/runs")
     async def list_runs(runs: Runs, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunView]:
         return await run_in_threadpool(runs.recent, limit)
+
+    @app.post("/preflight")
+    async def run_preflight(body: SourceRequest, runs: Runs) -> JSONResponse:
+        """Checks connection, privileges, version and filters, and counts what would be extracted."""
+        answer = await run_in_threadpool(runs.ask_extractor, body, "preflight")
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+
+    @app.post("/metadata/databases")
+    async def list_databases(body: SourceRequest, runs: Runs) -> JSONResponse:
+        """Databases on the server (and whether the role may connect), for filter pickers."""
+        answer = await run_in_threadpool(runs.ask_extractor, body, "databases")
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+
+    @app.post("/metadata/schemas")
+    async def list_schemas(body: SourceRequest, runs: Runs) -> JSONResponse:
+        """Schemas of ``source.database`` (default: the maintenance database)."""
+        answer = await run_in_threadpool(runs.ask_extractor, body, "schemas")
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+
+    @app.get("/metadata/databases")
+    async def get_databases(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
+        """The same for credentials named by secret (a GET never carries a password)."""
+        answer = await run_in_threadpool(runs.ask_extractor, source.as_request(), "databases")
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+
+    @app.get("/metadata/schemas")
+    async def get_schemas(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
+        answer = await run_in_threadpool(runs.ask_extractor, source.as_request(), "schemas")
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

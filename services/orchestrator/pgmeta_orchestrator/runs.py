@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -19,11 +20,16 @@ from pgmeta_shared.events import (
     CredentialRef,
     ExtractionProgress,
     ExtractionRequested,
+    FilterSpec,
+    MetadataRequested,
+    PreflightRequested,
     RunId,
     SourceSpec,
+    Stage,
     TopicName,
 )
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.stages import failure_key
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class RunRequest(BaseModel):
     )
     credentials: CredentialRef | None = Field(default=None, description="Reference to an existing secret.")
     connection_qualified_name: ConnectionQualifiedName | None = None
+    filters: FilterSpec = Field(default_factory=FilterSpec)
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
 
     @model_validator(mode="after")
@@ -54,6 +61,40 @@ class RunRequest(BaseModel):
         if (self.password is None) == (self.credentials is None):
             raise ValueError("give exactly one of 'password' and 'credentials'")
         return self
+
+
+class SourceRequest(BaseModel):
+    """Body of ``POST /preflight`` and ``POST /metadata/...``: a source and how to authenticate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceSpec
+    password: SecretStr | None = None
+    credentials: CredentialRef | None = None
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> SourceRequest:
+        if (self.password is None) == (self.credentials is None):
+            raise ValueError("give exactly one of 'password' and 'credentials'")
+        return self
+
+
+class MetadataQuery(BaseModel):
+    """Query parameters of ``GET /metadata/...``: the source, and a secret holding its password."""
+
+    host: str
+    port: int = 5432
+    username: str
+    database: str | None = None
+    credentials_secret: str = Field(description="Name of the secret in the secret store.")
+    secret_store: str = "secretstore"
+
+    def as_request(self) -> SourceRequest:
+        return SourceRequest(
+            source=SourceSpec(host=self.host, port=self.port, username=self.username, database=self.database),
+            credentials=CredentialRef(kind="secret", store=self.secret_store, key=self.credentials_secret),
+        )
 
 
 class RunView(BaseModel):
@@ -79,25 +120,29 @@ class RunService:
 
     # -- starting ---------------------------------------------------------------------------------
 
+    def _credentials(
+        self, request_id: str, password: SecretStr | None, credentials: CredentialRef | None, ttl_seconds: int
+    ) -> CredentialRef:
+        """A reference to the credentials: an inline password is stored encrypted (by Dapr) under the id."""
+        if password is None:
+            assert credentials is not None
+            return credentials
+        key = f"cred/{request_id}"
+        self._platform.save_state_json(
+            self._settings.credentials_store, key, {"password": password.get_secret_value()}, ttl_seconds=ttl_seconds
+        )
+        return CredentialRef(kind="state", store=self._settings.credentials_store, key=key)
+
     def submit(self, body: RunRequest) -> str:
         """Stores an inline password encrypted, then publishes ``extraction.requested``."""
         run_id = body.request_id or f"run-{uuid.uuid4().hex[:12]}"
-        credentials = body.credentials
-        if body.password is not None:
-            key = f"cred/{run_id}"
-            self._platform.save_state_json(
-                self._settings.credentials_store,
-                key,
-                {"password": body.password.get_secret_value()},
-                ttl_seconds=self._settings.credentials_ttl_seconds,
-            )
-            credentials = CredentialRef(kind="state", store=self._settings.credentials_store, key=key)
-        assert credentials is not None
+        credentials = self._credentials(run_id, body.password, body.credentials, self._settings.credentials_ttl_seconds)
         event = ExtractionRequested(
             request_id=run_id,
             source=body.source,
             credentials=credentials,
             connection_qualified_name=body.connection_qualified_name,
+            filters=body.filters,
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
@@ -138,6 +183,39 @@ class RunService:
             return [{"run_id": run_id, "created_at": _now()}, *entries][: self._settings.runs_index_size]
 
         self._platform.update_json(INDEX_KEY, add)
+
+    # -- questions answered by the extractor (preflight, metadata) --------------------------------
+
+    def ask_extractor(self, body: SourceRequest, kind: Literal["preflight", "databases", "schemas"]) -> dict[str, Any]:
+        """Publishes a command and polls the artifacts store for the answer (any orchestrator replica can)."""
+        request_id = f"{'pf' if kind == 'preflight' else 'md'}-{uuid.uuid4().hex[:16]}"
+        credentials = self._credentials(request_id, body.password, body.credentials, 600)
+        try:
+            command: Any
+            if kind == "preflight":
+                command = PreflightRequested(
+                    run_id=request_id, source=body.source, credentials=credentials, filters=body.filters
+                )
+                self._platform.publish(TopicName.PREFLIGHT_REQUESTED, command)
+                answer_keys = [f"{request_id}/preflight/result", failure_key(request_id, Stage.PREFLIGHT, None)]
+            else:
+                command = MetadataRequested(
+                    run_id=request_id, source=body.source, credentials=credentials, listing=kind
+                )
+                self._platform.publish(TopicName.METADATA_REQUESTED, command)
+                answer_keys = [f"{request_id}/metadata/result"]
+            deadline = time.monotonic() + self._settings.question_timeout_seconds
+            while time.monotonic() < deadline:
+                for key in answer_keys:
+                    answer = self._platform.get_json(key)
+                    if answer is not None:
+                        return _as_answer(answer)
+                time.sleep(0.1)
+            waited = self._settings.question_timeout_seconds
+            return {"ok": False, "error_code": "timeout", "error": f"no answer from the extractor within {waited} s"}
+        finally:
+            if body.password is not None:
+                self._platform.delete_state(credentials.store, credentials.key)
 
     # -- stage outcomes ---------------------------------------------------------------------------
 
@@ -196,6 +274,14 @@ class RunService:
             return None
         root = self._settings.objectstore_local_root
         return f"{root.rstrip('/')}/{location}" if root else f"objectstore:{location}"
+
+
+def _as_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    if "error_code" in answer and "stage" in answer:  # a StageFailed event
+        return {"ok": False, "error_code": answer["error_code"], "error": answer["error"]}
+    if "ok" in answer:
+        return answer
+    return {"ok": True, **answer}
 
 
 def _loads(text: str | None) -> Any:

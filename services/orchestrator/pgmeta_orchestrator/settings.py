@@ -18,3 +18,4 @@ class OrchestratorSettings(DaprSettings):
         description="Local directory behind the objectstore binding, to report runs' output as a path.",
     )
     runs_index_size: int = Field(default=500, description="How many recent runs GET /runs remembers.")
+    question_timeout_seconds: int = Field(default=60, description="How long POST /preflight and /metadata wait.")

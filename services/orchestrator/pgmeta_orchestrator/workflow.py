@@ -12,19 +12,22 @@ from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
 
+from dapr.ext.workflow import when_all, when_any
 from pydantic import BaseModel
 
 from pgmeta_shared.events import (
-    ExtractCompleted,
+    SERVER_UNIT,
     ExtractionCompleted,
     ExtractionRequested,
     ExtractRequested,
+    PreflightCompleted,
+    PreflightRequested,
     PublishCompleted,
     PublishRequested,
     Stage,
     TopicName,
-    TransformCompleted,
     TransformRequested,
+    UnitChunks,
     stage_result_event,
 )
 from pgmeta_shared.naming import default_connection_qualified_name
@@ -36,6 +39,7 @@ ACTIVITY_FINISH = "finish_run"
 
 
 STAGE_COMMANDS: dict[TopicName, type[BaseModel]] = {
+    TopicName.PREFLIGHT_REQUESTED: PreflightRequested,
     TopicName.EXTRACT_REQUESTED: ExtractRequested,
     TopicName.TRANSFORM_REQUESTED: TransformRequested,
     TopicName.PUBLISH_REQUESTED: PublishRequested,
@@ -52,8 +56,8 @@ def connection_qualified_name(request: ExtractionRequested) -> str:
     )
 
 
-def custom_status(stage: str, counts: dict[str, int], error: str | None = None) -> str:
-    return json.dumps({"stage": stage, "counts": counts, "error": error}, sort_keys=True)
+def custom_status(stage: str, counts: dict[str, int], error: str | None = None, **extra: Any) -> str:
+    return json.dumps({"stage": stage, "counts": counts, "error": error, **extra}, sort_keys=True)
 
 
 def await_stage(ctx: Any, stage: Stage, timeout: timedelta) -> Generator[Any, Any, dict[str, Any]]:
@@ -61,13 +65,60 @@ def await_stage(ctx: Any, stage: Stage, timeout: timedelta) -> Generator[Any, An
     try:
         outcome: dict[str, Any] = yield ctx.wait_for_external_event(stage_result_event(stage), timeout=timeout)
     except TimeoutError:
-        raise StageFailedError(
-            f"{stage.value} did not finish within {int(timeout.total_seconds())} s (stage_timeout_seconds)"
-        ) from None
+        raise StageFailedError(_timeout_message(stage, None, timeout)) from None
+    return _unwrap(stage, None, outcome)
+
+
+def _timeout_message(stage: Stage, unit: str | None, timeout: timedelta) -> str:
+    what = stage.value if unit is None else f"{stage.value} of {unit}"
+    return f"{what} did not finish within {int(timeout.total_seconds())} s (stage_timeout_seconds)"
+
+
+def _unwrap(stage: Stage, unit: str | None, outcome: dict[str, Any]) -> dict[str, Any]:
     if not outcome.get("ok"):
-        raise StageFailedError(f"{stage.value} failed ({outcome.get('error_code')}): {outcome.get('error')}")
+        where = stage.value if unit is None else f"{stage.value} of {unit}"
+        raise StageFailedError(f"{where} failed ({outcome.get('error_code')}): {outcome.get('error')}")
     event: dict[str, Any] = outcome["event"]
     return event
+
+
+def fan_out(
+    ctx: Any, stage: Stage, topic: TopicName, commands: dict[str, BaseModel], timeout: timedelta, status: dict[str, Any]
+) -> Generator[Any, Any, dict[str, dict[str, Any]]]:
+    """Publishes one command per unit and waits for every unit's outcome; the first failure fails the stage.
+
+    Replicas of the stage's service share the commands (one consumer group per app id).
+    """
+    yield when_all([ctx.call_activity(ACTIVITY_PUBLISH, input=_command(topic, c)) for c in commands.values()])
+    pending = {unit: ctx.wait_for_external_event(stage_result_event(stage, unit), timeout=timeout) for unit in commands}
+    results: dict[str, dict[str, Any]] = {}
+    while pending:
+        finished = yield when_any(list(pending.values()))
+        unit = next(u for u, task in pending.items() if task is finished)
+        del pending[unit]
+        if finished.is_failed:
+            if isinstance(finished.get_exception(), TimeoutError):
+                raise StageFailedError(_timeout_message(stage, unit, timeout))
+            raise StageFailedError(f"{stage.value} of {unit} failed: {finished.get_exception()}")
+        results[unit] = _unwrap(stage, unit, finished.get_result())
+        ctx.set_custom_status(
+            custom_status(
+                stage.value,
+                status["counts"],
+                units_done=len(results),
+                units_total=len(commands),
+                databases=status.get("databases"),
+            )  # fmt: skip
+        )
+    return results
+
+
+def _sum_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for result in results:
+        for key, value in result["counts"].items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[Any, Any, dict[str, Any]]:
@@ -75,49 +126,64 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
     run_id: str = ctx.instance_id
     connection_qn = connection_qualified_name(request)
     timeout = timedelta(seconds=request.stage_timeout_seconds)
-    stage = Stage.EXTRACT
-    counts: dict[str, int] = {}
+    stage = Stage.PREFLIGHT
+    status: dict[str, Any] = {"counts": {}, "databases": None}
     try:
-        ctx.set_custom_status(custom_status(stage.value, counts))
-        command: Any = ExtractRequested(
-            run_id=run_id,
-            source=request.source,
-            credentials=request.credentials,
-            connection_qualified_name=connection_qn,
+        ctx.set_custom_status(custom_status(stage.value, {}))
+        command: Any = PreflightRequested(
+            run_id=run_id, source=request.source, credentials=request.credentials, filters=request.filters
         )
-        yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.EXTRACT_REQUESTED, command))
-        extracted = ExtractCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
+        yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.PREFLIGHT_REQUESTED, command))
+        checked = PreflightCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
+
+        stage = Stage.EXTRACT
+        status = {"counts": checked.counts, "databases": [db.database for db in checked.databases]}
+        ctx.set_custom_status(
+            custom_status(
+                stage.value, checked.counts, units_done=0, units_total=len(checked.databases),
+                databases=status["databases"],
+            )
+        )  # fmt: skip
+        extract_commands: dict[str, BaseModel] = {
+            db.unit: ExtractRequested(
+                run_id=run_id, source=request.source, credentials=request.credentials,
+                connection_qualified_name=connection_qn, selection=db, filters=request.filters,
+            )
+            for db in checked.databases
+        }  # fmt: skip
+        extracted = yield from fan_out(ctx, stage, TopicName.EXTRACT_REQUESTED, extract_commands, timeout, status)
 
         stage = Stage.TRANSFORM
-        counts = extracted.counts
-        ctx.set_custom_status(custom_status(stage.value, counts))
-        command = TransformRequested(
-            run_id=run_id, connection_qualified_name=connection_qn, chunk_count=extracted.chunk_count
-        )
-        yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.TRANSFORM_REQUESTED, command))
-        transformed = TransformCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
+        units = [UnitChunks(unit=SERVER_UNIT, chunk_count=1)] + [
+            UnitChunks(unit=unit, chunk_count=extracted[unit]["chunk_count"]) for unit in extract_commands
+        ]
+        status["counts"] = _sum_counts(list(extracted.values()))
+        transform_commands: dict[str, BaseModel] = {
+            u.unit: TransformRequested(
+                run_id=run_id, connection_qualified_name=connection_qn, unit=u.unit, chunk_count=u.chunk_count
+            )
+            for u in units
+        }
+        transformed = yield from fan_out(ctx, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status)
 
         stage = Stage.PUBLISH
-        counts = transformed.counts
-        ctx.set_custom_status(custom_status(stage.value, counts))
-        command = PublishRequested(
-            run_id=run_id,
-            connection_qualified_name=connection_qn,
-            chunk_count=transformed.chunk_count,
-            counts=transformed.counts,
-        )
+        counts = _sum_counts(list(transformed.values()))
+        status["counts"] = counts
+        ctx.set_custom_status(custom_status(stage.value, counts, databases=status["databases"]))
+        command = PublishRequested(run_id=run_id, connection_qualified_name=connection_qn, units=units, counts=counts)
         yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.PUBLISH_REQUESTED, command))
         published = PublishCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
     except StageFailedError as exc:
-        ctx.set_custom_status(custom_status(stage.value, counts, str(exc)))
-        failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=counts, error=str(exc))
+        ctx.set_custom_status(custom_status(stage.value, status["counts"], str(exc), databases=status["databases"]))
+        failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=status["counts"], error=str(exc))
         yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(failed, request))
         raise
 
-    ctx.set_custom_status(custom_status("done", published.counts))
+    ctx.set_custom_status(custom_status("done", published.counts, databases=status["databases"]))
     completed = ExtractionCompleted(
-        run_id=run_id, status="COMPLETED", counts=published.counts, location=published.location
-    )
+        run_id=run_id, status="COMPLETED", counts=published.counts, location=published.location,
+        problems=published.problems,
+    )  # fmt: skip
     yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(completed, request))
     return completed.model_dump(mode="json")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from pgmeta_shared.events import Stage, TopicName, TransformRequested
-from pgmeta_shared.service import create_stage_app, serve
+from pgmeta_shared.service import StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
 from pgmeta_transformer.transformation import transform
 
@@ -14,11 +14,15 @@ def create_app(settings: DaprSettings) -> FastAPI:
     return create_stage_app(
         service="transformer",
         settings=settings,
-        stage=Stage.TRANSFORM,
-        command_topic=TopicName.TRANSFORM_REQUESTED,
-        command_model=TransformRequested,
-        work=transform,
-        completion_topic=TopicName.TRANSFORM_COMPLETED,
+        routes=[
+            StageRoute(
+                Stage.TRANSFORM,
+                TopicName.TRANSFORM_REQUESTED,
+                TransformRequested,
+                transform,
+                TopicName.TRANSFORM_COMPLETED,
+            )
+        ],
     )
 
 

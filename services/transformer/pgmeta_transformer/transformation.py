@@ -1,49 +1,48 @@
-"""The transform stage: every raw chunk becomes one entity chunk (same index, so redelivery overwrites)."""
+"""The transform stage: every raw chunk of a unit becomes one entity chunk (same index: redelivery overwrites)."""
 
 from __future__ import annotations
 
 import logging
 
-from pgmeta_shared.events import (
-    ExtractionProgress,
-    Stage,
-    TopicName,
-    TransformCompleted,
-    TransformRequested,
-)
+from pgmeta_shared.events import ExtractionProgress, Stage, TopicName, TransformCompleted, TransformRequested
 from pgmeta_shared.platform import Platform
 from pgmeta_transformer.atlas import to_entities
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.TRANSFORM.value
+
+def result_key(run_id: str, unit: str) -> str:
+    return f"{run_id}/{Stage.TRANSFORM.value}/{unit}/result"
 
 
-def result_key(run_id: str) -> str:
-    return f"{run_id}/{STAGE}/result"
+def report_key(run_id: str, unit: str) -> str:
+    return f"{run_id}/report/{Stage.TRANSFORM.value}/{unit}"
 
 
-def transform(event: TransformRequested, platform: Platform) -> TransformCompleted:
-    recorded = platform.get_json(result_key(event.run_id))
+def transform(command: TransformRequested, platform: Platform) -> TransformCompleted:
+    recorded = platform.get_json(result_key(command.run_id, command.unit))
     if recorded is not None:
         return TransformCompleted.model_validate(recorded)
     counts: dict[str, int] = {}
-    for index in range(event.chunk_count):
-        records = platform.load_chunk(event.run_id, Stage.EXTRACT.value, index)
-        entities = to_entities(event.connection_qualified_name, records)
-        platform.save_chunk(event.run_id, STAGE, index, entities)
+    problems: list[dict[str, str]] = []
+    for index in range(command.chunk_count):
+        records = platform.load_chunk(command.run_id, Stage.EXTRACT.value, command.unit, index)
+        entities = to_entities(command.connection_qualified_name, records, problems)
+        platform.save_chunk(command.run_id, Stage.TRANSFORM.value, command.unit, index, entities)
         for entity in entities:
-            counts[entity["typeName"]] = counts.get(entity["typeName"], 0) + 1
+            key = entity.get("typeName") or f"extra:{entity['extra']}"
+            counts[key] = counts.get(key, 0) + 1
         platform.publish(
             TopicName.EXTRACTION_PROGRESS,
             ExtractionProgress(
-                run_id=event.run_id,
-                stage=Stage.TRANSFORM,
-                done=index + 1,
-                total=event.chunk_count,
-                unit="chunks",
+                run_id=command.run_id, stage=Stage.TRANSFORM, done=index + 1, total=command.chunk_count,
+                measure="chunks", work_unit=command.unit,
             ),
-        )
-    completed = TransformCompleted(run_id=event.run_id, chunk_count=event.chunk_count, counts=counts)
-    platform.save_json(result_key(event.run_id), completed.model_dump(mode="json"))
+        )  # fmt: skip
+    platform.save_json(report_key(command.run_id, command.unit), problems)
+    completed = TransformCompleted(
+        run_id=command.run_id, unit=command.unit, chunk_count=command.chunk_count, counts=counts,
+        problems=len(problems),
+    )  # fmt: skip
+    platform.save_json(result_key(command.run_id, command.unit), completed.model_dump(mode="json"))
     return completed
