@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -83,7 +84,20 @@ def demo_catalog(stack: LocalStack) -> dict[str, Any]:
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attnum > 0 AND NOT a.attisdropped "
             "AND c.relkind IN ('r','p','v','m','f') AND n.nspname NOT LIKE 'pg\\_%' "
             "AND n.nspname <> 'information_schema'")}  # fmt: skip
+        routines = conn.execute(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+        ).fetchone()
+        views_with_sources = conn.execute(
+            "SELECT count(DISTINCT r.ev_class) FROM pg_rewrite r JOIN pg_class v ON v.oid = r.ev_class "
+            "JOIN pg_namespace n ON n.oid = v.relnamespace "
+            "JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
+            "AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class "
+            "WHERE v.relkind IN ('v', 'm') AND n.nspname NOT LIKE 'pg\\_%' "
+            "AND n.nspname <> 'information_schema'").fetchone()  # fmt: skip
     kinds = Counter("TablePartition" if part else RELATION_TYPES[kind] for _, _, kind, part in relations)
+    kinds["Procedure"] = routines[0] if routines else 0
+    kinds["Process"] = views_with_sources[0] if views_with_sources else 0
     return {"schemas": schemas, "relation_types": kinds, "columns": columns}
 
 
@@ -92,11 +106,11 @@ def load_entities(stack: LocalStack, location: str) -> tuple[list[dict[str, Any]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     entities = []
     for entry in manifest["files"]:
-        import hashlib
-
         content = (run_dir / entry["name"]).read_bytes()
         assert hashlib.sha256(content).hexdigest() == entry["sha256"]
-        entities.extend(json.loads(line) for line in content.decode().splitlines())
+        assert len(content) == entry["bytes"]
+        if "type" in entry:
+            entities.extend(json.loads(line) for line in content.decode().splitlines())
     return entities, manifest
 
 
@@ -190,11 +204,13 @@ def test_bad_source_fails_fast_with_a_clear_error(
     assert says in run["error"]
     assert password not in json.dumps(run)
     assert elapsed < 15, f"took {elapsed:.1f} s"
-    extract_commands = [ce["data"]["run_id"] for ce in stream_events(full_stack, "extract.requested")]
-    assert extract_commands.count(run_id) == 1, "a failed connection must not be retried in a storm"
+    preflights = [ce["data"]["run_id"] for ce in stream_events(full_stack, "preflight.requested")]
+    assert preflights.count(run_id) == 1, "a failed connection must not be retried in a storm"
+    extracts = [ce["data"]["run_id"] for ce in stream_events(full_stack, "extract.requested")]
+    assert run_id not in extracts, "nothing is extracted after a failed preflight"
     completed = wait_for_completion(full_stack, run_id)
     assert completed["status"] == "FAILED" and says in completed["error"]
-    for topic in ("extraction.requested", "extract.requested", "stage.failed", "extraction.completed"):
+    for topic in ("extraction.requested", "preflight.requested", "stage.failed", "extraction.completed"):
         assert password not in json.dumps(stream_events(full_stack, topic))
     assert password not in (full_stack.layout.logs / "extractor.log").read_text()
     redis_client = redis.Redis(port=full_stack.layout.redis_port)

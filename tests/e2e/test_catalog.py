@@ -1,0 +1,121 @@
+"""The trap catalog through the real stack, on PostgreSQL 18 and 15: every object exactly once, parents resolve."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from pgmeta_devstack.postgres import PostgresServer
+from pgmeta_devstack.stack import LocalStack
+
+from .test_pipeline import PARENT_ATTRIBUTES, load_entities, wait_for_completion
+
+pytestmark = pytest.mark.e2e
+
+
+def body(server: PostgresServer, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "source": {"host": "127.0.0.1", "port": server.port, "username": "postgres"},
+        "password": server.password,
+        **extra,
+    }
+    if request_id:
+        document["request_id"] = request_id
+    return document
+
+
+def catalog_counts(server: PostgresServer, database: str) -> Counter[str]:
+    """Per Atlas type, what pg_catalog holds in one database (user schemas only), asked independently."""
+    user = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+    with psycopg.connect(**server.connect_kwargs(database)) as conn:
+        rows = dict(
+            conn.execute(
+                f"""SELECT CASE WHEN c.relispartition THEN 'TablePartition'
+                                WHEN c.relkind IN ('r', 'p', 'f') THEN 'Table'
+                                WHEN c.relkind = 'v' THEN 'View' ELSE 'MaterialisedView' END, count(*)
+                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND {user} GROUP BY 1"""
+            ).fetchall()
+        )
+        rows["Column"] = conn.execute(
+            f"""SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'f', 'v', 'm') AND {user}"""
+        ).fetchone()[0]  # type: ignore[index]
+        rows["Procedure"] = conn.execute(
+            f"""SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {user}
+                AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass
+                                AND e.objid = p.oid AND e.deptype = 'e')"""
+        ).fetchone()[0]  # type: ignore[index]
+        rows["Schema"] = conn.execute(f"SELECT count(*) FROM pg_namespace n WHERE {user}").fetchone()[0]  # type: ignore[index]
+    return Counter({k: v for k, v in rows.items() if v})
+
+
+def test_every_database_every_object_exactly_once(full_stack: LocalStack, postgres: PostgresServer) -> None:
+    run_id = f"e2e-traps-{postgres.port}"
+    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body(postgres, run_id), timeout=10)
+    assert response.status_code == 202, response.text
+    completed = wait_for_completion(full_stack, run_id, timeout=120)
+    assert completed["status"] == "COMPLETED", completed
+    entities, manifest = load_entities(full_stack, completed["location"])
+    qualified = [(e["typeName"], e["attributes"]["qualifiedName"]) for e in entities]
+    assert len(qualified) == len(set(qualified)), "an object came out twice"
+    expected: Counter[str] = Counter({"Connection": 1, "Database": 4})  # crm, locked, postgres, traps
+    for database in ("crm", "locked", "postgres", "traps"):
+        expected += catalog_counts(postgres, database)
+    got = Counter(e["typeName"] for e in entities if e["typeName"] != "Process")
+    assert got == expected
+    known = set(qualified)
+    for entity in entities:
+        attributes = entity["attributes"]
+        refs = [attributes[a] for a in PARENT_ATTRIBUTES if a in attributes]
+        refs += attributes.get("inputs", []) + attributes.get("outputs", []) + attributes.get("foreignKeyTo", [])
+        for ref in refs:
+            assert (ref["typeName"], ref["uniqueAttributes"]["qualifiedName"]) in known, (entity, ref)
+    assert manifest["problems"] == 0
+    run = httpx.get(f"{full_stack.layout.api_url}/runs/{run_id}", timeout=10).json()
+    assert run["status"] == "COMPLETED" and run["stage"] == "done"
+
+
+def test_filters_through_the_stack(full_stack: LocalStack, postgres: PostgresServer) -> None:
+    run_id = f"e2e-filtered-{postgres.port}"
+    filters = {"include": {"traps": ["alpha"]}, "temp_table_regex": ".*_tmp", "exclude_views": True}
+    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body(postgres, run_id, filters=filters), timeout=10)
+    assert response.status_code == 202, response.text
+    completed = wait_for_completion(full_stack, run_id, timeout=120)
+    assert completed["status"] == "COMPLETED", completed
+    entities, _ = load_entities(full_stack, completed["location"])
+    schemas = {e["attributes"]["name"] for e in entities if e["typeName"] == "Schema"}
+    assert schemas == {"alpha"}
+    tables = {e["attributes"]["name"] for e in entities if e["typeName"] in {"Table", "TablePartition"}}
+    assert "scratch_tmp" not in tables and "items" in tables
+    assert not any(e["typeName"] in {"View", "MaterialisedView"} for e in entities)
+
+
+def test_preflight_and_metadata_endpoints(full_stack: LocalStack, postgres: PostgresServer) -> None:
+    api = full_stack.layout.api_url
+    answer = httpx.post(f"{api}/preflight", json=body(postgres, filters={"include": {"traps": ["alpha"]}}), timeout=90)
+    assert answer.status_code == 200, answer.text
+    checked = answer.json()
+    assert [db["database"] for db in checked["databases"]] == ["traps"]
+    assert checked["counts"]["tables"] >= 5 and checked["counts"]["columns"] > 0
+    refused = httpx.post(f"{api}/preflight", json=body(postgres, filters={"include": {"nope": "*"}}), timeout=90)
+    assert refused.status_code == 422
+    assert "include key 'nope' matches no database" in refused.json()["error"]
+    started = time.monotonic()
+    databases = httpx.post(f"{api}/metadata/databases", json=body(postgres), timeout=90).json()
+    assert {d["name"] for d in databases["databases"]} >= {"crm", "traps", "postgres"}
+    assert time.monotonic() - started < 10
+    document = body(postgres)
+    document["source"]["database"] = "crm"
+    schemas = httpx.post(f"{api}/metadata/schemas", json=document, timeout=90).json()
+    assert schemas == {"ok": True, "schemas": ["leads", "public"]}
+    wrong = body(postgres)
+    wrong["password"] = "wrong"
+    failed = httpx.post(f"{api}/metadata/databases", json=wrong, timeout=90)
+    assert failed.status_code == 422 and "authentication failed" in failed.json()["error"]
