@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pgmeta_shared.claimcheck import Record, chunk_key, decode_chunk, encode_chunk
+from pgmeta_shared.claimcheck import chunk_key, decode_chunk, encode_chunk
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError
 from pgmeta_shared.events import TopicName
 
@@ -28,10 +28,10 @@ class InMemoryPlatform:
     def topics(self) -> list[TopicName]:
         return [topic for topic, _ in self.published]
 
-    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Record]) -> None:
+    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None:
         self.chunks[chunk_key(run_id, stage, unit, index)] = encode_chunk(records)
 
-    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Record]:
+    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]:
         key = chunk_key(run_id, stage, unit, index)
         if key not in self.chunks:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")
@@ -42,6 +42,9 @@ class InMemoryPlatform:
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         self.save_state_json("artifacts", key, value, ttl_seconds=ttl_seconds)
+
+    def delete_json(self, key: str) -> None:
+        self.delete_state("artifacts", key)
 
     def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any:
         updated = mutate(self.get_json(key))

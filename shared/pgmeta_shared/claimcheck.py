@@ -19,12 +19,12 @@ def chunk_key(run_id: str, stage: str, unit: str, index: int) -> str:
     return f"{run_id}/{stage}/{unit}/{index:06d}"
 
 
-def encode_chunk(records: list[Record]) -> bytes:
+def encode_chunk(records: list[Any]) -> bytes:
     return zlib.compress(orjson.dumps(records), 3)
 
 
-def decode_chunk(blob: bytes) -> list[Record]:
-    records: list[Record] = orjson.loads(zlib.decompress(blob))
+def decode_chunk(blob: bytes) -> list[Any]:
+    records: list[Any] = orjson.loads(zlib.decompress(blob))
     return records
 
 

@@ -240,6 +240,8 @@ class PublishRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
     units: list[UnitChunks]
     counts: Counts
+    filters: FilterSpec = Field(default_factory=FilterSpec, description="The run's filters: its scope.")
+    database: DatabaseName | None = Field(default=None, description="The one database requested, if any.")
 
 
 class PublishCompleted(EventModel):
@@ -248,6 +250,9 @@ class PublishCompleted(EventModel):
     file_count: int = Field(ge=0)
     counts: Counts
     problems: int = Field(default=0, ge=0)
+    changes: dict[str, int] = Field(
+        default_factory=dict, description="Entities created / updated / unchanged / deleted since the last run."
+    )
 
 
 class StageFailed(EventModel):
@@ -276,6 +281,7 @@ class ExtractionCompleted(EventModel):
     location: str | None = None
     error: str | None = None
     problems: int = Field(default=0, ge=0)
+    changes: dict[str, int] = Field(default_factory=dict)
 
 
 STAGE_COMPLETION_TOPICS: dict[Stage, TopicName] = {

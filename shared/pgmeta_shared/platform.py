@@ -14,7 +14,7 @@ import grpc
 import orjson
 from pydantic import BaseModel
 
-from pgmeta_shared.claimcheck import Record, chunk_key, decode_chunk, encode_chunk
+from pgmeta_shared.claimcheck import chunk_key, decode_chunk, encode_chunk
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
 from pgmeta_shared.events import TopicName, to_payload
 from pgmeta_shared.settings import DaprSettings
@@ -25,15 +25,17 @@ log = logging.getLogger(__name__)
 class Platform(Protocol):
     def publish(self, topic: TopicName, event: BaseModel) -> None: ...
 
-    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Record]) -> None: ...
+    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None: ...
 
-    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Record]: ...
+    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]: ...
 
     def get_json(self, key: str) -> Any | None: ...
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None: ...
 
     def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any: ...
+
+    def delete_json(self, key: str) -> None: ...
 
     def get_secret(self, store: str, key: str) -> dict[str, str]: ...
 
@@ -93,7 +95,7 @@ class DaprPlatform:
     def _ttl(self, ttl_seconds: int | None) -> dict[str, str]:
         return {"ttlInSeconds": str(ttl_seconds)} if ttl_seconds else {}
 
-    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Record]) -> None:
+    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None:
         self._call(
             "save chunk",
             self._client.save_state,
@@ -103,7 +105,7 @@ class DaprPlatform:
             state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
         )
 
-    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Record]:
+    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]:
         key = chunk_key(run_id, stage, unit, index)
         response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
         if not response.data:
@@ -115,6 +117,9 @@ class DaprPlatform:
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         self.save_state_json(self._settings.artifacts_store, key, value, ttl_seconds=ttl_seconds)
+
+    def delete_json(self, key: str) -> None:
+        self.delete_state(self._settings.artifacts_store, key)
 
     def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any:
         """Read-modify-write of one artifacts entry under optimistic concurrency (ETag, first-write-wins)."""

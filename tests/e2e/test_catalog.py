@@ -119,3 +119,41 @@ def test_preflight_and_metadata_endpoints(full_stack: LocalStack, postgres: Post
     wrong["password"] = "wrong"
     failed = httpx.post(f"{api}/metadata/databases", json=wrong, timeout=90)
     assert failed.status_code == 422 and "authentication failed" in failed.json()["error"]
+
+
+def test_second_run_reports_what_changed(full_stack: LocalStack, postgres: PostgresServer) -> None:
+    """One table added, one altered, one dropped between two runs of the same connection."""
+    api = full_stack.layout.api_url
+    with psycopg.connect(**postgres.connect_kwargs("crm"), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS churn")
+        conn.execute("CREATE TABLE churn.keep (id int PRIMARY KEY, note varchar(20))")
+        conn.execute("CREATE TABLE churn.doomed (id int PRIMARY KEY)")
+    document = body(postgres, filters={"include": {"crm": ["churn"]}})
+    document["source"]["database"] = "crm"
+    manifests = []
+    for run_id in (f"e2e-inc1-{postgres.port}", f"e2e-inc2-{postgres.port}"):
+        if manifests:
+            with psycopg.connect(**postgres.connect_kwargs("crm"), autocommit=True) as conn:
+                conn.execute("CREATE TABLE churn.fresh (id int PRIMARY KEY)")
+                conn.execute("ALTER TABLE churn.keep ALTER COLUMN note TYPE text")
+                conn.execute("DROP TABLE churn.doomed")
+        response = httpx.post(f"{api}/runs", json=document | {"request_id": run_id}, timeout=10)
+        assert response.status_code == 202, response.text
+        completed = wait_for_completion(full_stack, run_id, timeout=120)
+        assert completed["status"] == "COMPLETED", completed
+        _, manifest = load_entities(full_stack, completed["location"])
+        manifests.append(manifest)
+    first, second = manifests
+    assert first["changes"]["deleted"] == 0 and first["changes"]["updated"] == 0
+    assert second["previous_run_id"] == first["run_id"]
+    by_type = second["changes_by_type"]
+    assert by_type["Table"]["created"] == 1 and by_type["Table"]["deleted"] == 1
+    assert by_type["Column"]["created"] == 1 and by_type["Column"]["deleted"] == 1
+    assert by_type["Column"]["updated"] == 1  # churn.keep.note: varchar(20) → text
+    assert by_type["Schema"]["updated"] == 0  # the table count is the same: one added, one dropped
+    run_dir = full_stack.layout.objects / second["connection_qualified_name"] / second["run_id"]
+    deleted = [line for path in sorted(run_dir.glob("deleted-*.jsonl")) for line in path.read_text().splitlines()]
+    assert sorted(deleted) == sorted(
+        f'{{"typeName":"{t}","qualifiedName":"{second["connection_qualified_name"]}/crm/churn/doomed{c}"}}'
+        for t, c in (("Table", ""), ("Column", "/id"))
+    )

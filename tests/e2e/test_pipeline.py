@@ -230,7 +230,9 @@ def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
     assert set(document) == {"run_id", "status", "counts", "output", "error"}
     assert document["status"] == "COMPLETED" and document["error"] is None
     output = Path(document["output"])
-    lines = [line for path in output.glob("*.jsonl") for line in path.read_text().splitlines()]
+    manifest = json.loads((output / "manifest.json").read_text())
+    entity_files = [output / f["name"] for f in manifest["files"] if "type" in f]
+    lines = [line for path in entity_files for line in path.read_text().splitlines()]
     assert len(lines) == sum(document["counts"].values())
     assert all({"typeName", "attributes"} <= json.loads(line).keys() for line in lines)
     status = subprocess.run(

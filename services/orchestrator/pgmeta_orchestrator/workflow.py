@@ -170,7 +170,10 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         counts = _sum_counts(list(transformed.values()))
         status["counts"] = counts
         ctx.set_custom_status(custom_status(stage.value, counts, databases=status["databases"]))
-        command = PublishRequested(run_id=run_id, connection_qualified_name=connection_qn, units=units, counts=counts)
+        command = PublishRequested(
+            run_id=run_id, connection_qualified_name=connection_qn, units=units, counts=counts,
+            filters=request.filters, database=request.source.database,
+        )  # fmt: skip
         yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.PUBLISH_REQUESTED, command))
         published = PublishCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
     except StageFailedError as exc:
@@ -182,7 +185,7 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
     ctx.set_custom_status(custom_status("done", published.counts, databases=status["databases"]))
     completed = ExtractionCompleted(
         run_id=run_id, status="COMPLETED", counts=published.counts, location=published.location,
-        problems=published.problems,
+        problems=published.problems, changes=published.changes,
     )  # fmt: skip
     yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(completed, request))
     return completed.model_dump(mode="json")

@@ -1,17 +1,30 @@
-"""The publish stage: entity chunks to ``<connection>/<run_id>/`` in the object store, manifest last.
+"""The publish stage: entities to ``<connection>/<run_id>/`` in the object store (and to Atlan when configured).
 
-A reader that sees ``manifest.json`` sees a complete run: every file it lists was written before it.
+Layout (docs/output.md): ``<Type>-<unit>-<chunk>[-<part>].jsonl`` entity files (a full snapshot every run),
+``changes-<part>.jsonl`` (each entity created / updated / unchanged since the previous successful run of the
+connection), ``deleted-<part>.jsonl``, ``extras/…`` (constraints, indexes), ``report.json``, and
+``manifest.json`` written last: a reader that sees the manifest sees a complete run. Every file is written
+in parts small enough for Dapr's body limit; nothing is truncated.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from pgmeta_publisher.incremental import (
+    Scope,
+    bucketize,
+    chunked_lines,
+    compare,
+    forget_run,
+    snapshot_key,
+)
 from pgmeta_shared.events import ExtractionProgress, PublishCompleted, PublishRequested, Stage, TopicName
 from pgmeta_shared.platform import Platform
 
@@ -19,6 +32,15 @@ log = logging.getLogger(__name__)
 
 OBJECTSTORE_BINDING = "objectstore"
 REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
+MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
+
+
+class EntitySink(Protocol):
+    """Somewhere besides the object store that gets created/updated entities and archives deleted ones."""
+
+    def upsert(self, entities: Iterable[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+    def archive(self, references: Iterable[tuple[str, str]]) -> list[dict[str, Any]]: ...
 
 
 def result_key(run_id: str) -> str:
@@ -29,24 +51,87 @@ def run_prefix(connection_qn: str, run_id: str) -> str:
     return f"{connection_qn}/{run_id}"
 
 
-def render_jsonl(items: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(item) + b"\n" for item in items)
+def jsonl(items: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    return (orjson.dumps(item) + b"\n" for item in items)
 
 
-def publish(command: PublishRequested, platform: Platform) -> PublishCompleted:
+class RunWriter:
+    """Writes a run's files and remembers them for the manifest."""
+
+    def __init__(self, platform: Platform, prefix: str) -> None:
+        self.platform = platform
+        self.prefix = prefix
+        self.files: list[dict[str, Any]] = []
+
+    def write(self, name: str, content: bytes, **facts: Any) -> None:
+        # The same names on redelivery: a rewrite replaces, it never adds a second copy.
+        self.platform.write_object(OBJECTSTORE_BINDING, f"{self.prefix}/{name}", content)
+        self.files.append({"name": name, **facts, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+
+    def write_lines(self, stem: str, lines: Iterable[bytes], **facts: Any) -> None:
+        """``<stem>.jsonl``, or ``<stem>-<part>.jsonl`` parts when it would not fit one request."""
+        blobs = list(chunked_lines(iter(lines), MAX_FILE_PART_BYTES))
+        for part, blob in enumerate(blobs):
+            name = f"{stem}.jsonl" if len(blobs) == 1 else f"{stem}-{part:02d}.jsonl"
+            self.write(name, blob, lines=blob.count(b"\n"), **facts)
+
+
+class LineSpool:
+    """Accumulates JSON lines and writes them in numbered parts as they fill (bounded memory)."""
+
+    def __init__(self, writer: RunWriter, stem: str) -> None:
+        self.writer = writer
+        self.stem = stem
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.parts = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        line = orjson.dumps(item) + b"\n"
+        if self.lines and self.size + len(line) > MAX_FILE_PART_BYTES:
+            self.flush()
+        self.lines.append(line)
+        self.size += len(line)
+
+    def flush(self) -> None:
+        if self.lines:
+            blob = b"".join(self.lines)
+            self.writer.write(f"{self.stem}-{self.parts:05d}.jsonl", blob, lines=len(self.lines))
+            self.parts += 1
+            self.lines, self.size = [], 0
+
+
+def publish(command: PublishRequested, platform: Platform, sink: EntitySink | None = None) -> PublishCompleted:
     recorded = platform.get_json(result_key(command.run_id))
     if recorded is not None:
-        return PublishCompleted.model_validate(recorded)
-    prefix = run_prefix(command.connection_qualified_name, command.run_id)
+        completed = PublishCompleted.model_validate(recorded)
+        _advance_snapshot(platform, command)  # in case a crash came between the two writes
+        return completed
     started = datetime.now(UTC).isoformat()
-    files: list[dict[str, Any]] = []
+    writer = RunWriter(platform, run_prefix(command.connection_qualified_name, command.run_id))
+
+    # 1. Compare with the previous successful run of this connection, bucket by bucket.
+    previous = platform.get_json(snapshot_key(command.connection_qualified_name))
+    if previous is not None and previous.get("run_id") == command.run_id:
+        previous = None
+    parts = bucketize(platform, command.run_id, command.units)
+    spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
+    deleted: list[tuple[str, str]] = []
+
+    def emit(kind: str, line: dict[str, Any]) -> None:
+        spools[kind].add(line)
+        if kind == "deleted" and sink is not None:
+            deleted.append((line["typeName"], line["qualifiedName"]))
+
+    changes = compare(
+        platform, command.run_id, parts, previous, Scope(command.filters, command.database), emit, sink is not None
+    )
+    for spool in spools.values():
+        spool.flush()
+
+    # 2. The full snapshot, and (when configured) created/updated entities to the sink.
     counts: dict[str, int] = {}
-
-    def write(name: str, content: bytes, **facts: Any) -> None:
-        # Same names on redelivery: a rewrite replaces, it never adds a second copy.
-        platform.write_object(OBJECTSTORE_BINDING, f"{prefix}/{name}", content)
-        files.append({"name": name, **facts, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
-
+    sink_results: list[dict[str, Any]] = []
     total = sum(unit.chunk_count for unit in command.units)
     done = 0
     for unit in command.units:
@@ -58,13 +143,17 @@ def publish(command: PublishRequested, platform: Platform) -> PublishCompleted:
                 groups.setdefault(key, []).append(item)
             for (kind, name), members in sorted(groups.items()):
                 if kind == "entity":
-                    write(f"{name}-{unit.unit}-{index:05d}.jsonl", render_jsonl(members), type=name,
-                          entities=len(members))  # fmt: skip
+                    writer.write_lines(f"{name}-{unit.unit}-{index:05d}", jsonl(members), type=name,
+                                       entities=len(members))  # fmt: skip
                     counts[name] = counts.get(name, 0) + len(members)
                 else:
-                    extras = [{k: v for k, v in item.items() if k != "extra"} for item in members]
-                    write(f"extras/{name}-{unit.unit}-{index:05d}.jsonl", render_jsonl(extras), extra=name,
-                          records=len(members))  # fmt: skip
+                    extras = ({k: v for k, v in item.items() if k != "extra"} for item in members)
+                    writer.write_lines(f"extras/{name}-{unit.unit}-{index:05d}", jsonl(extras), extra=name,
+                                       records=len(members))  # fmt: skip
+            if sink is not None:
+                changed = [e for e in items if "typeName" in e and e["attributes"]["qualifiedName"] in changes.changed]
+                if changed:
+                    sink_results += sink.upsert(changed)
             done += 1
             platform.publish(
                 TopicName.EXTRACTION_PROGRESS,
@@ -72,25 +161,50 @@ def publish(command: PublishRequested, platform: Platform) -> PublishCompleted:
                     run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks"
                 ),
             )
+    if sink is not None and deleted:
+        sink_results += sink.archive(deleted)
+
+    # 3. Report, then the manifest, last.
     problems = collect_report(command, platform)
-    write("report.json", orjson.dumps({"problems": problems}, option=orjson.OPT_INDENT_2), problems=len(problems))
+    writer.write(
+        "report.json",
+        orjson.dumps({"problems": problems, "atlan": sink_results}, option=orjson.OPT_INDENT_2),
+        problems=len(problems),
+    )
+    change_totals = {kind: changes.total(kind) for kind in ("created", "updated", "unchanged", "deleted")}
     manifest = {
         "run_id": command.run_id,
         "connection_qualified_name": command.connection_qualified_name,
+        "previous_run_id": previous["run_id"] if previous else None,
         "started_at": started,
         "finished_at": datetime.now(UTC).isoformat(),
         "counts": counts,
+        "changes": change_totals,
+        "changes_by_type": changes.counts,
         "problems": len(problems),
-        "files": files,
+        "files": writer.files,
     }
     platform.write_object(
-        OBJECTSTORE_BINDING, f"{prefix}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+        OBJECTSTORE_BINDING, f"{writer.prefix}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
     )
     completed = PublishCompleted(
-        run_id=command.run_id, location=prefix, file_count=len(files), counts=counts, problems=len(problems)
-    )
+        run_id=command.run_id, location=writer.prefix, file_count=len(writer.files), counts=counts,
+        problems=len(problems), changes=change_totals,
+    )  # fmt: skip
     platform.save_json(result_key(command.run_id), completed.model_dump(mode="json"))
+    _advance_snapshot(platform, command, previous)
     return completed
+
+
+def _advance_snapshot(platform: Platform, command: PublishRequested, previous: dict[str, Any] | None = None) -> None:
+    """This run becomes the baseline of the next one; the superseded baseline's fingerprints go."""
+    key = snapshot_key(command.connection_qualified_name)
+    current = platform.get_json(key)
+    if current is not None and current.get("run_id") == command.run_id:
+        return
+    platform.save_json(key, {"run_id": command.run_id, "at": datetime.now(UTC).isoformat()})
+    if previous is not None:
+        forget_run(platform, previous["run_id"])
 
 
 def collect_report(command: PublishRequested, platform: Platform) -> list[dict[str, str]]:

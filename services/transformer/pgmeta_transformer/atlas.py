@@ -8,9 +8,12 @@ themselves are kept as catalog extras beside the entities.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from pgmeta_shared.claimcheck import Record
 from pgmeta_shared.naming import column_qn, database_qn, relation_qn, schema_qn
@@ -280,6 +283,40 @@ def to_entities(
             problems.append({"object": describe_record(record), "error": f"{type(exc).__name__}: {exc}",
                              "hint": "a pgmeta mapping gap; the record is in the extract chunk"})  # fmt: skip
     return entities
+
+
+def fingerprint(entity: Entity) -> list[Any]:
+    """What an incremental run compares: qualifiedName, type, a hash of the whole entity, and its scope.
+
+    The scope (database, schema, relation, relation type) lets the publisher tell "deleted" from
+    "filtered out this time" without the entity itself.
+    """
+    attributes = entity["attributes"]
+    digest = hashlib.blake2b(orjson.dumps(entity, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+    type_name = entity["typeName"]
+    relation: str | None = None
+    relation_type: str | None = None
+    if type_name in {"Table", "TablePartition", "View", "MaterialisedView"}:
+        relation, relation_type = attributes["name"], type_name
+    elif type_name == "Column":
+        parent = next(a for a in ("table", "view", "materialisedView", "tablePartition") if a in attributes)
+        relation = attributes.get("tableName") or attributes.get("viewName")
+        relation_type = attributes[parent]["typeName"]
+    elif type_name == "Process":
+        output = attributes["outputs"][0]
+        relation, relation_type = output["uniqueAttributes"]["qualifiedName"].rsplit("/", 1)[1], output["typeName"]
+    database = attributes.get("databaseName") or (attributes["name"] if type_name == "Database" else None)
+    schema = attributes.get("schemaName") or (attributes["name"] if type_name == "Schema" else None)
+    if type_name == "Process":
+        database, schema = _process_scope(entity)
+    return [attributes["qualifiedName"], type_name, digest, database, schema, relation, relation_type]
+
+
+def _process_scope(entity: Entity) -> tuple[str, str]:
+    view_qn = entity["attributes"]["outputs"][0]["uniqueAttributes"]["qualifiedName"]
+    connection_qn = entity["attributes"]["connectionQualifiedName"]
+    database, schema, _ = view_qn.removeprefix(connection_qn + "/").split("/", 2)
+    return database, schema
 
 
 def describe_record(record: Record) -> str:

@@ -6,7 +6,9 @@ import logging
 
 from pgmeta_shared.events import ExtractionProgress, Stage, TopicName, TransformCompleted, TransformRequested
 from pgmeta_shared.platform import Platform
-from pgmeta_transformer.atlas import to_entities
+from pgmeta_transformer.atlas import fingerprint, to_entities
+
+FINGERPRINT_STAGE = "fingerprint"
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
         records = platform.load_chunk(command.run_id, Stage.EXTRACT.value, command.unit, index)
         entities = to_entities(command.connection_qualified_name, records, problems)
         platform.save_chunk(command.run_id, Stage.TRANSFORM.value, command.unit, index, entities)
+        fingerprints = [fingerprint(e) for e in entities if "typeName" in e]
+        platform.save_chunk(command.run_id, FINGERPRINT_STAGE, command.unit, index, fingerprints)
         for entity in entities:
             key = entity.get("typeName") or f"extra:{entity['extra']}"
             counts[key] = counts.get(key, 0) + 1

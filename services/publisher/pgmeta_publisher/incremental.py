@@ -1,0 +1,205 @@
+"""Incremental runs: this run's entity fingerprints against the previous successful run of the connection.
+
+Fingerprints (qualifiedName, type, hash, scope) are regrouped into a fixed number of buckets by a stable hash
+of the qualifiedName, so comparing two runs holds one bucket in memory at a time, whatever the catalog size.
+An entity missing from this run is "deleted" only when this run's filters would have selected it: an entity
+filtered out this time is out of scope, not deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgmeta_shared.events import FilterSpec, UnitChunks
+from pgmeta_shared.platform import Platform
+
+BUCKETS = 64
+FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
+FINGERPRINT_STAGE = "fingerprint"
+CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
+
+Fingerprint = list[Any]  # [qualifiedName, typeName, hash, database, schema, relation, relation type]
+VIEW_TYPES = {"View", "MaterialisedView"}
+TABLE_TYPES = {"Table", "TablePartition"}
+
+
+def snapshot_key(connection_qn: str) -> str:
+    return f"snapshot/{connection_qn}"
+
+
+def parts_key(run_id: str) -> str:
+    return f"{run_id}/fpb/parts"
+
+
+def part_key(run_id: str, bucket: int, part: int) -> str:
+    return f"{run_id}/fpb/{bucket:02d}/{part:05d}"
+
+
+def bucket_of(qualified_name: str) -> int:
+    return hashlib.blake2b(qualified_name.encode(), digest_size=2).digest()[0] % BUCKETS
+
+
+def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[int]:
+    """Regroups the transformer's per-chunk fingerprints into buckets; returns the part count per bucket."""
+    buffers: list[list[Fingerprint]] = [[] for _ in range(BUCKETS)]
+    parts = [0] * BUCKETS
+
+    def flush(bucket: int) -> None:
+        platform.save_json(part_key(run_id, bucket, parts[bucket]), buffers[bucket])
+        parts[bucket] += 1
+        buffers[bucket] = []
+
+    for unit in units:
+        for index in range(unit.chunk_count):
+            for record in platform.load_chunk(run_id, FINGERPRINT_STAGE, unit.unit, index):
+                bucket = bucket_of(record[0])
+                buffers[bucket].append(record)
+                if len(buffers[bucket]) >= FLUSH_AT:
+                    flush(bucket)
+    for bucket in range(BUCKETS):
+        if buffers[bucket]:
+            flush(bucket)
+    platform.save_json(parts_key(run_id), parts)
+    return parts
+
+
+def load_bucket(platform: Platform, run_id: str, bucket: int, parts: int) -> dict[str, Fingerprint]:
+    records: dict[str, Fingerprint] = {}
+    for part in range(parts):
+        for record in platform.get_json(part_key(run_id, bucket, part)) or []:
+            records[record[0]] = record
+    return records
+
+
+def forget_run(platform: Platform, run_id: str) -> None:
+    """Removes a superseded run's fingerprint buckets (they carry no TTL: a snapshot may be old)."""
+    parts = platform.get_json(parts_key(run_id)) or []
+    for bucket, count in enumerate(parts):
+        for part in range(count):
+            platform.delete_json(part_key(run_id, bucket, part))
+    platform.delete_json(parts_key(run_id))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What this run's request selects; decides whether a vanished entity is deleted or just not selected.
+
+    Regexes are evaluated with Python's ``re`` here (PostgreSQL evaluated them during extraction); the two
+    dialects agree on the patterns filters use in practice (classes, alternation, quantifiers, anchors).
+    """
+
+    filters: FilterSpec
+    database: str | None
+
+    def database_selected(self, database: str) -> bool:
+        if self.database is not None and database != self.database:
+            return False
+        include = self.filters.include
+        if include is not None and not any(_matches(key, database) for key in include):
+            return False
+        exclude = self.filters.exclude or {}
+        return not any(value == "*" and _matches(key, database) for key, value in exclude.items())
+
+    def schema_selected(self, database: str, schema: str) -> bool:
+        include = self.filters.include
+        if include is not None:
+            values = [v for k, v in include.items() if _matches(k, database)]
+            if not any(v == "*" or any(_matches(p, schema) for p in v) for v in values):
+                return False
+        exclude = self.filters.exclude or {}
+        for key, value in exclude.items():
+            if value != "*" and _matches(key, database) and any(_matches(p, schema) for p in value):
+                return False
+        return True
+
+    def selects(self, record: Fingerprint) -> bool:
+        _qn, _type, _hash, database, schema, relation, relation_type = record
+        if database is None:
+            return True  # the connection itself
+        if not self.database_selected(database):
+            return False
+        if schema is not None and not self.schema_selected(database, schema):
+            return False
+        if relation is None:
+            return True
+        if self.filters.exclude_views and relation_type in VIEW_TYPES:
+            return False
+        if self.filters.temp_table_regex and _matches(self.filters.temp_table_regex, relation):
+            return False
+        # A table missing under exclude_empty_tables may just have become empty: never call it deleted.
+        return not (self.filters.exclude_empty_tables and relation_type in TABLE_TYPES)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+@dataclass
+class Changes:
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+
+    def add(self, type_name: str, kind: str) -> None:
+        per_type = self.counts.setdefault(type_name, dict.fromkeys(CHANGE_KINDS, 0))
+        per_type[kind] += 1
+
+    def total(self, kind: str) -> int:
+        return sum(per_type[kind] for per_type in self.counts.values())
+
+
+def compare(
+    platform: Platform,
+    run_id: str,
+    parts: list[int],
+    previous: dict[str, Any] | None,
+    scope: Scope,
+    emit: Callable[[str, dict[str, Any]], None],
+    keep_changed: bool,
+) -> Changes:
+    """Marks every entity created / updated / unchanged and lists deletions, one bucket at a time.
+
+    ``emit(kind, line)`` receives ``("change", {...})`` and ``("deleted", {...})`` lines as they are found.
+    """
+    changes = Changes()
+    previous_run: str | None = previous["run_id"] if previous else None
+    previous_parts: list[int] = (platform.get_json(parts_key(previous_run)) or []) if previous_run else []
+    for bucket in range(BUCKETS):
+        current = load_bucket(platform, run_id, bucket, parts[bucket])
+        before = (
+            load_bucket(platform, previous_run, bucket, previous_parts[bucket])
+            if previous_run and previous_parts
+            else {}
+        )
+        for qn, record in current.items():
+            old = before.get(qn)
+            kind = "created" if old is None else ("unchanged" if old[2] == record[2] else "updated")
+            changes.add(record[1], kind)
+            if keep_changed and kind != "unchanged":
+                changes.changed.add(qn)
+            emit("change", {"typeName": record[1], "qualifiedName": qn, "change": kind})
+        for qn, old in before.items():
+            if qn not in current and scope.selects(old):
+                changes.add(old[1], "deleted")
+                emit("deleted", {"typeName": old[1], "qualifiedName": qn})
+    return changes
+
+
+def chunked_lines(lines: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """Joins lines into blobs of at most ``limit`` bytes (a single longer line stands alone)."""
+    blob: list[bytes] = []
+    size = 0
+    for line in lines:
+        if blob and size + len(line) > limit:
+            yield b"".join(blob)
+            blob, size = [], 0
+        blob.append(line)
+        size += len(line)
+    if blob:
+        yield b"".join(blob)
