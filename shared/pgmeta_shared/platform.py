@@ -175,12 +175,14 @@ class DaprPlatform:
         self._call("delete state", self._client.delete_state, store, key)
 
     def write_object(self, binding: str, path: str, content: bytes) -> None:
-        # localstorage base64-decodes any payload that happens to be valid base64, so always send base64.
+        # Both bindings decode base64 (localstorage whenever the payload is valid base64, S3 with
+        # decodeBase64), so always send base64; S3 first JSON-unquotes the payload, so send it as a JSON
+        # string, or base64 text that happens to read as JSON (`null`, `1e10`) would be mangled.
         self._call(
             "write object",
             self._client.invoke_binding,
             binding,
             "create",
-            base64.b64encode(content),
+            b'"' + base64.b64encode(content) + b'"',
             binding_metadata={"fileName": path, "key": path},
         )

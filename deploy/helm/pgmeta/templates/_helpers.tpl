@@ -1,0 +1,50 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "pgmeta.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pgmeta.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pgmeta.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "pgmeta.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pgmeta
+{{- end -}}
+
+{{- define "pgmeta.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pgmeta.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .service }}
+{{- end -}}
+
+{{- define "pgmeta.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pgmeta.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Connection metadata every Redis-backed Dapr component shares. */}}
+{{- define "pgmeta.redisMetadata" -}}
+- name: redisHost
+  value: {{ required "redis.host is required" .Values.redis.host | quote }}
+{{- if .Values.redis.passwordSecret.name }}
+- name: redisPassword
+  secretKeyRef:
+    name: {{ .Values.redis.passwordSecret.name }}
+    key: {{ .Values.redis.passwordSecret.key }}
+{{- end }}
+- name: enableTLS
+  value: {{ .Values.redis.enableTLS | toString | quote }}
+{{- end -}}

@@ -1,0 +1,227 @@
+"""The production object store: deploy/components/objectstore-s3.yaml (bindings.aws.s3) behind a real daprd,
+against a local S3-compatible server (moto), written through ``DaprPlatform.write_object`` as the publisher does."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from pgmeta_devstack.layout import StackLayout, dapr_bin_dir, free_port_block, repo_root
+from pgmeta_devstack.processes import alive, http_ok, spawn, stop, wait_until
+from pgmeta_devstack.stack import LocalStack
+from pgmeta_shared.platform import DaprPlatform
+from pgmeta_shared.settings import DaprSettings
+
+pytestmark = pytest.mark.integration
+
+PRODUCTION_COMPONENT = repo_root() / "deploy" / "components" / "objectstore-s3.yaml"
+BUCKET = "pgmeta-it"
+REGION = "us-east-1"
+# moto accepts any credentials; these only prove that the component's accessKey/secretKey reach the SDK.
+ACCESS_KEY = "pgmeta-it-access"
+SECRET_KEY = "pgmeta-it-secret"
+MOTO_PORT_OFFSET = 70  # a free offset in StackLayout's port block
+SERVICE = "publisher"
+
+
+@dataclass(frozen=True)
+class S3Sidecar:
+    """The publisher's daprd with the S3 objectstore, and the S3 server it writes to."""
+
+    platform: DaprPlatform
+    endpoint: str
+
+    def s3(self) -> Any:
+        return s3_client(self.endpoint)
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+
+
+def s3_component(endpoint: str) -> dict[str, Any]:
+    """The production component, pointed at the local server: only values change, never metadata names."""
+    component: dict[str, Any] = yaml.safe_load(PRODUCTION_COMPONENT.read_text())
+    assert component["spec"]["type"] == "bindings.aws.s3"
+    metadata = {entry["name"]: entry for entry in component["spec"]["metadata"]}
+    assert metadata["decodeBase64"]["value"] == "true", "the publisher sends base64: the binding must decode it"
+    assert metadata["forcePathStyle"]["value"] == "true"
+    overrides = {
+        "bucket": BUCKET,
+        "region": REGION,
+        "endpoint": endpoint,
+        "accessKey": ACCESS_KEY,
+        "secretKey": SECRET_KEY,
+    }
+    for name, value in overrides.items():
+        # Kubernetes secret references become plain values: there is no Kubernetes secret store here.
+        metadata[name].pop("secretKeyRef", None)
+        metadata[name]["value"] = value
+    return component
+
+
+def write_resources(folder: Path, endpoint: str) -> Path:
+    """The publisher's local resources (pub/sub, artifacts, envstore, resiliency), S3 instead of localstorage."""
+    folder.mkdir(parents=True)
+    for source in (repo_root() / "components").glob("*.yaml"):
+        if source.name not in {"objectstore.yaml", "config.yaml"}:
+            shutil.copy(source, folder / source.name)
+    (folder / "objectstore.yaml").write_text(yaml.safe_dump(s3_component(endpoint), sort_keys=False))
+    return folder
+
+
+def start_moto(stack: LocalStack, port: int) -> None:
+    layout = stack.layout
+    pid = spawn(
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        logs=layout.logs,
+        pids=layout.pids,
+        cwd=stack.state,
+        env=dict(os.environ),
+    )
+    wait_until(
+        "moto S3 server",
+        lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"),
+        timeout=60,
+        pid=pid,
+        log=layout.logs / "moto.log",
+    )
+
+
+def start_sidecar(stack: LocalStack, resources: Path) -> None:
+    """A bare daprd for the publisher (no app, no actors), flags as in ``LocalStack.start_service``."""
+    layout = stack.layout
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGMETA_", "AWS_"))}
+    # The component's keys are the only credentials the SDK may find; never an instance metadata service.
+    env.update(PGMETA_REDIS_HOST=f"127.0.0.1:{layout.redis_port}", AWS_EC2_METADATA_DISABLED="true")
+    pid = spawn(
+        f"{SERVICE}-daprd",
+        [
+            str(dapr_bin_dir() / "daprd"),
+            "--app-id",
+            SERVICE,
+            "--dapr-http-port",
+            str(layout.dapr_http_port(SERVICE)),
+            "--dapr-grpc-port",
+            str(layout.dapr_grpc_port(SERVICE)),
+            "--dapr-internal-grpc-port",
+            str(layout.dapr_internal_grpc_port(SERVICE)),
+            "--metrics-port",
+            str(layout.dapr_metrics_port(SERVICE)),
+            "--dapr-listen-addresses",
+            "127.0.0.1",
+            "--resources-path",
+            str(resources),
+            "--config",
+            str(repo_root() / "components" / "config.yaml"),
+            "--max-body-size",
+            "16Mi",
+            "--log-level",
+            "info",
+        ],
+        logs=layout.logs,
+        pids=layout.pids,
+        cwd=stack.state,
+        env=env,
+    )
+    stack.wait_for_service(SERVICE, None, pid)
+
+
+@pytest.fixture(scope="module")
+def s3_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sidecar]:
+    if not (dapr_bin_dir() / "daprd").exists():
+        pytest.fail(f"daprd missing in {dapr_bin_dir()}: run `make dapr` first")
+    if importlib.util.find_spec("moto") is None:
+        pytest.fail("moto is not installed: `moto[server]` belongs in the dev dependency group (uv sync)")
+    state = tmp_path_factory.mktemp("objectstore-s3")
+    stack = LocalStack(StackLayout(free_port_block(48000), state))
+    moto_port = stack.layout.base_port + MOTO_PORT_OFFSET
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    try:
+        stack.start_redis()
+        start_moto(stack, moto_port)
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
+        start_sidecar(stack, write_resources(state / "resources", endpoint))
+        platform = DaprPlatform(
+            DaprSettings(
+                dapr_grpc_port=stack.layout.dapr_grpc_port(SERVICE),
+                dapr_http_port=stack.layout.dapr_http_port(SERVICE),
+            )
+        )
+        try:
+            yield S3Sidecar(platform=platform, endpoint=endpoint)
+        finally:
+            platform.close()
+    finally:
+        started = [int(path.read_text()) for path in stack.layout.pids.glob("*.pid")]
+        stop(stack.layout.pids, "moto")
+        stack.down()
+        survivors = [pid for pid in started if alive(pid)]
+        assert not survivors, f"processes still running after the test: {survivors}"
+
+
+def _three_mib() -> bytes:
+    # Base64 makes it 4 MiB on the wire: past gRPC's and daprd's 4 MiB defaults, within our 16 MiB.
+    return random.Random(7).randbytes(3 * 1024 * 1024)
+
+
+CASES = [
+    pytest.param(
+        "default/postgres/1/run-1/Table-db000-00000.jsonl",
+        b'{"typeName": "Table", "attributes": {"qualifiedName": "default/postgres/1/shop/public/orders"}}\n'
+        b'{"typeName": "Table", "attributes": {"name": "\xc3\xbcber"}}\n',
+        id="jsonl",
+    ),
+    pytest.param("default/postgres/1/run-1/looks-like-base64.txt", b"aGVsbG8=", id="looks-like-base64"),
+    pytest.param("default/postgres/1/run-1/extras/binary.bin", bytes(range(256)) * 64, id="binary"),
+    pytest.param("default/postgres/1/run-1/Column-db000-00001.jsonl", _three_mib(), id="3MiB"),
+]
+
+
+@pytest.mark.parametrize(("key", "content"), CASES)
+def test_object_lands_under_the_exact_key_with_the_exact_bytes(s3_sidecar: S3Sidecar, key: str, content: bytes) -> None:
+    s3_sidecar.platform.write_object("objectstore", key, content)
+
+    s3 = s3_sidecar.s3()
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+    assert [entry["Key"] for entry in listed.get("Contents", [])] == [key]
+    stored = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert len(stored) == len(content)
+    assert stored == content
+
+
+def test_rewriting_an_object_replaces_it(s3_sidecar: S3Sidecar) -> None:
+    # A redelivered publish.requested writes the same files again: the second write must win, whole.
+    key = "default/postgres/1/run-2/manifest.json"
+    s3_sidecar.platform.write_object("objectstore", key, b'{"files": ["a", "b", "c"]}')
+    s3_sidecar.platform.write_object("objectstore", key, b'{"files": []}')
+    assert s3_sidecar.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read() == b'{"files": []}'
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x9e\xe9\x65", b"\xd5\xed\x74"], ids=["base64-reads-as-null", "base64-reads-as-1e10"]
+)
+def test_payloads_whose_base64_reads_as_json(s3_sidecar: S3Sidecar, content: bytes) -> None:
+    # bindings.aws.s3 JSON-unquotes the payload before its base64 decode: base64 text that reads as JSON
+    # null or a number would be mangled unless DaprPlatform sends the base64 as a JSON string.
+    key = f"default/postgres/1/run-3/{content.hex()}.bin"
+    s3_sidecar.platform.write_object("objectstore", key, content)
+    assert s3_sidecar.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read() == content
