@@ -134,3 +134,48 @@ def test_buckets_are_stable_and_spread() -> None:
     assert buckets == [bucket_of(name) for name in names]
     assert len(set(buckets)) == BUCKETS
     assert max(buckets.count(b) for b in range(BUCKETS)) < 3 * len(names) / BUCKETS
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.upserts: list[list[str]] = []
+        self.archived: list[tuple[str, str]] = []
+
+    def upsert(self, entities: Any) -> list[Any]:
+        self.upserts.append([e["typeName"] for e in entities])
+        return []
+
+    def archive(self, references: Any) -> list[Any]:
+        self.archived += list(references)
+        return []
+
+
+def test_the_sink_gets_only_changes_connection_first_and_archives_deletions() -> None:
+    platform = InMemoryPlatform()
+    sink = RecordingSink()
+
+    def publish_to_sink(run_id: str, records: list[dict[str, Any]]) -> None:
+        platform.save_chunk(run_id, "extract", "db000", 0, records)
+        transform(
+            TransformRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=1),
+            platform,
+        )
+        command = PublishRequested(
+            run_id=run_id, connection_qualified_name=CONNECTION_QN, units=[UnitChunks(unit="db000", chunk_count=1)],
+            counts={},
+        )  # fmt: skip
+        publish(command, platform, sink)
+
+    publish_to_sink("r1", sample_catalog())
+    assert sink.upserts[0] == ["Connection"]
+    assert sum(len(batch) for batch in sink.upserts) == len(
+        [r for r in sample_catalog() if r["kind"] not in {"constraint", "index"}]
+    )
+    sink.upserts.clear()
+    second = [r for r in sample_catalog() if r.get("relation_name") != "remote_rates"]
+    publish_to_sink("r2", second)
+    assert sink.upserts == [], "nothing created or updated: nothing sent"
+    assert sorted(sink.archived) == [
+        ("Column", f"{CONNECTION_QN}/shop/sales/remote_rates/rate"),
+        ("Table", f"{CONNECTION_QN}/shop/sales/remote_rates"),
+    ]

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from pgmeta_publisher.atlan import AtlanSettings, AtlanSink, read_api_key
 from pgmeta_publisher.publishing import publish
-from pgmeta_shared.events import PublishRequested, Stage, TopicName
+from pgmeta_shared.events import PublishCompleted, PublishRequested, Stage, TopicName
+from pgmeta_shared.platform import Platform
 from pgmeta_shared.service import StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
+
+
+def publish_everywhere(command: PublishRequested, platform: Platform) -> PublishCompleted:
+    """Publishes to the object store, and to Atlan when ATLAN_BASE_URL is set (key from the secret store)."""
+    atlan = AtlanSettings()
+    if not atlan.enabled:
+        return publish(command, platform)
+    with AtlanSink(atlan, read_api_key(platform, atlan)) as sink:
+        return publish(command, platform, sink)
 
 
 def create_app(settings: DaprSettings) -> FastAPI:
@@ -16,9 +27,13 @@ def create_app(settings: DaprSettings) -> FastAPI:
         settings=settings,
         routes=[
             StageRoute(
-                Stage.PUBLISH, TopicName.PUBLISH_REQUESTED, PublishRequested, publish, TopicName.PUBLISH_COMPLETED
-            )
-        ],
+                Stage.PUBLISH,
+                TopicName.PUBLISH_REQUESTED,
+                PublishRequested,
+                publish_everywhere,
+                TopicName.PUBLISH_COMPLETED,
+            ),
+        ],  # fmt: skip
     )
 
 

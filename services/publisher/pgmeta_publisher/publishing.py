@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -35,12 +35,16 @@ REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
 MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
 
 
+class BatchReport(Protocol):
+    def to_report(self) -> dict[str, Any]: ...
+
+
 class EntitySink(Protocol):
     """Somewhere besides the object store that gets created/updated entities and archives deleted ones."""
 
-    def upsert(self, entities: Iterable[dict[str, Any]]) -> list[dict[str, Any]]: ...
+    def upsert(self, entities: Iterable[dict[str, Any]]) -> Sequence[BatchReport]: ...
 
-    def archive(self, references: Iterable[tuple[str, str]]) -> list[dict[str, Any]]: ...
+    def archive(self, references: Iterable[tuple[str, str]]) -> Sequence[BatchReport]: ...
 
 
 def result_key(run_id: str) -> str:
@@ -152,8 +156,13 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
                                        records=len(members))  # fmt: skip
             if sink is not None:
                 changed = [e for e in items if "typeName" in e and e["attributes"]["qualifiedName"] in changes.changed]
-                if changed:
-                    sink_results += sink.upsert(changed)
+                # Atlan wants a Connection to exist before anything under it: send it on its own, first.
+                for group in (
+                    [e for e in changed if e["typeName"] == "Connection"],
+                    [e for e in changed if e["typeName"] != "Connection"],
+                ):
+                    if group:
+                        sink_results += [r.to_report() for r in sink.upsert(group)]
             done += 1
             platform.publish(
                 TopicName.EXTRACTION_PROGRESS,
@@ -162,7 +171,7 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
                 ),
             )
     if sink is not None and deleted:
-        sink_results += sink.archive(deleted)
+        sink_results += [r.to_report() for r in sink.archive(deleted)]
 
     # 3. Report, then the manifest, last.
     problems = collect_report(command, platform)
