@@ -145,11 +145,51 @@ ORDER BY s.nspname, c.relname
 """
 )
 
-# One row per column, whatever number of constraints it belongs to (membership via EXISTS, not a join).
-# Length / precision / scale use the same internal functions information_schema uses, so they agree.
+# One row per column, whatever number of constraints it belongs to: memberships are aggregated per
+# (relation, attnum) once and hash-joined, not probed per column. Length / precision / scale follow the
+# rules information_schema uses (_pg_char_max_length, _pg_numeric_precision, _pg_numeric_scale), inlined:
+# calling those functions per row costs more than the rest of the query.
 COLUMNS_QUERY = (
     SELECTION
-    + """
+    + """,
+key_columns AS (
+    SELECT k.conrelid AS relid, u.attnum,
+           bool_or(k.contype = 'p') AS is_primary,
+           bool_or(k.contype = 'f') AS is_foreign,
+           bool_or(k.contype = 'u') AS is_unique
+    FROM pg_constraint k
+    JOIN sel_rel s ON s.oid = k.conrelid
+    CROSS JOIN LATERAL unnest(k.conkey) AS u(attnum)
+    WHERE k.contype IN ('p', 'f', 'u')
+    GROUP BY 1, 2
+),
+foreign_references AS (
+    SELECT k.conrelid AS relid, u.src AS attnum,
+           json_agg(json_build_array(rn.nspname, rc.relname, rc.relkind, rc.relispartition, ra.attname)
+                    ORDER BY k.conname) AS refs
+    FROM pg_constraint k
+    JOIN sel_rel s ON s.oid = k.conrelid
+    CROSS JOIN LATERAL unnest(k.conkey, k.confkey) AS u(src, dst)
+    JOIN pg_class rc ON rc.oid = k.confrelid
+    JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+    JOIN pg_attribute ra ON ra.attrelid = k.confrelid AND ra.attnum = u.dst
+    WHERE k.contype = 'f'
+    GROUP BY 1, 2
+),
+indexed_columns AS (
+    SELECT DISTINCT x.indrelid AS relid, u.attnum
+    FROM pg_index x
+    JOIN sel_rel s ON s.oid = x.indrelid
+    CROSS JOIN LATERAL unnest(x.indkey::int2[]) AS u(attnum)
+    WHERE u.attnum > 0
+),
+partition_keys AS (
+    SELECT pt.partrelid AS relid, u.attnum, u.position
+    FROM pg_partitioned_table pt
+    JOIN sel_rel s ON s.oid = pt.partrelid
+    CROSS JOIN LATERAL unnest(pt.partattrs::int2[]) WITH ORDINALITY AS u(attnum, position)
+    WHERE u.attnum > 0
+)
 SELECT s.nspname AS schema_name,
        s.relname AS relation_name,
        s.relkind::text AS relkind,
@@ -161,41 +201,36 @@ SELECT s.nspname AS schema_name,
             WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL)
             ELSE format_type(a.atttypid, NULL) END AS base_type,
        t.typcategory = 'A' OR (t.typtype = 'd' AND bt.typcategory = 'A') AS is_array,
-       information_schema._pg_char_max_length(information_schema._pg_truetypid(a.*, t.*),
-                                              information_schema._pg_truetypmod(a.*, t.*))::int AS max_length,
-       information_schema._pg_numeric_precision(information_schema._pg_truetypid(a.*, t.*),
-                                                information_schema._pg_truetypmod(a.*, t.*))::int AS numeric_precision,
-       information_schema._pg_numeric_scale(information_schema._pg_truetypid(a.*, t.*),
-                                            information_schema._pg_truetypmod(a.*, t.*))::int AS numeric_scale,
+       CASE WHEN tt.typid IN (1042, 1043) AND tt.typmod <> -1 THEN tt.typmod - 4
+            WHEN tt.typid IN (1560, 1562) AND tt.typmod <> -1 THEN tt.typmod END AS max_length,
+       CASE tt.typid WHEN 21 THEN 16 WHEN 23 THEN 32 WHEN 20 THEN 64 WHEN 700 THEN 24 WHEN 701 THEN 53
+                     WHEN 1700 THEN CASE WHEN tt.typmod <> -1 THEN ((tt.typmod - 4) >> 16) & 65535 END
+       END AS numeric_precision,
+       CASE WHEN tt.typid IN (21, 23, 20) THEN 0
+            WHEN tt.typid = 1700 AND tt.typmod <> -1 THEN (tt.typmod - 4) & 65535 END AS numeric_scale,
        NOT a.attnotnull AS is_nullable,
        CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS default_value,
        CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END AS generation_expression,
        nullif(a.attidentity, '')::text AS identity,
        col_description(a.attrelid, a.attnum) AS comment,
-       EXISTS (SELECT 1 FROM pg_constraint k
-               WHERE k.conrelid = a.attrelid AND k.contype = 'p' AND a.attnum = ANY (k.conkey)) AS is_primary,
-       EXISTS (SELECT 1 FROM pg_constraint k
-               WHERE k.conrelid = a.attrelid AND k.contype = 'f' AND a.attnum = ANY (k.conkey)) AS is_foreign,
-       (SELECT json_agg(json_build_array(rn.nspname, rc.relname, rc.relkind, rc.relispartition, ra.attname))
-          FROM pg_constraint k
-          CROSS JOIN LATERAL unnest(k.conkey, k.confkey) AS u(src, dst)
-          JOIN pg_class rc ON rc.oid = k.confrelid
-          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-          JOIN pg_attribute ra ON ra.attrelid = k.confrelid AND ra.attnum = u.dst
-         WHERE k.conrelid = a.attrelid AND k.contype = 'f' AND u.src = a.attnum) AS references,
-       EXISTS (SELECT 1 FROM pg_constraint k
-               WHERE k.conrelid = a.attrelid AND k.contype = 'u' AND a.attnum = ANY (k.conkey)) AS is_unique,
-       EXISTS (SELECT 1 FROM pg_index x
-               WHERE x.indrelid = a.attrelid AND a.attnum = ANY (x.indkey::int2[])) AS is_indexed,
-       (SELECT k.i::int FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
-         WHERE k.attnum = a.attnum) AS partition_key_position
+       coalesce(kc.is_primary, false) AS is_primary,
+       coalesce(kc.is_foreign, false) AS is_foreign,
+       coalesce(kc.is_unique, false) AS is_unique,
+       ic.relid IS NOT NULL AS is_indexed,
+       fr.refs AS references,
+       pk.position::int AS partition_key_position
 FROM sel_rel s
 JOIN pg_class c ON c.oid = s.oid
 JOIN pg_attribute a ON a.attrelid = s.oid
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
+CROSS JOIN LATERAL (SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END AS typid,
+                           CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END AS typmod) AS tt
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-LEFT JOIN pg_partitioned_table pt ON pt.partrelid = a.attrelid
+LEFT JOIN key_columns kc ON kc.relid = a.attrelid AND kc.attnum = a.attnum
+LEFT JOIN foreign_references fr ON fr.relid = a.attrelid AND fr.attnum = a.attnum
+LEFT JOIN indexed_columns ic ON ic.relid = a.attrelid AND ic.attnum = a.attnum
+LEFT JOIN partition_keys pk ON pk.relid = a.attrelid AND pk.attnum = a.attnum
 WHERE a.attnum > 0 AND NOT a.attisdropped
 ORDER BY s.nspname, s.relname, a.attnum
 """
