@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pgmeta_shared.claimcheck import chunk_key, decode_chunk, encode_chunk
+from pgmeta_shared.claimcheck import chunk_key, decode_chunk, decode_parts, encode_chunk, encode_parts
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError
 from pgmeta_shared.events import TopicName
 
@@ -36,6 +36,15 @@ class InMemoryPlatform:
         if key not in self.chunks:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")
         return decode_chunk(self.chunks[key])
+
+    def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None:
+        self.chunks[chunk_key(run_id, stage, unit, index)] = encode_parts(parts)
+
+    def load_parts(self, run_id: str, stage: str, unit: str, index: int) -> dict[str, bytes]:
+        key = chunk_key(run_id, stage, unit, index)
+        if key not in self.chunks:
+            raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")
+        return decode_parts(self.chunks[key])
 
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json("artifacts", key)

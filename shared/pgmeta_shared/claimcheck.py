@@ -28,6 +28,23 @@ def decode_chunk(blob: bytes) -> list[Any]:
     return records
 
 
+def encode_parts(parts: dict[str, bytes]) -> bytes:
+    """Several named byte strings in one compressed blob (pre-rendered JSON Lines, fingerprints, ...)."""
+    header = orjson.dumps([[name, len(blob)] for name, blob in parts.items()])
+    return zlib.compress(header + b"\n" + b"".join(parts.values()), 1)
+
+
+def decode_parts(blob: bytes) -> dict[str, bytes]:
+    data = zlib.decompress(blob)
+    end = data.index(b"\n")
+    parts: dict[str, bytes] = {}
+    offset = end + 1
+    for name, length in orjson.loads(data[:end]):
+        parts[name] = data[offset : offset + length]
+        offset += length
+    return parts
+
+
 def batch_records(records: Iterable[Record]) -> Iterator[list[Record]]:
     """Groups records into chunks bounded by count and by serialized size."""
     batch: list[Record] = []

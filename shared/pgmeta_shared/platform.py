@@ -14,7 +14,7 @@ import grpc
 import orjson
 from pydantic import BaseModel
 
-from pgmeta_shared.claimcheck import chunk_key, decode_chunk, encode_chunk
+from pgmeta_shared.claimcheck import chunk_key, decode_chunk, decode_parts, encode_chunk, encode_parts
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
 from pgmeta_shared.events import TopicName, to_payload
 from pgmeta_shared.settings import DaprSettings
@@ -28,6 +28,10 @@ class Platform(Protocol):
     def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None: ...
 
     def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]: ...
+
+    def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None: ...
+
+    def load_parts(self, run_id: str, stage: str, unit: str, index: int) -> dict[str, bytes]: ...
 
     def get_json(self, key: str) -> Any | None: ...
 
@@ -111,6 +115,23 @@ class DaprPlatform:
         if not response.data:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
         return decode_chunk(response.data)
+
+    def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None:
+        self._call(
+            "save chunk",
+            self._client.save_state,
+            self._settings.artifacts_store,
+            chunk_key(run_id, stage, unit, index),
+            encode_parts(parts),
+            state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
+        )
+
+    def load_parts(self, run_id: str, stage: str, unit: str, index: int) -> dict[str, bytes]:
+        key = chunk_key(run_id, stage, unit, index)
+        response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
+        if not response.data:
+            raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
+        return decode_parts(response.data)
 
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json(self._settings.artifacts_store, key)

@@ -55,7 +55,10 @@ def test_transform_maps_every_chunk_and_counts_types() -> None:
         "MaterialisedView": 1, "Column": 7, "Procedure": 3, "Process": 1, "extra:constraint": 1, "extra:index": 1,
     }  # fmt: skip
     assert completed.unit == "db000" and completed.problems == 0
-    assert len(platform.load_chunk("r1", "transform", "db000", 0)) == sum(completed.counts.values())
+    parts = platform.load_parts("r1", "transform", "db000", 0)
+    lines = sum(blob.count(b"\n") for name, blob in parts.items() if name != "fingerprints")
+    assert lines == sum(completed.counts.values())
+    assert len(json.loads(parts["fingerprints"])) == sum(v for k, v in completed.counts.items() if ":" not in k)
 
 
 def test_transform_redelivery_finds_the_recorded_result() -> None:

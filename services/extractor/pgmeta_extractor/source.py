@@ -28,8 +28,7 @@ from pgmeta_shared.events import SourceSpec
 # cursor_tuple_fraction=1: every row is fetched, so plan for all of them; the default (0.1) picks
 # fast-start nested loops for server-side cursors, 15x slower on the column query of a 200k-column catalog.
 SESSION_OPTIONS = (
-    "-c default_transaction_read_only=on -c statement_timeout=300000 -c lock_timeout=5000 "
-    "-c cursor_tuple_fraction=1"
+    "-c default_transaction_read_only=on -c statement_timeout=300000 -c lock_timeout=5000 -c cursor_tuple_fraction=1"
 )
 
 

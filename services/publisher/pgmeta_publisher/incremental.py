@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pgmeta_shared.events import FilterSpec, UnitChunks
 from pgmeta_shared.platform import Platform
 
 BUCKETS = 64
 FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
-FINGERPRINT_STAGE = "fingerprint"
+TRANSFORM_STAGE = "transform"
 CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
 
 Fingerprint = list[Any]  # [qualifiedName, typeName, hash, database, schema, relation, relation type]
@@ -55,7 +57,8 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
 
     for unit in units:
         for index in range(unit.chunk_count):
-            for record in platform.load_chunk(run_id, FINGERPRINT_STAGE, unit.unit, index):
+            fingerprints = orjson.loads(platform.load_parts(run_id, TRANSFORM_STAGE, unit.unit, index)["fingerprints"])
+            for record in fingerprints:
                 bucket = bucket_of(record[0])
                 buffers[bucket].append(record)
                 if len(buffers[bucket]) >= FLUSH_AT:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 OBJECTSTORE_BINDING = "objectstore"
 REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
 MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
+WRITERS = 4  # concurrent writes to the object store
 
 
 class BatchReport(Protocol):
@@ -55,29 +57,40 @@ def run_prefix(connection_qn: str, run_id: str) -> str:
     return f"{connection_qn}/{run_id}"
 
 
-def jsonl(items: Iterable[dict[str, Any]]) -> Iterator[bytes]:
-    return (orjson.dumps(item) + b"\n" for item in items)
-
-
 class RunWriter:
-    """Writes a run's files and remembers them for the manifest."""
+    """Writes a run's files (several at a time: each write is a round trip to the sidecar) and lists them."""
 
-    def __init__(self, platform: Platform, prefix: str) -> None:
+    def __init__(self, platform: Platform, prefix: str, pool: ThreadPoolExecutor) -> None:
         self.platform = platform
         self.prefix = prefix
         self.files: list[dict[str, Any]] = []
+        self._pool = pool
+        self._pending: list[Future[None]] = []
 
     def write(self, name: str, content: bytes, **facts: Any) -> None:
         # The same names on redelivery: a rewrite replaces, it never adds a second copy.
-        self.platform.write_object(OBJECTSTORE_BINDING, f"{self.prefix}/{name}", content)
         self.files.append({"name": name, **facts, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+        self._pending.append(
+            self._pool.submit(self.platform.write_object, OBJECTSTORE_BINDING, f"{self.prefix}/{name}", content)
+        )
+        if len(self._pending) >= 2 * WRITERS:
+            self._pending.pop(0).result()
 
-    def write_lines(self, stem: str, lines: Iterable[bytes], **facts: Any) -> None:
+    def write_lines(self, stem: str, blob: bytes, **facts: Any) -> None:
         """``<stem>.jsonl``, or ``<stem>-<part>.jsonl`` parts when it would not fit one request."""
-        blobs = list(chunked_lines(iter(lines), MAX_FILE_PART_BYTES))
-        for part, blob in enumerate(blobs):
+        blobs = (
+            [blob]
+            if len(blob) <= MAX_FILE_PART_BYTES
+            else list(chunked_lines(iter(blob.splitlines(keepends=True)), MAX_FILE_PART_BYTES))
+        )
+        for part, piece in enumerate(blobs):
             name = f"{stem}.jsonl" if len(blobs) == 1 else f"{stem}-{part:02d}.jsonl"
-            self.write(name, blob, lines=blob.count(b"\n"), **facts)
+            self.write(name, piece, **{k: (piece.count(b"\n") if v is None else v) for k, v in facts.items()})
+
+    def wait(self) -> None:
+        """Every file written (raises the first failure)."""
+        while self._pending:
+            self._pending.pop(0).result()
 
 
 class LineSpool:
@@ -112,7 +125,14 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
         _advance_snapshot(platform, command)  # in case a crash came between the two writes
         return completed
     started = datetime.now(UTC).isoformat()
-    writer = RunWriter(platform, run_prefix(command.connection_qualified_name, command.run_id))
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
+        return _publish(command, platform, sink, started, pool)
+
+
+def _publish(
+    command: PublishRequested, platform: Platform, sink: EntitySink | None, started: str, pool: ThreadPoolExecutor
+) -> PublishCompleted:
+    writer = RunWriter(platform, run_prefix(command.connection_qualified_name, command.run_id), pool)
 
     # 1. Compare with the previous successful run of this connection, bucket by bucket.
     previous = platform.get_json(snapshot_key(command.connection_qualified_name))
@@ -140,29 +160,17 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
     done = 0
     for unit in command.units:
         for index in range(unit.chunk_count):
-            items = platform.load_chunk(command.run_id, Stage.TRANSFORM.value, unit.unit, index)
-            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for item in items:
-                key = ("entity", item["typeName"]) if "typeName" in item else ("extra", item["extra"])
-                groups.setdefault(key, []).append(item)
-            for (kind, name), members in sorted(groups.items()):
+            rendered = platform.load_parts(command.run_id, Stage.TRANSFORM.value, unit.unit, index)
+            fingerprints = orjson.loads(rendered.pop("fingerprints"))
+            for part_name, blob in rendered.items():
+                kind, _, name = part_name.partition(":")
                 if kind == "entity":
-                    writer.write_lines(f"{name}-{unit.unit}-{index:05d}", jsonl(members), type=name,
-                                       entities=len(members))  # fmt: skip
-                    counts[name] = counts.get(name, 0) + len(members)
+                    writer.write_lines(f"{name}-{unit.unit}-{index:05d}", blob, type=name, entities=None)
+                    counts[name] = counts.get(name, 0) + blob.count(b"\n")
                 else:
-                    extras = ({k: v for k, v in item.items() if k != "extra"} for item in members)
-                    writer.write_lines(f"extras/{name}-{unit.unit}-{index:05d}", jsonl(extras), extra=name,
-                                       records=len(members))  # fmt: skip
+                    writer.write_lines(f"extras/{name}-{unit.unit}-{index:05d}", blob, extra=name, records=None)
             if sink is not None:
-                changed = [e for e in items if "typeName" in e and e["attributes"]["qualifiedName"] in changes.changed]
-                # Atlan wants a Connection to exist before anything under it: send it on its own, first.
-                for group in (
-                    [e for e in changed if e["typeName"] == "Connection"],
-                    [e for e in changed if e["typeName"] != "Connection"],
-                ):
-                    if group:
-                        sink_results += [r.to_report() for r in sink.upsert(group)]
+                sink_results += _send_changes(sink, rendered, fingerprints, changes.changed)
             done += 1
             platform.publish(
                 TopicName.EXTRACTION_PROGRESS,
@@ -193,6 +201,7 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
         "problems": len(problems),
         "files": writer.files,
     }
+    writer.wait()  # every file is in place before the manifest that lists them
     platform.write_object(
         OBJECTSTORE_BINDING, f"{writer.prefix}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
     )
@@ -203,6 +212,28 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
     platform.save_json(result_key(command.run_id), completed.model_dump(mode="json"))
     _advance_snapshot(platform, command, previous)
     return completed
+
+
+def _send_changes(
+    sink: EntitySink, parts: dict[str, bytes], fingerprints: list[list[Any]], changed: set[str]
+) -> list[dict[str, Any]]:
+    """Created and updated entities of one chunk to the sink; a Connection on its own, first (Atlan wants it
+    to exist before anything under it). Lines and fingerprints of a type are in the same order."""
+    by_type: dict[str, list[list[Any]]] = {}
+    for record in fingerprints:
+        by_type.setdefault(record[1], []).append(record)
+    connections: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for type_name, records in by_type.items():
+        lines = parts[f"entity:{type_name}"].splitlines()
+        for record, line in zip(records, lines, strict=True):
+            if record[0] in changed:
+                (connections if type_name == "Connection" else others).append(orjson.loads(line))
+    results: list[dict[str, Any]] = []
+    for group in (connections, others):
+        if group:
+            results += [r.to_report() for r in sink.upsert(group)]
+    return results
 
 
 def _advance_snapshot(platform: Platform, command: PublishRequested, previous: dict[str, Any] | None = None) -> None:

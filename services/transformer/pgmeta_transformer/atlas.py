@@ -8,6 +8,7 @@ themselves are kept as catalog extras beside the entities.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable
@@ -158,32 +159,44 @@ def _relation_ref(connection_qn: str, db: str, schema: str, name: str, relkind: 
     return ref(relation_type(relkind, is_partition), relation_qn(connection_qn, db, schema, name))
 
 
+@functools.lru_cache(maxsize=4096)
+def _column_base(connection_qn: str, db: str, schema: str, relation: str, parent_type: str) -> dict[str, Any]:
+    """What every column of one relation shares (built once per relation, copied per column)."""
+    parent_qn = relation_qn(connection_qn, db, schema, relation)
+    base: dict[str, Any] = {"connectionQualifiedName": connection_qn, "connectorName": CONNECTOR}
+    _in_schema(base, connection_qn, db, schema)
+    base[COLUMN_PARENT_ATTRIBUTE[parent_type]] = ref(parent_type, parent_qn)
+    if parent_type in {"View", "MaterialisedView"}:
+        base.update(viewName=relation, viewQualifiedName=parent_qn)
+    else:
+        base.update(tableName=relation, tableQualifiedName=parent_qn)
+    return base
+
+
 def column_entity(connection_qn: str, row: Record) -> Entity:
     db, schema, relation, name = row["database_name"], row["schema_name"], row["relation_name"], row["column_name"]
     parent_type = relation_type(row["relkind"], row["is_partition"])
-    parent_qn = relation_qn(connection_qn, db, schema, relation)
-    attributes = _common(connection_qn, column_qn(connection_qn, db, schema, relation, name), name)
-    _in_schema(attributes, connection_qn, db, schema)
-    attributes.update(
-        order=row["ordinal"],
-        dataType=row["data_type"],
-        rawDataTypeDefinition=row["data_type"],
-        isNullable=row["is_nullable"],
-        isPrimary=row["is_primary"],
-        isForeign=row["is_foreign"],
-        isIndexed=row.get("is_indexed", False),
-    )
-    if row.get("base_type") and row["base_type"] != row["data_type"]:
-        attributes["subDataType"] = row["base_type"]
-    for source, target in (("max_length", "maxLength"), ("numeric_precision", "precision"),
-                           ("numeric_scale", "numericScale")):  # fmt: skip
-        if row.get(source) is not None:
-            attributes[target] = row[source]
-    attributes[COLUMN_PARENT_ATTRIBUTE[parent_type]] = ref(parent_type, parent_qn)
-    if parent_type in {"View", "MaterialisedView"}:
-        attributes.update(viewName=relation, viewQualifiedName=parent_qn)
-    else:
-        attributes.update(tableName=relation, tableQualifiedName=parent_qn)
+    attributes = {
+        "qualifiedName": column_qn(connection_qn, db, schema, relation, name),
+        "name": name,
+        **_column_base(connection_qn, db, schema, relation, parent_type),
+        "order": row["ordinal"],
+        "dataType": row["data_type"],
+        "rawDataTypeDefinition": row["data_type"],
+        "isNullable": row["is_nullable"],
+        "isPrimary": row["is_primary"],
+        "isForeign": row["is_foreign"],
+        "isIndexed": row.get("is_indexed", False),
+    }
+    base_type = row.get("base_type")
+    if base_type and base_type != row["data_type"]:
+        attributes["subDataType"] = base_type
+    if row.get("max_length") is not None:
+        attributes["maxLength"] = row["max_length"]
+    if row.get("numeric_precision") is not None:
+        attributes["precision"] = row["numeric_precision"]
+    if row.get("numeric_scale") is not None:
+        attributes["numericScale"] = row["numeric_scale"]
     if row.get("default_value") is not None:
         attributes["defaultValue"] = row["default_value"]
     elif row.get("generation_expression") is not None:
@@ -199,9 +212,10 @@ def column_entity(connection_qn: str, row: Record) -> Entity:
             ref("Column", column_qn(connection_qn, db, r_schema, r_relation, r_column))
             for r_schema, r_relation, _kind, _part, r_column in row["references"]
         ]
-    description = plain_text(row.get("comment"))
-    if description:
-        attributes["description"] = description
+    if row.get("comment"):
+        description = plain_text(row["comment"])
+        if description:
+            attributes["description"] = description
     return {"typeName": "Column", "attributes": attributes}
 
 
@@ -285,23 +299,23 @@ def to_entities(
     return entities
 
 
-def fingerprint(entity: Entity) -> list[Any]:
-    """What an incremental run compares: qualifiedName, type, a hash of the whole entity, and its scope.
+def fingerprint(entity: Entity, line: bytes) -> list[Any]:
+    """What an incremental run compares: qualifiedName, type, a hash of the entity's JSON line, and its scope.
 
     The scope (database, schema, relation, relation type) lets the publisher tell "deleted" from
     "filtered out this time" without the entity itself.
     """
     attributes = entity["attributes"]
-    digest = hashlib.blake2b(orjson.dumps(entity, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+    digest = hashlib.blake2b(line, digest_size=8).hexdigest()
     type_name = entity["typeName"]
     relation: str | None = None
     relation_type: str | None = None
     if type_name in {"Table", "TablePartition", "View", "MaterialisedView"}:
         relation, relation_type = attributes["name"], type_name
     elif type_name == "Column":
-        parent = next(a for a in ("table", "view", "materialisedView", "tablePartition") if a in attributes)
         relation = attributes.get("tableName") or attributes.get("viewName")
-        relation_type = attributes[parent]["typeName"]
+        parent = attributes.get("table") or attributes.get("view") or attributes.get("materialisedView")
+        relation_type = (parent or attributes["tablePartition"])["typeName"]
     elif type_name == "Process":
         output = attributes["outputs"][0]
         relation, relation_type = output["uniqueAttributes"]["qualifiedName"].rsplit("/", 1)[1], output["typeName"]
@@ -310,6 +324,22 @@ def fingerprint(entity: Entity) -> list[Any]:
     if type_name == "Process":
         database, schema = _process_scope(entity)
     return [attributes["qualifiedName"], type_name, digest, database, schema, relation, relation_type]
+
+
+def render_chunk(connection_qn: str, records: list[Record], problems: list[dict[str, str]]) -> dict[str, bytes]:
+    """One chunk's output, serialized once: JSON Lines per entity type and per extra kind, and fingerprints."""
+    lines: dict[str, list[bytes]] = {}
+    fingerprints: list[list[Any]] = []
+    for item in to_entities(connection_qn, records, problems):
+        line = orjson.dumps(item)
+        if "typeName" in item:
+            lines.setdefault(f"entity:{item['typeName']}", []).append(line)
+            fingerprints.append(fingerprint(item, line))
+        else:
+            lines.setdefault(f"extra:{item['extra']}", []).append(line)
+    parts = {name: b"\n".join(group) + b"\n" for name, group in sorted(lines.items())}
+    parts["fingerprints"] = orjson.dumps(fingerprints)
+    return parts
 
 
 def _process_scope(entity: Entity) -> tuple[str, str]:

@@ -6,9 +6,7 @@ import logging
 
 from pgmeta_shared.events import ExtractionProgress, Stage, TopicName, TransformCompleted, TransformRequested
 from pgmeta_shared.platform import Platform
-from pgmeta_transformer.atlas import fingerprint, to_entities
-
-FINGERPRINT_STAGE = "fingerprint"
+from pgmeta_transformer.atlas import render_chunk
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +27,13 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
     problems: list[dict[str, str]] = []
     for index in range(command.chunk_count):
         records = platform.load_chunk(command.run_id, Stage.EXTRACT.value, command.unit, index)
-        entities = to_entities(command.connection_qualified_name, records, problems)
-        platform.save_chunk(command.run_id, Stage.TRANSFORM.value, command.unit, index, entities)
-        fingerprints = [fingerprint(e) for e in entities if "typeName" in e]
-        platform.save_chunk(command.run_id, FINGERPRINT_STAGE, command.unit, index, fingerprints)
-        for entity in entities:
-            key = entity.get("typeName") or f"extra:{entity['extra']}"
-            counts[key] = counts.get(key, 0) + 1
+        parts = render_chunk(command.connection_qualified_name, records, problems)
+        platform.save_parts(command.run_id, Stage.TRANSFORM.value, command.unit, index, parts)
+        for name, blob in parts.items():
+            if name != "fingerprints":
+                kind, _, type_name = name.partition(":")
+                key = type_name if kind == "entity" else name
+                counts[key] = counts.get(key, 0) + blob.count(b"\n")
         platform.publish(
             TopicName.EXTRACTION_PROGRESS,
             ExtractionProgress(
