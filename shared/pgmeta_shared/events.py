@@ -21,6 +21,8 @@ class TopicName(StrEnum):
     METADATA_REQUESTED = "metadata.requested"
     EXTRACT_REQUESTED = "extract.requested"
     EXTRACT_COMPLETED = "extract.completed"
+    EXTRACT_CHUNK_READY = "extract.chunk_ready"
+    TRANSFORM_CHUNK_READY = "transform.chunk_ready"
     TRANSFORM_REQUESTED = "transform.requested"
     TRANSFORM_COMPLETED = "transform.completed"
     PUBLISH_REQUESTED = "publish.requested"
@@ -176,6 +178,7 @@ class UnitChunks(BaseModel):
 
     unit: UnitId
     chunk_count: int = Field(ge=0)
+    generation: int = Field(default=1, ge=1, description="The extraction attempt the chunks come from.")
 
 
 class PreflightRequested(StageCommand):
@@ -214,6 +217,7 @@ class ExtractRequested(StageCommand):
 class ExtractCompleted(EventModel):
     run_id: RunId
     unit: UnitId
+    generation: int = Field(default=1, ge=1, description="Extraction attempt whose chunks are final.")
     chunk_count: int = Field(ge=0)
     counts: Counts
     problems: int = Field(default=0, ge=0, description="Per-object problems recorded in the run report.")
@@ -222,6 +226,7 @@ class ExtractCompleted(EventModel):
 class TransformRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
     unit: UnitId
+    generation: int = Field(default=1, ge=1, description="Which extraction attempt's chunks to read.")
     chunk_count: int = Field(ge=0)
 
     def work_unit(self) -> str | None:
@@ -253,6 +258,20 @@ class PublishCompleted(EventModel):
     changes: dict[str, int] = Field(
         default_factory=dict, description="Entities created / updated / unchanged / deleted since the last run."
     )
+
+
+class ChunkReady(EventModel):
+    """One chunk of a unit is in the artifacts store: the next stage may start on it before the whole stage ends.
+
+    Only an optimisation: the stage's own command (sent by the workflow when the previous stage completed)
+    still does any chunk nobody did early, so a lost ChunkReady delays nothing but itself.
+    """
+
+    run_id: RunId
+    unit: UnitId
+    generation: int = Field(default=1, ge=1)
+    index: int = Field(ge=0)
+    connection_qualified_name: ConnectionQualifiedName
 
 
 class StageFailed(EventModel):
@@ -290,6 +309,12 @@ STAGE_COMPLETION_TOPICS: dict[Stage, TopicName] = {
     Stage.TRANSFORM: TopicName.TRANSFORM_COMPLETED,
     Stage.PUBLISH: TopicName.PUBLISH_COMPLETED,
 }
+
+
+def extract_chunk_unit(unit: str, generation: int) -> str:
+    """Where an extraction attempt's chunks live: a retried extraction never overwrites what a stage
+    that started early may have read."""
+    return unit if generation == 1 else f"{unit}-g{generation}"
 
 
 def stage_result_event(stage: Stage, unit: str | None = None) -> str:

@@ -124,25 +124,32 @@ def test_preflight_and_metadata_endpoints(full_stack: LocalStack, postgres: Post
 def test_second_run_reports_what_changed(full_stack: LocalStack, postgres: PostgresServer) -> None:
     """One table added, one altered, one dropped between two runs of the same connection."""
     api = full_stack.layout.api_url
-    with psycopg.connect(**postgres.connect_kwargs("crm"), autocommit=True) as conn:
+    database = f"churn_{postgres.port}"  # its own database: the fixture server is shared by other tests
+    with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    with psycopg.connect(**postgres.connect_kwargs(database), autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS churn")
         conn.execute("CREATE TABLE churn.keep (id int PRIMARY KEY, note varchar(20))")
         conn.execute("CREATE TABLE churn.doomed (id int PRIMARY KEY)")
-    document = body(postgres, filters={"include": {"crm": ["churn"]}})
-    document["source"]["database"] = "crm"
-    manifests = []
-    for run_id in (f"e2e-inc1-{postgres.port}", f"e2e-inc2-{postgres.port}"):
-        if manifests:
-            with psycopg.connect(**postgres.connect_kwargs("crm"), autocommit=True) as conn:
-                conn.execute("CREATE TABLE churn.fresh (id int PRIMARY KEY)")
-                conn.execute("ALTER TABLE churn.keep ALTER COLUMN note TYPE text")
-                conn.execute("DROP TABLE churn.doomed")
-        response = httpx.post(f"{api}/runs", json=document | {"request_id": run_id}, timeout=10)
-        assert response.status_code == 202, response.text
-        completed = wait_for_completion(full_stack, run_id, timeout=120)
-        assert completed["status"] == "COMPLETED", completed
-        _, manifest = load_entities(full_stack, completed["location"])
-        manifests.append(manifest)
+    try:
+        document = body(postgres, filters={"include": {database: ["churn"]}})
+        document["source"]["database"] = database
+        manifests = []
+        for run_id in (f"e2e-inc1-{postgres.port}", f"e2e-inc2-{postgres.port}"):
+            if manifests:
+                with psycopg.connect(**postgres.connect_kwargs(database), autocommit=True) as conn:
+                    conn.execute("CREATE TABLE churn.fresh (id int PRIMARY KEY)")
+                    conn.execute("ALTER TABLE churn.keep ALTER COLUMN note TYPE text")
+                    conn.execute("DROP TABLE churn.doomed")
+            response = httpx.post(f"{api}/runs", json=document | {"request_id": run_id}, timeout=10)
+            assert response.status_code == 202, response.text
+            completed = wait_for_completion(full_stack, run_id, timeout=120)
+            assert completed["status"] == "COMPLETED", completed
+            _, manifest = load_entities(full_stack, completed["location"])
+            manifests.append(manifest)
+    finally:
+        with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
     first, second = manifests
     assert first["changes"]["deleted"] == 0 and first["changes"]["updated"] == 0
     assert second["previous_run_id"] == first["run_id"]
@@ -154,6 +161,6 @@ def test_second_run_reports_what_changed(full_stack: LocalStack, postgres: Postg
     run_dir = full_stack.layout.objects / second["connection_qualified_name"] / second["run_id"]
     deleted = [line for path in sorted(run_dir.glob("deleted-*.jsonl")) for line in path.read_text().splitlines()]
     assert sorted(deleted) == sorted(
-        f'{{"typeName":"{t}","qualifiedName":"{second["connection_qualified_name"]}/crm/churn/doomed{c}"}}'
+        f'{{"typeName":"{t}","qualifiedName":"{second["connection_qualified_name"]}/{database}/churn/doomed{c}"}}'
         for t, c in (("Table", ""), ("Column", "/id"))
     )

@@ -27,6 +27,7 @@ from pgmeta_shared.events import (
     PreflightCompleted,
     PreflightRequested,
     SourceSpec,
+    extract_chunk_unit,
 )
 
 from ..fakes import InMemoryPlatform
@@ -75,7 +76,11 @@ def extract_all(
         unit_records = [
             record
             for index in range(completed.chunk_count)
-            for record in decode_chunk(platform.chunks[chunk_key("it", "extract", selection.unit, index)])
+            for record in decode_chunk(
+                platform.chunks[
+                    chunk_key("it", "extract", extract_chunk_unit(selection.unit, completed.generation), index)
+                ]
+            )
         ]
         assert completed.counts == dict(Counter(r["kind"] for r in unit_records))
         assert completed.problems == 0, platform.get_json(f"it/report/extract/{selection.unit}")

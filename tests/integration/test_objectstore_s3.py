@@ -156,6 +156,7 @@ def s3_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sidecar]:
     moto_port = stack.layout.base_port + MOTO_PORT_OFFSET
     endpoint = f"http://127.0.0.1:{moto_port}"
     try:
+        stack.write_secretstore()
         stack.start_redis()
         start_moto(stack, moto_port)
         s3_client(endpoint).create_bucket(Bucket=BUCKET)

@@ -94,6 +94,7 @@ def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.layout.objects.mkdir(parents=True, exist_ok=True)
     try:
+        stack.write_secretstore()
         stack.start_redis()
         stack.start_placement()
         stack.start_scheduler()

@@ -58,7 +58,8 @@ def test_transform_maps_every_chunk_and_counts_types() -> None:
     parts = platform.load_parts("r1", "transform", "db000", 0)
     lines = sum(blob.count(b"\n") for name, blob in parts.items() if name != "fingerprints")
     assert lines == sum(completed.counts.values())
-    assert len(json.loads(parts["fingerprints"])) == sum(v for k, v in completed.counts.items() if ":" not in k)
+    fingerprints = platform.load_chunk("r1", "fingerprint", "db000", 0)
+    assert len(fingerprints) == sum(v for k, v in completed.counts.items() if ":" not in k)
 
 
 def test_transform_redelivery_finds_the_recorded_result() -> None:
@@ -162,3 +163,35 @@ def test_unexpected_errors_fail_the_run_instead_of_looping() -> None:
 
 def exploding(command: TransformRequested, platform: object) -> ExtractCompleted:
     raise ZeroDivisionError("a bug")
+
+
+def test_chunks_done_early_are_not_done_again_and_a_retried_extraction_is_kept_apart() -> None:
+    from pgmeta_publisher.publishing import publish_early
+    from pgmeta_shared.events import ChunkReady
+    from pgmeta_transformer.transformation import transform_early
+
+    platform = InMemoryPlatform()
+    catalog = sample_catalog()
+    platform.save_chunk("r1", "extract", "db000", 0, catalog[:5])
+    platform.save_chunk("r1", "extract", "db000-g2", 0, catalog)  # the second attempt's chunk 0 differs
+    ready = ChunkReady(run_id="r1", unit="db000", index=0, connection_qualified_name=CONNECTION_QN)
+    transform_early(ready, platform)
+    publish_early(ready, platform)
+    writes = platform.object_writes
+    retried = TransformRequested(
+        run_id="r1", connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=1, generation=2
+    )
+    completed = transform(retried, platform)
+    assert completed.counts["Column"] == 7, "the second attempt's chunk, not the early-transformed first one"
+    command = PublishRequested(
+        run_id="r1", connection_qualified_name=CONNECTION_QN,
+        units=[UnitChunks(unit="db000", chunk_count=1, generation=2)], counts={},
+    )  # fmt: skip
+    published = publish(command, platform)
+    assert published.counts["Column"] == 7
+    assert platform.object_writes > writes
+    again = InMemoryPlatform()
+    again.save_chunk("r2", "extract", "db000", 0, catalog)
+    transform_early(ChunkReady(run_id="r2", unit="db000", index=0, connection_qualified_name=CONNECTION_QN), again)
+    again.chunks = {k: v for k, v in again.chunks.items() if not k.startswith("r2/extract/")}
+    assert transform(transform_command("r2", 1), again).counts["Column"] == 7, "done early: no second read"

@@ -137,7 +137,8 @@ def test_success_fans_out_one_extract_and_one_transform_per_database() -> None:
     assert extract["filters"]["include"] == {"shop|crm": "*"}
     publish = published(ctx)[-1]["event"]
     assert publish["units"] == [
-        {"unit": "server", "chunk_count": 1}, {"unit": "db000", "chunk_count": 2}, {"unit": "db001", "chunk_count": 2}
+        {"unit": "server", "chunk_count": 1, "generation": 1}, {"unit": "db000", "chunk_count": 2, "generation": 1},
+        {"unit": "db001", "chunk_count": 2, "generation": 1},
     ]  # fmt: skip
     assert publish["counts"] == {"Connection": 1, "Database": 2, "Column": 6}
     assert "password" not in str(ctx.log)

@@ -52,7 +52,7 @@ class LocalStack:
     def encryption_key(self) -> str:
         return self._secret_file("state-encryption.key", secrets.token_hex(32))
 
-    def _write_secretstore(self) -> None:
+    def write_secretstore(self) -> None:
         secret_path = self.state / "secrets.json"
         secret_path.write_text(
             json.dumps({DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}}, indent=2)
@@ -297,7 +297,7 @@ class LocalStack:
                 raise StackError(f"{dapr_bin_dir() / binary} is missing: run `make dapr` (deploy/local/ensure-dapr.sh)")
         self.state.mkdir(parents=True, exist_ok=True)
         self.layout.objects.mkdir(parents=True, exist_ok=True)
-        self._write_secretstore()
+        self.write_secretstore()
         self.start_redis()
         _say(f"redis ready on {self.layout.redis_port}")
         self.start_placement()

@@ -31,6 +31,7 @@ from pgmeta_shared.errors import (
 )
 from pgmeta_shared.events import (
     SERVER_UNIT,
+    ChunkReady,
     CredentialRef,
     DatabaseSelection,
     ExtractCompleted,
@@ -43,6 +44,7 @@ from pgmeta_shared.events import (
     SourceSpec,
     Stage,
     TopicName,
+    extract_chunk_unit,
 )
 from pgmeta_shared.platform import Platform
 
@@ -224,7 +226,7 @@ def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCo
     password = provider_for(platform, command.source, command.credentials)
     for attempt in range(1, CONNECTION_ATTEMPTS + 1):
         try:
-            completed = _extract_once(command, platform, password)
+            completed = _extract_once(command, platform, password, attempt)
             break
         except sa_exc.OperationalError as exc:
             # Lost mid-stream (restart, failover, network): start the database again; chunks are
@@ -241,8 +243,11 @@ def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCo
     return completed
 
 
-def _extract_once(command: ExtractRequested, platform: Platform, password: PasswordProvider) -> ExtractCompleted:
+def _extract_once(
+    command: ExtractRequested, platform: Platform, password: PasswordProvider, generation: int
+) -> ExtractCompleted:
     selection = command.selection
+    chunk_unit = extract_chunk_unit(selection.unit, generation)
     report: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     chunk_count = 0
@@ -251,7 +256,14 @@ def _extract_once(command: ExtractRequested, platform: Platform, password: Passw
         total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
         records = iter_catalog(connection, selection, command.filters, report)
         for chunk_count, batch in enumerate(batch_records(records), start=1):
-            platform.save_chunk(command.run_id, Stage.EXTRACT.value, selection.unit, chunk_count - 1, batch)
+            platform.save_chunk(command.run_id, Stage.EXTRACT.value, chunk_unit, chunk_count - 1, batch)
+            platform.publish(
+                TopicName.EXTRACT_CHUNK_READY,
+                ChunkReady(
+                    run_id=command.run_id, unit=selection.unit, generation=generation, index=chunk_count - 1,
+                    connection_qualified_name=command.connection_qualified_name,
+                ),
+            )  # fmt: skip
             for record in batch:
                 counts[record["kind"]] = counts.get(record["kind"], 0) + 1
             done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
@@ -263,5 +275,6 @@ def _extract_once(command: ExtractRequested, platform: Platform, password: Passw
             )
     platform.save_json(report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
-        run_id=command.run_id, unit=selection.unit, chunk_count=chunk_count, counts=counts, problems=len(report)
-    )
+        run_id=command.run_id, unit=selection.unit, generation=generation, chunk_count=chunk_count, counts=counts,
+        problems=len(report),
+    )  # fmt: skip

@@ -233,8 +233,19 @@ class RunService:
 
     # -- reading ----------------------------------------------------------------------------------
 
+    def _workflow_state(self, run_id: str) -> Any:
+        """The workflow's state; a read that races the runtime's own save (seen as UNKNOWN) is retried."""
+        for attempt in range(5):
+            try:
+                return self._workflows.get_workflow_state(run_id, fetch_payloads=True)
+            except grpc.RpcError as exc:
+                if exc.code() not in {grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE} or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return None
+
     def view(self, run_id: str) -> RunView | None:
-        state = self._workflows.get_workflow_state(run_id, fetch_payloads=True)
+        state = self._workflow_state(run_id)
         if state is None:
             if self._platform.get_json(f"{run_id}/requested") is not None:
                 return RunView(run_id=run_id, status="QUEUED")

@@ -155,15 +155,19 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
 
         stage = Stage.TRANSFORM
         units = [UnitChunks(unit=SERVER_UNIT, chunk_count=1)] + [
-            UnitChunks(unit=unit, chunk_count=extracted[unit]["chunk_count"]) for unit in extract_commands
+            UnitChunks(
+                unit=unit, chunk_count=extracted[unit]["chunk_count"], generation=extracted[unit].get("generation", 1)
+            )
+            for unit in extract_commands
         ]
         status["counts"] = _sum_counts(list(extracted.values()))
         transform_commands: dict[str, BaseModel] = {
             u.unit: TransformRequested(
-                run_id=run_id, connection_qualified_name=connection_qn, unit=u.unit, chunk_count=u.chunk_count
+                run_id=run_id, connection_qualified_name=connection_qn, unit=u.unit, chunk_count=u.chunk_count,
+                generation=u.generation,
             )
             for u in units
-        }
+        }  # fmt: skip
         transformed = yield from fan_out(ctx, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status)
 
         stage = Stage.PUBLISH

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from pgmeta_publisher.atlan import AtlanSettings, AtlanSink, read_api_key
-from pgmeta_publisher.publishing import publish
-from pgmeta_shared.events import PublishCompleted, PublishRequested, Stage, TopicName
+from pgmeta_publisher.publishing import publish, publish_early
+from pgmeta_shared.events import ChunkReady, PublishCompleted, PublishRequested, Stage, TopicName
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.service import StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
+from pgmeta_shared.subscriptions import register_subscription
 
 
 def publish_everywhere(command: PublishRequested, platform: Platform) -> PublishCompleted:
@@ -22,7 +23,7 @@ def publish_everywhere(command: PublishRequested, platform: Platform) -> Publish
 
 
 def create_app(settings: DaprSettings) -> FastAPI:
-    return create_stage_app(
+    app = create_stage_app(
         service="publisher",
         settings=settings,
         routes=[
@@ -35,6 +36,15 @@ def create_app(settings: DaprSettings) -> FastAPI:
             ),
         ],  # fmt: skip
     )
+
+    def on_chunk_ready(event: ChunkReady) -> None:
+        publish_early(event, app.state.platform)
+
+    register_subscription(
+        app, pubsub=settings.pubsub_name, topic=TopicName.TRANSFORM_CHUNK_READY, model=ChunkReady,
+        handler=on_chunk_ready,
+    )  # fmt: skip
+    return app
 
 
 def main() -> None:

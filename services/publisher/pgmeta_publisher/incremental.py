@@ -14,14 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from pgmeta_shared.events import FilterSpec, UnitChunks
+from pgmeta_shared.events import FilterSpec, UnitChunks, extract_chunk_unit
 from pgmeta_shared.platform import Platform
 
 BUCKETS = 64
 FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
-TRANSFORM_STAGE = "transform"
+FINGERPRINT_STAGE = "fingerprint"
 CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
 
 Fingerprint = list[Any]  # [qualifiedName, typeName, hash, database, schema, relation, relation type]
@@ -56,9 +54,9 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
         buffers[bucket] = []
 
     for unit in units:
+        chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
         for index in range(unit.chunk_count):
-            fingerprints = orjson.loads(platform.load_parts(run_id, TRANSFORM_STAGE, unit.unit, index)["fingerprints"])
-            for record in fingerprints:
+            for record in platform.load_chunk(run_id, FINGERPRINT_STAGE, chunk_unit, index):
                 bucket = bucket_of(record[0])
                 buffers[bucket].append(record)
                 if len(buffers[bucket]) >= FLUSH_AT:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -26,7 +27,15 @@ from pgmeta_publisher.incremental import (
     forget_run,
     snapshot_key,
 )
-from pgmeta_shared.events import ExtractionProgress, PublishCompleted, PublishRequested, Stage, TopicName
+from pgmeta_shared.events import (
+    ChunkReady,
+    ExtractionProgress,
+    PublishCompleted,
+    PublishRequested,
+    Stage,
+    TopicName,
+    extract_chunk_unit,
+)
 from pgmeta_shared.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,9 @@ OBJECTSTORE_BINDING = "objectstore"
 REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
 MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
 WRITERS = 4  # concurrent writes to the object store
+FINGERPRINT_STAGE = "fingerprint"
+# One chunk at a time per process: several at once would only share the same two cores and multiply memory.
+_chunk_slot = threading.Lock()
 
 
 class BatchReport(Protocol):
@@ -118,6 +130,51 @@ class LineSpool:
             self.lines, self.size = [], 0
 
 
+def chunk_done_key(run_id: str, chunk_unit: str, index: int) -> str:
+    return f"{run_id}/{Stage.PUBLISH.value}/{chunk_unit}/{index:06d}/done"
+
+
+def publish_chunk(
+    platform: Platform, run_id: str, connection_qn: str, unit: str, generation: int, index: int
+) -> dict[str, Any]:
+    """Writes one transformed chunk's files once; returns the files and counts (recorded, so a repeat is free)."""
+    chunk_unit = extract_chunk_unit(unit, generation)
+    with _chunk_slot:
+        recorded: dict[str, Any] | None = platform.get_json(chunk_done_key(run_id, chunk_unit, index))
+        if recorded is not None:
+            return recorded
+        rendered = platform.load_parts(run_id, Stage.TRANSFORM.value, chunk_unit, index)
+        counts: dict[str, int] = {}
+        with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
+            writer = RunWriter(platform, run_prefix(connection_qn, run_id), pool)
+            for part_name, blob in rendered.items():
+                kind, _, name = part_name.partition(":")
+                if kind == "entity":
+                    # File names carry the unit, not the attempt: a reader sees one set of names per run.
+                    writer.write_lines(f"{name}-{unit}-{index:05d}", blob, type=name, entities=None)
+                    counts[name] = counts.get(name, 0) + blob.count(b"\n")
+                else:
+                    writer.write_lines(f"extras/{name}-{unit}-{index:05d}", blob, extra=name, records=None)
+            writer.wait()
+        done = {"files": writer.files, "counts": counts}
+        platform.save_json(chunk_done_key(run_id, chunk_unit, index), done)
+        return done
+
+
+def publish_early(event: ChunkReady, platform: Platform) -> None:
+    """``transform.chunk_ready``: write a chunk's files while later chunks are still being transformed.
+
+    Only the run's manifest makes the files visible as a run, and it is written by ``publish`` at the end;
+    a failure here is logged and the chunk is written again then.
+    """
+    try:
+        publish_chunk(platform, event.run_id, event.connection_qualified_name, event.unit, event.generation,
+                      event.index)  # fmt: skip
+    except Exception:
+        log.warning("run %s: early publish of %s/%d failed; publish will redo it",
+                    event.run_id, event.unit, event.index, exc_info=True)  # fmt: skip
+
+
 def publish(command: PublishRequested, platform: Platform, sink: EntitySink | None = None) -> PublishCompleted:
     recorded = platform.get_json(result_key(command.run_id))
     if recorded is not None:
@@ -134,7 +191,26 @@ def _publish(
 ) -> PublishCompleted:
     writer = RunWriter(platform, run_prefix(command.connection_qualified_name, command.run_id), pool)
 
-    # 1. Compare with the previous successful run of this connection, bucket by bucket.
+    # 1. The full snapshot: every chunk's files (most already written early, as the transformer finished them).
+    counts: dict[str, int] = {}
+    total = sum(unit.chunk_count for unit in command.units)
+    done = 0
+    for unit in command.units:
+        for index in range(unit.chunk_count):
+            chunk = publish_chunk(platform, command.run_id, command.connection_qualified_name, unit.unit,
+                                  unit.generation, index)  # fmt: skip
+            writer.files += chunk["files"]
+            for name, count in chunk["counts"].items():
+                counts[name] = counts.get(name, 0) + count
+            done += 1
+            platform.publish(
+                TopicName.EXTRACTION_PROGRESS,
+                ExtractionProgress(
+                    run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks"
+                ),
+            )
+
+    # 2. Compare with the previous successful run of this connection, bucket by bucket.
     previous = platform.get_json(snapshot_key(command.connection_qualified_name))
     if previous is not None and previous.get("run_id") == command.run_id:
         previous = None
@@ -153,35 +229,19 @@ def _publish(
     for spool in spools.values():
         spool.flush()
 
-    # 2. The full snapshot, and (when configured) created/updated entities to the sink.
-    counts: dict[str, int] = {}
+    # 3. When a tenant is configured: created and updated entities to it, deleted ones archived.
     sink_results: list[dict[str, Any]] = []
-    total = sum(unit.chunk_count for unit in command.units)
-    done = 0
-    for unit in command.units:
-        for index in range(unit.chunk_count):
-            rendered = platform.load_parts(command.run_id, Stage.TRANSFORM.value, unit.unit, index)
-            fingerprints = orjson.loads(rendered.pop("fingerprints"))
-            for part_name, blob in rendered.items():
-                kind, _, name = part_name.partition(":")
-                if kind == "entity":
-                    writer.write_lines(f"{name}-{unit.unit}-{index:05d}", blob, type=name, entities=None)
-                    counts[name] = counts.get(name, 0) + blob.count(b"\n")
-                else:
-                    writer.write_lines(f"extras/{name}-{unit.unit}-{index:05d}", blob, extra=name, records=None)
-            if sink is not None:
+    if sink is not None:
+        for unit in command.units:
+            chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
+            for index in range(unit.chunk_count):
+                rendered = platform.load_parts(command.run_id, Stage.TRANSFORM.value, chunk_unit, index)
+                fingerprints = platform.load_chunk(command.run_id, FINGERPRINT_STAGE, chunk_unit, index)
                 sink_results += _send_changes(sink, rendered, fingerprints, changes.changed)
-            done += 1
-            platform.publish(
-                TopicName.EXTRACTION_PROGRESS,
-                ExtractionProgress(
-                    run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks"
-                ),
-            )
-    if sink is not None and deleted:
-        sink_results += [r.to_report() for r in sink.archive(deleted)]
+        if deleted:
+            sink_results += [r.to_report() for r in sink.archive(deleted)]
 
-    # 3. Report, then the manifest, last.
+    # 4. Report, then the manifest, last.
     problems = collect_report(command, platform)
     writer.write(
         "report.json",

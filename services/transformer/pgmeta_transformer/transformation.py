@@ -1,14 +1,34 @@
-"""The transform stage: every raw chunk of a unit becomes one entity chunk (same index: redelivery overwrites)."""
+"""The transform stage: every raw chunk of a unit becomes one entity chunk (same index: redelivery overwrites).
+
+Chunks may be transformed early, as the extractor announces them (``extract.chunk_ready``); the unit's
+command from the workflow then finds those chunks done (per-chunk markers) and does the rest.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
-from pgmeta_shared.events import ExtractionProgress, Stage, TopicName, TransformCompleted, TransformRequested
+import orjson
+
+from pgmeta_shared.events import (
+    ChunkReady,
+    ExtractionProgress,
+    Stage,
+    TopicName,
+    TransformCompleted,
+    TransformRequested,
+    extract_chunk_unit,
+)
 from pgmeta_shared.platform import Platform
 from pgmeta_transformer.atlas import render_chunk
 
 log = logging.getLogger(__name__)
+
+FINGERPRINT_STAGE = "fingerprint"
+# One chunk at a time per process: several at once would only share the same two cores and multiply memory.
+_chunk_slot = threading.Lock()
 
 
 def result_key(run_id: str, unit: str) -> str:
@@ -19,6 +39,55 @@ def report_key(run_id: str, unit: str) -> str:
     return f"{run_id}/report/{Stage.TRANSFORM.value}/{unit}"
 
 
+def chunk_done_key(run_id: str, unit: str, generation: int, index: int) -> str:
+    return f"{run_id}/{Stage.TRANSFORM.value}/{extract_chunk_unit(unit, generation)}/{index:06d}/done"
+
+
+def transform_chunk(
+    platform: Platform, run_id: str, connection_qn: str, unit: str, generation: int, index: int
+) -> dict[str, Any]:
+    """Transforms one chunk of one extraction attempt once; returns its counts and problems (recorded)."""
+    with _chunk_slot:
+        recorded: dict[str, Any] | None = platform.get_json(chunk_done_key(run_id, unit, generation, index))
+        if recorded is not None:
+            return recorded
+        # Every key carries the extraction attempt: a retried extraction's chunks are other chunks.
+        chunk_unit = extract_chunk_unit(unit, generation)
+        records = platform.load_chunk(run_id, Stage.EXTRACT.value, chunk_unit, index)
+        problems: list[dict[str, str]] = []
+        parts = render_chunk(connection_qn, records, problems)
+        platform.save_chunk(run_id, FINGERPRINT_STAGE, chunk_unit, index, orjson.loads(parts.pop("fingerprints")))
+        platform.save_parts(run_id, Stage.TRANSFORM.value, chunk_unit, index, parts)
+        counts: dict[str, int] = {}
+        for name, blob in parts.items():
+            kind, _, type_name = name.partition(":")
+            key = type_name if kind == "entity" else name
+            counts[key] = counts.get(key, 0) + blob.count(b"\n")
+        done = {"counts": counts, "problems": problems}
+        platform.save_json(chunk_done_key(run_id, unit, generation, index), done)
+    platform.publish(
+        TopicName.TRANSFORM_CHUNK_READY,
+        ChunkReady(
+            run_id=run_id, unit=unit, generation=generation, index=index, connection_qualified_name=connection_qn
+        ),
+    )
+    return done
+
+
+def transform_early(event: ChunkReady, platform: Platform) -> None:
+    """``extract.chunk_ready``: start on a chunk while the extractor is still reading the next ones.
+
+    A failure here is only logged: the unit's command does the chunk again and reports properly.
+    """
+    try:
+        transform_chunk(
+            platform, event.run_id, event.connection_qualified_name, event.unit, event.generation, event.index
+        )
+    except Exception:
+        log.warning("run %s: early transform of %s/%d failed; the unit's command will redo it",
+                    event.run_id, event.unit, event.index, exc_info=True)  # fmt: skip
+
+
 def transform(command: TransformRequested, platform: Platform) -> TransformCompleted:
     recorded = platform.get_json(result_key(command.run_id, command.unit))
     if recorded is not None:
@@ -26,14 +95,12 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
     counts: dict[str, int] = {}
     problems: list[dict[str, str]] = []
     for index in range(command.chunk_count):
-        records = platform.load_chunk(command.run_id, Stage.EXTRACT.value, command.unit, index)
-        parts = render_chunk(command.connection_qualified_name, records, problems)
-        platform.save_parts(command.run_id, Stage.TRANSFORM.value, command.unit, index, parts)
-        for name, blob in parts.items():
-            if name != "fingerprints":
-                kind, _, type_name = name.partition(":")
-                key = type_name if kind == "entity" else name
-                counts[key] = counts.get(key, 0) + blob.count(b"\n")
+        done = transform_chunk(
+            platform, command.run_id, command.connection_qualified_name, command.unit, command.generation, index
+        )
+        for key, value in done["counts"].items():
+            counts[key] = counts.get(key, 0) + value
+        problems += done["problems"]
         platform.publish(
             TopicName.EXTRACTION_PROGRESS,
             ExtractionProgress(
