@@ -50,3 +50,19 @@ test-integration: setup dapr
 
 test-e2e: setup dapr
 	@$(UV) run --frozen pytest tests/e2e
+
+# Benchmark (docs/benchmarks.md): pgmeta vs the bare catalog queries vs DataHub on one synthetic catalog.
+# `make bench SCHEMAS=500 DATAHUB=0` is the scaling run; `make bench-quick` only checks that it works.
+.PHONY: bench bench-quick
+SCHEMAS ?= 50
+TABLES ?= 200
+COLUMNS ?= 20
+REPEAT ?= 3
+DATAHUB ?= 1
+
+bench: setup dapr
+	@$(UV) run --frozen pgmeta-bench --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS) \
+		--repeat $(REPEAT) --datahub $(DATAHUB)
+
+bench-quick: setup dapr
+	@$(UV) run --frozen pgmeta-bench --quick
