@@ -129,7 +129,6 @@ SELECT s.nspname AS schema_name,
           FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid) AS index_bytes,
        (SELECT (coalesce(sum(tc.relpages), 0) * current_setting('block_size')::int)::bigint
           FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_bytes,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS view_definition,
        fs.srvname AS foreign_server,
        array_to_string(ft.ftoptions, ', ') AS foreign_options
 FROM sel_rel s
@@ -311,6 +310,21 @@ JOIN pg_language l ON l.oid = p.prolang
 WHERE NOT EXISTS (SELECT 1 FROM pg_depend e
                   WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
 ORDER BY n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)
+"""
+)
+
+# View definitions, a batch at a time (keyset on schema and name, the relation query's order):
+# pg_get_viewdef() locks every relation a view reads until the transaction ends, so one statement over
+# 10,000 views runs out of PostgreSQL's lock table. Each batch runs in a transaction of its own.
+VIEW_DEFINITIONS_QUERY = (
+    SELECTION
+    + """
+SELECT s.nspname AS schema_name, s.relname AS relation_name, pg_get_viewdef(s.oid) AS view_definition
+FROM sel_rel s
+WHERE s.relkind IN ('v', 'm')
+  AND (s.nspname, s.relname) > (CAST(:after_schema AS name), CAST(:after_relation AS name))
+ORDER BY s.nspname, s.relname
+LIMIT :batch_size
 """
 )
 

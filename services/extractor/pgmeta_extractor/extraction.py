@@ -20,6 +20,7 @@ from pgmeta_extractor.catalog_sql import (
     DATABASES_QUERY,
     SERVER_QUERY,
     SYSTEM_SCHEMA_FILTER,
+    VIEW_DEFINITIONS_QUERY,
 )
 from pgmeta_extractor.selection import FilterPatterns, choose_databases, relation_params
 from pgmeta_extractor.source import PasswordProvider, connect, fetch_one, stream_rows
@@ -200,20 +201,78 @@ def iter_catalog(
     for kind, sql in CATALOG_QUERIES.items():
         try:
             with connection.begin_nested():
-                for row in stream_rows(connection, sql, params):
+                rows = stream_rows(connection, sql, params)
+                if kind == "relation":
+                    rows = with_view_definitions(rows, connection, params, selection.database, report)
+                for row in rows:
                     row["kind"] = kind
                     row["database_name"] = selection.database
                     yield row
         except sa_exc.OperationalError:
             raise
         except sa_exc.DBAPIError as exc:
-            if isinstance(exc.orig, pg_errors.InsufficientPrivilege):
-                hint = "grant the role pg_read_all_stats or ownership of the objects"
+            report.append(_query_problem(selection.database, f"all {kind}s", exc))
+
+
+VIEW_DEFINITION_BATCH = 500
+
+
+def with_view_definitions(
+    relations: Iterator[Record], connection: Connection, params: dict[str, Any], database: str,
+    report: list[dict[str, str]],
+) -> Iterator[Record]:  # fmt: skip
+    """Adds ``view_definition`` to view rows, merged in from batches read on a second connection.
+
+    Both streams are ordered by (schema, name). A batch that fails (say a lock timeout behind DDL on a
+    view's table) is reported, and the remaining views keep no definition rather than the run failing.
+    """
+    definitions = _view_definitions(connection, params, database, report)
+    pending: tuple[str, str, str] | None = next(definitions, None)
+    for row in relations:
+        if row["relkind"] in {"v", "m"}:
+            key = (row["schema_name"], row["relation_name"])
+            while pending is not None and (pending[0], pending[1]) < key:
+                pending = next(definitions, None)
+            if pending is not None and (pending[0], pending[1]) == key:
+                row["view_definition"] = pending[2]
+                pending = next(definitions, None)
             else:
-                hint = "see the extractor log"
-            message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            log.warning("database %s: %s query failed: %s", selection.database, kind, message)
-            report.append({"object": f"{selection.database}: all {kind}s", "error": message, "hint": hint})
+                row["view_definition"] = None
+        yield row
+
+
+def _view_definitions(
+    connection: Connection, params: dict[str, Any], database: str, report: list[dict[str, str]]
+) -> Iterator[tuple[str, str, str]]:
+    after = ("", "")
+    with connection.engine.connect() as side:
+        while True:
+            try:
+                with side.begin():  # its own transaction: the batch's locks go when it ends
+                    batch = list(stream_rows(side, VIEW_DEFINITIONS_QUERY, {
+                        **params, "after_schema": after[0], "after_relation": after[1],
+                        "batch_size": VIEW_DEFINITION_BATCH,
+                    }))  # fmt: skip
+            except sa_exc.DBAPIError as exc:
+                report.append(_query_problem(database, f"view definitions after {after[0]}.{after[1]}", exc))
+                return
+            for row in batch:
+                yield row["schema_name"], row["relation_name"], row["view_definition"]
+            if len(batch) < VIEW_DEFINITION_BATCH:
+                return
+            after = (batch[-1]["schema_name"], batch[-1]["relation_name"])
+
+
+def _query_problem(database: str, what: str, exc: sa_exc.DBAPIError) -> dict[str, str]:
+    if isinstance(exc.orig, pg_errors.InsufficientPrivilege):
+        hint = "grant the role pg_read_all_stats or ownership of the objects"
+    elif isinstance(exc.orig, pg_errors.LockNotAvailable):
+        hint = "DDL held a lock longer than lock_timeout; run again"
+    else:
+        hint = "see the extractor log"
+    message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    log.warning("database %s: reading %s failed: %s", database, what, message)
+    return {"object": f"{database}: {what}", "error": message, "hint": hint}
 
 
 def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCompleted:
