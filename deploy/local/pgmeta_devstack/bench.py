@@ -322,10 +322,10 @@ def psycopg_query(sql: str) -> tuple[str, dict[str, Any]]:
     from sqlalchemy import create_engine, text
 
     compiled = text(sql).compile(dialect=create_engine("postgresql+psycopg://").dialect)  # connects nowhere
-    unknown = sorted(set(compiled.params) - set(UNFILTERED_PARAMS))
+    unknown = sorted(set(compiled.params) - set(UNFILTERED_PARAMS) - {"after_schema", "after_relation", "batch_size"})
     if unknown:
         raise BenchError(f"the floor has no unfiltered value for bind parameter(s) {unknown}: add them to bench.py")
-    return str(compiled), {name: UNFILTERED_PARAMS[name] for name in compiled.params}
+    return str(compiled), {name: UNFILTERED_PARAMS[name] for name in compiled.params if name in UNFILTERED_PARAMS}
 
 
 def run_floor(server: PostgresServer) -> FloorResult:
@@ -352,9 +352,32 @@ def run_floor(server: PostgresServer) -> FloorResult:
                 spent = time.perf_counter() - query_started
                 raise BenchError(f"floor: the extractor's {kind!r} query failed after {spent:.1f} s: {exc}") from exc
             per_query[kind] = time.perf_counter() - query_started
+        conn.rollback()
+        query_started = time.perf_counter()
+        rows += _floor_view_definitions(conn)
+        per_query["view definitions"] = time.perf_counter() - query_started
         seconds = time.perf_counter() - started
         conn.rollback()
     return FloorResult(seconds, per_query, rows)
+
+
+def _floor_view_definitions(conn: psycopg.Connection[Any]) -> int:
+    """The extractor's batched view-definition reads: each batch its own transaction, as the extractor does."""
+    from pgmeta_extractor.catalog_sql import VIEW_DEFINITIONS_QUERY
+    from pgmeta_extractor.extraction import VIEW_DEFINITION_BATCH
+
+    sql, _ = psycopg_query(VIEW_DEFINITIONS_QUERY)
+    after = ("", "")
+    rows = 0
+    while True:
+        params = UNFILTERED_PARAMS | {"after_schema": after[0], "after_relation": after[1],
+                                      "batch_size": VIEW_DEFINITION_BATCH}  # fmt: skip
+        with conn.transaction():
+            batch = conn.execute(sql, params).fetchall()
+        rows += len(batch)
+        if len(batch) < VIEW_DEFINITION_BATCH:
+            return rows
+        after = (batch[-1][0], batch[-1][1])
 
 
 # -- pgmeta end to end -------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from pgmeta_shared.events import (
     extract_chunk_unit,
 )
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,7 @@ def _extract_once(
         totals = fetch_one(connection, COUNT_QUERY, relation_params(selection, command.filters))
         total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
         records = iter_catalog(connection, selection, command.filters, report)
+        progress = ProgressReporter(platform)
         for chunk_count, batch in enumerate(batch_records(records), start=1):
             platform.save_chunk(command.run_id, Stage.EXTRACT.value, chunk_unit, chunk_count - 1, batch)
             platform.publish(
@@ -326,11 +328,10 @@ def _extract_once(
             for record in batch:
                 counts[record["kind"]] = counts.get(record["kind"], 0) + 1
             done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
-            platform.publish(
-                TopicName.EXTRACTION_PROGRESS,
+            progress.report(
                 ExtractionProgress(
                     run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
-                ),
+                )
             )
     platform.save_json(report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(

@@ -33,10 +33,10 @@ from pgmeta_shared.events import (
     PublishCompleted,
     PublishRequested,
     Stage,
-    TopicName,
     extract_chunk_unit,
 )
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def _publish(
     counts: dict[str, int] = {}
     total = sum(unit.chunk_count for unit in command.units)
     done = 0
+    progress = ProgressReporter(platform)
     for unit in command.units:
         for index in range(unit.chunk_count):
             chunk = publish_chunk(platform, command.run_id, command.connection_qualified_name, unit.unit,
@@ -203,11 +204,8 @@ def _publish(
             for name, count in chunk["counts"].items():
                 counts[name] = counts.get(name, 0) + count
             done += 1
-            platform.publish(
-                TopicName.EXTRACTION_PROGRESS,
-                ExtractionProgress(
-                    run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks"
-                ),
+            progress.report(
+                ExtractionProgress(run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks")
             )
 
     # 2. Compare with the previous successful run of this connection, bucket by bucket.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -284,69 +284,62 @@ def to_entities(
     A record that cannot be mapped is recorded in ``problems`` (object, error, hint) when given, instead
     of failing the whole chunk; without ``problems`` it raises.
     """
-    entities: list[Entity] = []
+    return [entity for _, entity in map_records(connection_qn, records, problems)]
+
+
+def map_records(
+    connection_qn: str, records: list[Record], problems: list[dict[str, str]] | None
+) -> Iterator[tuple[Record, Entity]]:
     for record in records:
         mapper = MAPPERS.get(record.get("kind", ""))
         try:
             if mapper is None:
                 raise ValueError(f"unknown catalog record kind {record.get('kind')!r}")
-            entities.append(mapper(connection_qn, record))
+            entity = mapper(connection_qn, record)
         except (KeyError, ValueError, TypeError) as exc:
             if problems is None:
                 raise
             problems.append({"object": describe_record(record), "error": f"{type(exc).__name__}: {exc}",
                              "hint": "a pgmeta mapping gap; the record is in the extract chunk"})  # fmt: skip
-    return entities
+            continue
+        yield record, entity
 
 
-def fingerprint(entity: Entity, line: bytes) -> list[Any]:
+def fingerprint(record: Record, entity: Entity, line: bytes) -> list[Any]:
     """What an incremental run compares: qualifiedName, type, a hash of the entity's JSON line, and its scope.
 
     The scope (database, schema, relation, relation type) lets the publisher tell "deleted" from
-    "filtered out this time" without the entity itself.
+    "filtered out this time" without the entity itself; it is read off the catalog record.
     """
-    attributes = entity["attributes"]
-    digest = hashlib.blake2b(line, digest_size=8).hexdigest()
     type_name = entity["typeName"]
-    relation: str | None = None
+    relation: str | None = record.get("relation_name")
     relation_type: str | None = None
-    if type_name in {"Table", "TablePartition", "View", "MaterialisedView"}:
-        relation, relation_type = attributes["name"], type_name
-    elif type_name == "Column":
-        relation = attributes.get("tableName") or attributes.get("viewName")
-        parent = attributes.get("table") or attributes.get("view") or attributes.get("materialisedView")
-        relation_type = (parent or attributes["tablePartition"])["typeName"]
-    elif type_name == "Process":
-        output = attributes["outputs"][0]
-        relation, relation_type = output["uniqueAttributes"]["qualifiedName"].rsplit("/", 1)[1], output["typeName"]
-    database = attributes.get("databaseName") or (attributes["name"] if type_name == "Database" else None)
-    schema = attributes.get("schemaName") or (attributes["name"] if type_name == "Schema" else None)
-    if type_name == "Process":
-        database, schema = _process_scope(entity)
-    return [attributes["qualifiedName"], type_name, digest, database, schema, relation, relation_type]
+    if relation is not None:
+        relation_type = relation_type_of(record)
+    database = record.get("database_name") if type_name != "Connection" else None
+    schema = record.get("schema_name")
+    digest = hashlib.blake2b(line, digest_size=8).hexdigest()
+    return [entity["attributes"]["qualifiedName"], type_name, digest, database, schema, relation, relation_type]
+
+
+def relation_type_of(record: Record) -> str:
+    return relation_type(record["relkind"], bool(record.get("is_partition")))
 
 
 def render_chunk(connection_qn: str, records: list[Record], problems: list[dict[str, str]]) -> dict[str, bytes]:
     """One chunk's output, serialized once: JSON Lines per entity type and per extra kind, and fingerprints."""
     lines: dict[str, list[bytes]] = {}
     fingerprints: list[list[Any]] = []
-    for item in to_entities(connection_qn, records, problems):
+    for record, item in map_records(connection_qn, records, problems):
         line = orjson.dumps(item)
         if "typeName" in item:
             lines.setdefault(f"entity:{item['typeName']}", []).append(line)
-            fingerprints.append(fingerprint(item, line))
+            fingerprints.append(fingerprint(record, item, line))
         else:
             lines.setdefault(f"extra:{item['extra']}", []).append(line)
     parts = {name: b"\n".join(group) + b"\n" for name, group in sorted(lines.items())}
     parts["fingerprints"] = orjson.dumps(fingerprints)
     return parts
-
-
-def _process_scope(entity: Entity) -> tuple[str, str]:
-    view_qn = entity["attributes"]["outputs"][0]["uniqueAttributes"]["qualifiedName"]
-    connection_qn = entity["attributes"]["connectionQualifiedName"]
-    database, schema, _ = view_qn.removeprefix(connection_qn + "/").split("/", 2)
-    return database, schema
 
 
 def describe_record(record: Record) -> str:

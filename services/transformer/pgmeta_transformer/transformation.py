@@ -22,6 +22,7 @@ from pgmeta_shared.events import (
     extract_chunk_unit,
 )
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.progress import ProgressReporter
 from pgmeta_transformer.atlas import render_chunk
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
         return TransformCompleted.model_validate(recorded)
     counts: dict[str, int] = {}
     problems: list[dict[str, str]] = []
+    progress = ProgressReporter(platform)
     for index in range(command.chunk_count):
         done = transform_chunk(
             platform, command.run_id, command.connection_qualified_name, command.unit, command.generation, index
@@ -101,12 +103,11 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
         for key, value in done["counts"].items():
             counts[key] = counts.get(key, 0) + value
         problems += done["problems"]
-        platform.publish(
-            TopicName.EXTRACTION_PROGRESS,
+        progress.report(
             ExtractionProgress(
                 run_id=command.run_id, stage=Stage.TRANSFORM, done=index + 1, total=command.chunk_count,
                 measure="chunks", work_unit=command.unit,
-            ),
+            )
         )  # fmt: skip
     platform.save_json(report_key(command.run_id, command.unit), problems)
     completed = TransformCompleted(
