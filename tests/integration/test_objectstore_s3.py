@@ -152,7 +152,7 @@ def s3_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sidecar]:
     if importlib.util.find_spec("moto") is None:
         pytest.fail("moto is not installed: `moto[server]` belongs in the dev dependency group (uv sync)")
     state = tmp_path_factory.mktemp("objectstore-s3")
-    stack = LocalStack(StackLayout(free_port_block(48000), state))
+    stack = LocalStack(StackLayout(free_port_block(30000), state))
     moto_port = stack.layout.base_port + MOTO_PORT_OFFSET
     endpoint = f"http://127.0.0.1:{moto_port}"
     try:

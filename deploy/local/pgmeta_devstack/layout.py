@@ -102,15 +102,20 @@ class StackLayout:
 
 
 def free_port_block(start: int, size: int = 100, attempts: int = 50) -> int:
-    """The first base port from ``start`` (in steps of ``size``) whose whole block is free on loopback."""
+    """The first base port from ``start`` (in steps of ``size``) whose whole block can be bound on loopback.
+
+    Binding (not connecting) also catches ports taken by other programs' outgoing connections; keep blocks
+    below Linux's ephemeral range (32768+), where such ports come and go.
+    """
     import socket
 
     for base in range(start, start + size * attempts, size):
         ports_free = True
         for port in range(base, base + size):
             with socket.socket() as sock:
-                sock.settimeout(0.05)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
                     ports_free = False
                     break
         if ports_free:
