@@ -107,36 +107,14 @@ def start_moto(stack: LocalStack, port: int) -> None:
 
 
 def start_sidecar(stack: LocalStack, resources: Path) -> None:
-    """A bare daprd for the publisher (no app, no actors), flags as in ``LocalStack.start_service``."""
+    """A bare daprd for the publisher (no app, no actors) on the S3 resources."""
     layout = stack.layout
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PGMETA_", "AWS_"))}
     # The component's keys are the only credentials the SDK may find; never an instance metadata service.
     env.update(PGMETA_REDIS_HOST=f"127.0.0.1:{layout.redis_port}", AWS_EC2_METADATA_DISABLED="true")
     pid = spawn(
         f"{SERVICE}-daprd",
-        [
-            str(dapr_bin_dir() / "daprd"),
-            "--app-id",
-            SERVICE,
-            "--dapr-http-port",
-            str(layout.dapr_http_port(SERVICE)),
-            "--dapr-grpc-port",
-            str(layout.dapr_grpc_port(SERVICE)),
-            "--dapr-internal-grpc-port",
-            str(layout.dapr_internal_grpc_port(SERVICE)),
-            "--metrics-port",
-            str(layout.dapr_metrics_port(SERVICE)),
-            "--dapr-listen-addresses",
-            "127.0.0.1",
-            "--resources-path",
-            str(resources),
-            "--config",
-            str(repo_root() / "components" / "config.yaml"),
-            "--max-body-size",
-            "16Mi",
-            "--log-level",
-            "info",
-        ],
+        stack.daprd_argv(SERVICE, with_app=False, resources=resources, control_plane=False),
         logs=layout.logs,
         pids=layout.pids,
         cwd=stack.state,

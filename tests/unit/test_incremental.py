@@ -15,7 +15,11 @@ from .records import CONNECTION_QN, column, relation, sample_catalog
 
 
 def run(
-    platform: InMemoryPlatform, run_id: str, records: list[dict[str, Any]], filters: FilterSpec | None = None
+    platform: InMemoryPlatform,
+    run_id: str,
+    records: list[dict[str, Any]],
+    filters: FilterSpec | None = None,
+    sink: Any = None,
 ) -> dict[str, Any]:
     """Transforms and publishes ``records`` as one run; returns its manifest and change lines."""
     platform.save_chunk(run_id, "extract", "db000", 0, records)
@@ -27,7 +31,7 @@ def run(
         run_id=run_id, connection_qualified_name=CONNECTION_QN, units=[UnitChunks(unit="db000", chunk_count=1)],
         counts={}, filters=filters or FilterSpec(),
     )  # fmt: skip
-    publish(command, platform)
+    publish(command, platform, sink)
     prefix = f"{CONNECTION_QN}/{run_id}"
     manifest = json.loads(platform.objects[("objectstore", f"{prefix}/manifest.json")])
 
@@ -154,26 +158,14 @@ def test_the_sink_gets_only_changes_connection_first_and_archives_deletions() ->
     platform = InMemoryPlatform()
     sink = RecordingSink()
 
-    def publish_to_sink(run_id: str, records: list[dict[str, Any]]) -> None:
-        platform.save_chunk(run_id, "extract", "db000", 0, records)
-        transform(
-            TransformRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=1),
-            platform,
-        )
-        command = PublishRequested(
-            run_id=run_id, connection_qualified_name=CONNECTION_QN, units=[UnitChunks(unit="db000", chunk_count=1)],
-            counts={},
-        )  # fmt: skip
-        publish(command, platform, sink)
-
-    publish_to_sink("r1", sample_catalog())
+    run(platform, "r1", sample_catalog(), sink=sink)
     assert sink.upserts[0] == ["Connection"]
     assert sum(len(batch) for batch in sink.upserts) == len(
         [r for r in sample_catalog() if r["kind"] not in {"constraint", "index"}]
     )
     sink.upserts.clear()
     second = [r for r in sample_catalog() if r.get("relation_name") != "remote_rates"]
-    publish_to_sink("r2", second)
+    run(platform, "r2", second, sink=sink)
     assert sink.upserts == [], "nothing created or updated: nothing sent"
     assert sorted(sink.archived) == [
         ("Column", f"{CONNECTION_QN}/shop/sales/remote_rates/rate"),

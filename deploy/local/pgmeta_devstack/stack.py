@@ -230,47 +230,43 @@ class LocalStack:
         )
         return env
 
+    def daprd_argv(
+        self, service: str, *, with_app: bool = True, resources: Path | None = None, control_plane: bool = True
+    ) -> list[str]:
+        """The sidecar's command line: its own ports, the components folder, the configuration."""
+        layout = self.layout
+        components = repo_root() / "components"
+        argv = [str(dapr_bin_dir() / "daprd"), "--app-id", service]
+        if with_app:
+            argv += ["--app-port", str(layout.app_port(service)), "--app-protocol", "http"]
+        argv += [
+            "--dapr-http-port", str(layout.dapr_http_port(service)),
+            "--dapr-grpc-port", str(layout.dapr_grpc_port(service)),
+            "--dapr-internal-grpc-port", str(layout.dapr_internal_grpc_port(service)),
+            "--metrics-port", str(layout.dapr_metrics_port(service)),
+            "--dapr-listen-addresses", "127.0.0.1",
+            "--resources-path", str(resources or components),
+            "--config", str(components / "config.yaml"),
+            "--max-body-size", "16Mi",
+            "--log-level", "info",
+        ]  # fmt: skip
+        if control_plane:
+            argv += [
+                "--placement-host-address", f"127.0.0.1:{layout.placement_port}",
+                "--scheduler-host-address", f"127.0.0.1:{layout.scheduler_port}",
+            ]  # fmt: skip
+        return argv
+
     def start_service(self, service: str, *, with_app: bool = True) -> tuple[int | None, int]:
         """The service's app (unless ``with_app`` is false) and its daprd sidecar."""
         layout = self.layout
-        components = repo_root() / "components"
         app_pid = None
         if with_app:
             app_pid = recorded_pid(layout.pids, service) or self._spawn(
                 service, [sys.executable, "-m", f"pgmeta_{service}"], env=self._service_env(service)
             )
-        app_args = ["--app-port", str(layout.app_port(service)), "--app-protocol", "http"] if with_app else []
         sidecar_pid = recorded_pid(layout.pids, f"{service}-daprd") or self._spawn(
-            f"{service}-daprd",
-            [
-                str(dapr_bin_dir() / "daprd"),
-                "--app-id",
-                service,
-                *app_args,
-                "--dapr-http-port",
-                str(layout.dapr_http_port(service)),
-                "--dapr-grpc-port",
-                str(layout.dapr_grpc_port(service)),
-                "--dapr-internal-grpc-port",
-                str(layout.dapr_internal_grpc_port(service)),
-                "--metrics-port",
-                str(layout.dapr_metrics_port(service)),
-                "--dapr-listen-addresses",
-                "127.0.0.1",
-                "--resources-path",
-                str(components),
-                "--config",
-                str(components / "config.yaml"),
-                "--placement-host-address",
-                f"127.0.0.1:{layout.placement_port}",
-                "--scheduler-host-address",
-                f"127.0.0.1:{layout.scheduler_port}",
-                "--max-body-size",
-                "16Mi",
-                "--log-level",
-                "info",
-            ],
-            env=self._sidecar_env(),
+            f"{service}-daprd", self.daprd_argv(service, with_app=with_app), env=self._sidecar_env()
         )
         return app_pid, sidecar_pid
 
