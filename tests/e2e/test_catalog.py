@@ -13,7 +13,7 @@ import pytest
 from pgmeta_devstack.postgres import PostgresServer
 from pgmeta_devstack.stack import LocalStack
 
-from .test_pipeline import PARENT_ATTRIBUTES, load_entities, wait_for_completion
+from .test_pipeline import PARENT_ATTRIBUTES, assert_pyatlan_accepts, load_entities, wait_for_completion
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +78,7 @@ def test_every_database_every_object_exactly_once(full_stack: LocalStack, postgr
         for ref in refs:
             assert (ref["typeName"], ref["uniqueAttributes"]["qualifiedName"]) in known, (entity, ref)
     assert manifest["problems"] == 0
+    assert_pyatlan_accepts(entities)
     run = httpx.get(f"{full_stack.layout.api_url}/runs/{run_id}", timeout=10).json()
     assert run["status"] == "COMPLETED" and run["stage"] == "done"
 

@@ -140,11 +140,24 @@ def test_event_in_entities_out_matching_the_catalog(full_stack: LocalStack) -> N
     assert got_columns == expected["columns"]
     by_qn = {(e["typeName"], e["attributes"]["qualifiedName"]) for e in entities}
     assert len(by_qn) == len(entities), "qualifiedNames must be unique within a run"
+    assert_pyatlan_accepts(entities)
     for entity in entities:
         for attribute in PARENT_ATTRIBUTES:
             if attribute in entity["attributes"]:
                 ref = entity["attributes"][attribute]
                 assert (ref["typeName"], ref["uniqueAttributes"]["qualifiedName"]) in by_qn, (entity, attribute)
+
+
+def assert_pyatlan_accepts(entities: list[dict[str, Any]]) -> None:
+    """Every published line parses with pyatlan's own asset model and round-trips without losing attributes."""
+    from pyatlan.model.assets import Asset
+
+    for entity in entities:
+        asset = Asset._convert_to_real_type_(entity)
+        assert type(asset).__name__ == entity["typeName"]
+        kept = asset.dict(by_alias=True, exclude_unset=True)["attributes"]
+        lost = set(entity["attributes"]) - set(kept)
+        assert not lost, f"{entity['attributes']['qualifiedName']}: pyatlan dropped {lost}"
 
 
 def test_duplicate_request_starts_no_second_run(full_stack: LocalStack) -> None:
