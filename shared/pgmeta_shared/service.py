@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pgmeta_shared.events import Stage, TopicName
+from pgmeta_shared.events import ChunkReady, Stage, TopicName
 from pgmeta_shared.observability import configure_logging
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.settings import DaprSettings
@@ -41,11 +41,20 @@ class StageRoute(Generic[CommandT]):
     completion_topic: TopicName
 
 
+@dataclass(frozen=True)
+class EarlyRoute:
+    """A ``*.chunk_ready`` topic on which the stage starts a chunk before its own command arrives."""
+
+    topic: TopicName
+    handle: Callable[[ChunkReady, Platform], None]
+
+
 def create_stage_app(
     *,
     service: str,
     settings: DaprSettings,
     routes: Sequence[StageRoute[Any]],
+    early: EarlyRoute | None = None,
     platform_factory: Callable[[DaprSettings], Platform] = DaprPlatform,
 ) -> FastAPI:
     @asynccontextmanager
@@ -69,6 +78,15 @@ def create_stage_app(
 
         register_subscription(
             app, pubsub=settings.pubsub_name, topic=route.command_topic, model=route.command_model, handler=on_command
+        )
+
+    if early is not None:
+
+        def on_chunk_ready(event: ChunkReady) -> None:
+            early.handle(event, app.state.platform)
+
+        register_subscription(
+            app, pubsub=settings.pubsub_name, topic=early.topic, model=ChunkReady, handler=on_chunk_ready
         )
 
     @app.get("/healthz")

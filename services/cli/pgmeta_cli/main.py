@@ -206,7 +206,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         for warning in answer.get("warnings", []):
             print(f"  warning: {warning}")
     else:
-        err.print(f"[red]preflight failed:[/red] {answer.get('error')}")
+        err.print(f"[red]error:[/red] {answer.get('error')}")
     return 0 if answer.get("ok") else 1
 
 

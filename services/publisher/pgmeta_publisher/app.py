@@ -6,11 +6,10 @@ from fastapi import FastAPI
 
 from pgmeta_publisher.atlan import AtlanSettings, AtlanSink, read_api_key
 from pgmeta_publisher.publishing import publish, publish_early
-from pgmeta_shared.events import ChunkReady, PublishCompleted, PublishRequested, Stage, TopicName
+from pgmeta_shared.events import PublishCompleted, PublishRequested, Stage, TopicName
 from pgmeta_shared.platform import Platform
-from pgmeta_shared.service import StageRoute, create_stage_app, serve
+from pgmeta_shared.service import EarlyRoute, StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
-from pgmeta_shared.subscriptions import register_subscription
 
 
 def publish_everywhere(command: PublishRequested, platform: Platform) -> PublishCompleted:
@@ -23,7 +22,7 @@ def publish_everywhere(command: PublishRequested, platform: Platform) -> Publish
 
 
 def create_app(settings: DaprSettings) -> FastAPI:
-    app = create_stage_app(
+    return create_stage_app(
         service="publisher",
         settings=settings,
         routes=[
@@ -35,16 +34,8 @@ def create_app(settings: DaprSettings) -> FastAPI:
                 TopicName.PUBLISH_COMPLETED,
             ),
         ],  # fmt: skip
+        early=EarlyRoute(TopicName.TRANSFORM_CHUNK_READY, publish_early),
     )
-
-    def on_chunk_ready(event: ChunkReady) -> None:
-        publish_early(event, app.state.platform)
-
-    register_subscription(
-        app, pubsub=settings.pubsub_name, topic=TopicName.TRANSFORM_CHUNK_READY, model=ChunkReady,
-        handler=on_chunk_ready,
-    )  # fmt: skip
-    return app
 
 
 def main() -> None:

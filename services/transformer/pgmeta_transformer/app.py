@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from pgmeta_shared.events import ChunkReady, Stage, TopicName, TransformRequested
-from pgmeta_shared.service import StageRoute, create_stage_app, serve
+from pgmeta_shared.events import Stage, TopicName, TransformRequested
+from pgmeta_shared.service import EarlyRoute, StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
-from pgmeta_shared.subscriptions import register_subscription
 from pgmeta_transformer.transformation import transform, transform_early
 
 
 def create_app(settings: DaprSettings) -> FastAPI:
-    app = create_stage_app(
+    return create_stage_app(
         service="transformer",
         settings=settings,
         routes=[
@@ -24,15 +23,8 @@ def create_app(settings: DaprSettings) -> FastAPI:
                 TopicName.TRANSFORM_COMPLETED,
             ),
         ],  # fmt: skip
+        early=EarlyRoute(TopicName.EXTRACT_CHUNK_READY, transform_early),
     )
-
-    def on_chunk_ready(event: ChunkReady) -> None:
-        transform_early(event, app.state.platform)
-
-    register_subscription(
-        app, pubsub=settings.pubsub_name, topic=TopicName.EXTRACT_CHUNK_READY, model=ChunkReady, handler=on_chunk_ready
-    )
-    return app
 
 
 def main() -> None:
