@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pgmeta_shared.claimcheck import chunk_key, decode_chunk, decode_parts, encode_chunk, encode_parts
+from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError
 from pgmeta_shared.events import TopicName
+from pgmeta_shared.keys import StageName, chunk_key
 
 
 class InMemoryPlatform:
@@ -22,25 +23,28 @@ class InMemoryPlatform:
         self.secrets = secrets or {}
         self.object_writes = 0
 
+    def close(self) -> None:
+        pass
+
     def publish(self, topic: TopicName, event: BaseModel) -> None:
         self.published.append((topic, event))
 
     def topics(self) -> list[TopicName]:
         return [topic for topic, _ in self.published]
 
-    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None:
+    def save_chunk(self, run_id: str, stage: StageName, unit: str, index: int, records: list[Any]) -> None:
         self.chunks[chunk_key(run_id, stage, unit, index)] = encode_chunk(records)
 
-    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]:
+    def load_chunk(self, run_id: str, stage: StageName, unit: str, index: int) -> list[Any]:
         key = chunk_key(run_id, stage, unit, index)
         if key not in self.chunks:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")
         return decode_chunk(self.chunks[key])
 
-    def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None:
+    def save_parts(self, run_id: str, stage: StageName, unit: str, index: int, parts: dict[str, bytes]) -> None:
         self.chunks[chunk_key(run_id, stage, unit, index)] = encode_parts(parts)
 
-    def load_parts(self, run_id: str, stage: str, unit: str, index: int) -> dict[str, bytes]:
+    def load_parts(self, run_id: str, stage: StageName, unit: str, index: int) -> dict[str, bytes]:
         key = chunk_key(run_id, stage, unit, index)
         if key not in self.chunks:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing")

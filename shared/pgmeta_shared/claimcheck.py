@@ -7,16 +7,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
+from more_itertools import constrained_batches
 
 Record = dict[str, Any]
 
 # Well under Dapr's 4 MiB body limit even for records that compress badly.
 MAX_CHUNK_RAW_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_RECORDS = 5_000
-
-
-def chunk_key(run_id: str, stage: str, unit: str, index: int) -> str:
-    return f"{run_id}/{stage}/{unit}/{index:06d}"
 
 
 def encode_chunk(records: list[Any]) -> bytes:
@@ -46,15 +43,8 @@ def decode_parts(blob: bytes) -> dict[str, bytes]:
 
 
 def batch_records(records: Iterable[Record]) -> Iterator[list[Record]]:
-    """Groups records into chunks bounded by count and by serialized size."""
-    batch: list[Record] = []
-    size = 0
-    for record in records:
-        record_size = len(orjson.dumps(record))
-        if batch and (len(batch) >= MAX_CHUNK_RECORDS or size + record_size > MAX_CHUNK_RAW_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(record)
-        size += record_size
-    if batch:
-        yield batch
+    """Groups records into chunks bounded by count and by serialized size (a larger record stands alone)."""
+    for batch in constrained_batches(
+        records, MAX_CHUNK_RAW_BYTES, MAX_CHUNK_RECORDS, get_len=lambda record: len(orjson.dumps(record)), strict=False
+    ):
+        yield list(batch)

@@ -5,6 +5,7 @@ Events stay small (ids, keys, counts): bulk data travels by claim-check through 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -303,18 +304,78 @@ class ExtractionCompleted(EventModel):
     changes: dict[str, int] = Field(default_factory=dict)
 
 
-STAGE_COMPLETION_TOPICS: dict[Stage, TopicName] = {
-    Stage.PREFLIGHT: TopicName.PREFLIGHT_COMPLETED,
-    Stage.EXTRACT: TopicName.EXTRACT_COMPLETED,
-    Stage.TRANSFORM: TopicName.TRANSFORM_COMPLETED,
-    Stage.PUBLISH: TopicName.PUBLISH_COMPLETED,
-}
+class ServiceName(StrEnum):
+    """Who publishes and who consumes a topic: the four app ids, and anyone outside them."""
+
+    USER = "user"
+    ORCHESTRATOR = "orchestrator"
+    EXTRACTOR = "extractor"
+    TRANSFORMER = "transformer"
+    PUBLISHER = "publisher"
 
 
-def extract_chunk_unit(unit: str, generation: int) -> str:
-    """Where an extraction attempt's chunks live: a retried extraction never overwrites what a stage
-    that started early may have read."""
-    return unit if generation == 1 else f"{unit}-g{generation}"
+_STAGES = (ServiceName.EXTRACTOR, ServiceName.TRANSFORMER, ServiceName.PUBLISHER)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One pub/sub topic: its payload model, who may publish it and who subscribes to it."""
+
+    name: TopicName
+    model: type[BaseModel] | None
+    producers: tuple[ServiceName, ...]
+    consumers: tuple[ServiceName, ...]
+    stage: Stage | None = None  # for a stage's command and completion topics: which stage
+
+
+# The one table of topics: subscriptions, the workflow's commands, pub/sub scopes and the README's event
+# table are all read off it (tests check the README and the components against it).
+TOPICS: tuple[Topic, ...] = (
+    Topic(TopicName.EXTRACTION_REQUESTED, ExtractionRequested, (ServiceName.USER, ServiceName.ORCHESTRATOR),
+          (ServiceName.ORCHESTRATOR,)),
+    Topic(TopicName.PREFLIGHT_REQUESTED, PreflightRequested, (ServiceName.ORCHESTRATOR,), (ServiceName.EXTRACTOR,),
+          Stage.PREFLIGHT),
+    Topic(TopicName.PREFLIGHT_COMPLETED, PreflightCompleted, (ServiceName.EXTRACTOR,), (ServiceName.ORCHESTRATOR,),
+          Stage.PREFLIGHT),
+    Topic(TopicName.METADATA_REQUESTED, MetadataRequested, (ServiceName.ORCHESTRATOR,), (ServiceName.EXTRACTOR,)),
+    Topic(TopicName.EXTRACT_REQUESTED, ExtractRequested, (ServiceName.ORCHESTRATOR,), (ServiceName.EXTRACTOR,),
+          Stage.EXTRACT),
+    Topic(TopicName.EXTRACT_COMPLETED, ExtractCompleted, (ServiceName.EXTRACTOR,), (ServiceName.ORCHESTRATOR,),
+          Stage.EXTRACT),
+    Topic(TopicName.EXTRACT_CHUNK_READY, ChunkReady, (ServiceName.EXTRACTOR,), (ServiceName.TRANSFORMER,)),
+    Topic(TopicName.TRANSFORM_REQUESTED, TransformRequested, (ServiceName.ORCHESTRATOR,),
+          (ServiceName.TRANSFORMER,), Stage.TRANSFORM),
+    Topic(TopicName.TRANSFORM_COMPLETED, TransformCompleted, (ServiceName.TRANSFORMER,),
+          (ServiceName.ORCHESTRATOR,), Stage.TRANSFORM),
+    Topic(TopicName.TRANSFORM_CHUNK_READY, ChunkReady, (ServiceName.TRANSFORMER,), (ServiceName.PUBLISHER,)),
+    Topic(TopicName.PUBLISH_REQUESTED, PublishRequested, (ServiceName.ORCHESTRATOR,), (ServiceName.PUBLISHER,),
+          Stage.PUBLISH),
+    Topic(TopicName.PUBLISH_COMPLETED, PublishCompleted, (ServiceName.PUBLISHER,), (ServiceName.ORCHESTRATOR,),
+          Stage.PUBLISH),
+    Topic(TopicName.EXTRACTION_COMPLETED, ExtractionCompleted, (ServiceName.ORCHESTRATOR,), (ServiceName.USER,)),
+    Topic(TopicName.STAGE_FAILED, StageFailed, _STAGES, (ServiceName.ORCHESTRATOR,)),
+    Topic(TopicName.EXTRACTION_PROGRESS, ExtractionProgress, _STAGES, (ServiceName.ORCHESTRATOR,)),
+    # Dapr itself moves a DROPped message here; nothing in pgmeta publishes to it.
+    Topic(TopicName.DEAD_LETTER, None, (), ()),
+)  # fmt: skip
+
+
+def topic(name: TopicName) -> Topic:
+    return next(t for t in TOPICS if t.name == name)
+
+
+def consumed_by(service: ServiceName) -> list[Topic]:
+    return [t for t in TOPICS if service in t.consumers]
+
+
+def published_by(service: ServiceName) -> list[Topic]:
+    return [t for t in TOPICS if service in t.producers]
+
+
+def stage_topic(stage: Stage, *, completion: bool) -> Topic:
+    """A stage's command topic (``<stage>.requested``) or its completion topic (``<stage>.completed``)."""
+    producer = ServiceName.ORCHESTRATOR
+    return next(t for t in TOPICS if t.stage is stage and (producer in t.consumers) == completion)
 
 
 def stage_result_event(stage: Stage, unit: str | None = None) -> str:

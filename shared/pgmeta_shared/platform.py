@@ -1,6 +1,7 @@
-"""The infrastructure a service needs, behind one small Protocol, and its Dapr implementation.
+"""The infrastructure a service needs, behind small Protocols, and their one Dapr implementation.
 
-Domain code takes a ``Platform``; tests pass an in-memory one, services pass ``DaprPlatform``.
+Domain code asks for the narrowest Protocol it uses (``PubSub``, ``ArtifactStore``, ``StateStore``,
+``Secrets``, ``ObjectStore``); ``Platform`` is all of them. Tests pass an in-memory one, services ``DaprPlatform``.
 """
 
 from __future__ import annotations
@@ -14,24 +15,29 @@ import grpc
 import orjson
 from pydantic import BaseModel
 
-from pgmeta_shared.claimcheck import chunk_key, decode_chunk, decode_parts, encode_chunk, encode_parts
+from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
 from pgmeta_shared.events import TopicName, to_payload
+from pgmeta_shared.keys import StageName, chunk_key
 from pgmeta_shared.settings import DaprSettings
 
 log = logging.getLogger(__name__)
 
 
-class Platform(Protocol):
+class PubSub(Protocol):
     def publish(self, topic: TopicName, event: BaseModel) -> None: ...
 
-    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None: ...
 
-    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]: ...
+class ArtifactStore(Protocol):
+    """The artifacts state store: claim-check chunks (compressed) and small JSON entries."""
 
-    def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None: ...
+    def save_chunk(self, run_id: str, stage: StageName, unit: str, index: int, records: list[Any]) -> None: ...
 
-    def load_parts(self, run_id: str, stage: str, unit: str, index: int) -> dict[str, bytes]: ...
+    def load_chunk(self, run_id: str, stage: StageName, unit: str, index: int) -> list[Any]: ...
+
+    def save_parts(self, run_id: str, stage: StageName, unit: str, index: int, parts: dict[str, bytes]) -> None: ...
+
+    def load_parts(self, run_id: str, stage: StageName, unit: str, index: int) -> dict[str, bytes]: ...
 
     def get_json(self, key: str) -> Any | None: ...
 
@@ -41,7 +47,9 @@ class Platform(Protocol):
 
     def delete_json(self, key: str) -> None: ...
 
-    def get_secret(self, store: str, key: str) -> dict[str, str]: ...
+
+class StateStore(Protocol):
+    """Any named state store (the credentials store, with Dapr's state encryption on)."""
 
     def get_state_json(self, store: str, key: str) -> Any | None: ...
 
@@ -49,7 +57,19 @@ class Platform(Protocol):
 
     def delete_state(self, store: str, key: str) -> None: ...
 
+
+class Secrets(Protocol):
+    def get_secret(self, store: str, key: str) -> dict[str, str]: ...
+
+
+class ObjectStore(Protocol):
     def write_object(self, binding: str, path: str, content: bytes) -> None: ...
+
+
+class Platform(PubSub, ArtifactStore, StateStore, Secrets, ObjectStore, Protocol):
+    """Everything a service's sidecar offers; opened in the app's lifespan and closed with it."""
+
+    def close(self) -> None: ...
 
 
 def _transient(exc: grpc.RpcError) -> bool:
@@ -99,7 +119,7 @@ class DaprPlatform:
     def _ttl(self, ttl_seconds: int | None) -> dict[str, str]:
         return {"ttlInSeconds": str(ttl_seconds)} if ttl_seconds else {}
 
-    def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None:
+    def save_chunk(self, run_id: str, stage: StageName, unit: str, index: int, records: list[Any]) -> None:
         self._call(
             "save chunk",
             self._client.save_state,
@@ -109,14 +129,14 @@ class DaprPlatform:
             state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
         )
 
-    def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]:
+    def load_chunk(self, run_id: str, stage: StageName, unit: str, index: int) -> list[Any]:
         key = chunk_key(run_id, stage, unit, index)
         response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
         if not response.data:
             raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
         return decode_chunk(response.data)
 
-    def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None:
+    def save_parts(self, run_id: str, stage: StageName, unit: str, index: int, parts: dict[str, bytes]) -> None:
         self._call(
             "save chunk",
             self._client.save_state,
@@ -126,7 +146,7 @@ class DaprPlatform:
             state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
         )
 
-    def load_parts(self, run_id: str, stage: str, unit: str, index: int) -> dict[str, bytes]:
+    def load_parts(self, run_id: str, stage: StageName, unit: str, index: int) -> dict[str, bytes]:
         key = chunk_key(run_id, stage, unit, index)
         response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
         if not response.data:

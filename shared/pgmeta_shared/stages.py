@@ -8,18 +8,15 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from pgmeta_shared.errors import PgmetaError
+from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
+from pgmeta_shared.keys import stage_failure_key
 from pgmeta_shared.platform import Platform
 
 log = logging.getLogger(__name__)
 
 
 CommandT = TypeVar("CommandT", bound=StageCommand)
-
-
-def failure_key(run_id: str, stage: Stage, unit: str | None) -> str:
-    return f"{run_id}/{stage.value}/{unit or '-'}/failed"
 
 
 def stage_handler(
@@ -37,31 +34,28 @@ def stage_handler(
 
     def fail(failed: StageFailed) -> None:
         # Kept as well as published: a caller that is not a workflow (POST /preflight) reads it here.
-        platform.save_json(failure_key(failed.run_id, stage, failed.unit), failed.model_dump(mode="json"))
+        platform.save_json(stage_failure_key(failed.run_id, stage, failed.unit), failed.model_dump(mode="json"))
         platform.publish(TopicName.STAGE_FAILED, failed)
 
     def handler(command: CommandT) -> None:
-        unit = command.work_unit()
         try:
             completed = work(command, platform)
-        except PgmetaError as exc:
-            if exc.retryable:
-                raise
-            log.error("run %s: %s failed: %s", command.run_id, stage.value, exc)
-            fail(StageFailed(run_id=command.run_id, stage=stage, unit=unit, error_code=exc.code, error=str(exc)))
-            return
         except Exception as exc:
-            # A bug, not a fault of the input or the infrastructure: retrying would fail the same way,
-            # so fail the run now with the cause, and keep the traceback in the log.
-            log.exception("run %s: %s failed unexpectedly", command.run_id, stage.value)
+            failure = classify(exc, f"{stage.value} service")
+            if failure.retryable:
+                raise
+            log.error(
+                "run %s: %s failed: %s",
+                command.run_id,
+                stage.value,
+                failure.message,
+                exc_info=exc if failure.bug else None,
+            )
+            unit = command.work_unit()
             fail(
                 StageFailed(
-                    run_id=command.run_id,
-                    stage=stage,
-                    unit=unit,
-                    error_code="internal_error",
-                    error=f"{type(exc).__name__}: {exc} (a pgmeta bug; see the {stage.value} service log)",
-                ),
+                    run_id=command.run_id, stage=stage, unit=unit, error_code=failure.code, error=failure.message
+                )
             )
             return
         log.info("run %s: %s done", command.run_id, stage.value)

@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from fastapi import Body, FastAPI
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pgmeta_shared.errors import PgmetaError
+from pgmeta_shared.delivery import Delivery, classify
 from pgmeta_shared.events import TopicName
 
 log = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT", bound=BaseModel)
-
-
-class Delivery(StrEnum):
-    SUCCESS = "SUCCESS"
-    RETRY = "RETRY"
-    DROP = "DROP"
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -60,15 +53,19 @@ def deliver(
     run_id = getattr(event, "run_id", None) or getattr(event, "request_id", None)
     try:
         handler(event)
-    except PgmetaError as exc:
-        if exc.retryable:
-            log.warning("run %s: %s failed transiently, asking for redelivery: %s", run_id, topic, exc)
-            return Delivery.RETRY
-        log.error("run %s: %s failed and will not be retried: %s", run_id, topic, exc)
-        return Delivery.DROP
-    except Exception:
-        log.exception("run %s: unexpected error handling %s; asking for redelivery", run_id, topic)
-        return Delivery.RETRY
+    except Exception as exc:
+        failure = classify(exc, topic)
+        if failure.retryable:
+            log.warning("run %s: %s failed transiently, asking for redelivery: %s", run_id, topic, failure.message)
+        else:
+            log.error(
+                "run %s: %s failed and will not be retried: %s",
+                run_id,
+                topic,
+                failure.message,
+                exc_info=exc if failure.bug else None,
+            )
+        return failure.delivery
     return Delivery.SUCCESS
 
 

@@ -10,6 +10,7 @@ import redis
 
 from pgmeta_devstack.stack import LocalStack
 from pgmeta_shared.events import ExtractionProgress, Stage, TopicName
+from pgmeta_shared.keys import ArtifactStage
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.settings import DaprSettings
 
@@ -44,9 +45,9 @@ def raw_redis(sidecars: LocalStack) -> redis.Redis:
 
 def test_claim_check_chunks_cross_apps(orchestrator: DaprPlatform, publisher: DaprPlatform) -> None:
     records = [{"kind": "column", "name": f"c{i}", "comment": "ü" * 50} for i in range(3000)]
-    orchestrator.save_chunk("it-run", "extract", "db000", 0, records)
+    orchestrator.save_chunk("it-run", ArtifactStage.EXTRACT, "db000", 0, records)
     # The artifacts store has no per-app key prefix: another app reads what one wrote.
-    assert publisher.load_chunk("it-run", "extract", "db000", 0) == records
+    assert publisher.load_chunk("it-run", ArtifactStage.EXTRACT, "db000", 0) == records
 
 
 def test_json_state_round_trip(orchestrator: DaprPlatform) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from pgmeta_devstack.postgres import PostgresServer
 from pgmeta_extractor.extraction import extract_database, preflight
 from pgmeta_extractor.source import connect
-from pgmeta_shared.claimcheck import chunk_key, decode_chunk
+from pgmeta_shared.claimcheck import decode_chunk
 from pgmeta_shared.errors import (
     AuthenticationFailedError,
     DatabaseNotFoundError,
@@ -27,8 +27,8 @@ from pgmeta_shared.events import (
     PreflightCompleted,
     PreflightRequested,
     SourceSpec,
-    extract_chunk_unit,
 )
+from pgmeta_shared.keys import ArtifactStage, chunk_key, extract_chunk_unit
 
 from ..fakes import InMemoryPlatform
 
@@ -78,7 +78,9 @@ def extract_all(
             for index in range(completed.chunk_count)
             for record in decode_chunk(
                 platform.chunks[
-                    chunk_key("it", "extract", extract_chunk_unit(selection.unit, completed.generation), index)
+                    chunk_key(
+                        "it", ArtifactStage.EXTRACT, extract_chunk_unit(selection.unit, completed.generation), index
+                    )
                 ]
             )
         ]

@@ -8,6 +8,8 @@ from typing import Any
 from pgmeta_publisher.incremental import BUCKETS, Scope, bucket_of
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import FilterSpec, PublishRequested, TransformRequested, UnitChunks
+from pgmeta_shared.fingerprints import Fingerprint
+from pgmeta_shared.keys import ArtifactStage
 from pgmeta_transformer.transformation import transform
 
 from ..fakes import InMemoryPlatform
@@ -22,7 +24,7 @@ def run(
     sink: Any = None,
 ) -> dict[str, Any]:
     """Transforms and publishes ``records`` as one run; returns its manifest and change lines."""
-    platform.save_chunk(run_id, "extract", "db000", 0, records)
+    platform.save_chunk(run_id, ArtifactStage.EXTRACT, "db000", 0, records)
     transform(
         TransformRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=1),
         platform,
@@ -91,7 +93,7 @@ def test_a_failed_run_is_not_a_baseline() -> None:
     platform = InMemoryPlatform()
     run(platform, "r1", sample_catalog())
     # r2 extracted and transformed but never published (failed): no snapshot moves.
-    platform.save_chunk("r2", "extract", "db000", 0, sample_catalog()[:3])
+    platform.save_chunk("r2", ArtifactStage.EXTRACT, "db000", 0, sample_catalog()[:3])
     transform(
         TransformRequested(run_id="r2", connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=1), platform
     )
@@ -115,8 +117,10 @@ def test_filtered_out_is_not_deleted() -> None:
 
 
 def test_scope_follows_the_filters() -> None:
-    def fp(database: str | None, schema: str | None, relation: str | None = None, kind: str | None = None) -> list[Any]:
-        return ["qn", "Column", "h", database, schema, relation, kind]
+    def fp(
+        database: str | None, schema: str | None, relation: str | None = None, kind: str | None = None
+    ) -> Fingerprint:
+        return Fingerprint("qn", "Column", "h", database, schema, relation, kind)
 
     everything = Scope(FilterSpec(), None)
     assert everything.selects(fp(None, None)) and everything.selects(fp("shop", "sales", "t", "Table"))

@@ -18,6 +18,7 @@ from pgmeta_shared.events import (
     TransformRequested,
     UnitChunks,
 )
+from pgmeta_shared.keys import ArtifactStage
 from pgmeta_shared.stages import stage_handler
 from pgmeta_transformer.transformation import transform
 
@@ -40,25 +41,25 @@ def publish_command(run_id: str = "r1") -> PublishRequested:
 def transformed_platform(run_id: str = "r1") -> InMemoryPlatform:
     platform = InMemoryPlatform()
     catalog = sample_catalog()
-    platform.save_chunk(run_id, "extract", "db000", 0, catalog[:5])
-    platform.save_chunk(run_id, "extract", "db000", 1, catalog[5:])
+    platform.save_chunk(run_id, ArtifactStage.EXTRACT, "db000", 0, catalog[:5])
+    platform.save_chunk(run_id, ArtifactStage.EXTRACT, "db000", 1, catalog[5:])
     transform(transform_command(run_id), platform)
     return platform
 
 
 def test_transform_maps_every_chunk_and_counts_types() -> None:
     platform = InMemoryPlatform()
-    platform.save_chunk("r1", "extract", "db000", 0, sample_catalog())
+    platform.save_chunk("r1", ArtifactStage.EXTRACT, "db000", 0, sample_catalog())
     completed = transform(transform_command(chunk_count=1), platform)
     assert completed.counts == {
         "Connection": 1, "Database": 1, "Schema": 1, "Table": 3, "TablePartition": 1, "View": 1,
         "MaterialisedView": 1, "Column": 7, "Procedure": 3, "Process": 1, "extra:constraint": 1, "extra:index": 1,
     }  # fmt: skip
     assert completed.unit == "db000" and completed.problems == 0
-    parts = platform.load_parts("r1", "transform", "db000", 0)
+    parts = platform.load_parts("r1", ArtifactStage.TRANSFORM, "db000", 0)
     lines = sum(blob.count(b"\n") for name, blob in parts.items() if name != "fingerprints")
     assert lines == sum(completed.counts.values())
-    fingerprints = platform.load_chunk("r1", "fingerprint", "db000", 0)
+    fingerprints = platform.load_chunk("r1", ArtifactStage.FINGERPRINT, "db000", 0)
     assert len(fingerprints) == sum(v for k, v in completed.counts.items() if ":" not in k)
 
 
@@ -70,7 +71,9 @@ def test_transform_redelivery_finds_the_recorded_result() -> None:
 
 def test_transform_records_unmappable_records_in_the_report() -> None:
     platform = InMemoryPlatform()
-    platform.save_chunk("r1", "extract", "db000", 0, [*sample_catalog(), {"kind": "mystery", "database_name": "shop"}])
+    platform.save_chunk(
+        "r1", ArtifactStage.EXTRACT, "db000", 0, [*sample_catalog(), {"kind": "mystery", "database_name": "shop"}]
+    )
     completed = transform(transform_command(chunk_count=1), platform)
     assert completed.problems == 1
     assert platform.get_json("r1/report/transform/db000")[0]["object"] == "mystery shop"
@@ -172,8 +175,8 @@ def test_chunks_done_early_are_not_done_again_and_a_retried_extraction_is_kept_a
 
     platform = InMemoryPlatform()
     catalog = sample_catalog()
-    platform.save_chunk("r1", "extract", "db000", 0, catalog[:5])
-    platform.save_chunk("r1", "extract", "db000-g2", 0, catalog)  # the second attempt's chunk 0 differs
+    platform.save_chunk("r1", ArtifactStage.EXTRACT, "db000", 0, catalog[:5])
+    platform.save_chunk("r1", ArtifactStage.EXTRACT, "db000-g2", 0, catalog)  # the second attempt's chunk 0 differs
     ready = ChunkReady(run_id="r1", unit="db000", index=0, connection_qualified_name=CONNECTION_QN)
     transform_early(ready, platform)
     publish_early(ready, platform)
@@ -191,7 +194,7 @@ def test_chunks_done_early_are_not_done_again_and_a_retried_extraction_is_kept_a
     assert published.counts["Column"] == 7
     assert platform.object_writes > writes
     again = InMemoryPlatform()
-    again.save_chunk("r2", "extract", "db000", 0, catalog)
+    again.save_chunk("r2", ArtifactStage.EXTRACT, "db000", 0, catalog)
     transform_early(ChunkReady(run_id="r2", unit="db000", index=0, connection_qualified_name=CONNECTION_QN), again)
     again.chunks = {k: v for k, v in again.chunks.items() if not k.startswith("r2/extract/")}
     assert transform(transform_command("r2", 1), again).counts["Column"] == 7, "done early: no second read"

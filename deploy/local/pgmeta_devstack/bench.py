@@ -35,6 +35,7 @@ from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, free_por
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, alive
 from pgmeta_devstack.stack import LocalStack
+from pgmeta_shared.events import TopicName
 
 BENCH_DATABASE = "bench"
 BENCH_SECRET = "bench-postgres"
@@ -482,7 +483,7 @@ def wait_for_completion(
     while time.monotonic() < deadline:
         replies = cast(
             list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-            client.xread({"extraction.completed": last_id}, block=500),
+            client.xread({TopicName.EXTRACTION_COMPLETED.value: last_id}, block=500),
         )
         for _, entries in replies:
             for entry_id, fields in entries:
@@ -493,7 +494,7 @@ def wait_for_completion(
         dead = _dead_stack_processes(layout)
         if dead:
             raise BenchError(f"run {run_id}: {', '.join(dead)} died (logs in {layout.logs})")
-        if run_entry_times(client, "pgmeta.deadletter", run_id):
+        if run_entry_times(client, TopicName.DEAD_LETTER.value, run_id):
             raise BenchError(f"run {run_id}: the request was dead-lettered (reason in {layout.logs}/orchestrator.log)")
     raise BenchError(f"run {run_id}: no extraction.completed within {timeout:.0f} s (logs in {layout.logs})")
 
@@ -542,7 +543,7 @@ def run_pgmeta(server: PostgresServer, shape: CatalogShape, config: BenchConfig,
             peaks = peak_rss(layout)  # now, before anything stops: VmHWM dies with the process
             if completed.get("status") != "COMPLETED":
                 raise BenchError(f"run {run_id} {completed.get('status')}: {completed.get('error')}")
-            requested = run_entry_times(client, "extraction.requested", run_id)
+            requested = run_entry_times(client, TopicName.EXTRACTION_REQUESTED.value, run_id)
             if not requested:
                 raise BenchError(f"run {run_id}: its extraction.requested is not on the stream")
             times = stage_times(client, run_id, min(requested), completed_ms)

@@ -19,6 +19,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from pgmeta_shared.events import TopicName
+
 TERMINAL = {"COMPLETED", "FAILED"}
 STAGES = ["extract", "transform", "publish"]
 
@@ -312,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser("publish", help="publish an event document through a Dapr sidecar (like `dapr publish`)")
     publish.add_argument("--data", required=True, help="JSON, or @file")
-    publish.add_argument("--topic", default="extraction.requested")
+    publish.add_argument("--topic", default=TopicName.EXTRACTION_REQUESTED.value)
     publish.add_argument("--pubsub", default="pubsub")
     publish.set_defaults(func=cmd_publish)
     return parser

@@ -7,17 +7,14 @@ import logging
 from fastapi import FastAPI
 
 from pgmeta_extractor.extraction import extract_database, list_metadata, preflight
-from pgmeta_shared.errors import PgmetaError
+from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import ExtractRequested, MetadataRequested, PreflightRequested, Stage, TopicName
+from pgmeta_shared.keys import metadata_answer_key
 from pgmeta_shared.service import StageRoute, create_stage_app, serve
 from pgmeta_shared.settings import DaprSettings
 from pgmeta_shared.subscriptions import register_subscription
 
 log = logging.getLogger(__name__)
-
-
-def metadata_key(request_id: str) -> str:
-    return f"{request_id}/metadata/result"
 
 
 def create_app(settings: DaprSettings) -> FastAPI:
@@ -47,11 +44,12 @@ def create_app(settings: DaprSettings) -> FastAPI:
         platform = app.state.platform
         try:
             answer = {"ok": True, **list_metadata(command, platform)}
-        except PgmetaError as exc:
-            if exc.retryable:
+        except Exception as exc:
+            failure = classify(exc, "extractor")
+            if failure.retryable:
                 raise
-            answer = {"ok": False, "error_code": exc.code, "error": str(exc)}
-        platform.save_json(metadata_key(command.run_id), answer, ttl_seconds=600)
+            answer = {"ok": False, "error_code": failure.code, "error": failure.message}
+        platform.save_json(metadata_answer_key(command.run_id), answer, ttl_seconds=600)
 
     register_subscription(
         app, pubsub=settings.pubsub_name, topic=TopicName.METADATA_REQUESTED, model=MetadataRequested,

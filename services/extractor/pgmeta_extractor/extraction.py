@@ -45,8 +45,8 @@ from pgmeta_shared.events import (
     SourceSpec,
     Stage,
     TopicName,
-    extract_chunk_unit,
 )
+from pgmeta_shared.keys import extract_chunk_unit, stage_report_key, stage_result_key
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.progress import ProgressReporter
 
@@ -54,14 +54,6 @@ log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION_NUM = 120000
 CONNECTION_ATTEMPTS = 3
-
-
-def result_key(run_id: str, stage: Stage, unit: str | None = None) -> str:
-    return f"{run_id}/{stage.value}/result" if unit is None else f"{run_id}/{stage.value}/{unit}/result"
-
-
-def report_key(run_id: str, stage: Stage, unit: str) -> str:
-    return f"{run_id}/report/{stage.value}/{unit}"
 
 
 def resolve_secret(platform: Platform, ref: CredentialRef) -> dict[str, str]:
@@ -107,7 +99,7 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     Selecting nothing is a failure, with a message saying so: an empty extraction reported as success
     would hide a wrong filter.
     """
-    recorded = platform.get_json(result_key(command.run_id, Stage.PREFLIGHT))
+    recorded = platform.get_json(stage_result_key(command.run_id, Stage.PREFLIGHT))
     if recorded is not None:
         return PreflightCompleted.model_validate(recorded)
     password = provider_for(platform, command.source, command.credentials)
@@ -143,7 +135,7 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     if problems:
         raise InvalidRequestError("preflight failed: " + "; ".join(problems))
     server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
-    platform.save_chunk(command.run_id, Stage.EXTRACT.value, SERVER_UNIT, 0, [server_record, *database_records])
+    platform.save_chunk(command.run_id, Stage.EXTRACT, SERVER_UNIT, 0, [server_record, *database_records])
     completed = PreflightCompleted(
         run_id=command.run_id,
         server_version=str(server["server_version"]),
@@ -151,7 +143,7 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
         counts=counts,
         warnings=warnings,
     )
-    platform.save_json(result_key(command.run_id, Stage.PREFLIGHT), completed.model_dump(mode="json"))
+    platform.save_json(stage_result_key(command.run_id, Stage.PREFLIGHT), completed.model_dump(mode="json"))
     return completed
 
 
@@ -279,7 +271,7 @@ def _query_problem(database: str, what: str, exc: sa_exc.DBAPIError) -> dict[str
 def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCompleted:
     """Extracts one database into chunks; idempotent per run and unit, retried on a lost connection."""
     unit = command.selection.unit
-    recorded = platform.get_json(result_key(command.run_id, Stage.EXTRACT, unit))
+    recorded = platform.get_json(stage_result_key(command.run_id, Stage.EXTRACT, unit))
     if recorded is not None:
         log.info("run %s: %s already extracted, re-announcing", command.run_id, unit)
         return ExtractCompleted.model_validate(recorded)
@@ -299,7 +291,7 @@ def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCo
             delay = 2 ** (attempt - 1)
             log.warning("run %s: connection lost extracting %s, retrying in %d s", command.run_id, unit, delay)
             time.sleep(delay)
-    platform.save_json(result_key(command.run_id, Stage.EXTRACT, unit), completed.model_dump(mode="json"))
+    platform.save_json(stage_result_key(command.run_id, Stage.EXTRACT, unit), completed.model_dump(mode="json"))
     return completed
 
 
@@ -317,7 +309,7 @@ def _extract_once(
         records = iter_catalog(connection, selection, command.filters, report)
         progress = ProgressReporter(platform)
         for chunk_count, batch in enumerate(batch_records(records), start=1):
-            platform.save_chunk(command.run_id, Stage.EXTRACT.value, chunk_unit, chunk_count - 1, batch)
+            platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
             platform.publish(
                 TopicName.EXTRACT_CHUNK_READY,
                 ChunkReady(
@@ -333,7 +325,7 @@ def _extract_once(
                     run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
                 )
             )
-    platform.save_json(report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
+    platform.save_json(stage_report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
         run_id=command.run_id, unit=selection.unit, generation=generation, chunk_count=chunk_count, counts=counts,
         problems=len(report),

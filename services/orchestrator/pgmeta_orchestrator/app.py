@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
+from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
     ACTIVITY_FINISH,
@@ -21,16 +21,13 @@ from pgmeta_orchestrator.workflow import (
     extraction_workflow,
 )
 from pgmeta_shared.events import (
-    STAGE_COMPLETION_TOPICS,
-    ExtractCompleted,
     ExtractionProgress,
     ExtractionRequested,
-    PreflightCompleted,
-    PublishCompleted,
+    ServiceName,
     Stage,
     StageFailed,
     TopicName,
-    TransformCompleted,
+    consumed_by,
     stage_result_event,
 )
 from pgmeta_shared.platform import DaprPlatform
@@ -38,13 +35,6 @@ from pgmeta_shared.service import ServerSettings
 from pgmeta_shared.subscriptions import register_subscription
 
 log = logging.getLogger(__name__)
-
-COMPLETION_MODELS: dict[Stage, Any] = {
-    Stage.PREFLIGHT: PreflightCompleted,
-    Stage.EXTRACT: ExtractCompleted,
-    Stage.TRANSFORM: TransformCompleted,
-    Stage.PUBLISH: PublishCompleted,
-}
 
 
 def runs_of(request: Request) -> RunService:
@@ -78,35 +68,10 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
 
-    # -- subscriptions ----------------------------------------------------------------------------
+    # -- subscriptions: every topic the registry says the orchestrator consumes ----------------------
 
     def on_extraction_requested(event: ExtractionRequested) -> None:
         app.state.runs.start(event)
-
-    register_subscription(
-        app,
-        pubsub=settings.pubsub_name,
-        topic=TopicName.EXTRACTION_REQUESTED,
-        model=ExtractionRequested,
-        handler=on_extraction_requested,
-    )
-
-    for stage, topic in STAGE_COMPLETION_TOPICS.items():
-
-        def on_stage_completed(event: Any, stage: Stage = stage) -> None:
-            app.state.runs.raise_stage_event(
-                event.run_id,
-                stage_result_event(stage, getattr(event, "unit", None)),
-                {"ok": True, "event": event.model_dump(mode="json")},
-            )
-
-        register_subscription(
-            app,
-            pubsub=settings.pubsub_name,
-            topic=topic,
-            model=COMPLETION_MODELS[stage],
-            handler=on_stage_completed,
-        )
 
     def on_stage_failed(event: StageFailed) -> None:
         app.state.runs.raise_stage_event(
@@ -115,24 +80,29 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
             {"ok": False, "error_code": event.error_code, "error": event.error},
         )
 
-    register_subscription(
-        app,
-        pubsub=settings.pubsub_name,
-        topic=TopicName.STAGE_FAILED,
-        model=StageFailed,
-        handler=on_stage_failed,
-    )
-
     def on_progress(event: ExtractionProgress) -> None:
         app.state.runs.record_progress(event)
 
-    register_subscription(
-        app,
-        pubsub=settings.pubsub_name,
-        topic=TopicName.EXTRACTION_PROGRESS,
-        model=ExtractionProgress,
-        handler=on_progress,
-    )
+    handlers: dict[TopicName, Callable[[Any], None]] = {
+        TopicName.EXTRACTION_REQUESTED: on_extraction_requested,
+        TopicName.STAGE_FAILED: on_stage_failed,
+        TopicName.EXTRACTION_PROGRESS: on_progress,
+    }
+    for topic in consumed_by(ServiceName.ORCHESTRATOR):
+        assert topic.model is not None
+        handler = handlers.get(topic.name)
+        if handler is None and topic.stage is not None:  # a stage's completion: wake the workflow
+
+            def handler(event: Any, stage: Stage = topic.stage) -> None:
+                app.state.runs.raise_stage_event(
+                    event.run_id,
+                    stage_result_event(stage, getattr(event, "unit", None)),
+                    {"ok": True, "event": event.model_dump(mode="json")},
+                )
+
+        if handler is None:
+            raise RuntimeError(f"the orchestrator consumes {topic.name} but has no handler for it")
+        register_subscription(app, pubsub=settings.pubsub_name, topic=topic.name, model=topic.model, handler=handler)
 
     # -- REST API ---------------------------------------------------------------------------------
 
@@ -153,34 +123,34 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     async def list_runs(runs: Runs, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunView]:
         return await run_in_threadpool(runs.recent, limit)
 
+    async def ask(runs: RunService, body: SourceRequest, question: Question) -> JSONResponse:
+        """The extractor's answer; 422 when it names a problem with the source or the request."""
+        answer = await run_in_threadpool(runs.ask_extractor, body, question)
+        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+
     @app.post("/preflight")
     async def run_preflight(body: SourceRequest, runs: Runs) -> JSONResponse:
         """Checks connection, privileges, version and filters, and counts what would be extracted."""
-        answer = await run_in_threadpool(runs.ask_extractor, body, "preflight")
-        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+        return await ask(runs, body, "preflight")
 
     @app.post("/metadata/databases")
     async def list_databases(body: SourceRequest, runs: Runs) -> JSONResponse:
         """Databases on the server (and whether the role may connect), for filter pickers."""
-        answer = await run_in_threadpool(runs.ask_extractor, body, "databases")
-        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+        return await ask(runs, body, "databases")
 
     @app.post("/metadata/schemas")
     async def list_schemas(body: SourceRequest, runs: Runs) -> JSONResponse:
         """Schemas of ``source.database`` (default: the maintenance database)."""
-        answer = await run_in_threadpool(runs.ask_extractor, body, "schemas")
-        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+        return await ask(runs, body, "schemas")
 
     @app.get("/metadata/databases")
     async def get_databases(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
         """The same for credentials named by secret (a GET never carries a password)."""
-        answer = await run_in_threadpool(runs.ask_extractor, source.as_request(), "databases")
-        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+        return await ask(runs, source.as_request(), "databases")
 
     @app.get("/metadata/schemas")
     async def get_schemas(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
-        answer = await run_in_threadpool(runs.ask_extractor, source.as_request(), "schemas")
-        return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
+        return await ask(runs, source.as_request(), "schemas")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

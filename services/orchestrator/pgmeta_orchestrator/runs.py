@@ -28,17 +28,21 @@ from pgmeta_shared.events import (
     Stage,
     TopicName,
 )
+from pgmeta_shared.keys import (
+    RUNS_INDEX_KEY,
+    credentials_key,
+    metadata_answer_key,
+    run_progress_key,
+    run_requested_key,
+    stage_failure_key,
+    stage_result_key,
+)
 from pgmeta_shared.platform import Platform
-from pgmeta_shared.stages import failure_key
 
 log = logging.getLogger(__name__)
 
 RunStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED"]
-INDEX_KEY = "runs/index"
-
-
-def progress_key(run_id: str) -> str:
-    return f"{run_id}/progress"
+Question = Literal["preflight", "databases", "schemas"]
 
 
 class RunRequest(BaseModel):
@@ -127,7 +131,7 @@ class RunService:
         if password is None:
             assert credentials is not None
             return credentials
-        key = f"cred/{request_id}"
+        key = credentials_key(request_id)
         self._platform.save_state_json(
             self._settings.credentials_store, key, {"password": password.get_secret_value()}, ttl_seconds=ttl_seconds
         )
@@ -146,7 +150,7 @@ class RunService:
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
-        self._platform.save_json(f"{run_id}/requested", {"at": _now()}, ttl_seconds=7 * 24 * 3600)
+        self._platform.save_json(run_requested_key(run_id), {"at": _now()}, ttl_seconds=7 * 24 * 3600)
         return run_id
 
     def start(self, event: ExtractionRequested) -> None:
@@ -182,11 +186,11 @@ class RunService:
                 return entries
             return [{"run_id": run_id, "created_at": _now()}, *entries][: self._settings.runs_index_size]
 
-        self._platform.update_json(INDEX_KEY, add)
+        self._platform.update_json(RUNS_INDEX_KEY, add)
 
     # -- questions answered by the extractor (preflight, metadata) --------------------------------
 
-    def ask_extractor(self, body: SourceRequest, kind: Literal["preflight", "databases", "schemas"]) -> dict[str, Any]:
+    def ask_extractor(self, body: SourceRequest, kind: Question) -> dict[str, Any]:
         """Publishes a command and polls the artifacts store for the answer (any orchestrator replica can)."""
         request_id = f"{'pf' if kind == 'preflight' else 'md'}-{uuid.uuid4().hex[:16]}"
         credentials = self._credentials(request_id, body.password, body.credentials, 600)
@@ -197,13 +201,16 @@ class RunService:
                     run_id=request_id, source=body.source, credentials=credentials, filters=body.filters
                 )
                 self._platform.publish(TopicName.PREFLIGHT_REQUESTED, command)
-                answer_keys = [f"{request_id}/preflight/result", failure_key(request_id, Stage.PREFLIGHT, None)]
+                answer_keys = [
+                    stage_result_key(request_id, Stage.PREFLIGHT),
+                    stage_failure_key(request_id, Stage.PREFLIGHT, None),
+                ]
             else:
                 command = MetadataRequested(
                     run_id=request_id, source=body.source, credentials=credentials, listing=kind
                 )
                 self._platform.publish(TopicName.METADATA_REQUESTED, command)
-                answer_keys = [f"{request_id}/metadata/result"]
+                answer_keys = [metadata_answer_key(request_id)]
             deadline = time.monotonic() + self._settings.question_timeout_seconds
             while time.monotonic() < deadline:
                 for key in answer_keys:
@@ -229,7 +236,9 @@ class RunService:
             raise
 
     def record_progress(self, progress: ExtractionProgress) -> None:
-        self._platform.save_json(progress_key(progress.run_id), progress.model_dump(mode="json"), ttl_seconds=86_400)
+        self._platform.save_json(
+            run_progress_key(progress.run_id), progress.model_dump(mode="json"), ttl_seconds=86_400
+        )
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -247,7 +256,7 @@ class RunService:
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
         if state is None:
-            if self._platform.get_json(f"{run_id}/requested") is not None:
+            if self._platform.get_json(run_requested_key(run_id)) is not None:
                 return RunView(run_id=run_id, status="QUEUED")
             return None
         runtime = state.runtime_status.name
@@ -272,11 +281,11 @@ class RunService:
             view.error = custom.get("error") or (details.message if details else f"workflow {runtime.lower()}")
         elif runtime == "PENDING":
             view.status = "QUEUED"
-        view.progress = self._platform.get_json(progress_key(run_id))
+        view.progress = self._platform.get_json(run_progress_key(run_id))
         return view
 
     def recent(self, limit: int) -> list[RunView]:
-        index: list[dict[str, str]] = self._platform.get_json(INDEX_KEY) or []
+        index: list[dict[str, str]] = self._platform.get_json(RUNS_INDEX_KEY) or []
         views = [self.view(entry["run_id"]) for entry in index[:limit]]
         return [v for v in views if v is not None]
 

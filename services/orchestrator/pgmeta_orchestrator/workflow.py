@@ -24,11 +24,13 @@ from pgmeta_shared.events import (
     PreflightRequested,
     PublishCompleted,
     PublishRequested,
+    ServiceName,
     Stage,
     TopicName,
     TransformRequested,
     UnitChunks,
     stage_result_event,
+    topic,
 )
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import Platform
@@ -36,14 +38,6 @@ from pgmeta_shared.platform import Platform
 WORKFLOW_NAME = "extraction"
 ACTIVITY_PUBLISH = "publish_event"
 ACTIVITY_FINISH = "finish_run"
-
-
-STAGE_COMMANDS: dict[TopicName, type[BaseModel]] = {
-    TopicName.PREFLIGHT_REQUESTED: PreflightRequested,
-    TopicName.EXTRACT_REQUESTED: ExtractRequested,
-    TopicName.TRANSFORM_REQUESTED: TransformRequested,
-    TopicName.PUBLISH_REQUESTED: PublishRequested,
-}
 
 
 class StageFailedError(Exception):
@@ -214,8 +208,10 @@ class Activities:
         self._credentials_store = credentials_store
 
     def publish_event(self, _ctx: Any, command: dict[str, Any]) -> None:
-        topic = TopicName(command["topic"])
-        self._platform.publish(topic, STAGE_COMMANDS[topic].model_validate(command["event"]))
+        spec = topic(TopicName(command["topic"]))
+        if spec.model is None or ServiceName.ORCHESTRATOR not in spec.producers:
+            raise ValueError(f"the orchestrator does not publish {spec.name}")
+        self._platform.publish(spec.name, spec.model.model_validate(command["event"]))
 
     def finish_run(self, _ctx: Any, payload: dict[str, Any]) -> None:
         result = ExtractionCompleted.model_validate(payload["result"])

@@ -28,11 +28,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from more_itertools import chunked
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -56,7 +56,6 @@ REDACTED = "***"
 
 Entity = dict[str, Any]
 Reference = tuple[str, str]
-T = TypeVar("T")
 
 
 class AtlanSettings(BaseSettings):
@@ -137,12 +136,6 @@ def backoff_seconds(retry_number: int, retry_after: float | None, cap: float) ->
     return min(exponential * random.uniform(0.5, 1.0), cap)
 
 
-def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
 class _RetriesExhausted(Exception):
     """A request still failed after its last retry; raised through pyatlan, which then retries nothing itself."""
 
@@ -200,11 +193,11 @@ class AtlanSink:
 
     def upsert(self, entities: Iterable[Entity]) -> list[BatchResult]:
         """Create or update entities (matched by typeName and qualifiedName) in bulk requests of ``batch_size``."""
-        return [self._upsert_batch(index, batch) for index, batch in enumerate(batches(entities, self._batch_size))]
+        return [self._upsert_batch(index, batch) for index, batch in enumerate(chunked(entities, self._batch_size))]
 
     def archive(self, references: Iterable[Reference]) -> list[BatchResult]:
         """Soft-delete (archive) the assets named by (typeName, qualifiedName), ``batch_size`` per DELETE request."""
-        return [self._archive_batch(index, batch) for index, batch in enumerate(batches(references, self._batch_size))]
+        return [self._archive_batch(index, batch) for index, batch in enumerate(chunked(references, self._batch_size))]
 
     @property
     def _batch_size(self) -> int:

@@ -10,33 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgmeta_shared.events import FilterSpec, UnitChunks, extract_chunk_unit
+from pgmeta_shared.events import FilterSpec, UnitChunks
+from pgmeta_shared.fingerprints import Fingerprint
+from pgmeta_shared.keys import ArtifactStage, extract_chunk_unit, fingerprint_part_key, fingerprint_parts_key
 from pgmeta_shared.platform import Platform
 
 BUCKETS = 64
 FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
-FINGERPRINT_STAGE = "fingerprint"
 CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
 
-Fingerprint = list[Any]  # [qualifiedName, typeName, hash, database, schema, relation, relation type]
 VIEW_TYPES = {"View", "MaterialisedView"}
 TABLE_TYPES = {"Table", "TablePartition"}
-
-
-def snapshot_key(connection_qn: str) -> str:
-    return f"snapshot/{connection_qn}"
-
-
-def parts_key(run_id: str) -> str:
-    return f"{run_id}/fpb/parts"
-
-
-def part_key(run_id: str, bucket: int, part: int) -> str:
-    return f"{run_id}/fpb/{bucket:02d}/{part:05d}"
 
 
 def bucket_of(qualified_name: str) -> int:
@@ -45,18 +33,19 @@ def bucket_of(qualified_name: str) -> int:
 
 def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[int]:
     """Regroups the transformer's per-chunk fingerprints into buckets; returns the part count per bucket."""
-    buffers: list[list[Fingerprint]] = [[] for _ in range(BUCKETS)]
+    buffers: list[list[list[Any]]] = [[] for _ in range(BUCKETS)]
     parts = [0] * BUCKETS
 
     def flush(bucket: int) -> None:
-        platform.save_json(part_key(run_id, bucket, parts[bucket]), buffers[bucket])
+        platform.save_json(fingerprint_part_key(run_id, bucket, parts[bucket]), buffers[bucket])
         parts[bucket] += 1
         buffers[bucket] = []
 
     for unit in units:
         chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
         for index in range(unit.chunk_count):
-            for record in platform.load_chunk(run_id, FINGERPRINT_STAGE, chunk_unit, index):
+            # Rows stay rows here: they are only regrouped, not read.
+            for record in platform.load_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index):
                 bucket = bucket_of(record[0])
                 buffers[bucket].append(record)
                 if len(buffers[bucket]) >= FLUSH_AT:
@@ -64,25 +53,26 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
     for bucket in range(BUCKETS):
         if buffers[bucket]:
             flush(bucket)
-    platform.save_json(parts_key(run_id), parts)
+    platform.save_json(fingerprint_parts_key(run_id), parts)
     return parts
 
 
 def load_bucket(platform: Platform, run_id: str, bucket: int, parts: int) -> dict[str, Fingerprint]:
     records: dict[str, Fingerprint] = {}
     for part in range(parts):
-        for record in platform.get_json(part_key(run_id, bucket, part)) or []:
-            records[record[0]] = record
+        for row in platform.get_json(fingerprint_part_key(run_id, bucket, part)) or []:
+            record = Fingerprint.from_row(row)
+            records[record.qualified_name] = record
     return records
 
 
 def forget_run(platform: Platform, run_id: str) -> None:
     """Removes a superseded run's fingerprint buckets (they carry no TTL: a snapshot may be old)."""
-    parts = platform.get_json(parts_key(run_id)) or []
+    parts = platform.get_json(fingerprint_parts_key(run_id)) or []
     for bucket, count in enumerate(parts):
         for part in range(count):
-            platform.delete_json(part_key(run_id, bucket, part))
-    platform.delete_json(parts_key(run_id))
+            platform.delete_json(fingerprint_part_key(run_id, bucket, part))
+    platform.delete_json(fingerprint_parts_key(run_id))
 
 
 @dataclass(frozen=True)
@@ -118,7 +108,7 @@ class Scope:
         return True
 
     def selects(self, record: Fingerprint) -> bool:
-        _qn, _type, _hash, database, schema, relation, relation_type = record
+        database, schema, relation = record.database, record.schema, record.relation
         if database is None:
             return True  # the connection itself
         if not self.database_selected(database):
@@ -127,12 +117,12 @@ class Scope:
             return False
         if relation is None:
             return True
-        if self.filters.exclude_views and relation_type in VIEW_TYPES:
+        if self.filters.exclude_views and record.relation_type in VIEW_TYPES:
             return False
         if self.filters.temp_table_regex and _matches(self.filters.temp_table_regex, relation):
             return False
         # A table missing under exclude_empty_tables may just have become empty: never call it deleted.
-        return not (self.filters.exclude_empty_tables and relation_type in TABLE_TYPES)
+        return not (self.filters.exclude_empty_tables and record.relation_type in TABLE_TYPES)
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -170,7 +160,7 @@ def compare(
     """
     changes = Changes()
     previous_run: str | None = previous["run_id"] if previous else None
-    previous_parts: list[int] = (platform.get_json(parts_key(previous_run)) or []) if previous_run else []
+    previous_parts: list[int] = (platform.get_json(fingerprint_parts_key(previous_run)) or []) if previous_run else []
     for bucket in range(BUCKETS):
         current = load_bucket(platform, run_id, bucket, parts[bucket])
         before = (
@@ -180,27 +170,13 @@ def compare(
         )
         for qn, record in current.items():
             old = before.get(qn)
-            kind = "created" if old is None else ("unchanged" if old[2] == record[2] else "updated")
-            changes.add(record[1], kind)
+            kind = "created" if old is None else ("unchanged" if old.digest == record.digest else "updated")
+            changes.add(record.type_name, kind)
             if keep_changed and kind != "unchanged":
                 changes.changed.add(qn)
-            emit("change", {"typeName": record[1], "qualifiedName": qn, "change": kind})
+            emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
         for qn, old in before.items():
             if qn not in current and scope.selects(old):
-                changes.add(old[1], "deleted")
-                emit("deleted", {"typeName": old[1], "qualifiedName": qn})
+                changes.add(old.type_name, "deleted")
+                emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
     return changes
-
-
-def chunked_lines(lines: Iterator[bytes], limit: int) -> Iterator[bytes]:
-    """Joins lines into blobs of at most ``limit`` bytes (a single longer line stands alone)."""
-    blob: list[bytes] = []
-    size = 0
-    for line in lines:
-        if blob and size + len(line) > limit:
-            yield b"".join(blob)
-            blob, size = [], 0
-        blob.append(line)
-        size += len(line)
-    if blob:
-        yield b"".join(blob)

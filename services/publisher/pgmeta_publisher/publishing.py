@@ -14,26 +14,25 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
+from more_itertools import constrained_batches
 
-from pgmeta_publisher.incremental import (
-    Scope,
-    bucketize,
-    chunked_lines,
-    compare,
-    forget_run,
-    snapshot_key,
-)
-from pgmeta_shared.events import (
-    ChunkReady,
-    ExtractionProgress,
-    PublishCompleted,
-    PublishRequested,
-    Stage,
+from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run
+from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
+from pgmeta_shared.fingerprints import Fingerprint
+from pgmeta_shared.keys import (
+    ArtifactStage,
+    PartName,
+    chunk_done_key,
+    entity_part,
     extract_chunk_unit,
+    snapshot_key,
+    stage_report_key,
+    stage_result_key,
 )
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.progress import ProgressReporter
@@ -44,7 +43,6 @@ OBJECTSTORE_BINDING = "objectstore"
 REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
 MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
 WRITERS = 4  # concurrent writes to the object store
-FINGERPRINT_STAGE = "fingerprint"
 # One chunk at a time per process: several at once would only share the same two cores and multiply memory.
 _chunk_slot = threading.Lock()
 
@@ -59,10 +57,6 @@ class EntitySink(Protocol):
     def upsert(self, entities: Iterable[dict[str, Any]]) -> Sequence[BatchReport]: ...
 
     def archive(self, references: Iterable[tuple[str, str]]) -> Sequence[BatchReport]: ...
-
-
-def result_key(run_id: str) -> str:
-    return f"{run_id}/{Stage.PUBLISH.value}/result"
 
 
 def run_prefix(connection_qn: str, run_id: str) -> str:
@@ -93,7 +87,10 @@ class RunWriter:
         blobs = (
             [blob]
             if len(blob) <= MAX_FILE_PART_BYTES
-            else list(chunked_lines(iter(blob.splitlines(keepends=True)), MAX_FILE_PART_BYTES))
+            else [
+                b"".join(lines)
+                for lines in constrained_batches(blob.splitlines(keepends=True), MAX_FILE_PART_BYTES, strict=False)
+            ]
         )
         for part, piece in enumerate(blobs):
             name = f"{stem}.jsonl" if len(blobs) == 1 else f"{stem}-{part:02d}.jsonl"
@@ -130,34 +127,46 @@ class LineSpool:
             self.lines, self.size = [], 0
 
 
-def chunk_done_key(run_id: str, chunk_unit: str, index: int) -> str:
-    return f"{run_id}/{Stage.PUBLISH.value}/{chunk_unit}/{index:06d}/done"
+@dataclass(frozen=True)
+class PublishedChunk:
+    """The marker of one published chunk: the files written (as the manifest lists them) and entities per type."""
+
+    files: list[dict[str, Any]]
+    counts: dict[str, int]
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> PublishedChunk:
+        return cls(files=value["files"], counts=value["counts"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"files": self.files, "counts": self.counts}
 
 
 def publish_chunk(
     platform: Platform, run_id: str, connection_qn: str, unit: str, generation: int, index: int
-) -> dict[str, Any]:
+) -> PublishedChunk:
     """Writes one transformed chunk's files once; returns the files and counts (recorded, so a repeat is free)."""
     chunk_unit = extract_chunk_unit(unit, generation)
+    done_key = chunk_done_key(run_id, Stage.PUBLISH, chunk_unit, index)
     with _chunk_slot:
-        recorded: dict[str, Any] | None = platform.get_json(chunk_done_key(run_id, chunk_unit, index))
+        recorded: dict[str, Any] | None = platform.get_json(done_key)
         if recorded is not None:
-            return recorded
-        rendered = platform.load_parts(run_id, Stage.TRANSFORM.value, chunk_unit, index)
+            return PublishedChunk.from_json(recorded)
+        rendered = platform.load_parts(run_id, Stage.TRANSFORM, chunk_unit, index)
         counts: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
             writer = RunWriter(platform, run_prefix(connection_qn, run_id), pool)
             for part_name, blob in rendered.items():
-                kind, _, name = part_name.partition(":")
-                if kind == "entity":
+                part = PartName.parse(part_name)
+                if part.kind == "entity":
                     # File names carry the unit, not the attempt: a reader sees one set of names per run.
-                    writer.write_lines(f"{name}-{unit}-{index:05d}", blob, type=name, entities=None)
-                    counts[name] = counts.get(name, 0) + blob.count(b"\n")
+                    writer.write_lines(f"{part.name}-{unit}-{index:05d}", blob, type=part.name, entities=None)
+                    counts[part.name] = counts.get(part.name, 0) + blob.count(b"\n")
                 else:
-                    writer.write_lines(f"extras/{name}-{unit}-{index:05d}", blob, extra=name, records=None)
+                    writer.write_lines(f"extras/{part.name}-{unit}-{index:05d}", blob, extra=part.name, records=None)
             writer.wait()
-        done = {"files": writer.files, "counts": counts}
-        platform.save_json(chunk_done_key(run_id, chunk_unit, index), done)
+        done = PublishedChunk(writer.files, counts)
+        platform.save_json(done_key, done.to_json())
         return done
 
 
@@ -176,7 +185,7 @@ def publish_early(event: ChunkReady, platform: Platform) -> None:
 
 
 def publish(command: PublishRequested, platform: Platform, sink: EntitySink | None = None) -> PublishCompleted:
-    recorded = platform.get_json(result_key(command.run_id))
+    recorded = platform.get_json(stage_result_key(command.run_id, Stage.PUBLISH))
     if recorded is not None:
         completed = PublishCompleted.model_validate(recorded)
         _advance_snapshot(platform, command)  # in case a crash came between the two writes
@@ -200,8 +209,8 @@ def _publish(
         for index in range(unit.chunk_count):
             chunk = publish_chunk(platform, command.run_id, command.connection_qualified_name, unit.unit,
                                   unit.generation, index)  # fmt: skip
-            writer.files += chunk["files"]
-            for name, count in chunk["counts"].items():
+            writer.files += chunk.files
+            for name, count in chunk.counts.items():
                 counts[name] = counts.get(name, 0) + count
             done += 1
             progress.report(
@@ -233,8 +242,9 @@ def _publish(
         for unit in command.units:
             chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
             for index in range(unit.chunk_count):
-                rendered = platform.load_parts(command.run_id, Stage.TRANSFORM.value, chunk_unit, index)
-                fingerprints = platform.load_chunk(command.run_id, FINGERPRINT_STAGE, chunk_unit, index)
+                rendered = platform.load_parts(command.run_id, Stage.TRANSFORM, chunk_unit, index)
+                rows = platform.load_chunk(command.run_id, ArtifactStage.FINGERPRINT, chunk_unit, index)
+                fingerprints = [Fingerprint.from_row(row) for row in rows]
                 sink_results += _send_changes(sink, rendered, fingerprints, changes.changed)
         if deleted:
             sink_results += [r.to_report() for r in sink.archive(deleted)]
@@ -267,25 +277,25 @@ def _publish(
         run_id=command.run_id, location=writer.prefix, file_count=len(writer.files), counts=counts,
         problems=len(problems), changes=change_totals,
     )  # fmt: skip
-    platform.save_json(result_key(command.run_id), completed.model_dump(mode="json"))
+    platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
     _advance_snapshot(platform, command, previous)
     return completed
 
 
 def _send_changes(
-    sink: EntitySink, parts: dict[str, bytes], fingerprints: list[list[Any]], changed: set[str]
+    sink: EntitySink, parts: dict[str, bytes], fingerprints: list[Fingerprint], changed: set[str]
 ) -> list[dict[str, Any]]:
     """Created and updated entities of one chunk to the sink; a Connection on its own, first (Atlan wants it
     to exist before anything under it). Lines and fingerprints of a type are in the same order."""
-    by_type: dict[str, list[list[Any]]] = {}
+    by_type: dict[str, list[Fingerprint]] = {}
     for record in fingerprints:
-        by_type.setdefault(record[1], []).append(record)
+        by_type.setdefault(record.type_name, []).append(record)
     connections: list[dict[str, Any]] = []
     others: list[dict[str, Any]] = []
     for type_name, records in by_type.items():
-        lines = parts[f"entity:{type_name}"].splitlines()
+        lines = parts[entity_part(type_name)].splitlines()
         for record, line in zip(records, lines, strict=True):
-            if record[0] in changed:
+            if record.qualified_name in changed:
                 (connections if type_name == "Connection" else others).append(orjson.loads(line))
     results: list[dict[str, Any]] = []
     for group in (connections, others):
@@ -310,6 +320,6 @@ def collect_report(command: PublishRequested, platform: Platform) -> list[dict[s
     problems: list[dict[str, str]] = []
     for unit in command.units:
         for stage in REPORT_STAGES:
-            for problem in platform.get_json(f"{command.run_id}/report/{stage.value}/{unit.unit}") or []:
+            for problem in platform.get_json(stage_report_key(command.run_id, stage, unit.unit)) or []:
                 problems.append({"stage": stage.value, "unit": unit.unit, **problem})
     return problems

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 
 from pgmeta_shared.claimcheck import Record
+from pgmeta_shared.fingerprints import Fingerprint, to_rows
+from pgmeta_shared.keys import FINGERPRINTS_PART, entity_part, extra_part
 from pgmeta_shared.naming import column_qn, database_qn, relation_qn, schema_qn
 
 Entity = dict[str, Any]
@@ -305,12 +307,9 @@ def map_records(
         yield record, entity
 
 
-def fingerprint(record: Record, entity: Entity, line: bytes) -> list[Any]:
-    """What an incremental run compares: qualifiedName, type, a hash of the entity's JSON line, and its scope.
-
-    The scope (database, schema, relation, relation type) lets the publisher tell "deleted" from
-    "filtered out this time" without the entity itself; it is read off the catalog record.
-    """
+def fingerprint(record: Record, entity: Entity, line: bytes) -> Fingerprint:
+    """What an incremental run compares: qualifiedName, type, a hash of the entity's JSON line, and its scope
+    (read off the catalog record)."""
     type_name = entity["typeName"]
     relation: str | None = record.get("relation_name")
     relation_type: str | None = None
@@ -319,7 +318,9 @@ def fingerprint(record: Record, entity: Entity, line: bytes) -> list[Any]:
     database = record.get("database_name") if type_name != "Connection" else None
     schema = record.get("schema_name")
     digest = hashlib.blake2b(line, digest_size=8).hexdigest()
-    return [entity["attributes"]["qualifiedName"], type_name, digest, database, schema, relation, relation_type]
+    return Fingerprint(
+        entity["attributes"]["qualifiedName"], type_name, digest, database, schema, relation, relation_type
+    )
 
 
 def relation_type_of(record: Record) -> str:
@@ -329,16 +330,16 @@ def relation_type_of(record: Record) -> str:
 def render_chunk(connection_qn: str, records: list[Record], problems: list[dict[str, str]]) -> dict[str, bytes]:
     """One chunk's output, serialized once: JSON Lines per entity type and per extra kind, and fingerprints."""
     lines: dict[str, list[bytes]] = {}
-    fingerprints: list[list[Any]] = []
+    fingerprints: list[Fingerprint] = []
     for record, item in map_records(connection_qn, records, problems):
         line = orjson.dumps(item)
         if "typeName" in item:
-            lines.setdefault(f"entity:{item['typeName']}", []).append(line)
+            lines.setdefault(entity_part(item["typeName"]), []).append(line)
             fingerprints.append(fingerprint(record, item, line))
         else:
-            lines.setdefault(f"extra:{item['extra']}", []).append(line)
+            lines.setdefault(extra_part(item["extra"]), []).append(line)
     parts = {name: b"\n".join(group) + b"\n" for name, group in sorted(lines.items())}
-    parts["fingerprints"] = orjson.dumps(fingerprints)
+    parts[FINGERPRINTS_PART] = orjson.dumps(to_rows(fingerprints))
     return parts
 
 

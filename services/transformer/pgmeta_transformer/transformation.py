@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,7 +20,15 @@ from pgmeta_shared.events import (
     TopicName,
     TransformCompleted,
     TransformRequested,
+)
+from pgmeta_shared.keys import (
+    FINGERPRINTS_PART,
+    ArtifactStage,
+    PartName,
+    chunk_done_key,
     extract_chunk_unit,
+    stage_report_key,
+    stage_result_key,
 )
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.progress import ProgressReporter
@@ -27,45 +36,48 @@ from pgmeta_transformer.atlas import render_chunk
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_STAGE = "fingerprint"
 # One chunk at a time per process: several at once would only share the same two cores and multiply memory.
 _chunk_slot = threading.Lock()
 
 
-def result_key(run_id: str, unit: str) -> str:
-    return f"{run_id}/{Stage.TRANSFORM.value}/{unit}/result"
+@dataclass(frozen=True)
+class TransformedChunk:
+    """The marker of one transformed chunk: lines per type (and per extra kind) and the problems met."""
 
+    counts: dict[str, int]
+    problems: list[dict[str, str]]
 
-def report_key(run_id: str, unit: str) -> str:
-    return f"{run_id}/report/{Stage.TRANSFORM.value}/{unit}"
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> TransformedChunk:
+        return cls(counts=value["counts"], problems=value["problems"])
 
-
-def chunk_done_key(run_id: str, unit: str, generation: int, index: int) -> str:
-    return f"{run_id}/{Stage.TRANSFORM.value}/{extract_chunk_unit(unit, generation)}/{index:06d}/done"
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": self.counts, "problems": self.problems}
 
 
 def transform_chunk(
     platform: Platform, run_id: str, connection_qn: str, unit: str, generation: int, index: int
-) -> dict[str, Any]:
+) -> TransformedChunk:
     """Transforms one chunk of one extraction attempt once; returns its counts and problems (recorded)."""
+    # Every key carries the extraction attempt: a retried extraction's chunks are other chunks.
+    chunk_unit = extract_chunk_unit(unit, generation)
+    done_key = chunk_done_key(run_id, Stage.TRANSFORM, chunk_unit, index)
     with _chunk_slot:
-        recorded: dict[str, Any] | None = platform.get_json(chunk_done_key(run_id, unit, generation, index))
+        recorded: dict[str, Any] | None = platform.get_json(done_key)
         if recorded is not None:
-            return recorded
-        # Every key carries the extraction attempt: a retried extraction's chunks are other chunks.
-        chunk_unit = extract_chunk_unit(unit, generation)
-        records = platform.load_chunk(run_id, Stage.EXTRACT.value, chunk_unit, index)
+            return TransformedChunk.from_json(recorded)
+        records = platform.load_chunk(run_id, Stage.EXTRACT, chunk_unit, index)
         problems: list[dict[str, str]] = []
         parts = render_chunk(connection_qn, records, problems)
-        platform.save_chunk(run_id, FINGERPRINT_STAGE, chunk_unit, index, orjson.loads(parts.pop("fingerprints")))
-        platform.save_parts(run_id, Stage.TRANSFORM.value, chunk_unit, index, parts)
+        fingerprints = orjson.loads(parts.pop(FINGERPRINTS_PART))
+        platform.save_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index, fingerprints)
+        platform.save_parts(run_id, Stage.TRANSFORM, chunk_unit, index, parts)
         counts: dict[str, int] = {}
         for name, blob in parts.items():
-            kind, _, type_name = name.partition(":")
-            key = type_name if kind == "entity" else name
+            key = PartName.parse(name).count_key
             counts[key] = counts.get(key, 0) + blob.count(b"\n")
-        done = {"counts": counts, "problems": problems}
-        platform.save_json(chunk_done_key(run_id, unit, generation, index), done)
+        done = TransformedChunk(counts, problems)
+        platform.save_json(done_key, done.to_json())
     platform.publish(
         TopicName.TRANSFORM_CHUNK_READY,
         ChunkReady(
@@ -90,7 +102,8 @@ def transform_early(event: ChunkReady, platform: Platform) -> None:
 
 
 def transform(command: TransformRequested, platform: Platform) -> TransformCompleted:
-    recorded = platform.get_json(result_key(command.run_id, command.unit))
+    result_key = stage_result_key(command.run_id, Stage.TRANSFORM, command.unit)
+    recorded = platform.get_json(result_key)
     if recorded is not None:
         return TransformCompleted.model_validate(recorded)
     counts: dict[str, int] = {}
@@ -100,19 +113,19 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
         done = transform_chunk(
             platform, command.run_id, command.connection_qualified_name, command.unit, command.generation, index
         )
-        for key, value in done["counts"].items():
+        for key, value in done.counts.items():
             counts[key] = counts.get(key, 0) + value
-        problems += done["problems"]
+        problems += done.problems
         progress.report(
             ExtractionProgress(
                 run_id=command.run_id, stage=Stage.TRANSFORM, done=index + 1, total=command.chunk_count,
                 measure="chunks", work_unit=command.unit,
             )
         )  # fmt: skip
-    platform.save_json(report_key(command.run_id, command.unit), problems)
+    platform.save_json(stage_report_key(command.run_id, Stage.TRANSFORM, command.unit), problems)
     completed = TransformCompleted(
         run_id=command.run_id, unit=command.unit, chunk_count=command.chunk_count, counts=counts,
         problems=len(problems),
     )  # fmt: skip
-    platform.save_json(result_key(command.run_id, command.unit), completed.model_dump(mode="json"))
+    platform.save_json(result_key, completed.model_dump(mode="json"))
     return completed

@@ -1,0 +1,137 @@
+"""Every key in the artifacts and credentials stores, and every name inside a transformed chunk: one home.
+
+Services build keys only through these functions; a test greps the services for key strings written
+anywhere else. Keys are scoped by run id first, so everything of one run shares a prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from pgmeta_shared.events import Stage
+
+
+class ArtifactStage(StrEnum):
+    """Whose chunks a claim-check key names: the stages, plus the transformer's fingerprints."""
+
+    PREFLIGHT = "preflight"
+    EXTRACT = "extract"
+    TRANSFORM = "transform"
+    PUBLISH = "publish"
+    FINGERPRINT = "fingerprint"
+
+
+# A pipeline stage (events.Stage) names its keys by the same value.
+StageName = ArtifactStage | Stage
+
+
+# -- claim-check chunks and per-chunk markers -------------------------------------------------------------
+
+
+def extract_chunk_unit(unit: str, generation: int) -> str:
+    """Where an extraction attempt's chunks live: a retried extraction never overwrites what a stage
+    that started early may have read."""
+    return unit if generation == 1 else f"{unit}-g{generation}"
+
+
+def chunk_key(run_id: str, stage: StageName, chunk_unit: str, index: int) -> str:
+    return f"{run_id}/{stage.value}/{chunk_unit}/{index:06d}"
+
+
+def chunk_done_key(run_id: str, stage: StageName, chunk_unit: str, index: int) -> str:
+    """A stage's marker that one chunk is done (what it produced): a redelivery finds it and skips the work."""
+    return f"{chunk_key(run_id, stage, chunk_unit, index)}/done"
+
+
+# -- stage outcomes -------------------------------------------------------------------------------------------
+
+
+def stage_result_key(run_id: str, stage: StageName, unit: str | None = None) -> str:
+    """A stage's recorded completion (of the run, or of one unit): a replayed command re-announces it."""
+    return f"{run_id}/{stage.value}/result" if unit is None else f"{run_id}/{stage.value}/{unit}/result"
+
+
+def stage_failure_key(run_id: str, stage: StageName, unit: str | None) -> str:
+    return f"{run_id}/{stage.value}/{unit or '-'}/failed"
+
+
+def stage_report_key(run_id: str, stage: StageName, unit: str) -> str:
+    """The per-object problems a stage recorded for one unit (the run report is assembled from these)."""
+    return f"{run_id}/report/{stage.value}/{unit}"
+
+
+def metadata_answer_key(request_id: str) -> str:
+    return f"{request_id}/metadata/result"
+
+
+# -- runs as the orchestrator keeps them ------------------------------------------------------------------------
+
+RUNS_INDEX_KEY = "runs/index"
+
+
+def run_requested_key(run_id: str) -> str:
+    return f"{run_id}/requested"
+
+
+def run_progress_key(run_id: str) -> str:
+    return f"{run_id}/progress"
+
+
+def credentials_key(run_id: str) -> str:
+    """Where an inline password given to the REST API waits for its run (in the credentials store)."""
+    return f"cred/{run_id}"
+
+
+# -- incremental baselines --------------------------------------------------------------------------------------
+
+
+def snapshot_key(connection_qn: str) -> str:
+    """The connection's baseline: the last successful run, which the next run compares with."""
+    return f"snapshot/{connection_qn}"
+
+
+def fingerprint_parts_key(run_id: str) -> str:
+    return f"{run_id}/fpb/parts"
+
+
+def fingerprint_part_key(run_id: str, bucket: int, part: int) -> str:
+    return f"{run_id}/fpb/{bucket:02d}/{part:05d}"
+
+
+# -- the parts of a transformed chunk (transformer → publisher) ---------------------------------------------------
+
+FINGERPRINTS_PART = "fingerprints"
+
+
+def entity_part(type_name: str) -> str:
+    """The JSON Lines of one Atlas type in a transformed chunk."""
+    return f"entity:{type_name}"
+
+
+def extra_part(extra_kind: str) -> str:
+    """The JSON Lines of one kind of catalog extra (constraints, indexes) in a transformed chunk."""
+    return f"extra:{extra_kind}"
+
+
+@dataclass(frozen=True)
+class PartName:
+    """A transformed chunk's part name, parsed: entity lines of a type, extra lines of a kind, or fingerprints."""
+
+    kind: Literal["entity", "extra", "fingerprints"]
+    name: str
+
+    @classmethod
+    def parse(cls, part: str) -> PartName:
+        if part == FINGERPRINTS_PART:
+            return cls("fingerprints", part)
+        kind, sep, name = part.partition(":")
+        if not sep or kind not in {"entity", "extra"} or not name:
+            raise ValueError(f"not a transformed-chunk part name: {part!r}")
+        return cls("entity" if kind == "entity" else "extra", name)
+
+    @property
+    def count_key(self) -> str:
+        """How a part's line count is reported in stage counts: the type name, or ``extra:<kind>``."""
+        return self.name if self.kind == "entity" else extra_part(self.name)
