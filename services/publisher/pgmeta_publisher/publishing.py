@@ -14,12 +14,12 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 from more_itertools import constrained_batches
+from pydantic import BaseModel, ConfigDict
 
 from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run
 from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
@@ -127,19 +127,13 @@ class LineSpool:
             self.lines, self.size = [], 0
 
 
-@dataclass(frozen=True)
-class PublishedChunk:
+class PublishedChunk(BaseModel):
     """The marker of one published chunk: the files written (as the manifest lists them) and entities per type."""
+
+    model_config = ConfigDict(frozen=True)
 
     files: list[dict[str, Any]]
     counts: dict[str, int]
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> PublishedChunk:
-        return cls(files=value["files"], counts=value["counts"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"files": self.files, "counts": self.counts}
 
 
 def publish_chunk(
@@ -151,7 +145,7 @@ def publish_chunk(
     with _chunk_slot:
         recorded: dict[str, Any] | None = platform.get_json(done_key)
         if recorded is not None:
-            return PublishedChunk.from_json(recorded)
+            return PublishedChunk.model_validate(recorded)
         rendered = platform.load_parts(run_id, Stage.TRANSFORM, chunk_unit, index)
         counts: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
@@ -165,8 +159,8 @@ def publish_chunk(
                 else:
                     writer.write_lines(f"extras/{part.name}-{unit}-{index:05d}", blob, extra=part.name, records=None)
             writer.wait()
-        done = PublishedChunk(writer.files, counts)
-        platform.save_json(done_key, done.to_json())
+        done = PublishedChunk(files=writer.files, counts=counts)
+        platform.save_json(done_key, done.model_dump())
         return done
 
 

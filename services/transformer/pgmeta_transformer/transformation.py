@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 
 from pgmeta_shared.events import (
     ChunkReady,
@@ -40,19 +40,13 @@ log = logging.getLogger(__name__)
 _chunk_slot = threading.Lock()
 
 
-@dataclass(frozen=True)
-class TransformedChunk:
+class TransformedChunk(BaseModel):
     """The marker of one transformed chunk: lines per type (and per extra kind) and the problems met."""
+
+    model_config = ConfigDict(frozen=True)
 
     counts: dict[str, int]
     problems: list[dict[str, str]]
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> TransformedChunk:
-        return cls(counts=value["counts"], problems=value["problems"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"counts": self.counts, "problems": self.problems}
 
 
 def transform_chunk(
@@ -65,7 +59,7 @@ def transform_chunk(
     with _chunk_slot:
         recorded: dict[str, Any] | None = platform.get_json(done_key)
         if recorded is not None:
-            return TransformedChunk.from_json(recorded)
+            return TransformedChunk.model_validate(recorded)
         records = platform.load_chunk(run_id, Stage.EXTRACT, chunk_unit, index)
         problems: list[dict[str, str]] = []
         parts = render_chunk(connection_qn, records, problems)
@@ -76,8 +70,8 @@ def transform_chunk(
         for name, blob in parts.items():
             key = PartName.parse(name).count_key
             counts[key] = counts.get(key, 0) + blob.count(b"\n")
-        done = TransformedChunk(counts, problems)
-        platform.save_json(done_key, done.to_json())
+        done = TransformedChunk(counts=counts, problems=problems)
+        platform.save_json(done_key, done.model_dump())
     platform.publish(
         TopicName.TRANSFORM_CHUNK_READY,
         ChunkReady(
