@@ -85,5 +85,10 @@ bench: setup dapr
 	@$(UV) run --frozen pgmeta-bench --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS) \
 		--repeat $(REPEAT) --datahub $(DATAHUB)
 
+# Per-stage cost of one run on the local stack (docs/capacity.md): CPU-s, peak RSS, throughput, Redis bytes.
+.PHONY: capacity
+capacity: setup dapr
+	@$(UV) run --frozen pgmeta-capacity --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS)
+
 bench-quick: setup dapr
 	@$(UV) run --frozen pgmeta-bench --quick
