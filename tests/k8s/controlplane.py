@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -47,6 +48,7 @@ PORTS = (
     "controller_manager",
     "scheduler",
     "kwok",
+    "kwok_node",
     "sentry",
     "sentry_healthz",
     "sentry_metrics",
@@ -150,18 +152,25 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, plane: Contro
     raise ControlPlaneError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _open(request: urllib.request.Request, context: ssl.SSLContext | None = None) -> int:
+    # Loopback only: never through a proxy that the environment may name.
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    with urllib.request.build_opener(*handlers).open(request, timeout=3) as response:
+        return int(response.status)
+
+
 def https_ok(url: str, token: str | None = None) -> bool:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=3, context=context) as response:
-        return bool(response.status == 200)
+    return _open(request, context) == 200
 
 
 def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=3) as response:
-        return bool(response.status < 300)
+    return _open(urllib.request.Request(url)) < 300
 
 
 def missing_binaries() -> list[str]:
@@ -175,7 +184,7 @@ def missing_binaries() -> list[str]:
         "injector",
         "sentry",
     )
-    missing = [name for name in programs if not (K8S_BIN / name).exists()]
+    missing = [name for name in (*programs, "kwok-stages.yaml") if not (K8S_BIN / name).exists()]
     if shutil.which("kubectl") is None:
         missing.append("kubectl (on PATH)")
     return missing
@@ -485,6 +494,8 @@ def _start_kubernetes(plane: ControlPlane, token: str) -> None:
         "kwok",
         [
             str(K8S_BIN / "kwok"),
+            "--config",
+            str(K8S_BIN / "kwok-stages.yaml"),
             "--kubeconfig",
             str(plane.kubeconfig),
             "--manage-all-nodes=false",
@@ -495,6 +506,7 @@ def _start_kubernetes(plane: ControlPlane, token: str) -> None:
             "--cidr=10.0.0.1/24",
             "--node-ip=10.0.0.1",
             f"--server-address=127.0.0.1:{ports.kwok}",
+            f"--node-port={ports.kwok_node}",
         ],
     )
     wait_for(
@@ -523,12 +535,7 @@ def _install_crds(plane: ControlPlane) -> None:
     crds = sorted((K8S_BIN / "crds" / "dapr").glob("*.yaml")) + sorted((K8S_BIN / "crds" / "keda").glob("*.yaml"))
     args = [arg for crd in crds for arg in ("-f", str(crd))]
     plane.must(plane.kubectl("apply", "--server-side", *args))
-    names = [
-        json.loads(plane.must(plane.kubectl("create", "--dry-run=client", "-o", "json", "-f", str(crd))))["metadata"][
-            "name"
-        ]
-        for crd in crds
-    ]
+    names = [doc["metadata"]["name"] for crd in crds for doc in yaml.safe_load_all(crd.read_text()) if doc]
     plane.must(
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{name}" for name in names])
     )
@@ -539,6 +546,14 @@ def _start_dapr(plane: ControlPlane) -> None:
     credentials = work / "sentry"
     credentials.mkdir()
     plane.must(plane.kubectl("create", "namespace", DAPR_NAMESPACE))
+    # Sentry's own Configuration (in a cluster: the `daprsystem` Configuration object).
+    sentry_config = {
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Configuration",
+        "metadata": {"name": "daprsystem"},
+        "spec": {"mtls": {"enabled": True, "workloadCertTTL": "24h", "controlPlaneTrustDomain": TRUST_DOMAIN}},
+    }
+    (work / "sentry-config.yaml").write_text(json.dumps(sentry_config))
     dapr_env = {**plane.env(), "NAMESPACE": DAPR_NAMESPACE}
     # Sentry in standalone mode keeps its CA in files (in a cluster: the dapr-trust-bundle secret) and
     # accepts the injector's certificate request without a service account token (no pod to bind one to).
