@@ -25,7 +25,8 @@ say() { echo "[k8s] $*"; }
 installed_ok() {
   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] || return 1
   for p in "${PROGRAMS[@]}"; do [ -x "$K8S_BIN/$p" ] || return 1; done
-  [ -f "$K8S_BIN/crds/dapr/components.yaml" ] && [ -f "$K8S_BIN/crds/keda/keda.sh_scaledobjects.yaml" ]
+  [ -f "$K8S_BIN/crds/dapr/components.yaml" ] && [ -f "$K8S_BIN/crds/keda/keda.sh_scaledobjects.yaml" ] &&
+    [ -f "$K8S_BIN/kwok-stages.yaml" ]
 }
 
 module_dir() {  # the read-only module cache folder of one module version
@@ -54,6 +55,12 @@ say "building etcd, kube-apiserver, kube-controller-manager, kube-scheduler, hel
 say "building kwok $KWOK_VERSION"
 # kwok's module has no replace directives, so `go install` of the tagged version works as is.
 GOBIN="$K8S_BIN" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+# The kwok binary plays only the stages it is given (kwokctl normally writes them): nodes become Ready and
+# keep a heartbeat; scheduled pods become Running and Ready, and deleted pods go away.
+kwok_dir=$(module_dir "sigs.k8s.io/kwok@v$KWOK_VERSION")
+for stage in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+  echo "---"; cat "$kwok_dir/kustomize/stage/$stage.yaml"
+done > "$K8S_BIN/kwok-stages.yaml"
 
 say "building Dapr's injector, sentry, operator $DAPR_RUNTIME_VERSION"
 dapr_src="$DAPR_BUILD_ROOT/dapr-$DAPR_RUNTIME_VERSION"
