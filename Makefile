@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup dapr postgres15 sync up down status run test test-unit test-integration test-e2e lint
+.PHONY: help setup dapr postgres15 sync up down status run test test-unit test-integration test-e2e lint k8s test-k8s manifests
 
 help:
 	@echo "make run    start the stack, extract the bundled demo database, keep the stack up until Ctrl-C"
@@ -19,6 +19,16 @@ setup:
 
 dapr:
 	@bash deploy/local/ensure-dapr.sh
+
+# Kubernetes control plane for tests/k8s (etcd, apiserver, controller-manager, scheduler, kwok, helm, Dapr's
+# injector/sentry/operator), built once from Go modules into ~/.cache/pgmeta/k8s-bin.
+k8s: dapr
+	@bash deploy/local/ensure-k8s.sh
+
+# deploy/k8s/pgmeta.yaml is generated from the chart; tests/k8s checks it has not drifted.
+manifests: k8s
+	@bash deploy/k8s/render.sh > deploy/k8s/pgmeta.yaml
+	@echo "[manifests] wrote deploy/k8s/pgmeta.yaml"
 
 sync: setup
 
@@ -47,8 +57,11 @@ postgres15:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; \
 	fi
 
-test: setup dapr postgres15
+test: setup dapr postgres15 k8s
 	@$(UV) run --frozen pytest
+
+test-k8s: setup k8s
+	@$(UV) run --frozen pytest tests/k8s
 
 test-unit: setup
 	@$(UV) run --frozen pytest tests/unit
@@ -71,6 +84,11 @@ DATAHUB ?= 1
 bench: setup dapr
 	@$(UV) run --frozen pgmeta-bench --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS) \
 		--repeat $(REPEAT) --datahub $(DATAHUB)
+
+# Per-stage cost of one run on the local stack (docs/capacity.md): CPU-s, peak RSS, throughput, Redis bytes.
+.PHONY: capacity
+capacity: setup dapr
+	@$(UV) run --frozen pgmeta-capacity --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS)
 
 bench-quick: setup dapr
 	@$(UV) run --frozen pgmeta-bench --quick

@@ -1,4 +1,5 @@
-"""The production object store: deploy/components/objectstore-s3.yaml (bindings.aws.s3) behind a real daprd,
+"""The production object store: the chart's `objectstore` component (bindings.aws.s3, as rendered into
+deploy/k8s/pgmeta.yaml) behind a real daprd,
 against a local S3-compatible server (moto), written through ``DaprPlatform.write_object`` as the publisher does."""
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pgmeta_shared.settings import DaprSettings
 
 pytestmark = pytest.mark.integration
 
-PRODUCTION_COMPONENT = repo_root() / "deploy" / "components" / "objectstore-s3.yaml"
+# The chart rendered with its defaults (`make manifests`; drift-checked by tests/k8s/test_manifests.py).
+PRODUCTION_MANIFEST = repo_root() / "deploy" / "k8s" / "pgmeta.yaml"
 BUCKET = "pgmeta-it"
 REGION = "us-east-1"
 # moto accepts any credentials; these only prove that the component's accessKey/secretKey reach the SDK.
@@ -58,7 +60,11 @@ def s3_client(endpoint: str) -> Any:
 
 def s3_component(endpoint: str) -> dict[str, Any]:
     """The production component, pointed at the local server: only values change, never metadata names."""
-    component: dict[str, Any] = yaml.safe_load(PRODUCTION_COMPONENT.read_text())
+    (component,) = [
+        doc
+        for doc in yaml.safe_load_all(PRODUCTION_MANIFEST.read_text())
+        if doc and doc["kind"] == "Component" and doc["metadata"]["name"] == "objectstore"
+    ]
     assert component["spec"]["type"] == "bindings.aws.s3"
     metadata = {entry["name"]: entry for entry in component["spec"]["metadata"]}
     assert metadata["decodeBase64"]["value"] == "true", "the publisher sends base64: the binding must decode it"

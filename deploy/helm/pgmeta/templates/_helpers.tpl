@@ -48,3 +48,11 @@ app.kubernetes.io/component: {{ .service }}
 - name: enableTLS
   value: {{ .Values.redis.enableTLS | toString | quote }}
 {{- end -}}
+
+{{/* "true" when an autoscaler owns the service's replica count (KEDA or HPA, stages only), else "". */}}
+{{- define "pgmeta.autoscaled" -}}
+{{- $values := index .root.Values.services .service -}}
+{{- if and $values.autoscaling (or .root.Values.autoscaling.keda.enabled .root.Values.autoscaling.hpa.enabled) -}}
+true
+{{- end -}}
+{{- end -}}
