@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pgmeta_shared.errors import PgmetaError
 from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.telemetry import UnitWork, unit_work
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,22 @@ def stage_handler(
         platform.publish(TopicName.STAGE_FAILED, failed)
 
     def handler(command: CommandT) -> None:
+        with unit_work(command.run_id, stage.value, command.work_unit()) as work_span:
+            handle(command, work_span)
+
+    def handle(command: CommandT, work_span: UnitWork) -> None:
         unit = command.work_unit()
         try:
             completed = work(command, platform)
         except PgmetaError as exc:
+            work_span.failed(exc.code, str(exc), retryable=exc.retryable)
             if exc.retryable:
                 raise
             log.error("run %s: %s failed: %s", command.run_id, stage.value, exc)
             fail(StageFailed(run_id=command.run_id, stage=stage, unit=unit, error_code=exc.code, error=str(exc)))
             return
         except Exception as exc:
+            work_span.failed("internal_error", f"{type(exc).__name__}: {exc}", retryable=False)
             # A bug, not a fault of the input or the infrastructure: retrying would fail the same way,
             # so fail the run now with the cause, and keep the traceback in the log.
             log.exception("run %s: %s failed unexpectedly", command.run_id, stage.value)
@@ -64,6 +71,7 @@ def stage_handler(
                 ),
             )
             return
+        work_span.completed(getattr(completed, "counts", None))
         log.info("run %s: %s done", command.run_id, stage.value)
         platform.publish(completion_topic, completed)
 

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.run_traces import RunTraces
 from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -36,6 +37,7 @@ from pgmeta_shared.events import (
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.service import ServerSettings
 from pgmeta_shared.subscriptions import register_subscription
+from pgmeta_shared.telemetry import instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime
 
         platform = DaprPlatform(settings)
-        activities = Activities(platform, settings.credentials_store)
+        app.state.run_traces = RunTraces(platform)
+        activities = Activities(platform, settings.credentials_store, app.state.run_traces)
         runtime = WorkflowRuntime(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         runtime.register_workflow(extraction_workflow, name=WORKFLOW_NAME)
         runtime.register_activity(activities.publish_event, name=ACTIVITY_PUBLISH)
@@ -77,10 +80,12 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
             platform.close()
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
+    instrument_app(app)
 
     # -- subscriptions ----------------------------------------------------------------------------
 
     def on_extraction_requested(event: ExtractionRequested) -> None:
+        app.state.run_traces.remember(event.request_id)
         app.state.runs.start(event)
 
     register_subscription(
@@ -192,9 +197,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
 def main() -> None:
     import uvicorn
 
-    from pgmeta_shared.observability import configure_logging
+    from pgmeta_shared.telemetry import configure_telemetry
 
     settings = OrchestratorSettings()
     server = ServerSettings()
-    configure_logging("orchestrator", settings.log_level)
+    configure_telemetry("orchestrator", settings.log_level)
     uvicorn.run(create_app(settings), host=server.app_host, port=server.app_port, log_level="warning")
