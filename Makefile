@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup dapr postgres15 sync up down status run test test-unit test-integration test-e2e lint
+.PHONY: help setup dapr zipkin postgres15 sync up down status run test test-unit test-integration test-e2e lint
 
 help:
 	@echo "make run    start the stack, extract the bundled demo database, keep the stack up until Ctrl-C"
@@ -20,9 +20,13 @@ setup:
 dapr:
 	@bash deploy/local/ensure-dapr.sh
 
+# The trace viewer is optional: without Maven or Java the stack comes up without it.
+zipkin:
+	@bash deploy/local/ensure-zipkin.sh || echo "[zipkin] not available: the stack runs without a trace viewer"
+
 sync: setup
 
-up: setup dapr
+up: setup dapr zipkin
 	@$(UV) run --frozen pgmeta-stack up
 
 down:
@@ -31,7 +35,7 @@ down:
 status:
 	@$(UV) run --frozen pgmeta-stack status
 
-run: setup dapr
+run: setup dapr zipkin
 	@$(UV) run --frozen pgmeta-stack demo
 
 lint: setup
