@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pgmeta_devstack.layout import StackLayout, repo_root
+from pgmeta_devstack.layout import SERVICES, StackLayout, repo_root
+
+if TYPE_CHECKING:
+    from pgmeta_devstack.stack import LocalStack
 
 ZIPKIN_VERSION = "3.5.1"
 ZIPKIN = "zipkin"
@@ -59,13 +62,19 @@ def spans_endpoint(layout: StackLayout) -> str:
 
 
 def service_telemetry_env(layout: StackLayout, service: str, *, export: bool) -> dict[str, str]:
-    """The standard OTEL_* variables of one service: Prometheus scrape port, and Zipkin when it runs."""
+    """The standard OTEL_* variables of one service (Prometheus scrape port, Zipkin when it runs), and for the
+    orchestrator the sidecars GET /dapr describes."""
     env = {
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
         "OTEL_EXPORTER_PROMETHEUS_PORT": str(layout.app_metrics_port(service)),
     }
     if export:
         env["OTEL_EXPORTER_ZIPKIN_ENDPOINT"] = spans_endpoint(layout)
+    if service == "orchestrator":
+        # GET /dapr describes every sidecar of the stack, not only the orchestrator's own.
+        env["PGMETA_DAPR_SIDECARS"] = ",".join(
+            f"{name}=http://127.0.0.1:{layout.dapr_http_port(name)}" for name in SERVICES
+        )
     return env
 
 
@@ -84,3 +93,30 @@ def sidecar_config(layout: StackLayout, *, export: bool) -> Path:
     path = layout.state_dir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def print_trace_link(stack: LocalStack, run_id: str, timeout: float = 20.0) -> None:
+    """Prints where the run's trace is: the Zipkin UI link once its spans arrived, and `pgmeta trace`."""
+    import time
+
+    import httpx
+
+    if not stack.exports_traces():
+        print(f"[demo] no trace viewer running ({zipkin_unavailable() or 'Zipkin is down'}): no trace link")
+        return
+    deadline = time.monotonic() + timeout
+    query: dict[str, str | int] = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 5}
+    while time.monotonic() < deadline:
+        try:
+            traces = httpx.get(f"{stack.layout.zipkin_url}/api/v2/traces", params=query, timeout=5).json()
+        except httpx.HTTPError:
+            traces = []
+        if traces:
+            links = ", ".join(f"{stack.layout.zipkin_url}/zipkin/traces/{spans[0]['traceId']}" for spans in traces)
+            print(f"[demo] the run's trace: {links}")
+            print(f"[demo] as a tree: PGMETA_ZIPKIN_URL={stack.layout.zipkin_url} uv run pgmeta trace {run_id}")
+            return
+        time.sleep(1)  # spans are exported in batches, every few seconds
+    print(
+        f"[demo] no trace of {run_id} reached Zipkin within {timeout:.0f} s; look at {stack.layout.zipkin_url}/zipkin/"
+    )

@@ -1,4 +1,4 @@
-"""`pgmeta extract | status | runs | publish`.
+"""`pgmeta extract | status | runs | publish | trace | dapr`.
 
 `extract` posts to the orchestrator's REST API, which publishes `extraction.requested`; `publish` sends
 a request document straight to the pub/sub through a Dapr sidecar, like `dapr publish` does.
@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from pgmeta_cli.observe import add_observe_commands
 
 TERMINAL = {"COMPLETED", "FAILED"}
 STAGES = ["extract", "transform", "publish"]
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--topic", default="extraction.requested")
     publish.add_argument("--pubsub", default="pubsub")
     publish.set_defaults(func=cmd_publish)
+
+    add_observe_commands(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.dapr_metadata import dapr_router
 from pgmeta_orchestrator.run_traces import RunTraces
 from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
@@ -190,6 +191,8 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "service": "orchestrator"}
+
+    app.include_router(dapr_router(settings))
 
     return app
 
