@@ -422,10 +422,10 @@ def pipeline_metrics() -> PipelineMetrics:
             "pgmeta.chunk.records", description="Records per claim-check chunk written, by stage"
         ),
         chunk_bytes=meter.create_histogram(
-            "pgmeta.chunk.bytes", unit="By", description="Encoded bytes per claim-check chunk written, by stage"
+            "pgmeta.chunk.size", unit="By", description="Encoded bytes per claim-check chunk written, by stage"
         ),
         claimcheck_bytes=meter.create_counter(
-            "pgmeta.claimcheck.bytes", unit="By", description="Claim-check bytes written and read, by stage"
+            "pgmeta.claimcheck.io", unit="By", description="Claim-check bytes written and read, by stage"
         ),
         catalog_query_duration=seconds(
             "pgmeta.catalog.query.duration", "Time to run and stream one catalog query, by statement"
