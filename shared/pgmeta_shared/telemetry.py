@@ -69,12 +69,20 @@ def current_run() -> tuple[str, str | None] | None:
 # -- logs ----------------------------------------------------------------------------------------------
 
 
+# Set on a record by a logging.Filter that knows the run a library's line is about (see RunTraces).
+RECORD_TRACE_ID = "pgmeta_trace_id"
+RECORD_RUN_ID = "pgmeta_run_id"
+
+
 def _log_facts(record: logging.LogRecord) -> dict[str, str]:
     facts: dict[str, str] = {}
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         facts["trace_id"] = trace.format_trace_id(span_context.trace_id)
         facts["span_id"] = trace.format_span_id(span_context.span_id)
+    elif hasattr(record, RECORD_TRACE_ID):
+        facts["trace_id"] = str(getattr(record, RECORD_TRACE_ID))
+        facts["run_id"] = str(getattr(record, RECORD_RUN_ID))
     scope = _RUN_SCOPE.get()
     if scope is not None:
         facts["run_id"] = scope[0]
@@ -130,6 +138,15 @@ def configure_logging(service: str, level: str = "INFO", log_format: str | None 
     # gRPC and httpx are chatty at INFO; their warnings still show.
     for noisy in ("httpx", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def adopt_library_loggers(prefix: str) -> None:
+    """Routes the loggers named ``prefix…`` (Durable Task's bring their own handler and format) through ours."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith(prefix) and isinstance(logger, logging.Logger):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
 
 
 # -- set-up --------------------------------------------------------------------------------------------

@@ -106,15 +106,16 @@ def test_one_trace_per_run_through_every_service_and_sidecar(traced_stack: Local
     names = {(next(iter(services_of([s]))), s["name"]) for s in spans}
     for service in PYTHON_SERVICES:
         assert any(svc == service for svc, _ in names), f"no span from {service}: {sorted(names)}"
-    # The sidecars' own spans: daprd reports each pub/sub hop and each state call it serves.
-    sidecar_spans = [
-        s
-        for s in spans
-        if s.get("tags", {}).get("otel.scope.name") != "pgmeta"
-        and "rpc.service" not in s.get("tags", {})
-        and not s["name"].startswith(("post ", "get "))
-    ]
+    # The sidecars' own spans (publish, delivery, state and binding calls), from each app's daprd.
+    sidecar_spans = [s for s in spans if s.get("tags", {}).get("otel.scope.name") == "dapr-diagnostics"]
     assert services_of(sidecar_spans) >= PYTHON_SERVICES, sorted(services_of(sidecar_spans))
+    assert {s["name"] for s in sidecar_spans} >= {"pubsub/extract.requested", "pubsub/transform.requested"}
+    # No part of the run went off into a trace of its own: no other trace names the run anywhere.
+    everything = httpx.get(
+        f"{traced_stack.layout.zipkin_url}/api/v2/traces", params={"lookback": 3_600_000, "limit": 10_000}, timeout=30
+    ).json()
+    strays = [t for t in everything if t[0]["traceId"] != spans[0]["traceId"] and "obs-ok" in json.dumps(t)]
+    assert not strays, [[(s["name"], s.get("tags")) for s in t] for t in strays]
     catalog = [s for s in spans if s["name"].startswith("catalog ")]
     assert {s["tags"]["db.query.name"] for s in catalog} >= {"COLUMNS_QUERY", "RELATIONS_QUERY"}
     assert all("shop" not in json.dumps(s["tags"].get("db.query.text", "")) for s in catalog)

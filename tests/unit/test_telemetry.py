@@ -17,7 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from pgmeta_cli.observe import render_tree
 from pgmeta_orchestrator.dapr_metadata import describe_metadata, sidecar_urls
-from pgmeta_orchestrator.run_traces import RunTraces, trace_key
+from pgmeta_orchestrator.run_traces import RunTraces, WorkflowLogTraces, trace_key
 from pgmeta_shared.errors import AuthenticationFailedError
 from pgmeta_shared.events import ExtractionProgress
 from pgmeta_shared.settings import DaprSettings
@@ -203,7 +203,7 @@ def test_sidecar_metadata_is_summarised_like_the_dashboard() -> None:
                 "pubsubname": "pubsub",
                 "topic": "extract.requested",
                 "deadLetterTopic": "deadletter",
-                "rules": {"rules": [{"path": "/events/pubsub/extract.requested"}]},
+                "rules": [{"path": "/events/pubsub/extract.requested"}],
             },
         ],
         "actors": [{"type": "dapr.internal.default.orchestrator.workflow", "count": 1}],
@@ -216,3 +216,14 @@ def test_sidecar_metadata_is_summarised_like_the_dashboard() -> None:
     assert sidecar_urls(DaprSettings(dapr_http_port=3511), "") == {"orchestrator": "http://127.0.0.1:3511"}
     with pytest.raises(ValueError, match="app-id=http"):
         sidecar_urls(DaprSettings(), "extractor:3500")
+
+
+def test_workflow_runtime_lines_about_a_run_carry_its_trace(spans: InMemorySpanExporter) -> None:
+    traces = RunTraces(InMemoryPlatform())
+    with run_span("handle extraction.requested", "run-9") as started:
+        traces.remember("run-9")
+    record = logging.LogRecord("durabletask-worker", logging.INFO, __file__, 1, "%s: yielded", ("run-9",), None)
+    assert WorkflowLogTraces(traces).filter(record)
+    line = json.loads(JsonLogFormatter("orchestrator").format(record))
+    assert line["trace_id"] == trace.format_trace_id(started.get_span_context().trace_id)
+    assert line["run_id"] == "run-9"

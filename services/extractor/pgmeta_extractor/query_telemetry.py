@@ -1,4 +1,4 @@
-"""A span and a duration metric per catalog query, named by its constant in ``catalog_sql`` (never bound values)."""
+"""A span and a duration metric per catalog query, named by its ``*_QUERY`` constant (never bound values)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ from pgmeta_shared.telemetry import Stopwatch, mark_failed, pipeline_metrics, tr
 
 @functools.cache
 def _statement_names() -> dict[str, str]:
-    from pgmeta_extractor import catalog_sql
+    from pgmeta_extractor import catalog_sql, extraction
 
-    return {sql: name for name, sql in vars(catalog_sql).items() if name.endswith("_QUERY") and isinstance(sql, str)}
+    return {
+        sql: name
+        for module in (catalog_sql, extraction)
+        for name, sql in vars(module).items()
+        if name.endswith("_QUERY") and isinstance(sql, str)
+    }
 
 
 def statement_name(sql: str) -> str:

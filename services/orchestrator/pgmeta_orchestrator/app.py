@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.dapr_metadata import dapr_router
-from pgmeta_orchestrator.run_traces import RunTraces
+from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
 from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -72,6 +72,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
         runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+        attach_workflow_log_traces(app.state.run_traces)
         app.state.runs = RunService(platform, workflows, settings)
         log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
         try:

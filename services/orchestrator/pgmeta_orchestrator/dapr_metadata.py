@@ -71,7 +71,9 @@ def sidecar_urls(settings: DaprSettings, listed: str) -> dict[str, str]:
 def describe_metadata(app_id: str, url: str, healthy: bool, metadata: dict[str, Any]) -> SidecarView:
     subscriptions = []
     for sub in metadata.get("subscriptions") or []:
-        rules = (sub.get("rules") or {}).get("rules") or [{}]
+        # A list in 1.18's HTTP metadata, {"rules": [...]} in the gRPC shape.
+        rules = sub.get("rules") or []
+        rules = (rules.get("rules") if isinstance(rules, dict) else rules) or [{}]
         subscriptions.append(
             SidecarSubscription(
                 pubsub=sub.get("pubsubname", ""),

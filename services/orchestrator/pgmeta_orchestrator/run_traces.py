@@ -7,6 +7,8 @@ kept under the run, and each activity continues it; a restarted orchestrator rea
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,16 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from pgmeta_shared.platform import Platform
-from pgmeta_shared.telemetry import continued_trace, pipeline_metrics, run_span, trace_carrier
+from pgmeta_shared.telemetry import (
+    RECORD_RUN_ID,
+    RECORD_TRACE_ID,
+    TRACEPARENT,
+    adopt_library_loggers,
+    continued_trace,
+    pipeline_metrics,
+    run_span,
+    trace_carrier,
+)
 
 TRACE_TTL_SECONDS = 7 * 24 * 3600
 _REMEMBERED = 1024
@@ -63,8 +74,42 @@ class RunTraces:
             return carrier
         return None
 
+    def known_trace_id(self, run_id: str) -> str | None:
+        """The run's trace id if this process has seen the run (memory only: called while logging)."""
+        with self._lock:
+            carrier = self._known.get(run_id)
+        parts = carrier.get(TRACEPARENT, "").split("-") if carrier else []
+        return parts[1] if len(parts) == 4 else None
+
     @contextmanager
     def activity(self, run_id: str, name: str, **attributes: Any) -> Iterator[Span]:
         """A span for one workflow activity of ``run_id``, in the run's trace."""
         with continued_trace(self.carrier_of(run_id)), run_span(f"workflow {name}", run_id, **attributes) as span:
             yield span
+
+
+# Durable Task's worker logs each workflow step as "<instance id>: …" (or "<instance id>/<task>: …").
+_INSTANCE_PREFIX = re.compile(r"^(?P<run_id>[^\s:/]+)(?:/\S+)?: ")
+
+
+class WorkflowLogTraces(logging.Filter):
+    """Gives the Workflow runtime's lines about a run (logged on its own threads, outside any span) the run's id
+    and trace id, so that every line about a run carries them."""
+
+    def __init__(self, traces: RunTraces) -> None:
+        super().__init__()
+        self._traces = traces
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and (match := _INSTANCE_PREFIX.match(record.getMessage())):
+            trace_id = self._traces.known_trace_id(match["run_id"])
+            if trace_id is not None:
+                setattr(record, RECORD_TRACE_ID, trace_id)
+                setattr(record, RECORD_RUN_ID, match["run_id"])
+        return True
+
+
+def attach_workflow_log_traces(traces: RunTraces) -> None:
+    """Durable Task's loggers through the service's handler, their run lines with the run's trace."""
+    adopt_library_loggers("durabletask")
+    logging.getLogger("durabletask-worker").addFilter(WorkflowLogTraces(traces))
