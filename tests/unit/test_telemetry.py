@@ -222,8 +222,12 @@ def test_workflow_runtime_lines_about_a_run_carry_its_trace(spans: InMemorySpanE
     traces = RunTraces(InMemoryPlatform())
     with run_span("handle extraction.requested", "run-9") as started:
         traces.remember("run-9")
-    record = logging.LogRecord("durabletask-worker", logging.INFO, __file__, 1, "%s: yielded", ("run-9",), None)
-    assert WorkflowLogTraces(traces).filter(record)
-    line = json.loads(JsonLogFormatter("orchestrator").format(record))
-    assert line["trace_id"] == trace.format_trace_id(started.get_span_context().trace_id)
-    assert line["run_id"] == "run-9"
+    for message in ("%s: Orchestrator yielded", "%s Event raised: extract_result", "%s/3: done"):
+        record = logging.LogRecord("durabletask-worker", logging.INFO, __file__, 1, message, ("run-9",), None)
+        assert WorkflowLogTraces(traces).filter(record)
+        line = json.loads(JsonLogFormatter("orchestrator").format(record))
+        assert line["trace_id"] == trace.format_trace_id(started.get_span_context().trace_id), message
+        assert line["run_id"] == "run-9"
+    other = logging.LogRecord("durabletask-worker", logging.INFO, __file__, 1, "Successfully connected", None, None)
+    assert WorkflowLogTraces(traces).filter(other)
+    assert "trace_id" not in json.loads(JsonLogFormatter("orchestrator").format(other))

@@ -88,8 +88,9 @@ class RunTraces:
             yield span
 
 
-# Durable Task's worker logs each workflow step as "<instance id>: …" (or "<instance id>/<task>: …").
-_INSTANCE_PREFIX = re.compile(r"^(?P<run_id>[^\s:/]+)(?:/\S+)?: ")
+# Durable Task's worker logs each workflow step as "<instance id>: …", "<instance id>/<task>: …" or
+# "<instance id> Event raised: …"; a first word that names no run this process knows is left alone.
+_INSTANCE_PREFIX = re.compile(r"^(?P<run_id>[^\s:/]+)(?:/\S+)?:? ")
 
 
 class WorkflowLogTraces(logging.Filter):
