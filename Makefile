@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup dapr postgres15 sync up down status run test test-unit test-integration test-e2e lint k8s test-k8s manifests
+.PHONY: help setup dapr zipkin postgres15 sync up down status run test test-unit test-integration test-e2e lint k8s test-k8s manifests
 
 help:
 	@echo "make run    start the stack, extract the bundled demo database, keep the stack up until Ctrl-C"
@@ -29,10 +29,13 @@ k8s: dapr
 manifests: k8s
 	@bash deploy/k8s/render.sh > deploy/k8s/pgmeta.yaml
 	@echo "[manifests] wrote deploy/k8s/pgmeta.yaml"
+# The trace viewer is optional: without Maven or Java the stack comes up without it.
+zipkin:
+	@bash deploy/local/ensure-zipkin.sh || echo "[zipkin] not available: the stack runs without a trace viewer"
 
 sync: setup
 
-up: setup dapr
+up: setup dapr zipkin
 	@$(UV) run --frozen pgmeta-stack up
 
 down:
@@ -41,7 +44,7 @@ down:
 status:
 	@$(UV) run --frozen pgmeta-stack status
 
-run: setup dapr
+run: setup dapr zipkin
 	@$(UV) run --frozen pgmeta-stack demo
 
 lint: setup
@@ -57,7 +60,7 @@ postgres15:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; \
 	fi
 
-test: setup dapr postgres15 k8s
+test: setup dapr zipkin postgres15 k8s
 	@$(UV) run --frozen pytest
 
 test-k8s: setup k8s

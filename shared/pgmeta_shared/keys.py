@@ -79,6 +79,11 @@ def run_progress_key(run_id: str) -> str:
     return f"{run_id}/progress"
 
 
+def run_trace_key(run_id: str) -> str:
+    """The run's trace context (traceparent), so later reads and retries join the run's trace."""
+    return f"{run_id}/trace"
+
+
 def credentials_key(run_id: str) -> str:
     """Where an inline password given to the REST API waits for its run (in the credentials store)."""
     return f"cred/{run_id}"

@@ -20,6 +20,7 @@ from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError,
 from pgmeta_shared.events import TopicName, to_payload
 from pgmeta_shared.keys import StageName, chunk_key
 from pgmeta_shared.settings import DaprSettings
+from pgmeta_shared.telemetry import DaprCallTracing, chunk_span, record_chunk_read, record_chunk_written
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ class DaprPlatform:
         sdk_settings.DAPR_RUNTIME_HOST = settings.dapr_host  # type: ignore[attr-defined]
         sdk_settings.DAPR_HTTP_PORT = settings.dapr_http_port  # type: ignore[attr-defined]
         self._settings = settings
-        self._client = DaprClient(address=settings.dapr_grpc_address, max_grpc_message_length=16 * 1024 * 1024)
+        self._client = DaprClient(
+            address=settings.dapr_grpc_address,
+            interceptors=[DaprCallTracing()],
+            max_grpc_message_length=16 * 1024 * 1024,
+        )
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -120,38 +125,49 @@ class DaprPlatform:
         return {"ttlInSeconds": str(ttl_seconds)} if ttl_seconds else {}
 
     def save_chunk(self, run_id: str, stage: StageName, unit: str, index: int, records: list[Any]) -> None:
-        self._call(
-            "save chunk",
-            self._client.save_state,
-            self._settings.artifacts_store,
-            chunk_key(run_id, stage, unit, index),
-            encode_chunk(records),
-            state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
-        )
+        with chunk_span("save", run_id, stage, unit, index) as span:
+            encoded = encode_chunk(records)
+            record_chunk_written(span, stage, len(encoded), len(records))
+            self._call(
+                "save chunk",
+                self._client.save_state,
+                self._settings.artifacts_store,
+                chunk_key(run_id, stage, unit, index),
+                encoded,
+                state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
+            )
 
     def load_chunk(self, run_id: str, stage: StageName, unit: str, index: int) -> list[Any]:
         key = chunk_key(run_id, stage, unit, index)
-        response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
-        if not response.data:
-            raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
-        return decode_chunk(response.data)
+        with chunk_span("load", run_id, stage, unit, index) as span:
+            response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
+            if not response.data:
+                raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
+            records = decode_chunk(response.data)
+            record_chunk_read(span, stage, len(response.data), len(records))
+            return records
 
     def save_parts(self, run_id: str, stage: StageName, unit: str, index: int, parts: dict[str, bytes]) -> None:
-        self._call(
-            "save chunk",
-            self._client.save_state,
-            self._settings.artifacts_store,
-            chunk_key(run_id, stage, unit, index),
-            encode_parts(parts),
-            state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
-        )
+        with chunk_span("save", run_id, stage, unit, index) as span:
+            encoded = encode_parts(parts)
+            record_chunk_written(span, stage, len(encoded), None)
+            self._call(
+                "save chunk",
+                self._client.save_state,
+                self._settings.artifacts_store,
+                chunk_key(run_id, stage, unit, index),
+                encoded,
+                state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
+            )
 
     def load_parts(self, run_id: str, stage: StageName, unit: str, index: int) -> dict[str, bytes]:
         key = chunk_key(run_id, stage, unit, index)
-        response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
-        if not response.data:
-            raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
-        return decode_parts(response.data)
+        with chunk_span("load", run_id, stage, unit, index) as span:
+            response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
+            if not response.data:
+                raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
+            record_chunk_read(span, stage, len(response.data), None)
+            return decode_parts(response.data)
 
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json(self._settings.artifacts_store, key)

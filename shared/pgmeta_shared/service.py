@@ -14,11 +14,11 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgmeta_shared.events import ChunkReady, Stage, TopicName
-from pgmeta_shared.observability import configure_logging
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.settings import DaprSettings
 from pgmeta_shared.stages import CommandT, stage_handler
 from pgmeta_shared.subscriptions import register_subscription
+from pgmeta_shared.telemetry import configure_telemetry, instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def create_stage_app(
                 close()
 
     app = FastAPI(title=f"pgmeta {service}", lifespan=lifespan)
+    instrument_app(app)
 
     for route in routes:
 
@@ -100,5 +101,5 @@ def serve(service: str, app_factory: Callable[[DaprSettings], FastAPI]) -> None:
     """Entry point of a service process: settings from the environment, then uvicorn."""
     settings = DaprSettings()
     server = ServerSettings()
-    configure_logging(service, settings.log_level)
+    configure_telemetry(service, settings.log_level)
     uvicorn.run(app_factory(settings), host=server.app_host, port=server.app_port, log_level="warning")

@@ -12,6 +12,7 @@ from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
 from pgmeta_shared.keys import stage_failure_key
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.telemetry import UnitWork, unit_work
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,16 @@ def stage_handler(
         platform.publish(TopicName.STAGE_FAILED, failed)
 
     def handler(command: CommandT) -> None:
+        with unit_work(command.run_id, stage.value, command.work_unit()) as work_span:
+            handle(command, work_span)
+
+    def handle(command: CommandT, work_span: UnitWork) -> None:
+        unit = command.work_unit()
         try:
             completed = work(command, platform)
         except Exception as exc:
             failure = classify(exc, f"{stage.value} service")
+            work_span.failed(failure.code, failure.message, retryable=failure.retryable)
             if failure.retryable:
                 raise
             log.error(
@@ -51,13 +58,13 @@ def stage_handler(
                 failure.message,
                 exc_info=exc if failure.bug else None,
             )
-            unit = command.work_unit()
             fail(
                 StageFailed(
                     run_id=command.run_id, stage=stage, unit=unit, error_code=failure.code, error=failure.message
                 )
             )
             return
+        work_span.completed(getattr(completed, "counts", None))
         log.info("run %s: %s done", command.run_id, stage.value)
         platform.publish(completion_topic, completed)
 

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pgmeta_shared.delivery import Delivery, classify
 from pgmeta_shared.events import TopicName
+from pgmeta_shared.telemetry import delivery_span, event_unit, mark_failed, record_delivery
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,18 @@ def deliver(
             cloud_event.get("id"),
             describe_validation_error(exc),
         )
+        record_delivery(topic, Delivery.DROP)
         return Delivery.DROP
     run_id = getattr(event, "run_id", None) or getattr(event, "request_id", None)
+    with delivery_span(topic, run_id, event_unit(event), cloud_event) as span:
+        outcome = _handle(handler, event, topic, run_id)
+        if outcome is not Delivery.SUCCESS:
+            mark_failed(span, f"{topic} answered {outcome.value}")
+    record_delivery(topic, outcome)
+    return outcome
+
+
+def _handle(handler: Callable[[EventT], None], event: EventT, topic: str, run_id: str | None) -> Delivery:
     try:
         handler(event)
     except Exception as exc:

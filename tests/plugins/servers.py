@@ -113,7 +113,10 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
     """The whole stack, as `make up` starts it, on its own ports and state directory."""
     stack = _stack(tmp_path_factory, "stack", 28200)
     try:
-        stack.up()
+        # Without its trace viewer (tests/e2e/test_observability.py starts one): a JVM less per stack.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PGMETA_TRACING", "off")
+            stack.up()
         yield stack
     finally:
         pids = _recorded_pids(stack)

@@ -36,6 +36,7 @@ from pgmeta_devstack.bench import (
     wait_for_completion,
 )
 from pgmeta_devstack.layout import StackLayout, free_port_block
+from pgmeta_shared.events import TopicName
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -109,7 +110,7 @@ def measure(shape: CatalogShape, cache_dir: Path, base_port: int) -> CapacityRes
                 peaks = peak_rss(layout)
                 if completed.get("status") != "COMPLETED":
                     raise RuntimeError(f"run {run_id} {completed.get('status')}: {completed.get('error')}")
-                requested_ms = min(run_entry_times(client, "extraction.requested", run_id))
+                requested_ms = min(run_entry_times(client, TopicName.EXTRACTION_REQUESTED.value, run_id))
                 times = stage_times(client, run_id, requested_ms, completed_ms)
                 memory = cast(dict[str, Any], client.info("memory"))
                 entries, stream_bytes = stream_usage(client)

@@ -65,6 +65,18 @@ class StackLayout:
     def scheduler_port(self) -> int:
         return self.base_port + 45
 
+    def app_metrics_port(self, service: str) -> int:
+        """The service's Prometheus scrape port (``/metrics``), apart from the app port the API is served on."""
+        return self.base_port + 70 + self._index(service)
+
+    @property
+    def zipkin_port(self) -> int:
+        return self.base_port + 80
+
+    @property
+    def zipkin_url(self) -> str:
+        return f"http://127.0.0.1:{self.zipkin_port}"
+
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.app_port('orchestrator')}"
@@ -96,6 +108,13 @@ class StackLayout:
                     f"{self.app_port(service)} / {self.dapr_http_port(service)} / {self.dapr_grpc_port(service)}",
                 )
             )
+        rows.append(("trace viewer (Zipkin)", f"{self.zipkin_url}/zipkin/"))
+        rows.append(
+            ("metrics (/metrics): apps", " / ".join(str(self.app_metrics_port(service)) for service in SERVICES))
+        )
+        rows.append(
+            ("metrics (/metrics): sidecars", " / ".join(str(self.dapr_metrics_port(service)) for service in SERVICES))
+        )
         rows.append(("logs", str(self.logs)))
         rows.append(("published entities", str(self.objects)))
         return rows

@@ -12,6 +12,7 @@ import time
 from pgmeta_devstack.layout import StackLayout
 from pgmeta_devstack.processes import StackError
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
+from pgmeta_devstack.tracing import print_trace_link
 
 
 def _print_layout(layout: StackLayout) -> None:
@@ -28,6 +29,7 @@ def demo(stack: LocalStack) -> int:
     _print_layout(stack.layout)
     env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
     print(f"\n[demo] extracting database {DEMO_DATABASE!r} from the demo PostgreSQL\n", flush=True)
+    request_id = f"demo-{int(time.time())}"
     result = subprocess.run(
         [
             sys.executable,
@@ -43,7 +45,7 @@ def demo(stack: LocalStack) -> int:
             "--database",
             DEMO_DATABASE,
             "--request-id",
-            f"demo-{int(time.time())}",
+            request_id,
             "--wait",
         ],
         env=env,
@@ -51,6 +53,7 @@ def demo(stack: LocalStack) -> int:
     )
     if result.returncode != 0:
         print("[demo] the extraction failed; the stack stays up for a look (logs above). Ctrl-C stops it.")
+    print_trace_link(stack, request_id)
     if os.environ.get("PGMETA_DEMO_EXIT"):
         stack.down()
         return result.returncode

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 
+from pgmeta_devstack import tracing
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
@@ -175,6 +176,7 @@ class LocalStack:
             # fragmentation doubled the transformer's peak RSS on the bench catalog. Two arenas suffice.
             MALLOC_ARENA_MAX="2",
         )
+        env.update(tracing.service_telemetry_env(self.layout, service, export=self.exports_traces()))
         return env
 
     def _sidecar_env(self) -> dict[str, str]:
@@ -203,7 +205,7 @@ class LocalStack:
             "--metrics-port", str(layout.dapr_metrics_port(service)),
             "--dapr-listen-addresses", "127.0.0.1",
             "--resources-path", str(resources or components),
-            "--config", str(components / "config.yaml"),
+            "--config", str(tracing.sidecar_config(layout, export=self.exports_traces())),
             "--max-body-size", "16Mi",
             "--log-level", "info",
         ]  # fmt: skip
@@ -213,6 +215,38 @@ class LocalStack:
                 "--scheduler-host-address", f"127.0.0.1:{layout.scheduler_port}",
             ]  # fmt: skip
         return argv
+
+    # -- trace viewer (optional) ---------------------------------------------------------------------
+
+    def exports_traces(self) -> bool:
+        return self._running(tracing.ZIPKIN)
+
+    def start_trace_viewer(self) -> None:
+        """Starts Zipkin without waiting (it takes ~30 s): services and sidecars report to it once it is up."""
+        if self._running(tracing.ZIPKIN):
+            return
+        why_not = tracing.zipkin_unavailable()
+        if why_not:
+            _say(f"no trace viewer: {why_not}; the stack runs without one")
+            return
+        self._spawn(tracing.ZIPKIN, tracing.zipkin_argv(self.layout), env=tracing.zipkin_env())
+
+    def wait_for_trace_viewer(self) -> None:
+        pid = recorded_pid(self.layout.pids, tracing.ZIPKIN)
+        if pid is None:
+            return
+        try:
+            wait_until(
+                "zipkin",
+                lambda: http_ok(f"{self.layout.zipkin_url}/health"),
+                timeout=180,
+                pid=pid,
+                log=self.layout.logs / "zipkin.log",
+            )
+        except StackError as exc:
+            _say(f"the trace viewer did not come up ({exc}); the stack runs without it")
+            return
+        _say(f"trace viewer ready: {self.layout.zipkin_url}/zipkin/")
 
     def start_service(self, service: str, *, with_app: bool = True) -> tuple[int | None, int]:
         """The service's app (unless ``with_app`` is false) and its daprd sidecar."""
@@ -254,6 +288,7 @@ class LocalStack:
         self.state.mkdir(parents=True, exist_ok=True)
         self.layout.objects.mkdir(parents=True, exist_ok=True)
         self.write_secretstore()
+        self.start_trace_viewer()
         self.start_redis()
         _say(f"redis ready on {self.layout.redis_port}")
         self.start_placement()
@@ -265,6 +300,7 @@ class LocalStack:
         for service, (app_pid, sidecar_pid) in started.items():
             self.wait_for_service(service, app_pid, sidecar_pid)
         _say("services ready: " + ", ".join(SERVICES))
+        self.wait_for_trace_viewer()
 
     def down(self) -> list[str]:
         stopped = []
@@ -272,7 +308,7 @@ class LocalStack:
             for name in (f"{service}-daprd", service):
                 if stop(self.layout.pids, name):
                     stopped.append(name)
-        for name in ("scheduler", "placement", "redis"):
+        for name in ("scheduler", "placement", "redis", tracing.ZIPKIN):
             if stop(self.layout.pids, name):
                 stopped.append(name)
         if self.stop_postgres():

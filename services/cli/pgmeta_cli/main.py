@@ -1,4 +1,4 @@
-"""`pgmeta extract | status | runs | publish`.
+"""`pgmeta extract | status | runs | publish | trace | dapr`.
 
 `extract` posts to the orchestrator's REST API, which publishes `extraction.requested`; `publish` sends
 a request document straight to the pub/sub through a Dapr sidecar, like `dapr publish` does.
@@ -19,6 +19,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from pgmeta_cli.observe import add_observe_commands
 from pgmeta_shared.events import TopicName
 
 TERMINAL = {"COMPLETED", "FAILED"}
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--topic", default=TopicName.EXTRACTION_REQUESTED.value)
     publish.add_argument("--pubsub", default="pubsub")
     publish.set_defaults(func=cmd_publish)
+
+    add_observe_commands(sub)
     return parser
 
 

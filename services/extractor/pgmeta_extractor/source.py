@@ -15,6 +15,7 @@ from sqlalchemy import URL, Connection, Engine, bindparam, create_engine, event,
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
+from pgmeta_extractor.query_telemetry import observed_rows
 from pgmeta_shared.errors import (
     AuthenticationFailedError,
     DatabaseNotFoundError,
@@ -140,6 +141,10 @@ def stream_rows(connection: Connection, sql: str, params: dict[str, Any] | None 
     statement, bound = _compiled(connection, sql, params or {})
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
+    yield from observed_rows(sql, _cursor_rows(driver, statement, bound))
+
+
+def _cursor_rows(driver: psycopg.Connection[Any], statement: str, bound: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with driver.cursor(name=f"pgmeta_{next(_cursor_ids)}", row_factory=dict_row) as cursor:
         cursor.itersize = 5000
         cursor.execute(statement, bound)
@@ -163,5 +168,7 @@ def _compiled(connection: Connection, sql: str, params: dict[str, Any]) -> tuple
 
 
 def fetch_one(connection: Connection, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    row = connection.execute(text(sql), params or {}).mappings().one()
-    return dict(row)
+    def one_row() -> Iterator[dict[str, Any]]:
+        yield dict(connection.execute(text(sql), params or {}).mappings().one())
+
+    return list(observed_rows(sql, one_row()))[0]

@@ -11,6 +11,8 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.dapr_metadata import dapr_router
+from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -33,6 +35,7 @@ from pgmeta_shared.events import (
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.service import ServerSettings
 from pgmeta_shared.subscriptions import register_subscription
+from pgmeta_shared.telemetry import instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +54,15 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime
 
         platform = DaprPlatform(settings)
-        activities = Activities(platform, settings.credentials_store)
+        app.state.run_traces = RunTraces(platform)
+        activities = Activities(platform, settings.credentials_store, app.state.run_traces)
         runtime = WorkflowRuntime(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         runtime.register_workflow(extraction_workflow, name=WORKFLOW_NAME)
         runtime.register_activity(activities.publish_event, name=ACTIVITY_PUBLISH)
         runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
         runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+        attach_workflow_log_traces(app.state.run_traces)
         app.state.runs = RunService(platform, workflows, settings)
         log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
         try:
@@ -67,10 +72,12 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
             platform.close()
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
+    instrument_app(app)
 
     # -- subscriptions: every topic the registry says the orchestrator consumes ----------------------
 
     def on_extraction_requested(event: ExtractionRequested) -> None:
+        app.state.run_traces.remember(event.request_id)
         app.state.runs.start(event)
 
     def on_stage_failed(event: StageFailed) -> None:
@@ -156,15 +163,17 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "service": "orchestrator"}
 
+    app.include_router(dapr_router(settings))
+
     return app
 
 
 def main() -> None:
     import uvicorn
 
-    from pgmeta_shared.observability import configure_logging
+    from pgmeta_shared.telemetry import configure_telemetry
 
     settings = OrchestratorSettings()
     server = ServerSettings()
-    configure_logging("orchestrator", settings.log_level)
+    configure_telemetry("orchestrator", settings.log_level)
     uvicorn.run(create_app(settings), host=server.app_host, port=server.app_port, log_level="warning")

@@ -15,6 +15,7 @@ from typing import Any
 from dapr.ext.workflow import when_all, when_any
 from pydantic import BaseModel
 
+from pgmeta_orchestrator.run_traces import RunTraces
 from pgmeta_shared.events import (
     SERVER_UNIT,
     ExtractionCompleted,
@@ -34,6 +35,7 @@ from pgmeta_shared.events import (
 )
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import Platform
+from pgmeta_shared.telemetry import mark_failed, pipeline_metrics
 
 WORKFLOW_NAME = "extraction"
 ACTIVITY_PUBLISH = "publish_event"
@@ -203,17 +205,27 @@ def _finish(result: ExtractionCompleted, request: ExtractionRequested) -> dict[s
 class Activities:
     """Workflow activities bound to a Platform: they publish, and forget one-shot credentials."""
 
-    def __init__(self, platform: Platform, credentials_store: str) -> None:
+    def __init__(self, platform: Platform, credentials_store: str, traces: RunTraces | None = None) -> None:
         self._platform = platform
         self._credentials_store = credentials_store
+        self._traces = traces or RunTraces(platform)
 
-    def publish_event(self, _ctx: Any, command: dict[str, Any]) -> None:
+    def publish_event(self, ctx: Any, command: dict[str, Any]) -> None:
         spec = topic(TopicName(command["topic"]))
         if spec.model is None or ServiceName.ORCHESTRATOR not in spec.producers:
             raise ValueError(f"the orchestrator does not publish {spec.name}")
-        self._platform.publish(spec.name, spec.model.model_validate(command["event"]))
+        with self._traces.activity(ctx.workflow_id, f"publish {spec.name.value}", topic=spec.name.value):
+            self._platform.publish(spec.name, spec.model.model_validate(command["event"]))
 
-    def finish_run(self, _ctx: Any, payload: dict[str, Any]) -> None:
+    def finish_run(self, ctx: Any, payload: dict[str, Any]) -> None:
+        result = payload["result"]
+        with self._traces.activity(ctx.workflow_id, "finish run", outcome=result["status"]) as span:
+            if result["status"] == "FAILED":
+                mark_failed(span, str(result.get("error")))
+            self._finish_run(payload)
+        pipeline_metrics().runs_finished.add(1, {"outcome": result["status"]})
+
+    def _finish_run(self, payload: dict[str, Any]) -> None:
         result = ExtractionCompleted.model_validate(payload["result"])
         credentials = payload["credentials"]
         # A password given to the REST API is kept only for the run's lifetime.

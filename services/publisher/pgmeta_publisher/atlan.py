@@ -30,13 +30,15 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from more_itertools import chunked
+from opentelemetry.trace import SpanKind
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgmeta_shared.errors import CredentialsNotFoundError, PgmetaError
+from pgmeta_shared.telemetry import mark_failed, pipeline_metrics, tracer
 
 if TYPE_CHECKING:
     import httpx
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from pgmeta_shared.platform import Platform
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SECRET_STORE = "secretstore"
 API_KEY_FIELD = "api_key"
@@ -193,11 +197,41 @@ class AtlanSink:
 
     def upsert(self, entities: Iterable[Entity]) -> list[BatchResult]:
         """Create or update entities (matched by typeName and qualifiedName) in bulk requests of ``batch_size``."""
-        return [self._upsert_batch(index, batch) for index, batch in enumerate(chunked(entities, self._batch_size))]
+        return [
+            self._observed("upsert", self._upsert_batch, index, batch)
+            for index, batch in enumerate(chunked(entities, self._batch_size))
+        ]
 
     def archive(self, references: Iterable[Reference]) -> list[BatchResult]:
         """Soft-delete (archive) the assets named by (typeName, qualifiedName), ``batch_size`` per DELETE request."""
-        return [self._archive_batch(index, batch) for index, batch in enumerate(chunked(references, self._batch_size))]
+        return [
+            self._observed("archive", self._archive_batch, index, batch)
+            for index, batch in enumerate(chunked(references, self._batch_size))
+        ]
+
+    def _observed(
+        self, operation: str, send: Callable[[int, list[T]], BatchResult], index: int, batch: list[T]
+    ) -> BatchResult:
+        """One batch inside a CLIENT span (entities, outcome, HTTP attempts), counted by operation and outcome."""
+        with tracer().start_as_current_span(
+            f"atlan {operation} batch", kind=SpanKind.CLIENT, attributes={"pgmeta.batch": index}
+        ) as span:
+            result = send(index, batch)
+            span.set_attributes(
+                {
+                    "pgmeta.entities": result.entities,
+                    "pgmeta.created": result.created,
+                    "pgmeta.updated": result.updated,
+                    "pgmeta.archived": result.archived,
+                    "pgmeta.failed": result.failed,
+                    "pgmeta.http_attempts": result.attempts,
+                }
+            )
+            if result.error is not None:
+                mark_failed(span, result.error[:300])
+        outcome = "ok" if result.ok else "failed"
+        pipeline_metrics().atlan_batches.add(1, {"operation": operation, "outcome": outcome})
+        return result
 
     @property
     def _batch_size(self) -> int:
@@ -327,6 +361,7 @@ class AtlanSink:
         exchange.request_attempts += 1
         exchange.waits.append(wait)
         exchange.status = getattr(answer, "status_code", None)
+        pipeline_metrics().atlan_retries.add(1)
         log.info("atlan: %s answered %s, retry in %.1f s", exchange.request, _answer(answer), wait)
         self._sleep(wait)
 

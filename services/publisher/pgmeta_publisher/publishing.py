@@ -9,6 +9,7 @@ in parts small enough for Dapr's body limit; nothing is truncated.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
@@ -76,8 +77,15 @@ class RunWriter:
     def write(self, name: str, content: bytes, **facts: Any) -> None:
         # The same names on redelivery: a rewrite replaces, it never adds a second copy.
         self.files.append({"name": name, **facts, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+        # In the caller's context, so each write's spans and log lines stay in the run's trace.
         self._pending.append(
-            self._pool.submit(self.platform.write_object, OBJECTSTORE_BINDING, f"{self.prefix}/{name}", content)
+            self._pool.submit(
+                contextvars.copy_context().run,
+                self.platform.write_object,
+                OBJECTSTORE_BINDING,
+                f"{self.prefix}/{name}",
+                content,
+            )
         )
         if len(self._pending) >= 2 * WRITERS:
             self._pending.pop(0).result()
