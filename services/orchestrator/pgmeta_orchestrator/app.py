@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
+from pgmeta_orchestrator.schedules import install_schedules
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
     ACTIVITY_FINISH,
@@ -77,6 +78,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
             platform.close()
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
+    install_schedules(app, settings)
 
     # -- subscriptions ----------------------------------------------------------------------------
 

@@ -19,3 +19,9 @@ class OrchestratorSettings(DaprSettings):
     )
     runs_index_size: int = Field(default=500, description="How many recent runs GET /runs remembers.")
     question_timeout_seconds: int = Field(default=60, description="How long POST /preflight and /metadata wait.")
+    schedule_misfire_grace_seconds: int = Field(
+        default=30, description="A schedule tick handled later than this counts as missed (see its 'missed' policy)."
+    )
+    schedule_reconcile_seconds: float = Field(
+        default=60, description="How often each replica looks for overdue ticks and schedules without a job."
+    )

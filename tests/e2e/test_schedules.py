@@ -1,0 +1,288 @@
+"""Scheduled crawls through the real stack: Dapr's scheduler fires the jobs, the orchestrator starts the runs.
+
+Tolerance: a tick's run is started within ``LATE`` seconds of its due time (the scheduler's own trigger
+latency plus a loaded 2-core machine); every tick is handled exactly once, even with two orchestrators.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from pgmeta_devstack.layout import StackLayout, free_port_block
+from pgmeta_devstack.processes import http_ok, recorded_pid, wait_until
+from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
+from tests.e2e.test_pipeline import stream_events
+from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack
+
+pytestmark = pytest.mark.e2e
+
+LATE = 4.0  # seconds between a tick's due time and the start of its run, at most
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = _stack(tmp_path_factory, "schedules", 28600)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        pids = _recorded_pids(stack)
+        stack.down()
+        _assert_all_stopped(pids)
+
+
+def api(stack: LocalStack) -> httpx.Client:
+    return httpx.Client(base_url=stack.layout.api_url, timeout=30)
+
+
+def schedule_body(stack: LocalStack, schedule_id: str, every: str = "@every 5s", **extra: Any) -> dict[str, Any]:
+    return {
+        "schedule_id": schedule_id,
+        "schedule": every,
+        "source": {"host": "127.0.0.1", "port": stack.layout.postgres_port, "username": "postgres",
+                   "database": DEMO_DATABASE},
+        "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
+        "stage_timeout_seconds": 60,
+        **extra,
+    }  # fmt: skip
+
+
+def ticks(stack: LocalStack, schedule_id: str) -> list[dict[str, Any]]:
+    with api(stack) as client:
+        response = client.get(f"/schedules/{schedule_id}")
+        response.raise_for_status()
+        history: list[dict[str, Any]] = response.json()["last_runs"]
+        return sorted(history, key=lambda t: t["due"])
+
+
+def requested_ids(stack: LocalStack, schedule_id: str) -> list[str]:
+    prefix = f"sched-{schedule_id}-"
+    return [e["data"]["request_id"] for e in stream_events(stack, "extraction.requested")
+            if e["data"]["request_id"].startswith(prefix)]  # fmt: skip
+
+
+class Replica:
+    """A second orchestrator (app + sidecar, same app id) on ports of its own, outside the stack's pid files."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        base = free_port_block(stack.layout.base_port + 100)
+        self.layout = StackLayout(base, stack.state)
+        self.stack = stack
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        stack, mine = self.stack, self.layout
+        env = stack._service_env("orchestrator") | {
+            "PGMETA_APP_PORT": str(mine.app_port("orchestrator")),
+            "PGMETA_DAPR_GRPC_PORT": str(mine.dapr_grpc_port("orchestrator")),
+            "PGMETA_DAPR_HTTP_PORT": str(mine.dapr_http_port("orchestrator")),
+            "DAPR_GRPC_PORT": str(mine.dapr_grpc_port("orchestrator")),
+            "DAPR_HTTP_PORT": str(mine.dapr_http_port("orchestrator")),
+        }
+        argv = LocalStack(mine).daprd_argv("orchestrator")
+        # Control plane of the main stack, not of the (unused) port block above.
+        argv = [a.replace(f":{mine.placement_port}", f":{stack.layout.placement_port}")
+                .replace(f":{mine.scheduler_port}", f":{stack.layout.scheduler_port}") for a in argv]  # fmt: skip
+        logs = stack.layout.logs
+        for name, command, environment in (
+            ("orchestrator-2", [sys.executable, "-m", "pgmeta_orchestrator"], env),
+            ("orchestrator-2-daprd", argv, stack._sidecar_env()),
+        ):
+            log = (logs / f"{name}.log").open("ab")
+            self.processes.append(
+                subprocess.Popen(command, env=environment, stdout=log, stderr=log, start_new_session=True)
+            )
+        wait_until("second orchestrator", lambda: http_ok(f"http://127.0.0.1:{mine.app_port('orchestrator')}/healthz"),
+                   timeout=90, pid=self.processes[0].pid, log=logs / "orchestrator-2.log")  # fmt: skip
+        wait_until("second orchestrator sidecar",
+                   lambda: http_ok(f"http://127.0.0.1:{mine.dapr_http_port('orchestrator')}/v1.0/healthz"),
+                   timeout=90, pid=self.processes[1].pid, log=logs / "orchestrator-2-daprd.log")  # fmt: skip
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(5)
+
+
+def test_every_5s_runs_on_time_exactly_once_per_tick_with_two_orchestrators(stack: LocalStack) -> None:
+    replica = Replica(stack)
+    replica.start()
+    try:
+        with api(stack) as client:
+            created = client.post("/schedules", json=schedule_body(stack, "every5"))
+            assert created.status_code == 201, created.text
+            assert created.json()["next_due"] is not None
+        time.sleep(32)
+        history = ticks(stack, "every5")
+    finally:
+        replica.stop()
+    with api(stack) as client:
+        client.post("/schedules/every5/pause").raise_for_status()
+    dues = [datetime.fromisoformat(t["due"]) for t in history]
+    assert len(dues) >= 5, history
+    assert len(set(dues)) == len(dues), f"a tick handled twice: {history}"
+    gaps = {(b - a).total_seconds() for a, b in zip(dues, dues[1:], strict=False)}
+    assert gaps == {5.0}, f"ticks are not 5 s apart (one missing?): {sorted(gaps)}"
+    for tick in history:
+        lateness = (datetime.fromisoformat(tick["at"]) - datetime.fromisoformat(tick["due"])).total_seconds()
+        assert 0 <= lateness <= LATE, tick
+    started = [t["run_id"] for t in history if t["outcome"] == "started"]
+    assert started, history
+    published = Counter(requested_ids(stack, "every5"))
+    assert all(n == 1 for n in published.values()), published
+    assert set(started) <= set(published)
+    # Both orchestrators took triggers: the scheduler shares an app id's jobs among its connected sidecars.
+    logs = [(stack.layout.logs / name).read_text() for name in ("orchestrator.log", "orchestrator-2.log")]
+    handled = [log.count("schedule every5: tick") for log in logs]
+    assert sum(handled) >= len(history), handled
+
+
+def test_pause_stops_ticks_and_resume_restarts_them(stack: LocalStack) -> None:
+    with api(stack) as client:
+        client.post("/schedules", json=schedule_body(stack, "pausable", "@every 3s")).raise_for_status()
+        time.sleep(7)
+        paused = client.post("/schedules/pausable/pause").json()
+        assert paused["paused"] is True and paused["next_due"] is None
+        before = len(ticks(stack, "pausable"))
+        assert before >= 1
+        time.sleep(8)
+        assert len(ticks(stack, "pausable")) == before, "a paused schedule ticked"
+        resumed = client.post("/schedules/pausable/resume").json()
+        assert resumed["next_due"] is not None
+        time.sleep(8)
+        assert len(ticks(stack, "pausable")) >= before + 2
+        client.delete("/schedules/pausable").raise_for_status()
+
+
+class BlackHole:
+    """A TCP server that accepts connections and never answers: a source whose run outlasts the interval."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.sock.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.mark.parametrize("policy", ["skip", "queue"])
+def test_overlap_policy_with_a_slow_source(stack: LocalStack, policy: str) -> None:
+    hole = BlackHole()
+    schedule_id = f"slow-{policy}"
+    body = schedule_body(stack, schedule_id, "@every 3s", overlap=policy)
+    body["source"] |= {"port": hole.port, "connect_timeout_seconds": 10}
+    try:
+        with api(stack) as client:
+            client.post("/schedules", json=body).raise_for_status()
+            time.sleep(11)
+            client.post(f"/schedules/{schedule_id}/pause").raise_for_status()
+        history = ticks(stack, schedule_id)
+        outcomes = [t["outcome"] for t in history]
+        assert outcomes[0] == "started", history
+        # The first run waits ~10 s for a server that never answers: the ticks meanwhile do not start runs.
+        expected = "skipped_overlap" if policy == "skip" else "queued"
+        assert outcomes.count(expected) >= 2, history
+        assert outcomes.count("started") == 1, history
+        if policy == "queue":
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and "started_from_queue" not in [t["outcome"] for t in ticks(
+                    stack, schedule_id)]:  # fmt: skip
+                time.sleep(1)
+            final = ticks(stack, schedule_id)
+            assert [t["outcome"] for t in final].count("started_from_queue") == 1, final
+    finally:
+        hole.close()
+        with api(stack) as client:
+            client.delete(f"/schedules/{schedule_id}")
+
+
+def test_schedule_survives_stack_down_up_and_a_scheduler_kill(stack: LocalStack) -> None:
+    with api(stack) as client:
+        client.post("/schedules", json=schedule_body(stack, "durable", "@every 4s")).raise_for_status()
+    time.sleep(6)
+    before = ticks(stack, "durable")
+    assert before
+    stack.down()
+    time.sleep(3)
+    stack.up()
+    # The tick that fell due while everything was down runs once ("missed": "run_once"), then 4 s ticks resume.
+    time.sleep(14)
+    after = ticks(stack, "durable")
+    later = [t for t in after if t["due"] > before[-1]["due"]]
+    assert len(later) >= 2, after
+    assert len({t["due"] for t in after}) == len(after)
+
+    scheduler = recorded_pid(stack.layout.pids, "scheduler")
+    assert scheduler is not None
+    os.kill(scheduler, signal.SIGKILL)
+    (stack.layout.pids / "scheduler.pid").unlink()
+    time.sleep(1)
+    stack.start_scheduler()
+    mark = ticks(stack, "durable")[-1]["due"]
+    time.sleep(14)
+    resumed = [t for t in ticks(stack, "durable") if t["due"] > mark]
+    assert len(resumed) >= 2, resumed
+
+
+def test_delete_stops_the_schedule(stack: LocalStack) -> None:
+    with api(stack) as client:
+        client.post("/schedules", json=schedule_body(stack, "doomed", "@every 3s")).raise_for_status()
+        time.sleep(4)
+        job = client.get("/schedules/doomed").json()["pending_job"]
+        assert client.delete("/schedules/doomed").status_code == 204
+        assert client.get("/schedules/doomed").status_code == 404
+    count = len(requested_ids(stack, "doomed"))
+    sidecar = f"http://127.0.0.1:{stack.layout.dapr_http_port('orchestrator')}"
+    assert httpx.get(f"{sidecar}/v1.0-alpha1/jobs/{job}", timeout=10).status_code >= 400
+    time.sleep(8)
+    assert len(requested_ids(stack, "doomed")) == count
+
+
+def test_bad_schedules_are_refused_with_a_named_problem(stack: LocalStack) -> None:
+    with api(stack) as client:
+        bad_cron = client.post("/schedules", json=schedule_body(stack, "bad", "every day"))
+        assert bad_cron.status_code == 422 and "cron" in bad_cron.text
+        bad_zone = client.post("/schedules", json=schedule_body(stack, "bad", "@daily", time_zone="Mars/Olympus"))
+        assert bad_zone.status_code == 422 and "time zone" in bad_zone.text
+        inline = schedule_body(stack, "bad", "@daily")
+        inline["credentials"] = {"kind": "state", "store": "credentials", "key": "cred/x"}
+        refused = client.post("/schedules", json=inline)
+        assert refused.status_code == 422 and "secret" in refused.text
+        first = client.post("/schedules", json=schedule_body(stack, "twice", "@daily"))
+        assert first.status_code == 201
+        assert client.post("/schedules", json=schedule_body(stack, "twice", "@daily")).status_code == 201
+        assert client.post("/schedules", json=schedule_body(stack, "twice", "@hourly")).status_code == 409
+        client.delete("/schedules/twice")
