@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--topic", default="extraction.requested")
     publish.add_argument("--pubsub", default="pubsub")
     publish.set_defaults(func=cmd_publish)
+
+    from pgmeta_cli.schedules import add_schedule_commands  # it imports this module's helpers
+
+    add_schedule_commands(sub)
     return parser
 
 
