@@ -235,10 +235,15 @@ class ScheduleService:
         return self._view(schedule_id)
 
     def pause(self, schedule_id: str) -> ScheduleView | None:
-        state = self._update(schedule_id, lambda s: {**s, "paused": True, "pending": None})
-        if state is None:
+        before: list[dict[str, Any]] = []
+
+        def pause(state: dict[str, Any]) -> dict[str, Any]:
+            before[:] = [state]
+            return {**state, "paused": True, "pending": None}
+
+        if self._update(schedule_id, pause) is None:
             return None
-        self._cancel_pending(state)
+        self._cancel_pending(before[0])
         return self._view(schedule_id)
 
     def resume(self, schedule_id: str) -> ScheduleView | None:
