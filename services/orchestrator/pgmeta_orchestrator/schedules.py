@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator import schedule_timing as timing
+from pgmeta_orchestrator.retention import ObjectStore, RetentionService
+from pgmeta_orchestrator.retention import router as retention_router
 from pgmeta_orchestrator.runs import RunRequest, RunService
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.events import (
@@ -49,6 +51,7 @@ HISTORY_SIZE = 50
 RUN_PREFIX = "sched-"
 _RUN_ID = re.compile(r"^sched-(?P<schedule>[a-z0-9][a-z0-9-]*)-(?P<stamp>\d{8}T\d{6}Z)$")
 ACTIVE_STATUSES = {"QUEUED", "RUNNING"}
+GC_JOB = "pgmeta-gc"  # the recurring job of the automatic retention pass
 
 Outcome = Literal["started", "skipped_overlap", "skipped_missed", "queued", "started_from_queue"]
 
@@ -166,6 +169,12 @@ class ScheduleJobs:
             failure_policy=ConstantFailurePolicy(max_retries=24, interval_seconds=5),
         )
         self._client.schedule_job(job, overwrite=True)
+
+    def schedule_recurring(self, name: str, schedule: str) -> None:
+        from dapr.clients import DropFailurePolicy, Job
+
+        # Every replica does this at start-up; overwriting the same definition is harmless.
+        self._client.schedule_job(Job(name=name, schedule=schedule, failure_policy=DropFailurePolicy()), overwrite=True)
 
     def delete(self, name: str) -> None:
         try:
@@ -513,8 +522,14 @@ class JobTrigger(BaseModel):
 
 
 @router.post("/job/{name}", include_in_schema=False)
-async def on_job_triggered(name: str, schedules: Schedules, body: Annotated[Any, Body()] = None) -> dict[str, str]:
+async def on_job_triggered(
+    name: str, request: Request, schedules: Schedules, body: Annotated[Any, Body()] = None
+) -> dict[str, str]:
     """Called by our sidecar when a job fires (daprd posts the job's data to ``/job/<name>``)."""
+    if name == GC_JOB:
+        report = await run_in_threadpool(request.app.state.retention.collect, dry_run=False)
+        log.info("gc: %d run folders, %d files, %d workflows", len(report.runs), report.files, len(report.workflows))
+        return {"status": "collected"}
     try:
         trigger = JobTrigger.model_validate(body)
     except ValueError:
@@ -525,11 +540,13 @@ async def on_job_triggered(name: str, schedules: Schedules, body: Annotated[Any,
 
 
 def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
-    """Adds the schedule routes, the job trigger, the run-finished subscription and their lifespan."""
+    """Adds schedules and retention: routes, the job trigger, the run-finished subscription, their lifespan."""
     app.include_router(router)
+    app.include_router(retention_router)
 
     def on_extraction_completed(event: ExtractionCompleted) -> None:
         app.state.schedules.on_run_finished(event)
+        app.state.retention.record_finished(event)
 
     register_subscription(
         app,
@@ -543,9 +560,16 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
         async with inner(app) as state:
+            from dapr.ext.workflow import DaprWorkflowClient
+
             platform = DaprPlatform(settings)
             jobs = ScheduleJobs(settings)
+            objects = ObjectStore(settings)
+            workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
             app.state.schedules = ScheduleService(platform, jobs, app.state.runs, settings)
+            app.state.retention = RetentionService(platform, objects, workflows, settings)
+            if settings.retention_gc_every:
+                jobs.schedule_recurring(GC_JOB, settings.retention_gc_every)
             stop = threading.Event()
             reconciler = threading.Thread(
                 target=_reconcile_loop,
@@ -559,6 +583,7 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
             finally:
                 stop.set()
                 reconciler.join(timeout=5)
+                objects.close()
                 jobs.close()
                 platform.close()
 

@@ -25,3 +25,12 @@ class OrchestratorSettings(DaprSettings):
     schedule_reconcile_seconds: float = Field(
         default=60, description="How often each replica looks for overdue ticks and schedules without a job."
     )
+    retention_keep_runs: int = Field(
+        default=7, ge=1, description="Successful runs whose output `gc` keeps per connection (plus the baseline)."
+    )
+    retention_workflow_age_hours: float = Field(
+        default=24, ge=0, description="Finished workflow instances older than this are purged by `gc`."
+    )
+    retention_gc_every: str = Field(
+        default="@every 1h", description="Dapr job schedule of the automatic `gc` (empty: only on request)."
+    )

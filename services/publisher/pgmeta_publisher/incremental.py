@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgmeta_shared.events import FilterSpec, UnitChunks, extract_chunk_unit
-from pgmeta_shared.platform import Platform
+from pgmeta_shared.platform import NO_TTL, Platform
 
 BUCKETS = 64
 FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
@@ -49,7 +49,7 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
     parts = [0] * BUCKETS
 
     def flush(bucket: int) -> None:
-        platform.save_json(part_key(run_id, bucket, parts[bucket]), buffers[bucket])
+        platform.save_json(part_key(run_id, bucket, parts[bucket]), buffers[bucket], ttl_seconds=NO_TTL)
         parts[bucket] += 1
         buffers[bucket] = []
 
@@ -64,7 +64,7 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
     for bucket in range(BUCKETS):
         if buffers[bucket]:
             flush(bucket)
-    platform.save_json(parts_key(run_id), parts)
+    platform.save_json(parts_key(run_id), parts, ttl_seconds=NO_TTL)
     return parts
 
 
