@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.runs import INDEX_KEY as RUNS_INDEX_KEY
+from pgmeta_orchestrator.runs import progress_key, requested_key
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import connection_qualified_name
 from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested
@@ -224,6 +225,9 @@ class RetentionService:
             report.workflows.append(instance_id)
             if not report.dry_run:
                 self._workflows.purge_workflow(instance_id)
+                # The orchestrator's own keys of the run (both carry a TTL; gone with the history, not days later).
+                self._platform.delete_json(requested_key(instance_id))
+                self._platform.delete_json(progress_key(instance_id))
                 purged.add(instance_id)
         if purged:
             self._platform.update_json(

@@ -41,6 +41,10 @@ def progress_key(run_id: str) -> str:
     return f"{run_id}/progress"
 
 
+def requested_key(run_id: str) -> str:
+    return f"{run_id}/requested"
+
+
 class RunRequest(BaseModel):
     """Body of ``POST /runs``: the event's fields, with the password given inline or by reference."""
 
@@ -146,7 +150,7 @@ class RunService:
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
-        self._platform.save_json(f"{run_id}/requested", {"at": _now()}, ttl_seconds=7 * 24 * 3600)
+        self._platform.save_json(requested_key(run_id), {"at": _now()}, ttl_seconds=7 * 24 * 3600)
         return run_id
 
     def start(self, event: ExtractionRequested) -> None:
@@ -247,7 +251,7 @@ class RunService:
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
         if state is None:
-            if self._platform.get_json(f"{run_id}/requested") is not None:
+            if self._platform.get_json(requested_key(run_id)) is not None:
                 return RunView(run_id=run_id, status="QUEUED")
             return None
         runtime = state.runtime_status.name
