@@ -420,12 +420,16 @@ class ScheduleService:
         log.info("schedule %s: tick %s started run %s", schedule_id, due.isoformat(), run_id)
 
     def _active_run(self, state: dict[str, Any]) -> str | None:
-        for tick in state["history"]:
-            if tick.get("run_id") and tick.get("status") is None:
-                view = self._runs.view(tick["run_id"])
-                if view is None or view.status in ACTIVE_STATUSES:
-                    return str(tick["run_id"])
-        return None
+        """The schedule's newest run, if it has not ended (its ``extraction.completed`` sets its status)."""
+        tick = next((t for t in state["history"] if t.get("run_id")), None)
+        if tick is None or tick.get("status") is not None:
+            return None
+        view = self._runs.view(tick["run_id"])
+        if view is not None:
+            return str(tick["run_id"]) if view.status in ACTIVE_STATUSES else None
+        # Not known to the run service: just published (active), or long gone (its workflow purged by gc).
+        recent = self._now() - datetime.fromisoformat(tick["at"]) < timedelta(minutes=10)
+        return str(tick["run_id"]) if recent else None
 
     def _view(self, schedule_id: str) -> ScheduleView:
         state = self._platform.get_json(schedule_key(schedule_id))
