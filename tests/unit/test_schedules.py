@@ -212,3 +212,40 @@ def test_runs_submitted_are_extraction_requests() -> None:
     )  # fmt: skip
     assert request.credentials.kind == "secret" and request.stage_timeout_seconds == 60
     assert isinstance(RunService, type)
+
+
+def test_rest_routes_and_the_job_trigger() -> None:
+    from fastapi.testclient import TestClient
+
+    from pgmeta_orchestrator.app import create_app
+
+    service, platform, jobs, _runs, clock = make()
+    app = create_app(OrchestratorSettings())
+    app.state.schedules = service
+    client = TestClient(app)  # no lifespan: no sidecar needed
+    body = {
+        "schedule_id": "s2",
+        "schedule": "0 2 * * *",
+        "time_zone": "Europe/Paris",
+        "source": {"host": "db", "username": "u"},
+        "credentials": {"kind": "secret", "store": "secretstore", "key": "db"},
+    }
+    created = client.post("/schedules", json=body)
+    assert created.status_code == 201 and created.json()["next_due"] == "2026-11-30T01:00:00+00:00"
+    assert client.post("/schedules", json=body).status_code == 201
+    assert client.post("/schedules", json={**body, "schedule": "@hourly"}).status_code == 409
+    assert {s["schedule_id"] for s in client.get("/schedules").json()} == {"s1", "s2"}
+    assert client.get("/schedules/nope").status_code == 404
+    refused = client.post("/schedules", json={**body, "password": "hunter2"})
+    assert refused.status_code == 422 and "hunter2" not in refused.text
+
+    name = "pgmeta-schedule-s2-20261130T010000Z"
+    assert name in jobs.jobs
+    clock.now = datetime(2026, 11, 30, 1, 0, 1, tzinfo=UTC)
+    fired = client.post(f"/job/{name}", json=jobs.jobs[name][1])
+    assert fired.json() == {"status": "started"}
+    assert client.post(f"/job/{name}", json={"nonsense": 1}).json() == {"status": "dropped"}
+    assert client.get("/schedules/s2").json()["last_runs"][0]["run_id"] == "sched-s2-20261130T010000Z"
+    assert client.post("/schedules/s2/pause").json()["paused"] is True
+    assert client.delete("/schedules/s2").status_code == 204
+    assert client.delete("/schedules/s2").status_code == 404

@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -547,6 +549,7 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
     """Adds schedules and retention: routes, the job trigger, the run-finished subscription, their lifespan."""
     app.include_router(router)
     app.include_router(retention_router)
+    app.add_exception_handler(RequestValidationError, _validation_error_without_input)
 
     def on_extraction_completed(event: ExtractionCompleted) -> None:
         app.state.schedules.on_run_finished(event)
@@ -592,6 +595,14 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
                 platform.close()
 
     app.router.lifespan_context = lifespan
+
+
+async def _validation_error_without_input(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 echoes the offending input; a body may hold a password (a schedule refuses one, ``POST
+    /runs`` takes one), so the answer names the problem and its place, never the value."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 def _reconcile_loop(service: ScheduleService, stop: threading.Event, every: float) -> None:
