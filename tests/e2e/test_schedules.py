@@ -225,7 +225,8 @@ def test_overlap_policy_with_a_slow_source(stack: LocalStack, policy: str) -> No
         with api(stack) as client:
             client.post("/schedules", json=body).raise_for_status()
             time.sleep(11)
-            client.post(f"/schedules/{schedule_id}/pause").raise_for_status()
+            if policy == "skip":
+                client.post(f"/schedules/{schedule_id}/pause").raise_for_status()
         history = ticks(stack, schedule_id)
         outcomes = [t["outcome"] for t in history]
         assert outcomes[0] == "started", history
@@ -234,21 +235,40 @@ def test_overlap_policy_with_a_slow_source(stack: LocalStack, policy: str) -> No
         assert outcomes.count(expected) >= 2, history
         assert outcomes.count("started") == 1, history
         if policy == "queue":
-            deadline = time.monotonic() + 40
+            # When the first run ends (its connection attempt times out), one queued run starts, not three.
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline and "started_from_queue" not in [t["outcome"] for t in ticks(
                     stack, schedule_id)]:  # fmt: skip
                 time.sleep(1)
             final = ticks(stack, schedule_id)
             assert [t["outcome"] for t in final].count("started_from_queue") == 1, final
+            assert len(set(requested_ids(stack, schedule_id))) == 2
     finally:
         hole.close()
         with api(stack) as client:
             client.delete(f"/schedules/{schedule_id}")
 
 
+def wait_for_new_ticks(stack: LocalStack, schedule_id: str, after: str, count: int, timeout: float) -> float:
+    """Seconds until ``count`` ticks due after ``after`` were handled."""
+    started = time.monotonic()
+    while len([t for t in ticks(stack, schedule_id) if t["due"] > after]) < count:
+        assert time.monotonic() - started < timeout, ticks(stack, schedule_id)
+        time.sleep(1)
+    return time.monotonic() - started
+
+
 def test_schedule_survives_stack_down_up_and_a_scheduler_kill(stack: LocalStack) -> None:
     with api(stack) as client:
         client.post("/schedules", json=schedule_body(stack, "durable", "@every 4s")).raise_for_status()
+    try:
+        survive_restarts(stack)
+    finally:
+        with api(stack) as client:
+            client.delete("/schedules/durable")
+
+
+def survive_restarts(stack: LocalStack) -> None:
     time.sleep(6)
     before = ticks(stack, "durable")
     assert before
@@ -269,9 +289,11 @@ def test_schedule_survives_stack_down_up_and_a_scheduler_kill(stack: LocalStack)
     time.sleep(1)
     stack.start_scheduler()
     mark = ticks(stack, "durable")[-1]["due"]
-    time.sleep(14)
-    resumed = [t for t in ticks(stack, "durable") if t["due"] > mark]
-    assert len(resumed) >= 2, resumed
+    # The sidecars reconnect to the new scheduler; a tick that fell due meanwhile is delivered then, or found
+    # overdue by the orchestrator's reconciliation (every 60 s, 30 s grace) at the latest.
+    waited = wait_for_new_ticks(stack, "durable", mark, 2, timeout=150)
+    MEASURED.append(f"scheduler kill -9: ticks resumed {waited:.0f} s after the restart")
+    logging.getLogger(__name__).warning(MEASURED[-1])
 
 
 def test_delete_stops_the_schedule(stack: LocalStack) -> None:
@@ -306,7 +328,10 @@ def test_bad_schedules_are_refused_with_a_named_problem(stack: LocalStack) -> No
 
 
 def completed_runs(stack: LocalStack, schedule_id: str) -> list[str]:
-    return [t["run_id"] for t in ticks(stack, schedule_id) if t.get("status") == "COMPLETED"]
+    """From the pub/sub itself (GET /schedules/{id} shows only the last 10 ticks)."""
+    prefix = f"sched-{schedule_id}-"
+    return [e["data"]["run_id"] for e in stream_events(stack, "extraction.completed")
+            if e["data"]["run_id"].startswith(prefix) and e["data"]["status"] == "COMPLETED"]  # fmt: skip
 
 
 def wait_for_runs(stack: LocalStack, schedule_id: str, count: int, timeout: float = 120) -> list[str]:
@@ -344,6 +369,9 @@ def gc(stack: LocalStack, *, dry_run: bool, keep: int) -> dict[str, Any]:
 
 def test_retention_keeps_n_runs_and_the_baseline_and_the_next_diff_is_still_right(stack: LocalStack) -> None:
     connection_qn = default_connection_qualified_name("127.0.0.1", stack.layout.postgres_port)
+    with api(stack) as client:  # only this test's schedule may move the baseline
+        for schedule in client.get("/schedules").json():
+            settle(stack, schedule["schedule_id"])
     gc(stack, dry_run=False, keep=50)  # earlier tests' failed runs out of the way
     with api(stack) as client:
         client.post("/schedules", json=schedule_body(stack, "kept", "@every 4s")).raise_for_status()
@@ -362,7 +390,8 @@ def test_retention_keeps_n_runs_and_the_baseline_and_the_next_diff_is_still_righ
     kept = run_folders(stack, connection_qn)
     baseline = json.loads(redis.Redis(port=stack.layout.redis_port).hget(f"snapshot/{connection_qn}", "data") or b"{}")
     assert len(kept) == 2 and baseline["run_id"] in kept, (kept, baseline)
-    assert not any((stack.layout.objects / connection_qn / run).glob("*.jsonl") for run in doomed)
+    left = [str(p) for run in doomed for p in (stack.layout.objects / connection_qn / run).rglob("*") if p.is_file()]
+    assert not left, left
 
     # The next run still compares against the baseline: one new table is "created", nothing is "deleted".
     with psycopg.connect(**stack.postgres.connect_kwargs(DEMO_DATABASE), autocommit=True) as conn:
@@ -399,12 +428,12 @@ def test_redis_key_count_stays_flat_over_scheduled_runs(stack: LocalStack) -> No
     counts: list[int] = []
     total = 0
     for batch in range(1, 5):
-        total = len(wait_for_runs(stack, "flat", 5 * batch, timeout=180))
+        total = len(wait_for_runs(stack, "flat", 3 * batch, timeout=180))
         gc(stack, dry_run=False, keep=2)
         counts.append(len(persistent_keys(stack)))
     settle(stack, "flat")
     gc(stack, dry_run=False, keep=2)
-    measured = f"{total} scheduled runs; keys without TTL after each batch of 5 + gc: {counts}"
+    measured = f"{total} scheduled runs; keys without TTL after each batch of 3 + gc: {counts}"
     MEASURED.append(measured)
     logging.getLogger(__name__).warning(measured)
     # Each batch adds runs; none adds a key that outlives it. (Slack: runs in flight at the moment of counting.)

@@ -250,7 +250,7 @@ class ScheduleService:
 
         def pause(state: dict[str, Any]) -> dict[str, Any]:
             before[:] = [state]
-            return {**state, "paused": True, "pending": None}
+            return {**state, "paused": True, "pending": None, "queued_due": None}  # a queued tick goes too
 
         if self._update(schedule_id, pause) is None:
             return None
