@@ -89,6 +89,21 @@ def credentials_key(run_id: str) -> str:
     return f"cred/{run_id}"
 
 
+# -- schedules and retention ----------------------------------------------------------------------------------
+
+SCHEDULES_INDEX_KEY = "schedules/index"
+RETENTION_CONNECTIONS_KEY = "retention/connections"
+
+
+def schedule_key(schedule_id: str) -> str:
+    return f"schedules/{schedule_id}"
+
+
+def retention_runs_key(connection_qn: str) -> str:
+    """Finished runs of one connection, newest first (written when ``extraction.completed`` arrives)."""
+    return f"retention/runs/{connection_qn}"
+
+
 # -- incremental baselines --------------------------------------------------------------------------------------
 
 

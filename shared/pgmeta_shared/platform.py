@@ -24,6 +24,8 @@ from pgmeta_shared.telemetry import DaprCallTracing, chunk_span, record_chunk_re
 
 log = logging.getLogger(__name__)
 
+NO_TTL = 0  # ``save_json(..., ttl_seconds=NO_TTL)``: an entry that must outlive runs (a baseline)
+
 
 class PubSub(Protocol):
     def publish(self, topic: TopicName, event: BaseModel) -> None: ...
@@ -173,7 +175,9 @@ class DaprPlatform:
         return self.get_state_json(self._settings.artifacts_store, key)
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
-        self.save_state_json(self._settings.artifacts_store, key, value, ttl_seconds=ttl_seconds)
+        # Run-scoped entries expire with the claim-check chunks unless the caller asks for NO_TTL.
+        ttl = self._settings.artifact_ttl_seconds if ttl_seconds is None else ttl_seconds
+        self.save_state_json(self._settings.artifacts_store, key, value, ttl_seconds=ttl)
 
     def delete_json(self, key: str) -> None:
         self.delete_state(self._settings.artifacts_store, key)

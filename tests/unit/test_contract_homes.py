@@ -18,7 +18,7 @@ TOPICS_HOME = ROOT / "shared" / "pgmeta_shared" / "events.py"
 # Shapes of artifacts keys and chunk part names: run-scoped f-strings, fixed prefixes, marker suffixes.
 KEY_SHAPES = re.compile(
     r"""f["']\{(run_id|request_id|command\.run_id)\}/"""
-    r"""|["'](snapshot|cred|runs)/"""
+    r"""|["'](snapshot|cred|runs|schedules|retention)/"""
     r"""|/(result|done|failed|requested|progress)["']"""
     r"""|["'](entity|extra):"""
     r"""|["'](fingerprints?)["']"""

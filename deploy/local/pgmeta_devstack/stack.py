@@ -93,8 +93,9 @@ class LocalStack:
                 str(data),
                 "--save",
                 "",
+                # Append-only file: schedules, baselines and run records survive `make down` / `make up`.
                 "--appendonly",
-                "no",
+                "yes",
                 "--daemonize",
                 "no",
             ],

@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(func=cmd_publish)
 
     add_observe_commands(sub)
+    from pgmeta_cli.schedules import add_schedule_commands  # it imports this module's helpers
+
+    add_schedule_commands(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from pgmeta_orchestrator.dapr_metadata import dapr_router
 from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
+from pgmeta_orchestrator.schedules import install_schedules
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
     ACTIVITY_FINISH,
@@ -73,6 +74,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
     instrument_app(app)
+    install_schedules(app, settings)
 
     # -- subscriptions: every topic the registry says the orchestrator consumes ----------------------
 

@@ -19,3 +19,18 @@ class OrchestratorSettings(DaprSettings):
     )
     runs_index_size: int = Field(default=500, description="How many recent runs GET /runs remembers.")
     question_timeout_seconds: int = Field(default=60, description="How long POST /preflight and /metadata wait.")
+    schedule_misfire_grace_seconds: int = Field(
+        default=30, description="A schedule tick handled later than this counts as missed (see its 'missed' policy)."
+    )
+    schedule_reconcile_seconds: float = Field(
+        default=60, description="How often each replica looks for overdue ticks and schedules without a job."
+    )
+    retention_keep_runs: int = Field(
+        default=7, ge=1, description="Successful runs whose output `gc` keeps per connection (plus the baseline)."
+    )
+    retention_workflow_age_hours: float = Field(
+        default=24, ge=0, description="Finished workflow instances older than this are purged by `gc`."
+    )
+    retention_gc_every: str = Field(
+        default="@every 1h", description="Dapr job schedule of the automatic `gc` (empty: only on request)."
+    )

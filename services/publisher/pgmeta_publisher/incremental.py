@@ -17,7 +17,7 @@ from typing import Any
 from pgmeta_shared.events import FilterSpec, UnitChunks
 from pgmeta_shared.fingerprints import Fingerprint
 from pgmeta_shared.keys import ArtifactStage, extract_chunk_unit, fingerprint_part_key, fingerprint_parts_key
-from pgmeta_shared.platform import Platform
+from pgmeta_shared.platform import NO_TTL, Platform
 
 BUCKETS = 64
 FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
@@ -37,7 +37,7 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
     parts = [0] * BUCKETS
 
     def flush(bucket: int) -> None:
-        platform.save_json(fingerprint_part_key(run_id, bucket, parts[bucket]), buffers[bucket])
+        platform.save_json(fingerprint_part_key(run_id, bucket, parts[bucket]), buffers[bucket], ttl_seconds=NO_TTL)
         parts[bucket] += 1
         buffers[bucket] = []
 
@@ -53,7 +53,7 @@ def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[
     for bucket in range(BUCKETS):
         if buffers[bucket]:
             flush(bucket)
-    platform.save_json(fingerprint_parts_key(run_id), parts)
+    platform.save_json(fingerprint_parts_key(run_id), parts, ttl_seconds=NO_TTL)
     return parts
 
 

@@ -35,7 +35,7 @@ from pgmeta_shared.keys import (
     stage_report_key,
     stage_result_key,
 )
-from pgmeta_shared.platform import Platform
+from pgmeta_shared.platform import NO_TTL, Platform
 from pgmeta_shared.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def _advance_snapshot(platform: Platform, command: PublishRequested, previous: d
     current = platform.get_json(key)
     if current is not None and current.get("run_id") == command.run_id:
         return
-    platform.save_json(key, {"run_id": command.run_id, "at": datetime.now(UTC).isoformat()})
+    platform.save_json(key, {"run_id": command.run_id, "at": datetime.now(UTC).isoformat()}, ttl_seconds=NO_TTL)
     if previous is not None:
         forget_run(platform, previous["run_id"])
 

@@ -1,0 +1,141 @@
+"""Retention decisions with an in-memory platform, object store and workflow client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from pgmeta_orchestrator.retention import RetentionService
+from pgmeta_orchestrator.settings import OrchestratorSettings
+from pgmeta_shared.events import ExtractionCompleted
+from pgmeta_shared.keys import RETENTION_CONNECTIONS_KEY as CONNECTIONS_KEY
+from pgmeta_shared.keys import RUNS_INDEX_KEY as INDEX_KEY
+from pgmeta_shared.keys import fingerprint_part_key, fingerprint_parts_key, snapshot_key
+from pgmeta_shared.keys import retention_runs_key as runs_key
+from tests.fakes import InMemoryPlatform
+
+QN = "default/postgres/0000000001"
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+class FakeObjects:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.deleted: list[str] = []
+
+    def read(self, path: str) -> bytes | None:
+        return self.files.get(path)
+
+    def delete(self, path: str) -> None:
+        self.deleted.append(path)
+        self.files.pop(path, None)
+
+    def list(self, prefix: str) -> list[str]:
+        return [p for p in self.files if p.startswith(f"{prefix}/")]
+
+
+class Status(Enum):
+    RUNNING = 1
+    COMPLETED = 2
+    FAILED = 3
+
+
+@dataclass
+class State:
+    runtime_status: Status
+    last_updated_at: datetime
+    serialized_input: str | None = None
+
+
+class FakeWorkflows:
+    def __init__(self) -> None:
+        self.states: dict[str, State] = {}
+        self.purged: list[str] = []
+
+    def iter_workflow_instance_ids(self) -> list[str]:
+        return list(self.states)
+
+    def get_workflow_state(self, instance_id: str, fetch_payloads: bool = True) -> State | None:
+        return self.states.get(instance_id)
+
+    def purge_workflow(self, instance_id: str) -> None:
+        self.purged.append(instance_id)
+        del self.states[instance_id]
+
+
+def publish_run(platform: InMemoryPlatform, objects: FakeObjects, service: RetentionService, run: str) -> None:
+    location = f"{QN}/{run}"
+    objects.files[f"{location}/Table-a-00000.jsonl"] = b"{}\n"
+    objects.files[f"{location}/manifest.json"] = orjson.dumps({"files": [{"name": "Table-a-00000.jsonl"}]})
+    platform.save_json(fingerprint_parts_key(run), [1] + [0] * 63)
+    platform.save_json(fingerprint_part_key(run, 0, 0), [["qn", "Table", "h", "d", "s", "t", "Table"]])
+    service.record_finished(ExtractionCompleted(run_id=run, status="COMPLETED", location=location))
+
+
+def make() -> tuple[RetentionService, InMemoryPlatform, FakeObjects, FakeWorkflows]:
+    platform, objects, workflows = InMemoryPlatform(), FakeObjects(), FakeWorkflows()
+    settings = OrchestratorSettings(retention_keep_runs=2, retention_workflow_age_hours=1)
+    return RetentionService(platform, objects, workflows, settings, clock=lambda: NOW), platform, objects, workflows
+
+
+def test_keeps_the_last_n_successful_runs_and_the_baseline() -> None:
+    service, platform, objects, _ = make()
+    for run in ("r1", "r2", "r3", "r4", "r5"):
+        publish_run(platform, objects, service, run)
+    platform.save_json(snapshot_key(QN), {"run_id": "r1"})  # an old baseline (say the newer runs were filtered)
+
+    dry = service.collect(dry_run=True)
+    assert [r.run_id for r in dry.runs] == ["r3", "r2"] and dry.files == 4
+    assert objects.deleted == [] and len(platform.get_json(runs_key(QN))) == 5
+
+    done = service.collect(dry_run=False)
+    assert sorted(done.kept) == ["r1", "r4", "r5"]
+    assert {p.split("/")[3] for p in objects.files} == {"r1", "r4", "r5"}
+    # The manifest goes first: a reader never sees a manifest whose files are gone.
+    assert objects.deleted[0].endswith("r3/manifest.json")
+    assert [e["run_id"] for e in platform.get_json(runs_key(QN))] == ["r5", "r4", "r1"]
+    assert platform.get_json(fingerprint_parts_key("r3")) is None
+    assert platform.get_json(fingerprint_parts_key("r1")) is not None  # the baseline's fingerprints stay
+    assert service.collect(dry_run=False).runs == []
+
+
+def test_a_failed_run_is_collected_without_a_manifest_but_a_running_one_is_not_known() -> None:
+    service, platform, objects, workflows = make()
+    publish_run(platform, objects, service, "ok")
+    objects.files[f"{QN}/broken/Table-a-00000.jsonl"] = b"{}\n"
+    workflows.states["broken"] = State(
+        Status.FAILED, NOW, orjson.dumps({"request_id": "broken", "source": {"host": "h", "username": "u"},
+                                          "credentials": {"kind": "secret", "store": "s", "key": "k"},
+                                          "connection_qualified_name": QN}).decode(),
+    )  # fmt: skip
+    service.record_finished(ExtractionCompleted(run_id="broken", status="FAILED", error="boom"))
+    assert platform.get_json(CONNECTIONS_KEY) == [QN]
+    report = service.collect(dry_run=False)
+    assert [r.run_id for r in report.runs] == ["broken"] and report.files == 1
+    assert f"{QN}/ok/manifest.json" in objects.files
+
+
+def test_purges_only_finished_workflows_older_than_the_age() -> None:
+    service, platform, _, workflows = make()
+    workflows.states = {
+        "old-done": State(Status.COMPLETED, NOW - timedelta(hours=2)),
+        "old-failed": State(Status.FAILED, NOW - timedelta(hours=3)),
+        "fresh-done": State(Status.COMPLETED, NOW - timedelta(minutes=5)),
+        "old-running": State(Status.RUNNING, NOW - timedelta(hours=5)),
+    }
+    platform.save_json(INDEX_KEY, [{"run_id": r} for r in workflows.states])
+    assert sorted(service.collect(dry_run=True).workflows) == ["old-done", "old-failed"]
+    assert workflows.purged == []
+    service.collect(dry_run=False)
+    assert sorted(workflows.purged) == ["old-done", "old-failed"]
+    assert [e["run_id"] for e in platform.get_json(INDEX_KEY)] == ["fresh-done", "old-running"]
+
+
+def test_report_shape_is_json() -> None:
+    service, *_ = make()
+    report: dict[str, Any] = service.collect(dry_run=True).model_dump(mode="json")
+    assert report == {"dry_run": True, "keep": 2, "runs": [], "files": 0, "workflows": [], "kept": []}

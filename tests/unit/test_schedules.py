@@ -1,0 +1,251 @@
+"""Schedule timing and tick handling, with an in-memory platform, a fake scheduler and a controlled clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from pgmeta_orchestrator import schedule_timing as timing
+from pgmeta_orchestrator.runs import RunService, RunView
+from pgmeta_orchestrator.schedules import ScheduleService, ScheduleSpec, run_id_for, schedule_of_run
+from pgmeta_orchestrator.settings import OrchestratorSettings
+from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested, TopicName
+from tests.fakes import InMemoryPlatform
+
+T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+
+
+def test_every_ticks_count_from_the_anchor() -> None:
+    assert timing.next_due("@every 5s", "UTC", T0, T0) == T0 + timedelta(seconds=5)
+    assert timing.next_due("@every 5s", "UTC", T0, T0 + timedelta(seconds=7.5)) == T0 + timedelta(seconds=10)
+    assert timing.next_due("@every 1h30m", "UTC", T0, T0 - timedelta(hours=1)) == T0
+
+
+def test_cron_is_read_in_the_schedule_time_zone_across_dst() -> None:
+    # 02:30 Paris does not exist on 2026-03-29 (clocks jump 02:00 → 03:00): cronsim runs it at 03:00 local.
+    after = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
+    first = timing.next_due("30 2 * * *", "Europe/Paris", T0, after)
+    second = timing.next_due("30 2 * * *", "Europe/Paris", T0, first)
+    assert first == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert second == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)  # 02:30 CEST
+    assert timing.next_due("@daily", "America/New_York", T0, T0) == datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
+    assert timing.next_due("*/10 * * * * *", "UTC", T0, T0) == T0 + timedelta(seconds=10)  # seconds first
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "problem"),
+    [("every day", "UTC", "cron"), ("@every 0s", "UTC", "1 s"), ("@every soon", "UTC", "duration"),
+     ("61 * * * *", "UTC", "invalid cron"), ("@daily", "Mars/Olympus", "time zone")],
+)  # fmt: skip
+def test_bad_schedules_name_the_problem(expression: str, zone: str, problem: str) -> None:
+    with pytest.raises(timing.ScheduleSpecError, match=problem):
+        timing.validate(expression, zone)
+
+
+def test_jitter_is_stable_and_bounded() -> None:
+    offsets = {timing.jitter_offset("s", T0 + timedelta(hours=h), 60) for h in range(50)}
+    assert all(timedelta(0) <= o <= timedelta(seconds=60) for o in offsets) and len(offsets) > 10
+    assert timing.jitter_offset("s", T0, 60) == timing.jitter_offset("s", T0, 60)
+    assert timing.jitter_offset("s", T0, 0) == timedelta(0)
+
+
+def test_run_ids_carry_schedule_and_tick() -> None:
+    run_id = run_id_for("nightly-crm", T0)
+    assert run_id == "sched-nightly-crm-20261129T120000Z"
+    assert schedule_of_run(run_id) == ("nightly-crm", T0)
+    assert schedule_of_run("run-abc") is None
+
+
+class FakeJobs:
+    def __init__(self) -> None:
+        self.jobs: dict[str, tuple[datetime, dict[str, Any]]] = {}
+
+    def schedule_once(self, name: str, at: datetime, data: dict[str, Any]) -> None:
+        self.jobs[name] = (at, data)
+
+    def delete(self, name: str) -> None:
+        self.jobs.pop(name, None)
+
+    def exists(self, name: str) -> bool:
+        return name in self.jobs
+
+
+class FakeRuns:
+    """RunService's submit and view: submitted runs stay RUNNING until ``finish``."""
+
+    def __init__(self, platform: InMemoryPlatform) -> None:
+        self.platform = platform
+        self.status: dict[str, str] = {}
+
+    def submit(self, body: Any) -> str:
+        self.platform.publish(TopicName.EXTRACTION_REQUESTED, body)
+        self.status.setdefault(body.request_id, "RUNNING")
+        return str(body.request_id)
+
+    def view(self, run_id: str) -> RunView | None:
+        status = self.status.get(run_id)
+        return RunView(run_id=run_id, status=status) if status else None  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make(**spec: Any) -> tuple[ScheduleService, InMemoryPlatform, FakeJobs, FakeRuns, Clock]:
+    platform, jobs, clock = InMemoryPlatform(), FakeJobs(), Clock()
+    runs = FakeRuns(platform)
+    service = ScheduleService(platform, jobs, runs, OrchestratorSettings(), clock=clock)  # type: ignore[arg-type]
+    body = {
+        "schedule_id": "s1",
+        "schedule": "@every 5s",
+        "source": {"host": "db", "port": 5432, "username": "u", "database": "shop"},
+        "credentials": {"kind": "secret", "store": "secretstore", "key": "db"},
+        **spec,
+    }
+    service.create(ScheduleSpec.model_validate(body))
+    return service, platform, jobs, runs, clock
+
+
+def started(platform: InMemoryPlatform) -> list[str]:
+    return [e.request_id for t, e in platform.published if t == TopicName.EXTRACTION_REQUESTED]  # type: ignore[attr-defined]
+
+
+def fire(service: ScheduleService, jobs: FakeJobs, clock: Clock, late: float = 0.2) -> Any:
+    """Fires the pending job, as the scheduler would, ``late`` seconds after it is due."""
+    (name, (at, data)) = next(iter(jobs.jobs.items()))
+    del jobs.jobs[name]
+    clock.now = at + timedelta(seconds=late)
+    return service.on_trigger(data["schedule_id"], datetime.fromisoformat(data["due"]))
+
+
+def test_a_tick_starts_one_run_and_arms_the_next_even_when_delivered_twice() -> None:
+    service, platform, jobs, _runs, clock = make()
+    assert list(jobs.jobs) == ["pgmeta-schedule-s1-20261129T120005Z"]
+    assert fire(service, jobs, clock) == "started"
+    assert started(platform) == ["sched-s1-20261129T120005Z"]
+    assert list(jobs.jobs) == ["pgmeta-schedule-s1-20261129T120010Z"]
+    # The same tick again (a redelivery, or the other replica): nothing new.
+    assert service.on_trigger("s1", T0 + timedelta(seconds=5)) is None
+    assert started(platform) == ["sched-s1-20261129T120005Z"]
+    view = service.get("s1")
+    assert view is not None and view.next_due == (T0 + timedelta(seconds=10)).isoformat()
+    assert [t.outcome for t in view.last_runs] == ["started"]
+
+
+def test_overlap_skip_and_queue() -> None:
+    service, platform, jobs, runs, clock = make()
+    fire(service, jobs, clock)
+    assert fire(service, jobs, clock) == "skipped_overlap"
+    assert len(started(platform)) == 1
+
+    service, platform, jobs, runs, clock = make(overlap="queue")
+    fire(service, jobs, clock)
+    assert fire(service, jobs, clock) == "queued"
+    assert fire(service, jobs, clock) == "queued"  # coalesces into one queued run
+    first = started(platform)[0]
+    runs.status[first] = "COMPLETED"
+    service.on_run_finished(ExtractionCompleted(run_id=first, status="COMPLETED"))
+    assert started(platform) == [first, "sched-s1-20261129T120015Z"]
+    outcomes = [t.outcome for t in service.get("s1").last_runs]  # type: ignore[union-attr]
+    assert outcomes.count("started_from_queue") == 1
+
+
+def test_missed_tick_runs_once_or_is_skipped_and_no_backlog_is_kept() -> None:
+    service, platform, jobs, _runs, clock = make()
+    assert fire(service, jobs, clock, late=3600) == "started"  # one run for the hour of downtime
+    next_at, _ = next(iter(jobs.jobs.values()))
+    assert next_at > clock.now  # the next tick is in the future, not one of the 700 missed ones
+
+    service, platform, jobs, _runs, clock = make(missed="skip")
+    assert fire(service, jobs, clock, late=3600) == "skipped_missed"
+    assert started(platform) == []
+
+
+def test_reconcile_handles_an_overdue_tick_whose_trigger_never_came() -> None:
+    service, platform, jobs, _runs, clock = make()
+    jobs.jobs.clear()  # the trigger was lost
+    clock.now = T0 + timedelta(minutes=5)
+    service.reconcile()
+    assert started(platform) == ["sched-s1-20261129T120005Z"]
+    assert len(jobs.jobs) == 1
+
+
+def test_pause_resume_delete() -> None:
+    service, platform, jobs, _runs, clock = make()
+    assert service.pause("s1") is not None and jobs.jobs == {}
+    clock.now = T0 + timedelta(minutes=1)
+    service.reconcile()
+    assert jobs.jobs == {}
+    resumed = service.resume("s1")
+    assert resumed is not None and resumed.next_due == (T0 + timedelta(minutes=1, seconds=5)).isoformat()
+    assert service.delete("s1") and jobs.jobs == {} and service.get("s1") is None
+    assert service.on_trigger("s1", T0 + timedelta(minutes=1, seconds=5)) is None
+    assert started(platform) == []
+
+
+def test_a_schedule_never_holds_a_password() -> None:
+    body = {
+        "schedule": "@daily",
+        "source": {"host": "db", "username": "u"},
+        "credentials": {"kind": "state", "store": "credentials", "key": "cred/x"},
+    }
+    with pytest.raises(ValidationError, match="secret"):
+        ScheduleSpec.model_validate(body)
+    with pytest.raises(ValidationError, match="password"):
+        ScheduleSpec.model_validate({**body, "password": "hunter2"})
+
+
+def test_runs_submitted_are_extraction_requests() -> None:
+    service, platform, jobs, _runs, clock = make(filters={"include": {"shop": "*"}}, stage_timeout_seconds=60)
+    fire(service, jobs, clock)
+    body = platform.published[0][1]
+    request = ExtractionRequested(
+        request_id=body.request_id, source=body.source, credentials=body.credentials,  # type: ignore[attr-defined]
+        filters=body.filters, stage_timeout_seconds=body.stage_timeout_seconds,  # type: ignore[attr-defined]
+    )  # fmt: skip
+    assert request.credentials.kind == "secret" and request.stage_timeout_seconds == 60
+    assert isinstance(RunService, type)
+
+
+def test_rest_routes_and_the_job_trigger() -> None:
+    from fastapi.testclient import TestClient
+
+    from pgmeta_orchestrator.app import create_app
+
+    service, platform, jobs, _runs, clock = make()
+    app = create_app(OrchestratorSettings())
+    app.state.schedules = service
+    client = TestClient(app)  # no lifespan: no sidecar needed
+    body = {
+        "schedule_id": "s2",
+        "schedule": "0 2 * * *",
+        "time_zone": "Europe/Paris",
+        "source": {"host": "db", "username": "u"},
+        "credentials": {"kind": "secret", "store": "secretstore", "key": "db"},
+    }
+    created = client.post("/schedules", json=body)
+    assert created.status_code == 201 and created.json()["next_due"] == "2026-11-30T01:00:00+00:00"
+    assert client.post("/schedules", json=body).status_code == 201
+    assert client.post("/schedules", json={**body, "schedule": "@hourly"}).status_code == 409
+    assert {s["schedule_id"] for s in client.get("/schedules").json()} == {"s1", "s2"}
+    assert client.get("/schedules/nope").status_code == 404
+    refused = client.post("/schedules", json={**body, "password": "hunter2"})
+    assert refused.status_code == 422 and "hunter2" not in refused.text
+
+    name = "pgmeta-schedule-s2-20261130T010000Z"
+    assert name in jobs.jobs
+    clock.now = datetime(2026, 11, 30, 1, 0, 1, tzinfo=UTC)
+    fired = client.post(f"/job/{name}", json=jobs.jobs[name][1])
+    assert fired.json() == {"status": "started"}
+    assert client.post(f"/job/{name}", json={"nonsense": 1}).json() == {"status": "dropped"}
+    assert client.get("/schedules/s2").json()["last_runs"][0]["run_id"] == "sched-s2-20261130T010000Z"
+    assert client.post("/schedules/s2/pause").json()["paused"] is True
+    assert client.delete("/schedules/s2").status_code == 204
+    assert client.delete("/schedules/s2").status_code == 404
