@@ -279,6 +279,22 @@ def test_schema_filters(postgres: PostgresServer, filters: FilterSpec, expected_
     assert {r["schema_name"] for r in of_kind(records, "column")} <= expected_schemas
 
 
+def test_a_schema_pattern_needs_to_match_in_one_of_the_databases_its_key_covers(postgres: PostgresServer) -> None:
+    # The README's shape: one key for two databases, each schema pattern meant for one of them.
+    checked, records = extract_all(postgres, FilterSpec(include={"traps|crm": ["alpha", "leads"]}), database=None)
+    assert [db.database for db in checked.databases] == ["crm", "traps"]
+    assert {(r["database_name"], r["schema_name"]) for r in of_kind(records, "schema")} == {
+        ("crm", "leads"),
+        ("traps", "alpha"),
+    }
+    with pytest.raises(InvalidRequestError) as caught:
+        run_preflight(postgres, FilterSpec(include={"traps|crm": ["alpha", "nowhere"]}), database=None)
+    assert "include schema pattern 'nowhere' (under 'traps|crm') matches no schema in database 'crm' or 'traps'" in (
+        str(caught.value)
+    )
+    assert "'alpha'" not in str(caught.value)
+
+
 def test_database_filters_select_and_exclude_whole_databases(postgres: PostgresServer) -> None:
     checked, records = extract_all(
         postgres, FilterSpec(include={"crm|traps": "*"}, exclude={"traps": "*"}), database=None
@@ -304,7 +320,7 @@ def test_relation_filters(postgres: PostgresServer) -> None:
     ("filters", "says"),
     [
         (FilterSpec(include={"tra": "*"}), "include key 'tra' matches no database"),
-        (FilterSpec(include={"traps": ["nomatch"]}), "include schema pattern 'nomatch' matches no schema"),
+        (FilterSpec(include={"traps": ["nomatch"]}), "include schema pattern 'nomatch' (under 'traps') matches no schema"),
         (FilterSpec(include={"traps": ["alpha"]}, exclude={"traps": ["alpha"]}), "select 0 tables and 0 views"),
         (FilterSpec(include={"traps": ["alph("]}), "include schema pattern 'alph(' (under 'traps') is not a valid"),
         (FilterSpec(temp_table_regex="[unclosed"), "temp_table_regex is not a valid regular expression"),
