@@ -265,6 +265,7 @@ class LocalStack:
         for service, (app_pid, sidecar_pid) in started.items():
             self.wait_for_service(service, app_pid, sidecar_pid)
         _say("services ready: " + ", ".join(SERVICES))
+        self.layout.write_endpoints()
 
     def down(self) -> list[str]:
         stopped = []
@@ -277,6 +278,7 @@ class LocalStack:
                 stopped.append(name)
         if self.stop_postgres():
             stopped.append("postgres")
+        self.layout.endpoints_file.unlink(missing_ok=True)
         return stopped
 
     def is_up(self) -> bool:

@@ -19,6 +19,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from pgmeta_cli.endpoints import api_endpoint, sidecar_endpoint, unreachable
+
 TERMINAL = {"COMPLETED", "FAILED"}
 STAGES = ["extract", "transform", "publish"]
 
@@ -26,7 +28,11 @@ err = Console(stderr=True)
 
 
 def api_url() -> str:
-    return os.environ.get("PGMETA_API_URL", "http://127.0.0.1:18000").rstrip("/")
+    return api_endpoint().url
+
+
+def _unreachable_api(exc: httpx.HTTPError) -> int:
+    return _fail(unreachable(api_endpoint(), "the pgmeta API", exc))
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -167,7 +173,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         try:
             response = client.post(f"{api_url()}/runs", json=body)
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
+            return _unreachable_api(exc)
         if response.status_code == 422:
             return _fail(f"the API rejected the request: {_rejected(response)}")
         response.raise_for_status()
@@ -192,7 +198,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         try:
             response = client.post(f"{api_url()}/preflight", json=body)
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
+            return _unreachable_api(exc)
     answer = response.json()
     if "detail" in answer:
         return _fail(f"the API rejected the request: {_rejected(response)}")
@@ -217,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except httpx.HTTPStatusError as exc:
             return _fail(f"no run {args.run_id!r}" if exc.response.status_code == 404 else str(exc))
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc}")
+            return _unreachable_api(exc)
         if args.wait:
             run = wait_for(client, args.run_id, show=not args.json, timeout=args.timeout)
     if args.json:
@@ -229,7 +235,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with httpx.Client(timeout=30) as client:
-        response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
+        try:
+            response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
+        except httpx.HTTPError as exc:
+            return _unreachable_api(exc)
         response.raise_for_status()
     for run in response.json():
         print(f"{run['run_id']:<40} {run['status']:<10} {run.get('stage') or '':<10} {run.get('created_at') or ''}")
@@ -244,9 +253,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
         document = json.loads(text)
     except ValueError as exc:
         return _fail(f"--data is not JSON: {exc}")
-    sidecar = os.environ.get("PGMETA_DAPR_HTTP_URL", "http://127.0.0.1:18010").rstrip("/")
-    url = f"{sidecar}/v1.0/publish/{args.pubsub}/{args.topic}"
-    response = httpx.post(url, json=document, timeout=30)
+    sidecar = sidecar_endpoint()
+    url = f"{sidecar.url}/v1.0/publish/{args.pubsub}/{args.topic}"
+    try:
+        response = httpx.post(url, json=document, timeout=30)
+    except httpx.HTTPError as exc:
+        return _fail(unreachable(sidecar, "the Dapr sidecar", exc))
     if response.status_code >= 300:
         return _fail(f"publish failed ({response.status_code}): {response.text}")
     print(f"published to {args.topic}")
