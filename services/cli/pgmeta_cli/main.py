@@ -176,6 +176,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             return _unreachable_api(exc)
         if response.status_code == 422:
             return _fail(f"the API rejected the request: {_rejected(response)}")
+        if response.status_code == 409:  # the request id is taken by a different request
+            return _fail(_rejected(response))
         response.raise_for_status()
         run_id = response.json()["run_id"]
         if not args.wait:
@@ -299,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="request an extraction of one PostgreSQL server")
     add_source_arguments(extract)
     extract.add_argument("--connection-qualified-name", help="Atlan connection qualifiedName, default/postgres/<id>")
-    extract.add_argument("--request-id", help="idempotency key (a repeat starts no second run)")
+    extract.add_argument(
+        "--request-id",
+        help="idempotency key: the same request again returns its run; a different request under it is refused",
+    )
     extract.add_argument("--stage-timeout", type=int, default=900, help="seconds each stage may take")
     extract.add_argument("--wait", action="store_true", help="show progress and wait for the run to end")
     extract.add_argument("--json", action="store_true", help="print one JSON document")

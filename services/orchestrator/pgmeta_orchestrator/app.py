@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.request_ids import RequestIdConflictError
 from pgmeta_orchestrator.runs import MetadataQuery, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -139,7 +140,10 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
     async def create_run(body: RunRequest, runs: Runs) -> dict[str, str]:
         """Publishes ``extraction.requested`` (the same event any publisher sends) and returns the run id."""
-        run_id = await run_in_threadpool(runs.submit, body)
+        try:
+            run_id = await run_in_threadpool(runs.submit, body)
+        except RequestIdConflictError as exc:
+            raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from None
         return {"run_id": run_id, "status_url": f"/runs/{run_id}"}
 
     @app.get("/runs/{run_id}")
