@@ -68,8 +68,8 @@ def test_publish_goes_to_the_orchestrator_sidecar_of_the_base_port(
 ) -> None:
     port = _closed_port()
     clean_env.setenv("PGMETA_BASE_PORT", str(port - 10))
-    document = json.dumps({"request_id": "r1", "source": {"host": "h", "username": "u"},
-                           "credentials": {"kind": "secret", "store": "secretstore", "key": "k"}})  # fmt: skip
+    credentials = {"kind": "secret", "store": "secretstore", "key": "k"}
+    document = json.dumps({"request_id": "r1", "source": {"host": "h", "username": "u"}, "credentials": credentials})
     assert main(["publish", "--data", document]) == 2
     assert f"http://127.0.0.1:{port}" in _error(capsys)
 

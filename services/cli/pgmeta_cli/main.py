@@ -87,6 +87,7 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
         "run_id": run["run_id"],
         "status": run["status"],
         "counts": run.get("counts") or {},
+        "changes": run.get("changes") or {},
         "output": run.get("output"),
         "error": run.get("error"),
     }
@@ -98,10 +99,43 @@ def print_human(run: dict[str, Any]) -> None:
     out.print(f"run [bold]{run['run_id']}[/bold]: [{color}]{run['status']}[/{color}]")
     for type_name, count in sorted((run.get("counts") or {}).items()):
         out.print(f"  {type_name:<18} {count:>8}")
+    if run.get("changes"):
+        out.print("changes since the last run: " + describe_changes(run["changes"]))
     if run.get("output"):
         out.print(f"entities (JSON Lines, one Atlas entity per line): {run['output']}")
     if run.get("error"):
         out.print(f"[red]error:[/red] {run['error']}")
+
+
+CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
+
+
+def describe_changes(changes: dict[str, int]) -> str:
+    return ", ".join(f"{changes.get(kind, 0)} {kind}" for kind in CHANGE_KINDS)
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    """One line per run under a header; changes as +created ~updated =unchanged -deleted."""
+    rows = [("RUN", "STATUS", "SOURCE", "STARTED", "DURATION", "CHANGES")]
+    for run in runs:
+        source = run.get("source") or {}
+        where = f"{source.get('host')}:{source.get('port')}/{source.get('database') or '*'}" if source else ""
+        duration = run.get("duration_seconds")
+        changes = run.get("changes") or {}
+        marks = zip("+~=-", CHANGE_KINDS, strict=True)
+        rows.append(
+            (
+                run["run_id"],
+                run["status"] if run["status"] != "RUNNING" else f"RUNNING ({run.get('stage') or ''})",
+                where,
+                (run.get("created_at") or "")[:19].replace("T", " "),
+                f"{duration:.1f} s" if duration is not None else "",
+                " ".join(f"{mark}{changes.get(kind, 0)}" for mark, kind in marks) if changes else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 class UsageError(Exception):
@@ -242,8 +276,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         except httpx.HTTPError as exc:
             return _unreachable_api(exc)
         response.raise_for_status()
-    for run in response.json():
-        print(f"{run['run_id']:<40} {run['status']:<10} {run.get('stage') or '':<10} {run.get('created_at') or ''}")
+    print_runs(response.json())
     return 0
 
 

@@ -109,6 +109,11 @@ class RunView(BaseModel):
     progress: dict[str, Any] | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    changes: dict[str, int] = Field(
+        default_factory=dict, description="Entities created / updated / unchanged / deleted since the last run."
+    )
+    source: dict[str, Any] | None = Field(default=None, description="host, port and database of the request.")
+    duration_seconds: float | None = Field(default=None, description="From the run's start to its last update.")
 
 
 class RunService:
@@ -283,12 +288,15 @@ class RunService:
             counts=custom.get("counts") or {},
             created_at=_iso(state.created_at),
             updated_at=_iso(state.last_updated_at),
+            source=_source_of(_loads(getattr(state, "serialized_input", None))),
+            duration_seconds=_seconds_between(state.created_at, state.last_updated_at),
         )
         if runtime == "COMPLETED":
             output = _loads(state.serialized_output) or {}
             view.status = "COMPLETED"
             view.counts = output.get("counts", view.counts)
             view.location = output.get("location")
+            view.changes = output.get("changes") or {}
             view.output = self._local_path(view.location)
         elif runtime in {"FAILED", "TERMINATED"}:
             view.status = "FAILED"
@@ -332,6 +340,17 @@ def _loads(text: str | None) -> Any:
         except ValueError:
             return None
     return value
+
+
+def _source_of(request: Any) -> dict[str, Any] | None:
+    source = request.get("source") if isinstance(request, dict) else None
+    if not isinstance(source, dict):
+        return None
+    return {key: source.get(key) for key in ("host", "port", "database")}
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
 
 
 def _iso(value: datetime | None) -> str | None:
