@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from pgmeta_cli.endpoints import api_endpoint, sidecar_endpoint, unreachable
+from pgmeta_cli.event_check import event_problems
 
 TERMINAL = {"COMPLETED", "FAILED"}
 STAGES = ["extract", "transform", "publish"]
@@ -288,6 +289,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         document = json.loads(text)
     except ValueError as exc:
         return _fail(f"--data is not JSON: {exc}")
+    problems = event_problems(args.topic, document)
+    if problems:
+        return _fail(problems + " (nothing was published)")
     sidecar = sidecar_endpoint()
     url = f"{sidecar.url}/v1.0/publish/{args.pubsub}/{args.topic}"
     try:
