@@ -334,6 +334,20 @@ def test_preflight_refuses_filters_that_select_nothing_or_do_not_compile(
     assert says in str(caught.value)
 
 
+def test_a_failed_preflight_says_so_once_in_the_runs_error(postgres: PostgresServer) -> None:
+    from pgmeta_orchestrator.workflow import StageFailedError, _unwrap
+    from pgmeta_shared.events import Stage
+
+    with pytest.raises(InvalidRequestError) as caught:
+        run_preflight(postgres, FilterSpec(include={"tra": "*"}))
+    outcome = {"ok": False, "error_code": caught.value.code, "error": str(caught.value)}
+    with pytest.raises(StageFailedError) as failed:
+        _unwrap(Stage.PREFLIGHT, None, outcome)
+    said = str(failed.value)
+    assert said.startswith("preflight failed (invalid_request): include key 'tra' matches no database"), said
+    assert said.count("preflight failed") == 1, said
+
+
 def test_hostile_patterns_execute_no_sql_and_do_not_hang(postgres: PostgresServer) -> None:
     hostile = ["'; DROP TABLE alpha.items; --", "alpha' OR '1'='1", "(a+)+$", "(a|aa)+(b|bb)+c", "x{1000}"]
     for pattern in hostile:

@@ -148,7 +148,7 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
             f"the filters select 0 tables and 0 views in {counts['databases']} database(s): nothing to extract"
         )
     if problems:
-        raise InvalidRequestError("preflight failed: " + "; ".join(problems))
+        raise InvalidRequestError("; ".join(problems))  # the workflow says "preflight failed (…):"
     server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
     platform.save_chunk(command.run_id, Stage.EXTRACT.value, SERVER_UNIT, 0, [server_record, *database_records])
     completed = PreflightCompleted(
