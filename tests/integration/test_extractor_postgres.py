@@ -316,11 +316,25 @@ def test_relation_filters(postgres: PostgresServer) -> None:
     assert {r["relation_name"] for r in of_kind(records, "column")} <= {n for _, n in names}
 
 
+def test_a_schemas_counts_do_not_depend_on_the_runs_filters(postgres: PostgresServer) -> None:
+    # Otherwise a run with --exclude-views reports every schema with views as updated (viewsCount 0).
+    def schema_counts(filters: FilterSpec) -> list[tuple[str, int, int]]:
+        _, records = extract_all(postgres, filters)
+        return [(r["schema_name"], r["table_count"], r["view_count"]) for r in of_kind(records, "schema")]
+
+    plain = schema_counts(FilterSpec(include={"traps": ["alpha"]}))
+    narrower = FilterSpec(
+        include={"traps": ["alpha"]}, temp_table_regex=".*_tmp", exclude_views=True, exclude_empty_tables=True
+    )
+    filtered = schema_counts(narrower)
+    assert plain == filtered and plain[0][2] > 0
+
+
 @pytest.mark.parametrize(
     ("filters", "says"),
     [
         (FilterSpec(include={"tra": "*"}), "include key 'tra' matches no database"),
-        (FilterSpec(include={"traps": ["nomatch"]}), "include schema pattern 'nomatch' (under 'traps') matches no schema"),
+        (FilterSpec(include={"traps": ["nomatch"]}), "pattern 'nomatch' (under 'traps') matches no schema"),
         (FilterSpec(include={"traps": ["alpha"]}, exclude={"traps": ["alpha"]}), "select 0 tables and 0 views"),
         (FilterSpec(include={"traps": ["alph("]}), "include schema pattern 'alph(' (under 'traps') is not a valid"),
         (FilterSpec(temp_table_regex="[unclosed"), "temp_table_regex is not a valid regular expression"),

@@ -93,8 +93,10 @@ SCHEMAS_QUERY = (
 SELECT n.nspname AS schema_name,
        pg_get_userbyid(ns.nspowner) AS owner,
        obj_description(n.oid, 'pg_namespace') AS comment,
-       (SELECT count(*) FROM sel_rel c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
-       (SELECT count(*) FROM sel_rel c WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
+       -- What the schema holds, whatever the run's relation filters: a filtered run must not make the
+       -- schema look changed (docs/atlas-mapping.md).
+       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
+       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
 FROM sel_ns n
 JOIN pg_namespace ns ON ns.oid = n.oid
 ORDER BY n.nspname
