@@ -114,8 +114,9 @@ class StackLayout:
         for service in SERVICES:
             rows.append(
                 (
-                    f"{service}: app / daprd http / grpc",
-                    f"{self.app_port(service)} / {self.dapr_http_port(service)} / {self.dapr_grpc_port(service)}",
+                    f"{service}: app / daprd http / grpc / metrics",
+                    f"{self.app_port(service)} / {self.dapr_http_port(service)} / {self.dapr_grpc_port(service)}"
+                    f" / {self.dapr_metrics_port(service)}",
                 )
             )
         rows.append(("logs", str(self.logs)))
