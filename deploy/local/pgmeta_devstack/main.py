@@ -20,8 +20,42 @@ def _print_layout(layout: StackLayout) -> None:
         print(f"  {name:<{width}}  {where}")
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while the demo runs."""
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    # A terminal's Ctrl-C reaches us twice under `uv run` (the group's SIGINT and uv's forwarded copy):
+    # from the first signal on, ignore both so that nothing interrupts the shutdown.
+    _ignore_stop_signals()
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def demo(stack: LocalStack) -> int:
-    """Starts the stack, extracts the demo database through the CLI, keeps the stack up until Ctrl-C."""
+    """Starts the stack, extracts the demo database through the CLI, keeps the stack up until Ctrl-C.
+
+    Ctrl-C (once or more) or SIGTERM at any point, start-up included, stops the whole stack and exits 0.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
+    code = 0
+    try:
+        code = _demo_run(stack)
+    except Interrupted as exc:
+        print(f"\n[stack] {exc} received", flush=True)
+    finally:
+        _ignore_stop_signals()
+        stopped = stack.down()
+        print("[stack] stopped: " + (", ".join(stopped) if stopped else "nothing was running"), flush=True)
+    return code
+
+
+def _demo_run(stack: LocalStack) -> int:
     started = time.monotonic()
     stack.up()
     print(f"[stack] up in {time.monotonic() - started:.1f} s")
@@ -48,20 +82,16 @@ def demo(stack: LocalStack) -> int:
         ],
         env=env,
         check=False,
+        # Its own session: Ctrl-C is ours to handle (subprocess.run kills the CLI when we are interrupted).
+        start_new_session=True,
     )
     if result.returncode != 0:
         print("[demo] the extraction failed; the stack stays up for a look (logs above). Ctrl-C stops it.")
     if os.environ.get("PGMETA_DEMO_EXIT"):
-        stack.down()
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
-    try:
+    while True:
         signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("\n[stack] stopping: " + ", ".join(stack.down()))
-    return result.returncode
 
 
 def main(argv: list[str] | None = None) -> int:

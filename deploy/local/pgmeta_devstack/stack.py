@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
+from pgmeta_devstack.ownership import stack_processes, terminate
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
 
@@ -279,6 +280,11 @@ class LocalStack:
         if self.stop_postgres():
             stopped.append("postgres")
         self.layout.endpoints_file.unlink(missing_ok=True)
+        # Whatever the pid files no longer know about (deleted, or never written by an interrupted start).
+        strays = stack_processes(self.state)
+        if strays:
+            terminate(strays)
+            stopped.append(f"{len(strays)} process(es) without a pid file")
         return stopped
 
     def is_up(self) -> bool:
