@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 from pgmeta_devstack.layout import StackLayout
+from pgmeta_devstack.local_secrets import USER_FILE, SecretsFileError, set_user_secret
 from pgmeta_devstack.processes import StackError
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
 
@@ -94,9 +96,34 @@ def _demo_run(stack: LocalStack) -> int:
         signal.pause()
 
 
+def secrets_command(stack: LocalStack, words: list[str], username: str | None) -> int:
+    """`secrets set NAME [--username U]` (password from the terminal or stdin) or `secrets reload`."""
+    if words[:1] == ["set"] and len(words) == 2:
+        password = getpass.getpass(f"password for {words[1]!r}: ") if sys.stdin.isatty() else sys.stdin.readline()
+        fields = {"password": password.rstrip("\n")} | ({"username": username} if username else {})
+        try:
+            set_user_secret(stack.state, words[1], fields)
+        except SecretsFileError as exc:
+            raise StackError(str(exc)) from None
+        print(f"[stack] secret {words[1]!r} saved in {stack.state / USER_FILE}")
+    elif words != ["reload"]:
+        raise StackError("usage: pgmeta-stack secrets set NAME [--username U] | pgmeta-stack secrets reload")
+    try:
+        reloaded = stack.reload_secretstore()
+    except SecretsFileError as exc:
+        raise StackError(str(exc)) from None
+    if reloaded:
+        print("[stack] extractor and publisher sidecars restarted: the secret store is current")
+    else:
+        print("[stack] the stack is not up; `make up` will read the secrets")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgmeta-stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "demo"])
+    parser.add_argument("command", choices=["up", "down", "status", "demo", "secrets"])
+    parser.add_argument("words", nargs="*", metavar="set NAME | reload", help="secrets: what to do")
+    parser.add_argument("--username", help="secrets set: the username stored with the password")
     args = parser.parse_args(argv)
     stack = LocalStack(StackLayout.default())
     try:
@@ -108,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stopped = stack.down()
             print("[stack] stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        elif args.command == "secrets":
+            return secrets_command(stack, args.words, args.username)
         elif args.command == "status":
             print("[stack] " + ("up" if stack.is_up() else "not (fully) up"))
             _print_layout(stack.layout)

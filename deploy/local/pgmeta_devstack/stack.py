@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 import psycopg
 
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
+from pgmeta_devstack.local_secrets import SECRET_STORE_SERVICES, write_store
 from pgmeta_devstack.ownership import stack_processes, terminate
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
@@ -54,11 +54,22 @@ class LocalStack:
         return self._secret_file("state-encryption.key", secrets.token_hex(32))
 
     def write_secretstore(self) -> None:
-        secret_path = self.state / "secrets.json"
-        secret_path.write_text(
-            json.dumps({DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}}, indent=2)
-        )
-        secret_path.chmod(0o600)
+        """The demo's secret merged with the user's own file (local_secrets.py)."""
+        write_store(self.state, {DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}})
+
+    def reload_secretstore(self) -> bool:
+        """Rewrites the store and restarts the sidecars that read it (local.file reads only at start-up).
+
+        False when the stack is not running (the next `make up` reads the file anyway).
+        """
+        self.write_secretstore()
+        if not all(self._running(f"{service}-daprd") for service in SECRET_STORE_SERVICES):
+            return False
+        for service in SECRET_STORE_SERVICES:
+            stop(self.layout.pids, f"{service}-daprd")
+            app_pid, sidecar_pid = self.start_service(service)
+            self.wait_for_service(service, None, sidecar_pid)
+        return True
 
     # -- infrastructure ----------------------------------------------------------------------------
 
