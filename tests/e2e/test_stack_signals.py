@@ -165,3 +165,16 @@ def test_make_down_stops_a_stack_whose_pid_files_are_gone(stack_home: tuple[Path
     code, output = stack_command("down", state, base).finish()
     assert code == 0, output
     _assert_all_stopped(pids)
+
+
+def test_make_down_from_another_terminal_ends_make_run(stack_home: tuple[Path, int]) -> None:
+    state, base = stack_home
+    run = stack_command("demo", state, base)
+    run.wait_for_line(READY)
+    pids = _stack_pids(state)
+    code, output = stack_command("down", state, base).finish()
+    assert code == 0, output
+    code, output = run.finish(timeout=30)
+    assert code == 0 and "stopped elsewhere" in output, output
+    _assert_all_stopped(pids)
+    assert stack_processes(state) == []

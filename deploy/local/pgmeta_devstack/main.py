@@ -92,8 +92,11 @@ def _demo_run(stack: LocalStack) -> int:
     if os.environ.get("PGMETA_DEMO_EXIT"):
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
-    while True:
-        signal.pause()
+    # Until Ctrl-C, or until `make down` in another terminal stops the stack under us.
+    while stack.is_up():
+        time.sleep(1)
+    print("\n[demo] the stack was stopped elsewhere (make down)", flush=True)
+    return result.returncode
 
 
 def secrets_command(stack: LocalStack, words: list[str], username: str | None) -> int:
