@@ -281,6 +281,22 @@ def test_schema_filters(postgres: PostgresServer, filters: FilterSpec, expected_
     assert {r["schema_name"] for r in of_kind(records, "column")} <= expected_schemas
 
 
+def test_a_schema_pattern_needs_to_match_in_one_of_the_databases_its_key_covers(postgres: PostgresServer) -> None:
+    # The README's shape: one key for two databases, each schema pattern meant for one of them.
+    checked, records = extract_all(postgres, FilterSpec(include={"traps|crm": ["alpha", "leads"]}), database=None)
+    assert [db.database for db in checked.databases] == ["crm", "traps"]
+    assert {(r["database_name"], r["schema_name"]) for r in of_kind(records, "schema")} == {
+        ("crm", "leads"),
+        ("traps", "alpha"),
+    }
+    with pytest.raises(InvalidRequestError) as caught:
+        run_preflight(postgres, FilterSpec(include={"traps|crm": ["alpha", "nowhere"]}), database=None)
+    assert "include schema pattern 'nowhere' (under 'traps|crm') matches no schema in database 'crm' or 'traps'" in (
+        str(caught.value)
+    )
+    assert "'alpha'" not in str(caught.value)
+
+
 def test_database_filters_select_and_exclude_whole_databases(postgres: PostgresServer) -> None:
     checked, records = extract_all(
         postgres, FilterSpec(include={"crm|traps": "*"}, exclude={"traps": "*"}), database=None
@@ -302,11 +318,25 @@ def test_relation_filters(postgres: PostgresServer) -> None:
     assert {r["relation_name"] for r in of_kind(records, "column")} <= {n for _, n in names}
 
 
+def test_a_schemas_counts_do_not_depend_on_the_runs_filters(postgres: PostgresServer) -> None:
+    # Otherwise a run with --exclude-views reports every schema with views as updated (viewsCount 0).
+    def schema_counts(filters: FilterSpec) -> list[tuple[str, int, int]]:
+        _, records = extract_all(postgres, filters)
+        return [(r["schema_name"], r["table_count"], r["view_count"]) for r in of_kind(records, "schema")]
+
+    plain = schema_counts(FilterSpec(include={"traps": ["alpha"]}))
+    narrower = FilterSpec(
+        include={"traps": ["alpha"]}, temp_table_regex=".*_tmp", exclude_views=True, exclude_empty_tables=True
+    )
+    filtered = schema_counts(narrower)
+    assert plain == filtered and plain[0][2] > 0
+
+
 @pytest.mark.parametrize(
     ("filters", "says"),
     [
         (FilterSpec(include={"tra": "*"}), "include key 'tra' matches no database"),
-        (FilterSpec(include={"traps": ["nomatch"]}), "include schema pattern 'nomatch' matches no schema"),
+        (FilterSpec(include={"traps": ["nomatch"]}), "pattern 'nomatch' (under 'traps') matches no schema"),
         (FilterSpec(include={"traps": ["alpha"]}, exclude={"traps": ["alpha"]}), "select 0 tables and 0 views"),
         (FilterSpec(include={"traps": ["alph("]}), "include schema pattern 'alph(' (under 'traps') is not a valid"),
         (FilterSpec(temp_table_regex="[unclosed"), "temp_table_regex is not a valid regular expression"),
@@ -318,6 +348,20 @@ def test_preflight_refuses_filters_that_select_nothing_or_do_not_compile(
     with pytest.raises(InvalidRequestError, match=None) as caught:
         run_preflight(postgres, filters)
     assert says in str(caught.value)
+
+
+def test_a_failed_preflight_says_so_once_in_the_runs_error(postgres: PostgresServer) -> None:
+    from pgmeta_orchestrator.workflow import StageFailedError, _unwrap
+    from pgmeta_shared.events import Stage
+
+    with pytest.raises(InvalidRequestError) as caught:
+        run_preflight(postgres, FilterSpec(include={"tra": "*"}))
+    outcome = {"ok": False, "error_code": caught.value.code, "error": str(caught.value)}
+    with pytest.raises(StageFailedError) as failed:
+        _unwrap(Stage.PREFLIGHT, None, outcome)
+    said = str(failed.value)
+    assert said.startswith("preflight failed (invalid_request): include key 'tra' matches no database"), said
+    assert said.count("preflight failed") == 1, said
 
 
 def test_hostile_patterns_execute_no_sql_and_do_not_hang(postgres: PostgresServer) -> None:

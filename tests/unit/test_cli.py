@@ -29,4 +29,11 @@ def test_progress_fraction_moves_through_the_stages() -> None:
 
 def test_summary_has_exactly_the_documented_keys() -> None:
     run = {"run_id": "r", "status": "FAILED", "stage": "extract", "error": "boom", "progress": None}
-    assert summary(run) == {"run_id": "r", "status": "FAILED", "counts": {}, "output": None, "error": "boom"}
+    assert summary(run) == {
+        "run_id": "r",
+        "status": "FAILED",
+        "counts": {},
+        "changes": {},
+        "output": None,
+        "error": "boom",
+    }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 SERVICES = ("orchestrator", "extractor", "transformer", "publisher")
 DEFAULT_BASE_PORT = 18000
+ENDPOINTS_FILE = "endpoints.json"
 
 
 def repo_root() -> Path:
@@ -27,9 +29,12 @@ class StackLayout:
 
     @classmethod
     def default(cls) -> StackLayout:
-        base = int(os.environ.get("PGMETA_BASE_PORT", DEFAULT_BASE_PORT))
-        state = Path(os.environ.get("PGMETA_STATE_DIR", repo_root() / ".pgmeta" / "stack"))
-        return cls(base, state.resolve())
+        """PGMETA_BASE_PORT, else the port block the running stack recorded (`make status`, `make down`)."""
+        state = Path(os.environ.get("PGMETA_STATE_DIR", repo_root() / ".pgmeta" / "stack")).resolve()
+        base = os.environ.get("PGMETA_BASE_PORT")
+        if base is None:
+            return cls(recorded_base_port(state) or DEFAULT_BASE_PORT, state)
+        return cls(int(base), state)
 
     def _index(self, service: str) -> int:
         return SERVICES.index(service)
@@ -93,6 +98,24 @@ class StackLayout:
     def objects(self) -> Path:
         return self.state_dir / "objects"
 
+    @property
+    def endpoints_file(self) -> Path:
+        """Read by the CLI (pgmeta_cli/endpoints.py) to find this stack; removed by `make down`."""
+        return self.state_dir / ENDPOINTS_FILE
+
+    def write_endpoints(self) -> None:
+        self.endpoints_file.write_text(
+            json.dumps(
+                {
+                    "base_port": self.base_port,
+                    "api_url": self.api_url,
+                    "dapr_http_url": f"http://127.0.0.1:{self.dapr_http_port('orchestrator')}",
+                    "zipkin_url": self.zipkin_url,
+                },
+                indent=2,
+            )
+        )
+
     def describe(self) -> list[tuple[str, str]]:
         rows = [
             ("REST API (orchestrator)", self.api_url),
@@ -104,8 +127,9 @@ class StackLayout:
         for service in SERVICES:
             rows.append(
                 (
-                    f"{service}: app / daprd http / grpc",
-                    f"{self.app_port(service)} / {self.dapr_http_port(service)} / {self.dapr_grpc_port(service)}",
+                    f"{service}: app / daprd http / grpc / metrics",
+                    f"{self.app_port(service)} / {self.dapr_http_port(service)} / {self.dapr_grpc_port(service)}"
+                    f" / {self.dapr_metrics_port(service)}",
                 )
             )
         rows.append(("trace viewer (Zipkin)", f"{self.zipkin_url}/zipkin/"))
@@ -118,6 +142,15 @@ class StackLayout:
         rows.append(("logs", str(self.logs)))
         rows.append(("published entities", str(self.objects)))
         return rows
+
+
+def recorded_base_port(state_dir: Path) -> int | None:
+    """The base port a running stack wrote into its state directory, if any."""
+    try:
+        base = json.loads((state_dir / ENDPOINTS_FILE).read_text())["base_port"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return base if isinstance(base, int) else None
 
 
 def free_port_block(start: int, size: int = 100, attempts: int = 50) -> int:

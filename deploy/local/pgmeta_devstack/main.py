@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 from pgmeta_devstack.layout import StackLayout
+from pgmeta_devstack.local_secrets import USER_FILE, SecretsFileError, set_user_secret
 from pgmeta_devstack.processes import StackError
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
 from pgmeta_devstack.tracing import print_trace_link
@@ -21,8 +23,42 @@ def _print_layout(layout: StackLayout) -> None:
         print(f"  {name:<{width}}  {where}")
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while the demo runs."""
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    # A terminal's Ctrl-C reaches us twice under `uv run` (the group's SIGINT and uv's forwarded copy):
+    # from the first signal on, ignore both so that nothing interrupts the shutdown.
+    _ignore_stop_signals()
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def demo(stack: LocalStack) -> int:
-    """Starts the stack, extracts the demo database through the CLI, keeps the stack up until Ctrl-C."""
+    """Starts the stack, extracts the demo database through the CLI, keeps the stack up until Ctrl-C.
+
+    Ctrl-C (once or more) or SIGTERM at any point, start-up included, stops the whole stack and exits 0.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
+    code = 0
+    try:
+        code = _demo_run(stack)
+    except Interrupted as exc:
+        print(f"\n[stack] {exc} received", flush=True)
+    finally:
+        _ignore_stop_signals()
+        stopped = stack.down()
+        print("[stack] stopped: " + (", ".join(stopped) if stopped else "nothing was running"), flush=True)
+    return code
+
+
+def _demo_run(stack: LocalStack) -> int:
     started = time.monotonic()
     stack.up()
     print(f"[stack] up in {time.monotonic() - started:.1f} s")
@@ -50,26 +86,50 @@ def demo(stack: LocalStack) -> int:
         ],
         env=env,
         check=False,
+        # Its own session: Ctrl-C is ours to handle (subprocess.run kills the CLI when we are interrupted).
+        start_new_session=True,
     )
     if result.returncode != 0:
         print("[demo] the extraction failed; the stack stays up for a look (logs above). Ctrl-C stops it.")
     print_trace_link(stack, request_id)
     if os.environ.get("PGMETA_DEMO_EXIT"):
-        stack.down()
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
-    try:
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("\n[stack] stopping: " + ", ".join(stack.down()))
+    # Until Ctrl-C, or until `make down` in another terminal stops the stack under us.
+    while stack.is_up():
+        time.sleep(1)
+    print("\n[demo] the stack was stopped elsewhere (make down)", flush=True)
     return result.returncode
+
+
+def secrets_command(stack: LocalStack, words: list[str], username: str | None) -> int:
+    """`secrets set NAME [--username U]` (password from the terminal or stdin) or `secrets reload`."""
+    if words[:1] == ["set"] and len(words) == 2:
+        password = getpass.getpass(f"password for {words[1]!r}: ") if sys.stdin.isatty() else sys.stdin.readline()
+        fields = {"password": password.rstrip("\n")} | ({"username": username} if username else {})
+        try:
+            set_user_secret(stack.state, words[1], fields)
+        except SecretsFileError as exc:
+            raise StackError(str(exc)) from None
+        print(f"[stack] secret {words[1]!r} saved in {stack.state / USER_FILE}")
+    elif words != ["reload"]:
+        raise StackError("usage: pgmeta-stack secrets set NAME [--username U] | pgmeta-stack secrets reload")
+    try:
+        reloaded = stack.reload_secretstore()
+    except SecretsFileError as exc:
+        raise StackError(str(exc)) from None
+    if reloaded:
+        print("[stack] extractor and publisher sidecars restarted: the secret store is current")
+    else:
+        print("[stack] the stack is not up; `make up` will read the secrets")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgmeta-stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "demo"])
+    parser.add_argument("command", choices=["up", "down", "status", "demo", "secrets"])
+    parser.add_argument("words", nargs="*", metavar="set NAME | reload", help="secrets: what to do")
+    parser.add_argument("--username", help="secrets set: the username stored with the password")
     args = parser.parse_args(argv)
     stack = LocalStack(StackLayout.default())
     try:
@@ -81,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stopped = stack.down()
             print("[stack] stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        elif args.command == "secrets":
+            return secrets_command(stack, args.words, args.username)
         elif args.command == "status":
             print("[stack] " + ("up" if stack.is_up() else "not (fully) up"))
             _print_layout(stack.layout)

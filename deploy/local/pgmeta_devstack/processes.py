@@ -13,20 +13,26 @@ from pathlib import Path
 
 import httpx
 
+from pgmeta_devstack.ownership import STACK_MARKER, belongs_to
+
 
 class StackError(RuntimeError):
     pass
 
 
 def spawn(name: str, argv: Sequence[str], *, logs: Path, pids: Path, cwd: Path, env: dict[str, str]) -> int:
-    """Starts ``argv`` in its own session (it outlives the caller) and records its pid."""
+    """Starts ``argv`` in its own session (it outlives the caller) and records its pid.
+
+    The pid folder lives in the stack's state directory; the process is marked with that directory, so
+    the stack can tell its own processes from strangers that reuse a recorded pid (see ownership.py).
+    """
     logs.mkdir(parents=True, exist_ok=True)
     pids.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:
         process = subprocess.Popen(
             list(argv),
             cwd=cwd,
-            env=env,
+            env={**env, STACK_MARKER: str(pids.parent)},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -64,7 +70,7 @@ def recorded_pid(pids: Path, name: str) -> int | None:
         pid = int(path.read_text().strip())
     except ValueError:
         return None
-    return pid if alive(pid) else None
+    return pid if alive(pid) and belongs_to(pid, pids.parent) else None
 
 
 def stop(pids: Path, name: str, timeout: float = 10.0) -> bool:

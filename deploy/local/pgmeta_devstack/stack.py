@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -13,6 +12,8 @@ import psycopg
 
 from pgmeta_devstack import tracing
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
+from pgmeta_devstack.local_secrets import SECRET_STORE_SERVICES, write_store
+from pgmeta_devstack.ownership import stack_processes, terminate
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
 
@@ -54,11 +55,22 @@ class LocalStack:
         return self._secret_file("state-encryption.key", secrets.token_hex(32))
 
     def write_secretstore(self) -> None:
-        secret_path = self.state / "secrets.json"
-        secret_path.write_text(
-            json.dumps({DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}}, indent=2)
-        )
-        secret_path.chmod(0o600)
+        """The demo's secret merged with the user's own file (local_secrets.py)."""
+        write_store(self.state, {DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}})
+
+    def reload_secretstore(self) -> bool:
+        """Rewrites the store and restarts the sidecars that read it (local.file reads only at start-up).
+
+        False when the stack is not running (the next `make up` reads the file anyway).
+        """
+        self.write_secretstore()
+        if not all(self._running(f"{service}-daprd") for service in SECRET_STORE_SERVICES):
+            return False
+        for service in SECRET_STORE_SERVICES:
+            stop(self.layout.pids, f"{service}-daprd")
+            app_pid, sidecar_pid = self.start_service(service)
+            self.wait_for_service(service, None, sidecar_pid)
+        return True
 
     # -- infrastructure ----------------------------------------------------------------------------
 
@@ -301,6 +313,7 @@ class LocalStack:
         for service, (app_pid, sidecar_pid) in started.items():
             self.wait_for_service(service, app_pid, sidecar_pid)
         _say("services ready: " + ", ".join(SERVICES))
+        self.layout.write_endpoints()
         self.wait_for_trace_viewer()
 
     def down(self) -> list[str]:
@@ -314,6 +327,12 @@ class LocalStack:
                 stopped.append(name)
         if self.stop_postgres():
             stopped.append("postgres")
+        self.layout.endpoints_file.unlink(missing_ok=True)
+        # Whatever the pid files no longer know about (deleted, or never written by an interrupted start).
+        strays = stack_processes(self.state)
+        if strays:
+            terminate(strays)
+            stopped.append(f"{len(strays)} process(es) without a pid file")
         return stopped
 
     def is_up(self) -> bool:

@@ -19,6 +19,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from pgmeta_cli.endpoints import api_endpoint, sidecar_endpoint, unreachable
+from pgmeta_cli.event_check import event_problems
 from pgmeta_cli.observe import add_observe_commands
 from pgmeta_shared.events import TopicName
 
@@ -29,7 +31,11 @@ err = Console(stderr=True)
 
 
 def api_url() -> str:
-    return os.environ.get("PGMETA_API_URL", "http://127.0.0.1:18000").rstrip("/")
+    return api_endpoint().url
+
+
+def _unreachable_api(exc: httpx.HTTPError) -> int:
+    return _fail(unreachable(api_endpoint(), "the pgmeta API", exc))
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -84,6 +90,7 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
         "run_id": run["run_id"],
         "status": run["status"],
         "counts": run.get("counts") or {},
+        "changes": run.get("changes") or {},
         "output": run.get("output"),
         "error": run.get("error"),
     }
@@ -95,10 +102,43 @@ def print_human(run: dict[str, Any]) -> None:
     out.print(f"run [bold]{run['run_id']}[/bold]: [{color}]{run['status']}[/{color}]")
     for type_name, count in sorted((run.get("counts") or {}).items()):
         out.print(f"  {type_name:<18} {count:>8}")
+    if run.get("changes"):
+        out.print("changes since the last run: " + describe_changes(run["changes"]))
     if run.get("output"):
         out.print(f"entities (JSON Lines, one Atlas entity per line): {run['output']}")
     if run.get("error"):
         out.print(f"[red]error:[/red] {run['error']}")
+
+
+CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
+
+
+def describe_changes(changes: dict[str, int]) -> str:
+    return ", ".join(f"{changes.get(kind, 0)} {kind}" for kind in CHANGE_KINDS)
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    """One line per run under a header; changes as +created ~updated =unchanged -deleted."""
+    rows = [("RUN", "STATUS", "SOURCE", "STARTED", "DURATION", "CHANGES")]
+    for run in runs:
+        source = run.get("source") or {}
+        where = f"{source.get('host')}:{source.get('port')}/{source.get('database') or '*'}" if source else ""
+        duration = run.get("duration_seconds")
+        changes = run.get("changes") or {}
+        marks = zip("+~=-", CHANGE_KINDS, strict=True)
+        rows.append(
+            (
+                run["run_id"],
+                run["status"] if run["status"] != "RUNNING" else f"RUNNING ({run.get('stage') or ''})",
+                where,
+                (run.get("created_at") or "")[:19].replace("T", " "),
+                f"{duration:.1f} s" if duration is not None else "",
+                " ".join(f"{mark}{changes.get(kind, 0)}" for mark, kind in marks) if changes else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 class UsageError(Exception):
@@ -170,9 +210,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         try:
             response = client.post(f"{api_url()}/runs", json=body)
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
+            return _unreachable_api(exc)
         if response.status_code == 422:
             return _fail(f"the API rejected the request: {_rejected(response)}")
+        if response.status_code == 409:  # the request id is taken by a different request
+            return _fail(_rejected(response))
         response.raise_for_status()
         run_id = response.json()["run_id"]
         if not args.wait:
@@ -195,7 +237,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         try:
             response = client.post(f"{api_url()}/preflight", json=body)
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
+            return _unreachable_api(exc)
     answer = response.json()
     if "detail" in answer:
         return _fail(f"the API rejected the request: {_rejected(response)}")
@@ -220,7 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except httpx.HTTPStatusError as exc:
             return _fail(f"no run {args.run_id!r}" if exc.response.status_code == 404 else str(exc))
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc}")
+            return _unreachable_api(exc)
         if args.wait:
             run = wait_for(client, args.run_id, show=not args.json, timeout=args.timeout)
     if args.json:
@@ -232,10 +274,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with httpx.Client(timeout=30) as client:
-        response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
+        try:
+            response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
+        except httpx.HTTPError as exc:
+            return _unreachable_api(exc)
         response.raise_for_status()
-    for run in response.json():
-        print(f"{run['run_id']:<40} {run['status']:<10} {run.get('stage') or '':<10} {run.get('created_at') or ''}")
+    print_runs(response.json())
     return 0
 
 
@@ -247,9 +291,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
         document = json.loads(text)
     except ValueError as exc:
         return _fail(f"--data is not JSON: {exc}")
-    sidecar = os.environ.get("PGMETA_DAPR_HTTP_URL", "http://127.0.0.1:18010").rstrip("/")
-    url = f"{sidecar}/v1.0/publish/{args.pubsub}/{args.topic}"
-    response = httpx.post(url, json=document, timeout=30)
+    problems = event_problems(args.topic, document)
+    if problems:
+        return _fail(problems + " (nothing was published)")
+    sidecar = sidecar_endpoint()
+    url = f"{sidecar.url}/v1.0/publish/{args.pubsub}/{args.topic}"
+    try:
+        response = httpx.post(url, json=document, timeout=30)
+    except httpx.HTTPError as exc:
+        return _fail(unreachable(sidecar, "the Dapr sidecar", exc))
     if response.status_code >= 300:
         return _fail(f"publish failed ({response.status_code}): {response.text}")
     print(f"published to {args.topic}")
@@ -290,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="request an extraction of one PostgreSQL server")
     add_source_arguments(extract)
     extract.add_argument("--connection-qualified-name", help="Atlan connection qualifiedName, default/postgres/<id>")
-    extract.add_argument("--request-id", help="idempotency key (a repeat starts no second run)")
+    extract.add_argument(
+        "--request-id",
+        help="idempotency key: the same request again returns its run; a different request under it is refused",
+    )
     extract.add_argument("--stage-timeout", type=int, default=900, help="seconds each stage may take")
     extract.add_argument("--wait", action="store_true", help="show progress and wait for the run to end")
     extract.add_argument("--json", action="store_true", help="print one JSON document")

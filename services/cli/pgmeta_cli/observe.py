@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 from rich.console import Console
+
+from pgmeta_cli.endpoints import api_endpoint, zipkin_endpoint
 
 out = Console(highlight=False)
 err = Console(stderr=True)
@@ -38,11 +39,11 @@ KEY_TAGS = (
 
 
 def zipkin_url() -> str:
-    return os.environ.get("PGMETA_ZIPKIN_URL", "http://127.0.0.1:18080").rstrip("/")
+    return zipkin_endpoint().url
 
 
 def api_url() -> str:
-    return os.environ.get("PGMETA_API_URL", "http://127.0.0.1:18000").rstrip("/")
+    return api_endpoint().url
 
 
 def trace_link(trace_id: str) -> str:

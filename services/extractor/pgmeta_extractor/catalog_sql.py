@@ -93,8 +93,10 @@ SCHEMAS_QUERY = (
 SELECT n.nspname AS schema_name,
        pg_get_userbyid(ns.nspowner) AS owner,
        obj_description(n.oid, 'pg_namespace') AS comment,
-       (SELECT count(*) FROM sel_rel c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
-       (SELECT count(*) FROM sel_rel c WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
+       -- What the schema holds, whatever the run's relation filters: a filtered run must not make the
+       -- schema look changed (docs/atlas-mapping.md).
+       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
+       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
 FROM sel_ns n
 JOIN pg_namespace ns ON ns.oid = n.oid
 ORDER BY n.nspname
@@ -119,20 +121,29 @@ SELECT s.nspname AS schema_name,
        pg_get_userbyid(c.relowner) AS owner,
        obj_description(c.oid, 'pg_class') AS comment,
        c.relpersistence::text AS persistence,
-       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END AS row_estimate,
+       (SELECT sum(sc.reltuples)::bigint FROM pg_class sc
+         WHERE sc.oid = ANY (storage.oids) AND sc.reltuples >= 0) AS row_estimate,
        st.n_live_tup AS live_tuples,
        (SELECT count(*) FROM pg_attribute a
          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::int AS column_count,
-       CASE WHEN c.relkind IN ('r', 'm', 't', 'p') THEN c.relpages::bigint * current_setting('block_size')::int END
-           AS table_bytes,
-       (SELECT (coalesce(sum(ic.relpages), 0) * current_setting('block_size')::int)::bigint
-          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid) AS index_bytes,
-       (SELECT (coalesce(sum(tc.relpages), 0) * current_setting('block_size')::int)::bigint
-          FROM pg_class tc WHERE tc.oid = c.reltoastrelid) AS toast_bytes,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'p') THEN
+           (SELECT (coalesce(sum(greatest(sc.relpages, 0)), 0) * current_setting('block_size')::int)::bigint
+              FROM pg_class sc WHERE sc.oid = ANY (storage.oids)) END AS table_bytes,
+       (SELECT (coalesce(sum(greatest(ic.relpages, 0)), 0) * current_setting('block_size')::int)::bigint
+          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+         WHERE i.indrelid = ANY (storage.oids)) AS index_bytes,
+       (SELECT (coalesce(sum(greatest(tc.relpages, 0)), 0) * current_setting('block_size')::int)::bigint
+          FROM pg_class sc JOIN pg_class tc ON tc.oid = sc.reltoastrelid
+         WHERE sc.oid = ANY (storage.oids)) AS toast_bytes,
        fs.srvname AS foreign_server,
        array_to_string(ft.ftoptions, ', ') AS foreign_options
 FROM sel_rel s
 JOIN pg_class c ON c.oid = s.oid
+-- Where the relation's rows live: a partitioned table has no storage (relpages and reltuples are -1 once
+-- analysed); its size and row estimate are those of its leaf partitions.
+CROSS JOIN LATERAL (SELECT CASE WHEN c.relkind = 'p'
+                                THEN ARRAY(SELECT t.relid FROM pg_partition_tree(c.oid) t WHERE t.isleaf)
+                                ELSE ARRAY[c.oid] END AS oids) AS storage
 LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
 LEFT JOIN pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
 LEFT JOIN pg_class pc ON pc.oid = i.inhparent
@@ -277,7 +288,10 @@ SELECT s.nspname AS schema_name,
              FROM generate_series(x.indnkeyatts + 1, x.indnatts) AS k ORDER BY k)::text[] AS include_columns,
        pg_get_expr(x.indpred, x.indrelid) AS predicate,
        pg_get_indexdef(x.indexrelid) AS definition,
-       ic.relpages::bigint * current_setting('block_size')::int AS size_bytes,
+       (CASE WHEN ic.relkind = 'I'  -- a partitioned index: the sum of its leaf indexes
+             THEN (SELECT coalesce(sum(greatest(lc.relpages, 0)), 0) FROM pg_partition_tree(ic.oid) t
+                   JOIN pg_class lc ON lc.oid = t.relid WHERE t.isleaf)
+             ELSE greatest(ic.relpages, 0) END)::bigint * current_setting('block_size')::int AS size_bytes,
        obj_description(ic.oid, 'pg_class') AS comment
 FROM sel_rel s
 JOIN pg_index x ON x.indrelid = s.oid

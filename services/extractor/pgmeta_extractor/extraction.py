@@ -22,7 +22,12 @@ from pgmeta_extractor.catalog_sql import (
     SYSTEM_SCHEMA_FILTER,
     VIEW_DEFINITIONS_QUERY,
 )
-from pgmeta_extractor.selection import FilterPatterns, choose_databases, relation_params
+from pgmeta_extractor.selection import (
+    FilterPatterns,
+    choose_databases,
+    relation_params,
+    schema_patterns_matching_nowhere,
+)
 from pgmeta_extractor.source import PasswordProvider, connect, fetch_one, stream_rows
 from pgmeta_shared.claimcheck import Record, batch_records
 from pgmeta_shared.errors import (
@@ -117,13 +122,15 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     warnings.extend(choice.skipped)
     counts = {"databases": len(choice.selected), "schemas": 0, "tables": 0, "views": 0, "columns": 0}
     database_records: list[Record] = []
+    unmatched_schema_patterns: dict[str, set[str]] = {}
     for selection in choice.selected:
         with connect(command.source, password, selection.database) as connection:
             database_records.append({"kind": "database", **fetch_one(connection, DATABASE_QUERY)})
             selected = fetch_one(connection, COUNT_QUERY, relation_params(selection, filters))
             for key in ("schemas", "tables", "views", "columns"):
                 counts[key] += int(selected[key])
-            problems.extend(_unmatched_schema_patterns(connection, selection))
+            unmatched_schema_patterns[selection.database] = _unmatched_schema_patterns(connection, selection)
+    problems.extend(schema_patterns_matching_nowhere(rows, choice.selected, patterns, unmatched_schema_patterns))
     if not choice.selected:
         problems.append(
             "the filters select no database" + (f" ({'; '.join(choice.skipped)})" if choice.skipped else "")
@@ -133,7 +140,7 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
             f"the filters select 0 tables and 0 views in {counts['databases']} database(s): nothing to extract"
         )
     if problems:
-        raise InvalidRequestError("preflight failed: " + "; ".join(problems))
+        raise InvalidRequestError("; ".join(problems))  # the workflow says "preflight failed (…):"
     server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
     platform.save_chunk(command.run_id, Stage.EXTRACT, SERVER_UNIT, 0, [server_record, *database_records])
     completed = PreflightCompleted(
@@ -154,10 +161,10 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} AND 
 """
 
 
-def _unmatched_schema_patterns(connection: Connection, selection: DatabaseSelection) -> list[str]:
+def _unmatched_schema_patterns(connection: Connection, selection: DatabaseSelection) -> set[str]:
+    """The selection's anchored include patterns that match no schema of the connected database."""
     rows = stream_rows(connection, UNMATCHED_SCHEMA_PATTERNS_QUERY, {"patterns": selection.schema_include})
-    return [f"include schema pattern {r['pattern'][4:-2]!r} matches no schema in database "
-            f"{selection.database!r}" for r in rows]  # fmt: skip
+    return {r["pattern"] for r in rows}
 
 
 # -- metadata for filter pickers -----------------------------------------------------------------------

@@ -95,6 +95,35 @@ def choose_databases(
     return choice
 
 
+def schema_patterns_matching_nowhere(
+    rows: list[dict[str, Any]],
+    selected: list[DatabaseSelection],
+    patterns: FilterPatterns,
+    unmatched: dict[str, set[str]],
+) -> list[str]:
+    """Include schema patterns that match no schema in any selected database their key covers.
+
+    A key like ``"sales|crm"`` covers several databases and its patterns are meant for one or another of
+    them: a pattern only has to match somewhere. ``unmatched`` holds, per selected database, the anchored
+    patterns that matched none of its schemas.
+    """
+    selected_names = {selection.database for selection in selected}
+    problems = []
+    for index, (key, value) in enumerate(zip(patterns.include_keys, patterns.include_values, strict=True), start=1):
+        covered = sorted(
+            r["database_name"] for r in rows if index in r["include_matches"] and r["database_name"] in selected_names
+        )
+        if value == "*" or not covered:
+            continue
+        for pattern in value:
+            if all(anchor(pattern) in unmatched.get(database, set()) for database in covered):
+                names = " or ".join(repr(database) for database in covered)
+                problems.append(
+                    f"include schema pattern {pattern!r} (under {key!r}) matches no schema in database {names}"
+                )
+    return problems
+
+
 def _patterns(values: list[FilterValue]) -> list[str]:
     seen: dict[str, None] = {}
     for value in values:

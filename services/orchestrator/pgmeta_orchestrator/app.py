@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.dapr_metadata import dapr_router
+from pgmeta_orchestrator.request_ids import RequestIdConflictError
 from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.schedules import install_schedules
@@ -118,7 +119,10 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
     async def create_run(body: RunRequest, runs: Runs) -> dict[str, str]:
         """Publishes ``extraction.requested`` (the same event any publisher sends) and returns the run id."""
-        run_id = await run_in_threadpool(runs.submit, body)
+        try:
+            run_id = await run_in_threadpool(runs.submit, body)
+        except RequestIdConflictError as exc:
+            raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from None
         return {"run_id": run_id, "status_url": f"/runs/{run_id}"}
 
     @app.get("/runs/{run_id}")

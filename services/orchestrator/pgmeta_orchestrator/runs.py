@@ -12,6 +12,7 @@ from typing import Any, Literal
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pgmeta_orchestrator.request_ids import RequestIdConflictError, new_request_record, same_request
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.errors import InvalidRequestError
@@ -112,6 +113,11 @@ class RunView(BaseModel):
     progress: dict[str, Any] | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    changes: dict[str, int] = Field(
+        default_factory=dict, description="Entities created / updated / unchanged / deleted since the last run."
+    )
+    source: dict[str, Any] | None = Field(default=None, description="host, port and database of the request.")
+    duration_seconds: float | None = Field(default=None, description="From the run's start to its last update.")
 
 
 class RunService:
@@ -138,8 +144,15 @@ class RunService:
         return CredentialRef(kind="state", store=self._settings.credentials_store, key=key)
 
     def submit(self, body: RunRequest) -> str:
-        """Stores an inline password encrypted, then publishes ``extraction.requested``."""
+        """Stores an inline password encrypted, then publishes ``extraction.requested``.
+
+        A request id already taken: the same request returns its run, storing nothing; a different one
+        raises RequestIdConflictError.
+        """
         run_id = body.request_id or f"run-{uuid.uuid4().hex[:12]}"
+        request = body.model_dump(mode="json", exclude={"password", "request_id"})
+        if self._request_id_taken(run_id, request, body.password):
+            return run_id
         credentials = self._credentials(run_id, body.password, body.credentials, self._settings.credentials_ttl_seconds)
         event = ExtractionRequested(
             request_id=run_id,
@@ -150,8 +163,24 @@ class RunService:
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
-        self._platform.save_json(run_requested_key(run_id), {"at": _now()}, ttl_seconds=7 * 24 * 3600)
         return run_id
+
+    def _request_id_taken(self, run_id: str, request: dict[str, Any], password: SecretStr | None) -> bool:
+        """True when ``run_id`` already runs this very request; records the request when the id is new."""
+        record = self._platform.get_json(run_requested_key(run_id))
+        if record is None and self._workflows.get_workflow_state(run_id, fetch_payloads=False) is None:
+            self._platform.save_json(
+                run_requested_key(run_id), new_request_record(request, password, _now()), ttl_seconds=7 * 24 * 3600
+            )
+            return False
+        if record is not None and same_request(record, request, password):
+            return True
+        view = self.view(run_id)
+        state = f" ({view.status.lower()}{': ' + view.error if view and view.error else ''})" if view else ""
+        raise RequestIdConflictError(
+            f"request id {run_id!r} is already used by run {run_id!r}{state} for a different request "
+            "(other source, filters, options or password); use another request id"
+        )
 
     def start(self, event: ExtractionRequested) -> None:
         """Handles ``extraction.requested``: one workflow per request id, duplicates acknowledged."""
@@ -268,12 +297,15 @@ class RunService:
             counts=custom.get("counts") or {},
             created_at=_iso(state.created_at),
             updated_at=_iso(state.last_updated_at),
+            source=_source_of(_loads(getattr(state, "serialized_input", None))),
+            duration_seconds=_seconds_between(state.created_at, state.last_updated_at),
         )
         if runtime == "COMPLETED":
             output = _loads(state.serialized_output) or {}
             view.status = "COMPLETED"
             view.counts = output.get("counts", view.counts)
             view.location = output.get("location")
+            view.changes = output.get("changes") or {}
             view.output = self._local_path(view.location)
         elif runtime in {"FAILED", "TERMINATED"}:
             view.status = "FAILED"
@@ -317,6 +349,17 @@ def _loads(text: str | None) -> Any:
         except ValueError:
             return None
     return value
+
+
+def _source_of(request: Any) -> dict[str, Any] | None:
+    source = request.get("source") if isinstance(request, dict) else None
+    if not isinstance(source, dict):
+        return None
+    return {key: source.get(key) for key in ("host", "port", "database")}
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
 
 
 def _iso(value: datetime | None) -> str | None:
