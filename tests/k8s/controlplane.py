@@ -566,7 +566,8 @@ def _start_dapr(plane: ControlPlane) -> None:
         "spec": {"mtls": {"enabled": True, "workloadCertTTL": "24h", "controlPlaneTrustDomain": TRUST_DOMAIN}},
     }
     (work / "sentry-config.yaml").write_text(json.dumps(sentry_config))
-    dapr_env = {**plane.env(), "NAMESPACE": DAPR_NAMESPACE}
+    # The tests run as root (in a cluster these run as non-root containers); Dapr refuses root unless told.
+    dapr_env = {**plane.env(), "NAMESPACE": DAPR_NAMESPACE, "DAPR_UNSAFE_SKIP_CONTAINER_UID_GID_CHECK": "true"}
     # Sentry in standalone mode keeps its CA in files (in a cluster: the dapr-trust-bundle secret) and
     # accepts the injector's certificate request without a service account token (no pod to bind one to).
     _spawn(
