@@ -10,6 +10,8 @@ help:
 	@echo "make test   the whole test suite (unit, integration with real daprd, end to end)"
 	@echo "make up / make down / make status   the stack in the background"
 	@echo "make lint   ruff + mypy (strict)"
+	@echo "make test-k8s   the Helm chart in a real Kubernetes control plane (make k8s builds it once)"
+	@echo "make manifests  regenerate deploy/k8s/pgmeta.yaml from the chart"
 
 # uv itself, if missing (pip), then the locked environment.
 setup:

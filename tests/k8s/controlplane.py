@@ -152,21 +152,27 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, plane: Contro
     raise ControlPlaneError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _open(request: urllib.request.Request, context: ssl.SSLContext | None = None) -> int:
+def _open(request: urllib.request.Request, context: ssl.SSLContext | None = None, timeout: float = 3) -> int:
     # Loopback only: never through a proxy that the environment may name.
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if context is not None:
         handlers.append(urllib.request.HTTPSHandler(context=context))
-    with urllib.request.build_opener(*handlers).open(request, timeout=3) as response:
+    with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
+        response.read()
         return int(response.status)
 
 
-def https_ok(url: str, token: str | None = None) -> bool:
+def _insecure_context() -> ssl.SSLContext:
+    """The API server's self-signed serving certificate: loopback only, the token is the test's own."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def https_ok(url: str, token: str | None = None) -> bool:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    return _open(request, context) == 200
+    return _open(request, _insecure_context()) == 200
 
 
 def http_ok(url: str) -> bool:
@@ -405,7 +411,7 @@ def _start_kubernetes(plane: ControlPlane, token: str) -> None:
             "warn",
         ],
     )
-    wait_for("etcd", lambda: http_ok(f"http://127.0.0.1:{ports.etcd}/health"), 60, plane)
+    wait_for("etcd", lambda: http_ok(f"http://127.0.0.1:{ports.etcd}/health"), 240, plane)
     _spawn(
         plane,
         "kube-apiserver",
@@ -441,9 +447,15 @@ def _start_kubernetes(plane: ControlPlane, token: str) -> None:
         ],
     )
     wait_for(
-        "kube-apiserver /readyz", lambda: https_ok(f"https://127.0.0.1:{ports.apiserver}/readyz", token), 180, plane
+        "kube-apiserver /readyz", lambda: https_ok(f"https://127.0.0.1:{ports.apiserver}/readyz", token), 600, plane
     )
     _write_kubeconfig(plane.kubeconfig, ports.apiserver, token)
+    # kubectl fetches the OpenAPI document before validating, with a 32 s limit; the server builds it on first
+    # request, which on a busy 2-core machine takes longer. Build it once here, without that limit.
+    warm_up = urllib.request.Request(
+        f"https://127.0.0.1:{ports.apiserver}/openapi/v2", headers={"Authorization": f"Bearer {token}"}
+    )
+    _open(warm_up, _insecure_context(), timeout=600)
     _spawn(
         plane,
         "kube-controller-manager",
@@ -510,9 +522,9 @@ def _start_kubernetes(plane: ControlPlane, token: str) -> None:
         ],
     )
     wait_for(
-        "kube-controller-manager", lambda: https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz"), 120, plane
+        "kube-controller-manager", lambda: https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz"), 480, plane
     )
-    wait_for("kube-scheduler", lambda: https_ok(f"https://127.0.0.1:{ports.scheduler}/healthz"), 120, plane)
+    wait_for("kube-scheduler", lambda: https_ok(f"https://127.0.0.1:{ports.scheduler}/healthz"), 480, plane)
     apply_objects(plane, [_kwok_node(name, zone) for name, zone in KWOK_NODES])
 
     def nodes_ready() -> bool:
@@ -524,10 +536,10 @@ def _start_kubernetes(plane: ControlPlane, token: str) -> None:
         ]
         return len(ready) == len(KWOK_NODES)
 
-    wait_for("kwok nodes Ready", nodes_ready, 60, plane)
+    wait_for("kwok nodes Ready", nodes_ready, 240, plane)
     # The `default` ServiceAccount appears once the controller manager's token controllers run.
     wait_for(
-        "default service account", lambda: plane.kubectl("get", "serviceaccount", "default").returncode == 0, 60, plane
+        "default service account", lambda: plane.kubectl("get", "serviceaccount", "default").returncode == 0, 240, plane
     )
 
 
@@ -554,7 +566,8 @@ def _start_dapr(plane: ControlPlane) -> None:
         "spec": {"mtls": {"enabled": True, "workloadCertTTL": "24h", "controlPlaneTrustDomain": TRUST_DOMAIN}},
     }
     (work / "sentry-config.yaml").write_text(json.dumps(sentry_config))
-    dapr_env = {**plane.env(), "NAMESPACE": DAPR_NAMESPACE}
+    # The tests run as root (in a cluster these run as non-root containers); Dapr refuses root unless told.
+    dapr_env = {**plane.env(), "NAMESPACE": DAPR_NAMESPACE, "DAPR_UNSAFE_SKIP_CONTAINER_UID_GID_CHECK": "true"}
     # Sentry in standalone mode keeps its CA in files (in a cluster: the dapr-trust-bundle secret) and
     # accepts the injector's certificate request without a service account token (no pod to bind one to).
     _spawn(
@@ -585,8 +598,8 @@ def _start_dapr(plane: ControlPlane) -> None:
         ],
         env=dapr_env,
     )
-    wait_for("dapr sentry", lambda: http_ok(f"http://127.0.0.1:{ports.sentry_healthz}/healthz"), 60, plane)
-    wait_for("sentry's CA files", lambda: (credentials / "issuer.key").exists(), 30, plane)
+    wait_for("dapr sentry", lambda: http_ok(f"http://127.0.0.1:{ports.sentry_healthz}/healthz"), 240, plane)
+    wait_for("sentry's CA files", lambda: (credentials / "issuer.key").exists(), 120, plane)
     _start_webhook_relay(plane, credentials)
     apply_objects(plane, [_webhook_configuration(plane, (credentials / "ca.crt").read_bytes())])
     _spawn(
@@ -623,7 +636,7 @@ def _start_dapr(plane: ControlPlane) -> None:
         },
     )
     # Ready once it holds a certificate from sentry and has patched the webhook's CA bundle.
-    wait_for("dapr sidecar injector", lambda: http_ok(f"http://127.0.0.1:{ports.injector_healthz}/healthz"), 90, plane)
+    wait_for("dapr sidecar injector", lambda: http_ok(f"http://127.0.0.1:{ports.injector_healthz}/healthz"), 360, plane)
 
 
 @contextmanager
