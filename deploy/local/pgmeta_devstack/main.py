@@ -55,6 +55,7 @@ def demo(stack: LocalStack) -> int:
         stack.down()
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
+    print(f"[demo] web console: {stack.layout.api_url}/console/ (password: {stack.state}/demo-postgres.password)")
     try:
         signal.pause()
     except KeyboardInterrupt:
