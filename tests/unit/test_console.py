@@ -29,23 +29,48 @@ def catalog(extra_column: bool) -> list[dict[str, Any]]:
     columns = ["id", "email"] + (["tier"] if extra_column else [])
     entities = [
         {"typeName": "Database", "attributes": {"qualifiedName": db, "name": "shop"}},
-        {"typeName": "Schema", "attributes": {"qualifiedName": schema, "name": "sales", "database": ref("Database", db)}},
-        {"typeName": "Table", "attributes": {"qualifiedName": table, "name": "customers",
-                                             "columnCount": len(columns), "atlanSchema": ref("Schema", schema)}},
-        {"typeName": "View", "attributes": {"qualifiedName": view, "name": "big_customers",
-                                            "atlanSchema": ref("Schema", schema)}},
-        {"typeName": "Process", "attributes": {"qualifiedName": f"{view}/_lineage_", "name": "sales.big_customers",
-                                               "inputs": [ref("Table", table)], "outputs": [ref("View", view)]}},
-    ]  # fmt: skip
+        {
+            "typeName": "Schema",
+            "attributes": {"qualifiedName": schema, "name": "sales", "database": ref("Database", db)},
+        },
+        {
+            "typeName": "Table",
+            "attributes": {
+                "qualifiedName": table,
+                "name": "customers",
+                "columnCount": len(columns),
+                "atlanSchema": ref("Schema", schema),
+            },
+        },
+        {
+            "typeName": "View",
+            "attributes": {"qualifiedName": view, "name": "big_customers", "atlanSchema": ref("Schema", schema)},
+        },
+        {
+            "typeName": "Process",
+            "attributes": {
+                "qualifiedName": f"{view}/_lineage_",
+                "name": "sales.big_customers",
+                "inputs": [ref("Table", table)],
+                "outputs": [ref("View", view)],
+            },
+        },
+    ]
     entities += [
         {"typeName": "Column", "attributes": {"qualifiedName": f"{table}/{c}", "name": c, "table": ref("Table", table)}}
         for c in columns
     ]
     entities += [
-        {"typeName": "Table", "attributes": {"qualifiedName": f"{schema}/t{i:03d}", "name": f"t{i:03d}",
-                                             "atlanSchema": ref("Schema", schema)}}
+        {
+            "typeName": "Table",
+            "attributes": {
+                "qualifiedName": f"{schema}/t{i:03d}",
+                "name": f"t{i:03d}",
+                "atlanSchema": ref("Schema", schema),
+            },
+        }
         for i in range(120)
-    ]  # fmt: skip
+    ]
     return entities
 
 
@@ -70,8 +95,14 @@ class DictReader:
             files.append({"name": name, "type": type_name, "entities": len(lines)})
         self.objects[f"{location}/report.json"] = b'{"problems": [], "atlan": []}'
         files.append({"name": "report.json", "problems": 0})
-        manifest = {"run_id": run_id, "connection_qualified_name": CONN, "previous_run_id": previous,
-                    "counts": {t: len(v) for t, v in by_type.items()}, "changes": {}, "files": files}  # fmt: skip
+        manifest = {
+            "run_id": run_id,
+            "connection_qualified_name": CONN,
+            "previous_run_id": previous,
+            "counts": {t: len(v) for t, v in by_type.items()},
+            "changes": {},
+            "files": files,
+        }
         self.objects[f"{location}/manifest.json"] = orjson.dumps(manifest)
         return location
 

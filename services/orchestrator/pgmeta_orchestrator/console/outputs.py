@@ -233,10 +233,10 @@ class RunOutputs:
                     if not isinstance(qn, str):
                         continue
                     entity_name = str(attributes.get("name") or qn.rsplit("/", 1)[-1])
-                    rows.append(
-                        (qn, entity.get("typeName", "?"), entity_name, entity_name.lower(), parent_of(attributes),
-                         entity_hash(entity), name, line_no)
-                    )  # fmt: skip
+                    type_name = entity.get("typeName", "?")
+                    parent = parent_of(attributes)
+                    hashed = entity_hash(entity)
+                    rows.append((qn, type_name, entity_name, entity_name.lower(), parent, hashed, name, line_no))
                 conn.executemany("INSERT OR REPLACE INTO entity VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             conn.execute("INSERT INTO meta VALUES ('location', ?)", [location])
             conn.commit()
