@@ -191,3 +191,20 @@ def test_an_altered_table_is_exactly_the_change_in_the_comparison(page: Any, ful
     shot(page, "compare")
     page.get_by_role("link", name="Created (1)").click()
     page.locator(f'#compare-items tr[data-qn$="/sales/customers/{ADDED_COLUMN}"]').wait_for()
+
+
+def test_pages_fit_a_narrow_screen(page: Any) -> None:
+    """At phone width nothing scrolls sideways except wide tables inside their own scroll box."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        for name, open_page in (
+            ("narrow-runs", lambda: page.get_by_role("link", name="Runs").first.click()),
+            ("narrow-new-extraction", lambda: new_extraction(page)),
+        ):
+            open_page()
+            page.locator("main h1").first.wait_for()
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{name}: the page is {overflow} px wider than the screen"
+            shot(page, name)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 860})

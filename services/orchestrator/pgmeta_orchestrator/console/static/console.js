@@ -24,7 +24,8 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const fmtInt = (n) => (n === null || n === undefined ? "—" : Number(n).toLocaleString("en-US"));
-const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "medium" }) : "—");
+const fmtTime = (iso) =>
+  iso ? new Date(iso).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" }) : "—";
 
 function fmtDuration(start, end) {
   if (!start) return "—";
@@ -34,6 +35,11 @@ function fmtDuration(start, end) {
   if (s < 60) return `${s.toFixed(1)} s`;
   const m = Math.floor(s / 60);
   return m < 60 ? `${m} min ${Math.round(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+// Node.replaceChildren would render null as the text "null": drop empty children first.
+function put(el, ...children) {
+  el.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined && child !== false));
 }
 
 const badge = (text, kind = text) => h("span", { class: `badge ${kind}` }, text);
@@ -175,9 +181,9 @@ async function route() {
   }
   const page = h("div", {});
   const render = (...nodes) => {
-    if (serial === routeSerial) page.replaceChildren(...nodes);
+    if (serial === routeSerial) put(page, ...nodes);
   };
-  main.replaceChildren(page);
+  put(main, page);
   try {
     if (parts[0] === "sign-in") await signInPage(render);
     else if (parts[0] === "new") await newExtractionPage(render);
@@ -215,7 +221,7 @@ async function signInPage(render) {
           location.hash = "#/runs";
         } catch (err) {
           sessionStorage.removeItem(TOKEN_KEY);
-          message.replaceChildren(errorBox(err.status === 401 ? "That token was not accepted. Ask an admin for an API token." : err.message));
+          put(message, errorBox(err.status === 401 ? "That token was not accepted. Ask an admin for an API token." : err.message));
         }
       },
     },
@@ -259,14 +265,14 @@ async function runsPage(render) {
       "tr",
       { class: "clickable" },
       h("td", {}, badge(run.status)),
-      h("td", {}, h("a", { href: link(["runs", run.run_id]) }, run.run_id)),
-      h("td", { class: "mono" }, sourceText(run)),
+      h("td", { class: "nowrap" }, h("a", { href: link(["runs", run.run_id]) }, run.run_id)),
+      h("td", { class: "source" }, sourceText(run)),
       h("td", {}, run.started_by || "—"),
-      h("td", {}, fmtTime(run.started_at || run.created_at)),
-      h("td", {}, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
-      h("td", { class: "num" }, fmtDuration(run.started_at || run.created_at, run.finished_at || (run.status === "RUNNING" || run.status === "QUEUED" ? null : run.updated_at))),
+      h("td", { class: "nowrap" }, fmtTime(run.started_at || run.created_at)),
+      h("td", { class: "nowrap" }, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
+      h("td", { class: "num nowrap" }, fmtDuration(run.started_at || run.created_at, run.finished_at || (run.status === "RUNNING" || run.status === "QUEUED" ? null : run.updated_at))),
       h("td", { class: "num" }, fmtInt(totalCount(run.counts))),
-      h("td", { class: "num", title: "created ~updated −deleted" }, changesText(run.changes)),
+      h("td", { class: "num nowrap", title: "created ~updated −deleted" }, changesText(run.changes)),
     ),
   );
   const headers = ["Status", "Run", "Source", "Started by", "Started", "Finished", { label: "Duration", num: true }, { label: "Entities", num: true }, { label: "Changes", num: true }];
@@ -372,7 +378,7 @@ async function newExtractionPage(render) {
       if (bad) missing.push(label);
     }
     if (missing.length) {
-      formMessage.replaceChildren(errorBox(`Fill in ${missing.join(", ")}.`));
+      put(formMessage, errorBox(`Fill in ${missing.join(", ")}.`));
       return false;
     }
     return true;
@@ -404,7 +410,7 @@ async function newExtractionPage(render) {
         children.length ? h("ul", { role: "group" }, children) : null,
       );
     });
-    tree.replaceChildren(
+    put(tree,
       items.length ? h("ul", { class: "tree", role: "tree", "aria-label": "Databases and schemas" }, items) : h("p", { class: "muted" }, "No databases listed."),
       h("p", { class: "hint" }, "Nothing ticked: everything the role can read. A database ticked without schemas: all its schemas."),
     );
@@ -428,14 +434,14 @@ async function newExtractionPage(render) {
   }
 
   async function testConnection() {
-    formMessage.replaceChildren();
+    put(formMessage);
     if (!validate()) return;
     testButton.disabled = true;
-    checksBox.replaceChildren(h("p", { class: "muted" }, "Testing the connection…"));
+    put(checksBox, h("p", { class: "muted" }, "Testing the connection…"));
     try {
       const answer = await api("/preflight", { method: "POST", body: { source: source(), password: password.value, filters: filters() } });
       const checks = checksOf(answer);
-      checksBox.replaceChildren(
+      put(checksBox,
         h("h3", {}, answer.ok ? "Every check passed" : "A check failed"),
         h(
           "ul",
@@ -447,16 +453,16 @@ async function newExtractionPage(render) {
       if (!answer.ok) {
         const authFailed = answer.error_code === "authentication_failed";
         password.setAttribute("aria-invalid", authFailed ? "true" : "false");
-        formMessage.replaceChildren(
+        put(formMessage,
           errorBox(authFailed ? `The server rejected the username or password: ${answer.error}` : answer.error),
         );
         return;
       }
-      formMessage.replaceChildren(h("div", { class: "alert ok" }, "Connection works. Pick what to extract, then run."));
+      put(formMessage, h("div", { class: "alert ok" }, "Connection works. Pick what to extract, then run."));
       if (!listed.size) await loadTree();
     } catch (err) {
-      formMessage.replaceChildren(errorBox(err.message));
-      checksBox.replaceChildren();
+      put(formMessage, errorBox(err.message));
+      put(checksBox);
     } finally {
       testButton.disabled = false;
     }
@@ -464,14 +470,14 @@ async function newExtractionPage(render) {
 
   async function runExtraction(event) {
     event.preventDefault();
-    formMessage.replaceChildren();
+    put(formMessage);
     if (!validate()) return;
     runButton.disabled = true;
     try {
       const answer = await api("/runs", { method: "POST", body: { source: source(), password: password.value, filters: filters() } });
       location.hash = link(["runs", answer.run_id]);
     } catch (err) {
-      formMessage.replaceChildren(errorBox(err.message));
+      put(formMessage, errorBox(err.message));
     } finally {
       runButton.disabled = false;
     }
