@@ -202,7 +202,7 @@ def test_pages_fit_a_narrow_screen(page: Any) -> None:
             ("narrow-new-extraction", lambda: new_extraction(page)),
         ):
             open_page()
-            page.locator("main h1").first.wait_for()
+            page.locator("main table, main form .panel").first.wait_for()
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, f"{name}: the page is {overflow} px wider than the screen"
             shot(page, name)

@@ -182,14 +182,26 @@ class RunOutputs:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._files: OrderedDict[str, list[bytes]] = OrderedDict()
+        self._manifests: dict[str, dict[str, Any]] = {}
+        self.requests: dict[str, dict[str, Any] | None] = {}  # run id -> its request, once the run has ended
         self._max_open_files = max_open_files
 
     def read(self, location: str, name: str) -> bytes | None:
         return self._reader.read(f"{location}/{name}")
 
     def manifest(self, location: str) -> dict[str, Any] | None:
+        """The run's manifest; kept once read (a published run never changes), so the runs list stays fast."""
+        with self._guard:
+            known = self._manifests.get(location)
+        if known is not None:
+            return known
         blob = self.read(location, "manifest.json")
-        return orjson.loads(blob) if blob else None
+        if not blob:
+            return None
+        manifest: dict[str, Any] = orjson.loads(blob)
+        with self._guard:
+            self._manifests[location] = manifest
+        return manifest
 
     def index(self, run_id: str, location: str) -> RunIndex:
         """The run's index, built at first access (concurrent first accesses build it once)."""

@@ -167,7 +167,12 @@ def _summary(view: RunView, request: dict[str, Any] | None, manifest: dict[str, 
 
 
 def _run_summary(runs: RunService, outputs: RunOutputs, view: RunView) -> dict[str, Any]:
-    request = runs.request_of(view.run_id)
+    if view.run_id in outputs.requests:
+        request = outputs.requests[view.run_id]
+    else:
+        request = runs.request_of(view.run_id)
+        if view.status in TERMINAL:  # a request never changes; while queued it may not be readable yet
+            outputs.requests[view.run_id] = request
     manifest = None
     if view.status == "COMPLETED" and view.location:
         try:
