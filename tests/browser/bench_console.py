@@ -140,7 +140,9 @@ def main() -> None:
     views = {}
     for run_id, extra, previous in (("run-base", False, None), ("run-head", True, "run-base")):
         entities = bench_catalog(args.schemas, args.tables, args.columns, extra)
-        views[run_id] = RunView(run_id=run_id, status="COMPLETED", location=reader.publish(run_id, entities, previous))
+        views[run_id] = RunView(
+            run_id=run_id, status="COMPLETED", location=reader.publish(run_id, entities, previous, lines_per_file=3000)
+        )
     print(f"catalog: {len(entities):,} entities per run")  # noqa: T201
 
     app = FastAPI()

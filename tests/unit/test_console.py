@@ -83,16 +83,21 @@ class DictReader:
         self.reads += 1
         return self.objects.get(path)
 
-    def publish(self, run_id: str, entities: list[dict[str, Any]], previous: str | None) -> str:
+    def publish(
+        self, run_id: str, entities: list[dict[str, Any]], previous: str | None, lines_per_file: int = 1000
+    ) -> str:
+        """Writes the run as the publisher lays it out: files per type, in parts, then the manifest."""
         location = f"{CONN}/{run_id}"
         by_type: dict[str, list[bytes]] = {}
         for entity in entities:
             by_type.setdefault(entity["typeName"], []).append(orjson.dumps(entity))
         files = []
         for type_name, lines in by_type.items():
-            name = f"{type_name}-db000-00000.jsonl"
-            self.objects[f"{location}/{name}"] = b"\n".join(lines) + b"\n"
-            files.append({"name": name, "type": type_name, "entities": len(lines)})
+            for part, start in enumerate(range(0, len(lines), lines_per_file)):
+                name = f"{type_name}-db000-{part:05d}.jsonl"
+                chunk = lines[start : start + lines_per_file]
+                self.objects[f"{location}/{name}"] = b"\n".join(chunk) + b"\n"
+                files.append({"name": name, "type": type_name, "entities": len(chunk)})
         self.objects[f"{location}/report.json"] = b'{"problems": [], "atlan": []}'
         files.append({"name": "report.json", "problems": 0})
         manifest = {
