@@ -186,7 +186,9 @@ def main() -> None:
         ("compare, updated", "runs/run-head/compare?base=run-base&kind=updated"),
         ("compare, created", "runs/run-head/compare?base=run-base&kind=created"),
     ]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer bench"}) as client:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer bench"}, timeout=120
+    ) as client:
         for label, path in api_calls:
             times = []
             for _ in range(5):

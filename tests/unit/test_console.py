@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,19 @@ def test_attribute_diff_reports_added_removed_and_changed() -> None:
         {"attribute": "b", "before": 2, "after": 3},
         {"attribute": "c", "before": None, "after": 4},
     ]
+
+
+def test_a_run_page_brings_manifest_report_and_warms_the_index(console: tuple[TestClient, Any, DictReader]) -> None:
+    client, _, reader = console
+    run = client.get("/console/api/runs/run-b", headers=AUTH).json()
+    assert run["previous_run_id"] == "run-a" and run["report"] == {"problems": [], "atlan": []}
+    assert run["request"]["source"]["database"] == "shop" and "password" not in str(run)
+    outputs: RunOutputs = client.app.state.console_outputs  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while "run-b" not in outputs._indexes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reads = reader.reads
+    client.get("/runs/run-b/entities", headers=AUTH).raise_for_status()
+    assert reader.reads == reads, "the index was built in the background when the run page opened"
+    listed = client.get("/console/api/runs", headers=AUTH).json()
+    assert {r["run_id"] for r in listed} == {"run-a", "run-b"}

@@ -34,7 +34,7 @@ from pgmeta_shared.keys import OBJECTSTORE_BINDING
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Attributes that point at an entity's parent, in the order they are looked for (docs/output.md).
 PARENT_ATTRIBUTES = ("parentTable", "table", "view", "materialisedView", "tablePartition", "atlanSchema", "database")
 LINEAGE_SUFFIX = "/_lineage_"
@@ -95,8 +95,8 @@ CREATE TABLE entity (
     line INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX entity_parent ON entity (parent);
-CREATE INDEX entity_type_name ON entity (type, name_lower);
-CREATE INDEX entity_name ON entity (name_lower);
+CREATE INDEX entity_type_name ON entity (type, name_lower, qn);
+CREATE INDEX entity_name ON entity (name_lower, qn);
 """
 
 
@@ -110,8 +110,10 @@ def parent_of(attributes: dict[str, Any]) -> str | None:
     return None
 
 
-def entity_hash(entity: dict[str, Any]) -> bytes:
-    return hashlib.blake2b(orjson.dumps(entity, option=orjson.OPT_SORT_KEYS), digest_size=12).digest()
+def line_hash(line: bytes) -> bytes:
+    """The hash of an entity's published line: the transformer's fingerprints hash the same bytes, so the
+    console calls updated what the pipeline calls updated."""
+    return hashlib.blake2b(line.strip(), digest_size=12).digest()
 
 
 class RunIndex:
@@ -122,6 +124,8 @@ class RunIndex:
         self.location = location
         self.manifest = manifest
         self.path = path
+        self._types: dict[str, int] | None = None
+        self._totals: OrderedDict[tuple[str, str | None], int] = OrderedDict()
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -139,11 +143,17 @@ class RunIndex:
             params.append(type_name)
         if query:
             like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(name_lower LIKE ? ESCAPE '\\' OR lower(qn) LIKE ? ESCAPE '\\')")
+            # SQLite's LIKE ignores ASCII case: no lower() per row.
+            where.append("(name_lower LIKE ? ESCAPE '\\' OR qn LIKE ? ESCAPE '\\')")
             params += [like, like]
         clause = " AND ".join(where)
         with self._db() as db:
-            total = db.execute(f"SELECT count(*) FROM entity WHERE {clause}", params).fetchone()[0]
+            total = self._totals.get((query, type_name))
+            if total is None:  # the same search paged through counts once
+                total = db.execute(f"SELECT count(*) FROM entity WHERE {clause}", params).fetchone()[0]
+                self._totals[(query, type_name)] = total
+                while len(self._totals) > 256:
+                    self._totals.popitem(last=False)
             rows = db.execute(
                 f"SELECT type, qn, name, parent FROM entity WHERE {clause} ORDER BY name_lower, qn LIMIT ? OFFSET ?",
                 [*params, limit, offset],
@@ -151,8 +161,10 @@ class RunIndex:
         return total, [EntityRow(*row) for row in rows]
 
     def types(self) -> dict[str, int]:
-        with self._db() as db:
-            return dict(db.execute("SELECT type, count(*) FROM entity GROUP BY type ORDER BY type").fetchall())
+        if self._types is None:
+            with self._db() as db:
+                self._types = dict(db.execute("SELECT type, count(*) FROM entity GROUP BY type ORDER BY type"))
+        return self._types
 
     def row(self, qualified_name: str) -> tuple[EntityRow, str, int] | None:
         with self._db() as db:
@@ -183,6 +195,7 @@ class RunOutputs:
         self._guard = threading.Lock()
         self._files: OrderedDict[str, list[bytes]] = OrderedDict()
         self._manifests: dict[str, dict[str, Any]] = {}
+        self._warming: set[str] = set()
         self.requests: dict[str, dict[str, Any] | None] = {}  # run id -> its request, once the run has ended
         self._max_open_files = max_open_files
 
@@ -223,6 +236,25 @@ class RunOutputs:
                 self._indexes[run_id] = index
             return index
 
+    def warm(self, run_id: str, location: str) -> None:
+        """Starts building the run's index in the background (when its page is first opened), so that by the
+        time someone opens its entities or a comparison the index is usually there."""
+        with self._guard:
+            if run_id in self._indexes or run_id in self._warming:
+                return
+            self._warming.add(run_id)
+
+        def build() -> None:
+            try:
+                self.index(run_id, location)
+            except Exception:  # the foreground request that needs the index reports the problem
+                log.warning("console: background index of run %s failed", run_id, exc_info=True)
+            finally:
+                with self._guard:
+                    self._warming.discard(run_id)
+
+        threading.Thread(target=build, name=f"console-index-{run_id}", daemon=True).start()
+
     def _build(self, location: str, manifest: dict[str, Any], path: Path) -> None:
         self._cache_dir.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=self._cache_dir, suffix=".partial")
@@ -247,7 +279,7 @@ class RunOutputs:
                     entity_name = str(attributes.get("name") or qn.rsplit("/", 1)[-1])
                     type_name = entity.get("typeName", "?")
                     parent = parent_of(attributes)
-                    hashed = entity_hash(entity)
+                    hashed = line_hash(line)
                     rows.append((qn, type_name, entity_name, entity_name.lower(), parent, hashed, name, line_no))
                 conn.executemany("INSERT OR REPLACE INTO entity VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             conn.execute("INSERT INTO meta VALUES ('location', ?)", [location])

@@ -200,6 +200,7 @@ async def console_run(run_id: str, runs: Runs, outputs: Outputs) -> dict[str, An
         manifest = await run_in_threadpool(outputs.manifest, view.location)
         report = await run_in_threadpool(outputs.read, view.location, "report.json")
         summary["manifest"] = manifest
+        outputs.warm(run_id, view.location)
         summary["report"] = json.loads(report) if report else None
     return summary
 
