@@ -196,6 +196,7 @@ class RunOutputs:
         self._files: OrderedDict[str, list[bytes]] = OrderedDict()
         self._manifests: dict[str, dict[str, Any]] = {}
         self._warming: set[str] = set()
+        self.compare_totals: dict[tuple[str, str], dict[str, int]] = {}  # (base, head) run ids -> change counts
         self.requests: dict[str, dict[str, Any] | None] = {}  # run id -> its request, once the run has ended
         self._max_open_files = max_open_files
 
@@ -313,24 +314,53 @@ class RunOutputs:
         return entity
 
 
+CHANGES_SCHEMA = """
+CREATE TABLE change (kind TEXT NOT NULL, qn TEXT NOT NULL, type TEXT NOT NULL, name TEXT NOT NULL, parent TEXT,
+                     PRIMARY KEY (kind, qn)) WITHOUT ROWID;
+"""
+# One pass per kind over the two indexes, written once per pair of runs; pages are then read by (kind, qn).
+CHANGE_QUERIES = {
+    "created": "SELECT 'created', h.qn, h.type, h.name, h.parent FROM head.entity h "
+    "WHERE NOT EXISTS (SELECT 1 FROM base.entity b WHERE b.qn = h.qn)",
+    "deleted": "SELECT 'deleted', b.qn, b.type, b.name, b.parent FROM base.entity b "
+    "WHERE NOT EXISTS (SELECT 1 FROM head.entity h WHERE h.qn = b.qn)",
+    "updated": "SELECT 'updated', h.qn, h.type, h.name, h.parent FROM head.entity h "
+    "JOIN base.entity b ON b.qn = h.qn WHERE b.hash <> h.hash",
+}
+
+
+def changes_between(base: RunIndex, head: RunIndex) -> Path:
+    """The changes from ``base`` to ``head`` as a small SQLite file beside the indexes (built once per pair)."""
+    path = head.path.with_name(f"{head.path.stem}-vs-{base.path.stem}.sqlite")
+    if path.exists():
+        return path
+    fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    os.close(fd)
+    conn = sqlite3.connect(partial)
+    try:
+        conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + CHANGES_SCHEMA)
+        conn.execute("ATTACH DATABASE ? AS head", [f"file:{head.path}?mode=ro"])
+        conn.execute("ATTACH DATABASE ? AS base", [f"file:{base.path}?mode=ro"])
+        for query in CHANGE_QUERIES.values():
+            conn.execute(f"INSERT INTO change {query}")
+        conn.commit()
+    finally:
+        conn.close()
+    os.replace(partial, path)
+    return path
+
+
 def compare_runs(base: RunIndex, head: RunIndex, kind: str, offset: int, limit: int) -> tuple[int, list[EntityRow]]:
     """Entities created (in head only), deleted (in base only) or updated (both, content differs)."""
-    conn = sqlite3.connect(f"file:{head.path}?mode=ro", uri=True)
+    if kind not in CHANGE_QUERIES:
+        raise ValueError(f"unknown change kind {kind!r}")
+    conn = sqlite3.connect(f"file:{changes_between(base, head)}?mode=ro", uri=True)
     try:
-        conn.execute("ATTACH DATABASE ? AS base", [f"file:{base.path}?mode=ro"])
-        if kind == "created":
-            source = "FROM main.entity h WHERE NOT EXISTS (SELECT 1 FROM base.entity b WHERE b.qn = h.qn)"
-            columns = "h.type, h.qn, h.name, h.parent"
-        elif kind == "deleted":
-            source = "FROM base.entity h WHERE NOT EXISTS (SELECT 1 FROM main.entity m WHERE m.qn = h.qn)"
-            columns = "h.type, h.qn, h.name, h.parent"
-        elif kind == "updated":
-            source = "FROM main.entity h JOIN base.entity b ON b.qn = h.qn WHERE b.hash <> h.hash"
-            columns = "h.type, h.qn, h.name, h.parent"
-        else:
-            raise ValueError(f"unknown change kind {kind!r}")
-        total = conn.execute(f"SELECT count(*) {source}").fetchone()[0]
-        rows = conn.execute(f"SELECT {columns} {source} ORDER BY h.qn LIMIT ? OFFSET ?", [limit, offset]).fetchall()
+        total = conn.execute("SELECT count(*) FROM change WHERE kind = ?", [kind]).fetchone()[0]
+        rows = conn.execute(
+            "SELECT type, qn, name, parent FROM change WHERE kind = ? ORDER BY qn LIMIT ? OFFSET ?",
+            [kind, limit, offset],
+        ).fetchall()
     finally:
         conn.close()
     return total, [EntityRow(*row) for row in rows]

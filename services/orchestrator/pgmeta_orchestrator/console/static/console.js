@@ -268,9 +268,9 @@ async function runsPage(render) {
       h("td", { class: "nowrap" }, h("a", { href: link(["runs", run.run_id]) }, run.run_id)),
       h("td", { class: "source" }, sourceText(run)),
       h("td", {}, run.started_by || "—"),
-      h("td", { class: "nowrap" }, fmtTime(run.started_at || run.created_at)),
+      h("td", { class: "nowrap" }, fmtTime(run.created_at || run.started_at)),
       h("td", { class: "nowrap" }, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
-      h("td", { class: "num nowrap" }, fmtDuration(run.started_at || run.created_at, run.finished_at || (run.status === "RUNNING" || run.status === "QUEUED" ? null : run.updated_at))),
+      h("td", { class: "num nowrap" }, fmtDuration(run.created_at || run.started_at, run.finished_at || (run.status === "RUNNING" || run.status === "QUEUED" ? null : run.updated_at))),
       h("td", { class: "num" }, fmtInt(totalCount(run.counts))),
       h("td", { class: "num nowrap", title: "created ~updated −deleted" }, changesText(run.changes)),
     ),
@@ -638,9 +638,9 @@ function overview(run) {
         "dl",
         { class: "facts" },
         h("dt", {}, "Status"), h("dd", { id: "run-status" }, badge(run.status)),
-        h("dt", {}, "Started"), h("dd", {}, fmtTime(run.started_at || run.created_at)),
+        h("dt", {}, "Started"), h("dd", {}, fmtTime(run.created_at || run.started_at)),
         h("dt", {}, "Finished"), h("dd", {}, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
-        h("dt", {}, "Duration"), h("dd", {}, fmtDuration(run.started_at || run.created_at, run.finished_at || run.updated_at)),
+        h("dt", {}, "Duration"), h("dd", {}, fmtDuration(run.created_at || run.started_at, run.finished_at || run.updated_at)),
         h("dt", {}, "Started by"), h("dd", {}, run.started_by || "—"),
         h("dt", {}, "Connection"), h("dd", { class: "mono" }, run.connection_qualified_name || (run.request && run.request.connection_qualified_name) || "—"),
         h("dt", {}, "Baseline"), h("dd", {}, run.previous_run_id ? h("a", { href: link(["runs", run.previous_run_id]) }, run.previous_run_id) : "none (first run of this connection)"),
@@ -830,7 +830,7 @@ async function compareTab(render, head, tabs, run, params) {
   const baseSelect = h(
     "select",
     { id: "compare-base", "aria-label": "Compare with run" },
-    sameConnection.map((r) => h("option", { value: r.run_id, selected: r.run_id === base }, `${r.run_id} · ${fmtTime(r.started_at || r.created_at)}`)),
+    sameConnection.map((r) => h("option", { value: r.run_id, selected: r.run_id === base }, `${r.run_id} · ${fmtTime(r.created_at || r.started_at)}`)),
   );
   baseSelect.addEventListener("change", () => go({ base: baseSelect.value }));
   const kindTab = (name) => h("a", { href: link(["runs", runId, "compare"], { base, kind: name }), "aria-current": kind === name ? "page" : null }, `${name[0].toUpperCase()}${name.slice(1)} (${fmtInt(result.totals[name])})`);
