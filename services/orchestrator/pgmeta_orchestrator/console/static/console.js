@@ -25,7 +25,7 @@ function h(tag, attrs = {}, ...children) {
 
 const fmtInt = (n) => (n === null || n === undefined ? "—" : Number(n).toLocaleString("en-US"));
 const fmtTime = (iso) =>
-  iso ? new Date(iso).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" }) : "—";
+  iso ? new Date(iso).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }) : "—";
 
 function fmtDuration(start, end) {
   if (!start) return "—";
@@ -266,7 +266,7 @@ async function runsPage(render) {
       { class: "clickable" },
       h("td", {}, badge(run.status)),
       h("td", { class: "nowrap" }, h("a", { href: link(["runs", run.run_id]) }, run.run_id)),
-      h("td", { class: "source" }, sourceText(run)),
+      h("td", { class: "source" }, sourceText(run).split("@").flatMap((part, i) => (i ? [h("wbr"), part] : [part.length ? `${part}@` : part]))),
       h("td", {}, run.started_by || "—"),
       h("td", { class: "nowrap" }, fmtTime(run.created_at || run.started_at)),
       h("td", { class: "nowrap" }, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
