@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup dapr zipkin postgres15 sync up down status run test test-unit test-integration test-e2e lint k8s test-k8s manifests
+.PHONY: help setup dapr zipkin postgres15 chromium sync up down status run test test-unit test-integration test-e2e test-browser lint k8s test-k8s manifests
 
 help:
 	@echo "make run    start the stack, extract the bundled demo database, keep the stack up until Ctrl-C"
@@ -62,7 +62,15 @@ postgres15:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; \
 	fi
 
-test: setup dapr zipkin postgres15 k8s
+# The console's browser tests drive Debian's Chromium (Playwright is told its path; it downloads no browser).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "[setup] installing Debian's chromium"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	fi
+
+test: setup dapr zipkin postgres15 chromium k8s
 	@$(UV) run --frozen pytest
 
 test-k8s: setup k8s
@@ -76,6 +84,9 @@ test-integration: setup dapr postgres15
 
 test-e2e: setup dapr postgres15
 	@$(UV) run --frozen pytest tests/e2e
+
+test-browser: setup dapr chromium
+	@$(UV) run --frozen pytest tests/browser
 
 # Benchmark (docs/benchmarks.md): pgmeta vs the bare catalog queries vs DataHub on one synthetic catalog.
 # `make bench SCHEMAS=500 DATAHUB=0` is the scaling run; `make bench-quick` only checks that it works.

@@ -155,3 +155,9 @@ class PartName:
     def count_key(self) -> str:
         """How a part's line count is reported in stage counts: the type name, or ``extra:<kind>``."""
         return self.name if self.kind == "entity" else extra_part(self.name)
+
+
+# -- the published output ---------------------------------------------------------------------------------
+
+OBJECTSTORE_BINDING = "objectstore"
+"""The output binding the publisher writes runs to and the console reads them back from."""

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.console import include_console
 from pgmeta_orchestrator.dapr_metadata import dapr_router
 from pgmeta_orchestrator.request_ids import RequestIdConflictError
 from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
@@ -164,6 +165,8 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     @app.get("/metadata/schemas")
     async def get_schemas(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
         return await ask(runs, source.as_request(), "schemas")
+
+    include_console(app, settings)  # the web console under /console, and the read routes it adds
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

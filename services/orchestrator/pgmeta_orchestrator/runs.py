@@ -316,6 +316,14 @@ class RunService:
         view.progress = self._platform.get_json(run_progress_key(run_id))
         return view
 
+    def request_of(self, run_id: str) -> dict[str, Any] | None:
+        """What the run was asked to do (source, connection, filters), as the workflow got it; no credentials."""
+        state = self._workflow_state(run_id)
+        request = _loads(state.serialized_input) if state is not None else None
+        if not isinstance(request, dict):
+            return None
+        return {k: request.get(k) for k in ("source", "connection_qualified_name", "filters")}
+
     def recent(self, limit: int) -> list[RunView]:
         index: list[dict[str, str]] = self._platform.get_json(RUNS_INDEX_KEY) or []
         views = [self.view(entry["run_id"]) for entry in index[:limit]]

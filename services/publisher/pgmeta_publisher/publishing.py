@@ -26,6 +26,7 @@ from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run
 from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
 from pgmeta_shared.fingerprints import Fingerprint
 from pgmeta_shared.keys import (
+    OBJECTSTORE_BINDING,
     ArtifactStage,
     PartName,
     chunk_done_key,
@@ -40,7 +41,6 @@ from pgmeta_shared.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
-OBJECTSTORE_BINDING = "objectstore"
 REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
 MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
 WRITERS = 4  # concurrent writes to the object store

@@ -1,0 +1,378 @@
+"""Published runs read back for the console: files through the objectstore binding, a per-run entity index.
+
+The publisher writes each run under ``<connection_qn>/<run_id>/`` (docs/output.md). The console reads those
+files through the same Dapr binding (``get``: bindings.localstorage locally, bindings.aws.s3 in the cluster),
+so it works wherever the orchestrator's sidecar can reach the output, and never from a local path.
+
+Searching a 10,000-table run (~220,000 entities) on every keystroke cannot re-read its files, so the first
+access to a run builds a compact SQLite index of it (one row per entity: type, name, qualifiedName, parent,
+a content hash and where its line is) in a local cache directory. Why SQLite in a local directory, not the
+artifacts state store: a published run never changes, so each replica may build its own copy, deterministic
+and disposable; queries (search, pagination, children, two-run comparison) run in the database, in
+milliseconds, with flat memory; and a state store entry would need chunking at this size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from pgmeta_shared.keys import OBJECTSTORE_BINDING
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 2
+# Attributes that point at an entity's parent, in the order they are looked for (docs/output.md).
+PARENT_ATTRIBUTES = ("parentTable", "table", "view", "materialisedView", "tablePartition", "atlanSchema", "database")
+LINEAGE_SUFFIX = "/_lineage_"
+
+
+class OutputMissingError(LookupError):
+    """The run has no published output (yet, or any more)."""
+
+
+class ObjectReader(Protocol):
+    def read(self, path: str) -> bytes | None: ...
+
+
+class BindingObjectReader:
+    """Reads objects through the sidecar's output binding API (``get``); None when the object is absent."""
+
+    def __init__(self, dapr_host: str, dapr_http_port: int, binding: str = OBJECTSTORE_BINDING) -> None:
+        self._url = f"http://{dapr_host}:{dapr_http_port}/v1.0/bindings/{binding}"
+
+    def read(self, path: str) -> bytes | None:
+        # localstorage names the object `fileName`, aws.s3 `key`: give both, as the publisher does.
+        body = {"operation": "get", "metadata": {"fileName": path, "key": path}}
+        response = httpx.post(self._url, json=body, timeout=60)
+        if response.status_code == 200:
+            return response.content
+        text = response.text.lower()
+        if "no such file" in text or "not found" in text or "nosuchkey" in text or "does not exist" in text:
+            return None
+        raise RuntimeError(f"objectstore get {path!r} failed: HTTP {response.status_code} {response.text[:300]}")
+
+
+@dataclass(frozen=True)
+class EntityRow:
+    type_name: str
+    qualified_name: str
+    name: str
+    parent_qualified_name: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "typeName": self.type_name,
+            "qualifiedName": self.qualified_name,
+            "name": self.name,
+            "parentQualifiedName": self.parent_qualified_name,
+        }
+
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entity (
+    qn TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    name_lower TEXT NOT NULL,
+    parent TEXT,
+    hash BLOB NOT NULL,
+    file TEXT NOT NULL,
+    line INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX entity_parent ON entity (parent);
+CREATE INDEX entity_type_name ON entity (type, name_lower, qn);
+CREATE INDEX entity_name ON entity (name_lower, qn);
+"""
+
+
+def parent_of(attributes: dict[str, Any]) -> str | None:
+    for attribute in PARENT_ATTRIBUTES:
+        value = attributes.get(attribute)
+        if isinstance(value, dict):
+            qn = (value.get("uniqueAttributes") or {}).get("qualifiedName")
+            if isinstance(qn, str):
+                return qn
+    return None
+
+
+def line_hash(line: bytes) -> bytes:
+    """The hash of an entity's published line: the transformer's fingerprints hash the same bytes, so the
+    console calls updated what the pipeline calls updated."""
+    return hashlib.blake2b(line.strip(), digest_size=12).digest()
+
+
+class RunIndex:
+    """One published run: its manifest, and queries over its SQLite entity index."""
+
+    def __init__(self, run_id: str, location: str, manifest: dict[str, Any], path: Path) -> None:
+        self.run_id = run_id
+        self.location = location
+        self.manifest = manifest
+        self.path = path
+        self._types: dict[str, int] | None = None
+        self._totals: OrderedDict[tuple[str, str | None], int] = OrderedDict()
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def search(self, query: str, type_name: str | None, offset: int, limit: int) -> tuple[int, list[EntityRow]]:
+        """Entities whose name or qualifiedName contains ``query`` (case-insensitive), by type, name."""
+        where, params = ["1=1"], []
+        if type_name:
+            where.append("type = ?")
+            params.append(type_name)
+        if query:
+            like = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # SQLite's LIKE ignores ASCII case: no lower() per row.
+            where.append("(name_lower LIKE ? ESCAPE '\\' OR qn LIKE ? ESCAPE '\\')")
+            params += [like, like]
+        clause = " AND ".join(where)
+        with self._db() as db:
+            total = self._totals.get((query, type_name))
+            if total is None:  # the same search paged through counts once
+                total = db.execute(f"SELECT count(*) FROM entity WHERE {clause}", params).fetchone()[0]
+                self._totals[(query, type_name)] = total
+                while len(self._totals) > 256:
+                    self._totals.popitem(last=False)
+            rows = db.execute(
+                f"SELECT type, qn, name, parent FROM entity WHERE {clause} ORDER BY name_lower, qn LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+        return total, [EntityRow(*row) for row in rows]
+
+    def types(self) -> dict[str, int]:
+        if self._types is None:
+            with self._db() as db:
+                self._types = dict(db.execute("SELECT type, count(*) FROM entity GROUP BY type ORDER BY type"))
+        return self._types
+
+    def row(self, qualified_name: str) -> tuple[EntityRow, str, int] | None:
+        with self._db() as db:
+            found = db.execute("SELECT type, qn, name, parent, file, line FROM entity WHERE qn = ?", [qualified_name])
+            row = found.fetchone()
+        if row is None:
+            return None
+        return EntityRow(*row[:4]), row[4], row[5]
+
+    def children(self, qualified_name: str, offset: int, limit: int) -> tuple[int, list[EntityRow]]:
+        with self._db() as db:
+            total = db.execute("SELECT count(*) FROM entity WHERE parent = ?", [qualified_name]).fetchone()[0]
+            rows = db.execute(
+                "SELECT type, qn, name, parent FROM entity WHERE parent = ? ORDER BY type, name_lower LIMIT ? OFFSET ?",
+                [qualified_name, limit, offset],
+            ).fetchall()
+        return total, [EntityRow(*row) for row in rows]
+
+
+class RunOutputs:
+    """Finds runs' output, builds each run's index once (per process), and reads entities back."""
+
+    def __init__(self, reader: ObjectReader, cache_dir: Path, max_open_files: int = 8) -> None:
+        self._reader = reader
+        self._cache_dir = cache_dir
+        self._indexes: dict[str, RunIndex] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._files: OrderedDict[str, list[bytes]] = OrderedDict()
+        self._manifests: dict[str, dict[str, Any]] = {}
+        self._warming: set[str] = set()
+        self.compare_totals: dict[tuple[str, str], dict[str, int]] = {}  # (base, head) run ids -> change counts
+        self.requests: dict[str, dict[str, Any] | None] = {}  # run id -> its request, once the run has ended
+        self._max_open_files = max_open_files
+
+    def read(self, location: str, name: str) -> bytes | None:
+        return self._reader.read(f"{location}/{name}")
+
+    def manifest(self, location: str) -> dict[str, Any] | None:
+        """The run's manifest; kept once read (a published run never changes), so the runs list stays fast."""
+        with self._guard:
+            known = self._manifests.get(location)
+        if known is not None:
+            return known
+        blob = self.read(location, "manifest.json")
+        if not blob:
+            return None
+        manifest: dict[str, Any] = orjson.loads(blob)
+        with self._guard:
+            self._manifests[location] = manifest
+        return manifest
+
+    def index(self, run_id: str, location: str) -> RunIndex:
+        """The run's index, built at first access (concurrent first accesses build it once)."""
+        with self._guard:
+            if run_id in self._indexes:
+                return self._indexes[run_id]
+            lock = self._locks.setdefault(run_id, threading.Lock())
+        with lock:
+            if run_id in self._indexes:
+                return self._indexes[run_id]
+            manifest = self.manifest(location)
+            if manifest is None:
+                raise OutputMissingError(f"run {run_id!r} has no manifest at {location!r}")
+            path = self._cache_dir / f"{hashlib.sha256(location.encode()).hexdigest()[:24]}-v{INDEX_VERSION}.sqlite"
+            if not path.exists():
+                self._build(location, manifest, path)
+            index = RunIndex(run_id, location, manifest, path)
+            with self._guard:
+                self._indexes[run_id] = index
+            return index
+
+    def warm(self, run_id: str, location: str) -> None:
+        """Starts building the run's index in the background (when its page is first opened), so that by the
+        time someone opens its entities or a comparison the index is usually there."""
+        with self._guard:
+            if run_id in self._indexes or run_id in self._warming:
+                return
+            self._warming.add(run_id)
+
+        def build() -> None:
+            try:
+                self.index(run_id, location)
+            except Exception:  # the foreground request that needs the index reports the problem
+                log.warning("console: background index of run %s failed", run_id, exc_info=True)
+            finally:
+                with self._guard:
+                    self._warming.discard(run_id)
+
+        threading.Thread(target=build, name=f"console-index-{run_id}", daemon=True).start()
+
+    def _build(self, location: str, manifest: dict[str, Any], path: Path) -> None:
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=self._cache_dir, suffix=".partial")
+        os.close(fd)
+        conn = sqlite3.connect(partial)
+        try:
+            conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
+            entity_files = [f["name"] for f in manifest.get("files", []) if f.get("type")]
+            for name in entity_files:
+                blob = self.read(location, name)
+                if blob is None:
+                    raise OutputMissingError(f"{location}/{name} is listed in the manifest but missing")
+                rows = []
+                for line_no, line in enumerate(blob.splitlines()):
+                    if not line.strip():
+                        continue
+                    entity = orjson.loads(line)
+                    attributes = entity.get("attributes") or {}
+                    qn = attributes.get("qualifiedName")
+                    if not isinstance(qn, str):
+                        continue
+                    entity_name = str(attributes.get("name") or qn.rsplit("/", 1)[-1])
+                    type_name = entity.get("typeName", "?")
+                    parent = parent_of(attributes)
+                    hashed = line_hash(line)
+                    rows.append((qn, type_name, entity_name, entity_name.lower(), parent, hashed, name, line_no))
+                conn.executemany("INSERT OR REPLACE INTO entity VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("INSERT INTO meta VALUES ('location', ?)", [location])
+            conn.commit()
+        finally:
+            conn.close()
+        os.replace(partial, path)  # readers only ever see a complete index
+        log.info("console: indexed %s (%d files)", location, len(manifest.get("files", [])))
+
+    def entity(self, index: RunIndex, qualified_name: str) -> dict[str, Any] | None:
+        """The full entity as published (its line of its file; the last few files are kept in memory)."""
+        found = index.row(qualified_name)
+        if found is None:
+            return None
+        _, file, line = found
+        key = f"{index.location}/{file}"
+        with self._guard:
+            lines = self._files.get(key)
+            if lines is not None:
+                self._files.move_to_end(key)
+        if lines is None:
+            blob = self.read(index.location, file)
+            if blob is None:
+                raise OutputMissingError(f"{key} disappeared from the object store")
+            lines = blob.splitlines()
+            with self._guard:
+                self._files[key] = lines
+                while len(self._files) > self._max_open_files:
+                    self._files.popitem(last=False)
+        entity: dict[str, Any] = orjson.loads(lines[line])
+        return entity
+
+
+CHANGES_SCHEMA = """
+CREATE TABLE change (kind TEXT NOT NULL, qn TEXT NOT NULL, type TEXT NOT NULL, name TEXT NOT NULL, parent TEXT,
+                     PRIMARY KEY (kind, qn)) WITHOUT ROWID;
+"""
+# One pass per kind over the two indexes, written once per pair of runs; pages are then read by (kind, qn).
+CHANGE_QUERIES = {
+    "created": "SELECT 'created', h.qn, h.type, h.name, h.parent FROM head.entity h "
+    "WHERE NOT EXISTS (SELECT 1 FROM base.entity b WHERE b.qn = h.qn)",
+    "deleted": "SELECT 'deleted', b.qn, b.type, b.name, b.parent FROM base.entity b "
+    "WHERE NOT EXISTS (SELECT 1 FROM head.entity h WHERE h.qn = b.qn)",
+    "updated": "SELECT 'updated', h.qn, h.type, h.name, h.parent FROM head.entity h "
+    "JOIN base.entity b ON b.qn = h.qn WHERE b.hash <> h.hash",
+}
+
+
+def changes_between(base: RunIndex, head: RunIndex) -> Path:
+    """The changes from ``base`` to ``head`` as a small SQLite file beside the indexes (built once per pair)."""
+    path = head.path.with_name(f"{head.path.stem}-vs-{base.path.stem}.sqlite")
+    if path.exists():
+        return path
+    fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    os.close(fd)
+    conn = sqlite3.connect(partial)
+    try:
+        conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + CHANGES_SCHEMA)
+        conn.execute("ATTACH DATABASE ? AS head", [f"file:{head.path}?mode=ro"])
+        conn.execute("ATTACH DATABASE ? AS base", [f"file:{base.path}?mode=ro"])
+        for query in CHANGE_QUERIES.values():
+            conn.execute(f"INSERT INTO change {query}")
+        conn.commit()
+    finally:
+        conn.close()
+    os.replace(partial, path)
+    return path
+
+
+def compare_runs(base: RunIndex, head: RunIndex, kind: str, offset: int, limit: int) -> tuple[int, list[EntityRow]]:
+    """Entities created (in head only), deleted (in base only) or updated (both, content differs)."""
+    if kind not in CHANGE_QUERIES:
+        raise ValueError(f"unknown change kind {kind!r}")
+    conn = sqlite3.connect(f"file:{changes_between(base, head)}?mode=ro", uri=True)
+    try:
+        total = conn.execute("SELECT count(*) FROM change WHERE kind = ?", [kind]).fetchone()[0]
+        rows = conn.execute(
+            "SELECT type, qn, name, parent FROM change WHERE kind = ? ORDER BY qn LIMIT ? OFFSET ?",
+            [kind, limit, offset],
+        ).fetchall()
+    finally:
+        conn.close()
+    return total, [EntityRow(*row) for row in rows]
+
+
+def attribute_diff(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Attribute-level differences of two versions of one entity (typeName included when it changed)."""
+    changes: list[dict[str, Any]] = []
+    if before.get("typeName") != after.get("typeName"):
+        changes.append({"attribute": "typeName", "before": before.get("typeName"), "after": after.get("typeName")})
+    old, new = before.get("attributes") or {}, after.get("attributes") or {}
+    for attribute in sorted(set(old) | set(new)):
+        if old.get(attribute) != new.get(attribute):
+            changes.append({"attribute": attribute, "before": old.get(attribute), "after": new.get(attribute)})
+    return changes

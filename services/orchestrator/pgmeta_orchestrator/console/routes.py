@@ -1,0 +1,351 @@
+"""The console's HTTP surface: the page and its assets (no data, no auth), and the data routes it adds.
+
+``console_router`` holds every route that returns data; it is where the API's authentication belongs (the
+integrator adds ``dependencies=[Depends(require("viewer"))]``). ``console_assets_router`` only serves the
+static page, which holds no data: a browser navigating to /console cannot send a Bearer header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from pgmeta_orchestrator.console.outputs import (
+    LINEAGE_SUFFIX,
+    BindingObjectReader,
+    OutputMissingError,
+    RunIndex,
+    RunOutputs,
+    attribute_diff,
+    compare_runs,
+)
+from pgmeta_orchestrator.runs import RunService, RunView
+from pgmeta_orchestrator.settings import OrchestratorSettings
+
+TERMINAL = {"COMPLETED", "FAILED"}
+ASSET_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+
+
+class ConsoleSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PGMETA_CONSOLE_")
+
+    index_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "pgmeta-console-index",
+        description="Local cache of per-run entity indexes (disposable: rebuilt from the output when missing).",
+    )
+    events_poll_seconds: float = Field(default=0.5, description="How often the progress stream looks at a run.")
+
+
+def include_console(app: FastAPI, settings: OrchestratorSettings) -> None:
+    """Mounts the console on the orchestrator's app (one line in create_app)."""
+    app.state.console_settings = settings
+    app.include_router(console_assets_router)
+    app.include_router(console_router)
+
+
+def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's API token.
+
+    TODO(integrator): the REST API's auth module replaces this check: include ``console_router`` with
+    ``Depends(require("viewer"))`` and drop this function. Until then a token is required but not checked.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(status_code=401, detail="sign in: send an API token as 'Authorization: Bearer <token>'")
+    return token
+
+
+console_assets_router = APIRouter(tags=["console"])
+console_router = APIRouter(tags=["console"], dependencies=[Depends(bearer_token)])
+
+
+# -- the page ---------------------------------------------------------------------------------------
+
+
+@console_assets_router.get("/console", include_in_schema=False)
+def console_root() -> RedirectResponse:
+    return RedirectResponse("/console/")
+
+
+@console_assets_router.get("/console/", include_in_schema=False)
+def console_page() -> Response:
+    return _asset("index.html")
+
+
+@console_assets_router.get("/console/assets/{name}", include_in_schema=False)
+def console_asset(name: str) -> Response:
+    return _asset(name)
+
+
+def _asset(name: str) -> Response:
+    suffix = Path(name).suffix
+    if "/" in name or name.startswith(".") or suffix not in ASSET_TYPES:
+        raise HTTPException(status_code=404, detail=f"no console asset {name!r}")
+    asset = resources.files("pgmeta_orchestrator.console").joinpath("static", name)
+    if not asset.is_file():
+        raise HTTPException(status_code=404, detail=f"no console asset {name!r}")
+    return Response(asset.read_bytes(), media_type=ASSET_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+
+
+# -- dependencies -----------------------------------------------------------------------------------
+
+
+def _runs(request: Request) -> RunService:
+    runs: RunService = request.app.state.runs
+    return runs
+
+
+def _outputs(request: Request) -> RunOutputs:
+    """The run output reader, made at first use (nothing at import or before the sidecar is up)."""
+    outputs: RunOutputs | None = getattr(request.app.state, "console_outputs", None)
+    if outputs is None:
+        settings: OrchestratorSettings = request.app.state.console_settings
+        console = ConsoleSettings()
+        outputs = RunOutputs(BindingObjectReader(settings.dapr_host, settings.dapr_http_port), console.index_dir)
+        request.app.state.console_outputs = outputs
+    return outputs
+
+
+Runs = Annotated[RunService, Depends(_runs)]
+Outputs = Annotated[RunOutputs, Depends(_outputs)]
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=200)]
+
+
+async def _completed_view(runs: RunService, run_id: str) -> RunView:
+    view = await run_in_threadpool(runs.view, run_id)
+    if view is None:
+        raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
+    if view.status != "COMPLETED" or not view.location:
+        raise HTTPException(status_code=409, detail=f"run {run_id!r} is {view.status}: it has no output to browse")
+    return view
+
+
+async def _index(runs: RunService, outputs: RunOutputs, run_id: str) -> RunIndex:
+    view = await _completed_view(runs, run_id)
+    assert view.location is not None
+    try:
+        return await run_in_threadpool(outputs.index, run_id, view.location)
+    except OutputMissingError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+
+def _summary(view: RunView, request: dict[str, Any] | None, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    summary = view.model_dump(mode="json")
+    summary["request"] = request
+    summary.setdefault("started_by", None)
+    summary.setdefault("trace_url", None)
+    if manifest is not None:
+        summary.update(
+            started_at=manifest.get("started_at"),
+            finished_at=manifest.get("finished_at"),
+            changes=manifest.get("changes"),
+            problems=manifest.get("problems"),
+            previous_run_id=manifest.get("previous_run_id"),
+            connection_qualified_name=manifest.get("connection_qualified_name"),
+        )
+    return summary
+
+
+def _run_summary(runs: RunService, outputs: RunOutputs, view: RunView) -> dict[str, Any]:
+    if view.run_id in outputs.requests:
+        request = outputs.requests[view.run_id]
+    else:
+        request = runs.request_of(view.run_id)
+        if view.status in TERMINAL:  # a request never changes; while queued it may not be readable yet
+            outputs.requests[view.run_id] = request
+    manifest = None
+    if view.status == "COMPLETED" and view.location:
+        try:
+            manifest = outputs.manifest(view.location)
+        except (RuntimeError, OSError, ValueError):
+            manifest = None  # the list still shows the run; its page says what is wrong
+    return _summary(view, request, manifest)
+
+
+@console_router.get("/console/api/runs")
+async def console_runs(runs: Runs, outputs: Outputs, limit: Limit = 50) -> list[dict[str, Any]]:
+    """Recent runs with what the list shows: source, times, counts, changes (newest first)."""
+    views = await run_in_threadpool(runs.recent, limit)
+    return [await run_in_threadpool(_run_summary, runs, outputs, view) for view in views]
+
+
+@console_router.get("/console/api/runs/{run_id}")
+async def console_run(run_id: str, runs: Runs, outputs: Outputs) -> dict[str, Any]:
+    """One run: its view, request, and (when completed) manifest facts, output files and problems."""
+    view = await run_in_threadpool(runs.view, run_id)
+    if view is None:
+        raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
+    summary = await run_in_threadpool(_run_summary, runs, outputs, view)
+    if view.status == "COMPLETED" and view.location:
+        manifest = await run_in_threadpool(outputs.manifest, view.location)
+        report = await run_in_threadpool(outputs.read, view.location, "report.json")
+        summary["manifest"] = manifest
+        outputs.warm(run_id, view.location)
+        summary["report"] = json.loads(report) if report else None
+    return summary
+
+
+@console_router.get("/runs/{run_id}/events")
+async def run_events(run_id: str, request: Request, runs: Runs) -> StreamingResponse:
+    """Server-sent events: a ``run`` event whenever the run's view changes; the stream ends with the run."""
+    first = await run_in_threadpool(runs.view, run_id)
+    if first is None:
+        raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
+    poll = ConsoleSettings().events_poll_seconds
+
+    async def stream() -> AsyncIterator[bytes]:
+        view: RunView | None = first
+        last, idle = "", 0.0
+        while view is not None:
+            payload = view.model_dump_json()
+            if payload != last:
+                last, idle = payload, 0.0
+                yield f"event: run\ndata: {payload}\n\n".encode()
+            elif idle >= 10:
+                idle = 0.0
+                yield b": keep-alive\n\n"  # proxies close idle streams
+            if view.status in TERMINAL or await request.is_disconnected():
+                return
+            await asyncio.sleep(poll)
+            idle += poll
+            view = await run_in_threadpool(runs.view, run_id)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+@console_router.get("/runs/{run_id}/files/{name:path}")
+async def run_file(run_id: str, name: str, runs: Runs, outputs: Outputs) -> Response:
+    """One output file of a completed run, as published (read through the objectstore binding)."""
+    view = await _completed_view(runs, run_id)
+    manifest = await run_in_threadpool(outputs.manifest, view.location or "")
+    listed = {f["name"] for f in (manifest or {}).get("files", [])} | {"manifest.json"}
+    if name not in listed:
+        raise HTTPException(status_code=404, detail=f"run {run_id!r} has no output file {name!r}")
+    content = await run_in_threadpool(outputs.read, view.location or "", name)
+    if content is None:
+        raise HTTPException(status_code=404, detail=f"{name!r} is listed but missing from the object store")
+    media_type = "application/json" if name.endswith(".json") else "application/x-ndjson"
+    disposition = f'attachment; filename="{Path(name).name}"'
+    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
+
+
+# -- entities ---------------------------------------------------------------------------------------
+
+
+@console_router.get("/runs/{run_id}/entities")
+async def run_entities(
+    run_id: str,
+    runs: Runs,
+    outputs: Outputs,
+    q: Annotated[str, Query(max_length=500, description="Part of the name or qualifiedName.")] = "",
+    type: Annotated[str | None, Query(max_length=100, description="Atlas type name, e.g. Table.")] = None,
+    offset: Offset = 0,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    """Entities of a completed run, searched and paginated in the run's index."""
+    index = await _index(runs, outputs, run_id)
+    total, rows = await run_in_threadpool(index.search, q.strip(), type or None, offset, limit)
+    types = await run_in_threadpool(index.types)
+    return {"total": total, "offset": offset, "limit": limit, "types": types, "items": [r.as_json() for r in rows]}
+
+
+@console_router.get("/runs/{run_id}/entity")
+async def run_entity(
+    run_id: str,
+    runs: Runs,
+    outputs: Outputs,
+    qualified_name: Annotated[str, Query(min_length=1, max_length=2000)],
+    offset: Offset = 0,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    """One entity as published, its parent, a page of its children and (views) the lineage inputs."""
+    index = await _index(runs, outputs, run_id)
+    entity = await run_in_threadpool(outputs.entity, index, qualified_name)
+    if entity is None:
+        raise HTTPException(status_code=404, detail=f"run {run_id!r} has no entity {qualified_name!r}")
+    found = await run_in_threadpool(index.row, qualified_name)
+    assert found is not None
+    row = found[0]
+    parent = await run_in_threadpool(index.row, row.parent_qualified_name) if row.parent_qualified_name else None
+    total, children = await run_in_threadpool(index.children, qualified_name, offset, limit)
+    lineage = await run_in_threadpool(outputs.entity, index, qualified_name + LINEAGE_SUFFIX)
+    inputs = (lineage or {}).get("attributes", {}).get("inputs") or []
+    return {
+        "entity": entity,
+        "parent": parent[0].as_json() if parent else None,
+        "children": {"total": total, "offset": offset, "limit": limit, "items": [c.as_json() for c in children]},
+        "lineage_inputs": [
+            {"typeName": ref.get("typeName"), "qualifiedName": (ref.get("uniqueAttributes") or {}).get("qualifiedName")}
+            for ref in inputs
+        ],
+    }
+
+
+@console_router.get("/runs/{run_id}/compare")
+async def compare_with(
+    run_id: str,
+    runs: Runs,
+    outputs: Outputs,
+    base: Annotated[str | None, Query(description="The earlier run; default: this run's baseline.")] = None,
+    kind: Literal["created", "updated", "deleted"] = "updated",
+    offset: Offset = 0,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    """What changed from ``base`` to this run: counts of each kind, and a page of one kind (updated: with
+    the attribute-level diff)."""
+    head = await _index(runs, outputs, run_id)
+    base_id = base or head.manifest.get("previous_run_id")
+    if not base_id:
+        raise HTTPException(status_code=422, detail=f"run {run_id!r} has no baseline: name a run to compare with")
+    before = await _index(runs, outputs, base_id)
+    head_connection = head.manifest.get("connection_qualified_name")
+    if before.manifest.get("connection_qualified_name") != head_connection:
+        raise HTTPException(
+            status_code=422, detail=f"run {base_id!r} is of another connection than {run_id!r} ({head_connection})"
+        )
+    totals = outputs.compare_totals.get((before.run_id, head.run_id))
+    if totals is None:  # two published runs never change: count once, then page through them
+        totals = {}
+        for each in ("created", "updated", "deleted"):
+            totals[each] = (await run_in_threadpool(compare_runs, before, head, each, 0, 1))[0]
+        outputs.compare_totals[(before.run_id, head.run_id)] = totals
+    _, rows = await run_in_threadpool(compare_runs, before, head, kind, offset, limit)
+    items = []
+    for row in rows:
+        item = row.as_json()
+        if kind == "updated":
+            old = await run_in_threadpool(outputs.entity, before, row.qualified_name)
+            new = await run_in_threadpool(outputs.entity, head, row.qualified_name)
+            item["diff"] = attribute_diff(old or {}, new or {})
+        items.append(item)
+    return {
+        "run_id": run_id,
+        "base": base_id,
+        "connection_qualified_name": head_connection,
+        "totals": totals,
+        "kind": kind,
+        "offset": offset,
+        "limit": limit,
+        "items": items,
+    }

@@ -1,0 +1,862 @@
+// pgmeta console: one ES module, no dependencies. Hash routes; every API call carries the Bearer token.
+
+const TOKEN_KEY = "pgmeta.token";
+const main = document.getElementById("main");
+let routeSerial = 0; // a page left behind stops updating (its live stream is aborted)
+let pageAbort = new AbortController();
+
+// -- tiny DOM helpers ------------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "class") el.className = value;
+    else if (value === true) el.setAttribute(key, "");
+    else el.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const fmtInt = (n) => (n === null || n === undefined ? "—" : Number(n).toLocaleString("en-US"));
+const fmtTime = (iso) =>
+  iso ? new Date(iso).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }) : "—";
+
+function fmtDuration(start, end) {
+  if (!start) return "—";
+  const ms = (end ? new Date(end) : new Date()) - new Date(start);
+  if (!(ms >= 0)) return "—";
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m} min ${Math.round(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+// Node.replaceChildren would render null as the text "null": drop empty children first.
+function put(el, ...children) {
+  el.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined && child !== false));
+}
+
+const badge = (text, kind = text) => h("span", { class: `badge ${kind}` }, text);
+
+function emptyState(title, hint, ...actions) {
+  return h("div", { class: "empty" }, h("strong", {}, title), h("p", {}, hint), ...actions);
+}
+
+function errorBox(message, ...extra) {
+  return h("div", { class: "alert error", role: "alert" }, message, ...extra);
+}
+
+function tableOf(headers, rows, emptyMessage) {
+  if (!rows.length) return h("div", { class: "table-wrap" }, emptyMessage);
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, headers.map((head) => h("th", { class: head.num ? "num" : null, scope: "col" }, head.label ?? head)))),
+      h("tbody", {}, rows),
+    ),
+  );
+}
+
+// -- API -------------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+function detailText(body, status) {
+  if (!body) return `HTTP ${status}`;
+  if (typeof body.detail === "string") return body.detail;
+  if (Array.isArray(body.detail)) {
+    return body.detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("; ");
+  }
+  if (body.error) return body.error;
+  return `HTTP ${status}`;
+}
+
+async function api(path, { method = "GET", body, signal, raw = false } = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, "The pgmeta API did not answer. Is the stack up? (`make up`, then reload this page.)");
+  }
+  if (response.status === 401 || response.status === 403) {
+    const payload = await response.json().catch(() => null);
+    if (response.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      location.hash = "#/sign-in";
+    }
+    throw new ApiError(response.status, detailText(payload, response.status), payload);
+  }
+  if (raw) {
+    if (!response.ok) throw new ApiError(response.status, detailText(await response.json().catch(() => null), response.status));
+    return response;
+  }
+  const payload = await response.json().catch(() => null);
+  if (!response.ok && !(payload && payload.ok === false)) throw new ApiError(response.status, detailText(payload, response.status), payload);
+  return payload;
+}
+
+let openapiPaths = null;
+async function apiHasRoute(path, method) {
+  if (openapiPaths === null) {
+    try {
+      const doc = await (await fetch("/openapi.json")).json();
+      openapiPaths = doc.paths || {};
+    } catch {
+      openapiPaths = {};
+    }
+  }
+  return Boolean(openapiPaths[path] && openapiPaths[path][method]);
+}
+
+// Server-sent events over fetch (EventSource cannot send the Authorization header).
+async function streamEvents(path, onEvent, signal) {
+  const response = await api(path, { raw: true, signal });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+// -- routing ---------------------------------------------------------------------------------------
+
+function parseHash() {
+  const [path, query = ""] = location.hash.replace(/^#/, "").split("?");
+  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query) };
+}
+
+function link(parts, params) {
+  const query = params && [...new URLSearchParams(params)].length ? `?${new URLSearchParams(params)}` : "";
+  return `#/${parts.map(encodeURIComponent).join("/")}${query}`;
+}
+
+async function route() {
+  pageAbort.abort();
+  pageAbort = new AbortController();
+  const serial = ++routeSerial;
+  const { parts, params } = parseHash();
+  const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY));
+  document.getElementById("nav").hidden = !signedIn;
+  document.getElementById("sign-out").hidden = !signedIn;
+  if (!signedIn && parts[0] !== "sign-in") {
+    location.hash = "#/sign-in";
+    return;
+  }
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    if (a.dataset.nav === (parts[0] || "runs")) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  const page = h("div", {});
+  const render = (...nodes) => {
+    if (serial === routeSerial) put(page, ...nodes);
+  };
+  put(main, page);
+  try {
+    if (parts[0] === "sign-in") await signInPage(render);
+    else if (parts[0] === "new") await newExtractionPage(render);
+    else if (parts[0] === "runs" && parts[1] && parts[2] === "entity") await entityPage(render, parts[1], params);
+    else if (parts[0] === "runs" && parts[1]) await runPage(render, parts[1], parts[2] || "overview", params, pageAbort.signal);
+    else await runsPage(render);
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    render(h("h1", {}, "Something went wrong"), errorBox(err.message), h("p", {}, h("a", { href: "#/runs" }, "Back to runs")));
+  }
+  if (serial === routeSerial && document.activeElement === document.body) main.focus({ preventScroll: true });
+}
+
+window.addEventListener("hashchange", route);
+document.getElementById("sign-out").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.hash = "#/sign-in";
+});
+
+// -- sign in ---------------------------------------------------------------------------------------
+
+async function signInPage(render) {
+  document.title = "Sign in · pgmeta";
+  const token = h("input", { type: "password", id: "token", name: "token", autocomplete: "off", required: true });
+  const message = h("div", { "aria-live": "polite" });
+  const form = h(
+    "form",
+    {
+      class: "panel signin",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        sessionStorage.setItem(TOKEN_KEY, token.value.trim());
+        try {
+          await api("/console/api/runs?limit=1");
+          location.hash = "#/runs";
+        } catch (err) {
+          sessionStorage.removeItem(TOKEN_KEY);
+          put(message, errorBox(err.status === 401 ? "That token was not accepted. Ask an admin for an API token." : err.message));
+        }
+      },
+    },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "Paste an API token. It stays in this browser tab only and is sent with every request."),
+    h("div", { class: "field" }, h("label", { for: "token" }, "API token"), token),
+    message,
+    h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Sign in")),
+  );
+  render(form);
+  token.focus();
+}
+
+// -- runs list -------------------------------------------------------------------------------------
+
+function sourceText(run) {
+  const source = run.request && run.request.source;
+  if (!source) return run.connection_qualified_name || "—";
+  return `${source.username}@${source.host}:${source.port}/${source.database || "*"}`;
+}
+
+function changesText(changes) {
+  if (!changes) return "—";
+  return `+${fmtInt(changes.created)} ~${fmtInt(changes.updated)} −${fmtInt(changes.deleted)}`;
+}
+
+const totalCount = (counts) => Object.values(counts || {}).reduce((a, b) => a + b, 0);
+
+async function runsPage(render) {
+  document.title = "Runs · pgmeta";
+  const head = h(
+    "div",
+    { class: "page-head" },
+    h("div", {}, h("h1", {}, "Runs"), h("p", { class: "muted" }, "Every extraction, newest first.")),
+    h("a", { class: "button", href: "#/new" }, "New extraction"),
+  );
+  render(head, h("p", { class: "muted" }, "Loading runs…"));
+  const runs = await api("/console/api/runs?limit=100");
+  const rows = runs.map((run) =>
+    h(
+      "tr",
+      { class: "clickable" },
+      h("td", {}, badge(run.status)),
+      h("td", { class: "nowrap" }, h("a", { href: link(["runs", run.run_id]) }, run.run_id)),
+      h("td", { class: "source" }, sourceText(run).split("@").flatMap((part, i) => (i ? [h("wbr"), part] : [part.length ? `${part}@` : part]))),
+      h("td", {}, run.started_by || "—"),
+      h("td", { class: "nowrap" }, fmtTime(run.created_at || run.started_at)),
+      h("td", { class: "nowrap" }, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
+      h("td", { class: "num nowrap" }, fmtDuration(run.created_at || run.started_at, run.finished_at || (run.status === "RUNNING" || run.status === "QUEUED" ? null : run.updated_at))),
+      h("td", { class: "num" }, fmtInt(totalCount(run.counts))),
+      h("td", { class: "num nowrap", title: "created ~updated −deleted" }, changesText(run.changes)),
+    ),
+  );
+  const headers = ["Status", "Run", "Source", "Started by", "Started", "Finished", { label: "Duration", num: true }, { label: "Entities", num: true }, { label: "Changes", num: true }];
+  render(
+    head,
+    tableOf(
+      headers,
+      rows,
+      emptyState("No runs yet", "Register a PostgreSQL source, test the connection, pick what to extract and run it.", h("a", { class: "button", href: "#/new" }, "New extraction")),
+    ),
+  );
+}
+
+// -- new extraction: source form, preflight checks, picker -----------------------------------------
+
+const CHECKS = [
+  { id: "reach", label: "Server reachable", codes: ["source_unreachable", "timeout"] },
+  { id: "auth", label: "Credentials accepted", codes: ["authentication_failed", "credentials_not_found"] },
+  { id: "db", label: "Database exists and may be read", codes: ["database_not_found", "insufficient_privilege"] },
+  { id: "version", label: "PostgreSQL version supported (12+)", codes: [], match: /not supported/ },
+  { id: "select", label: "Filters valid and select something", codes: ["invalid_request"] },
+];
+
+function checksOf(answer) {
+  if (answer.ok) {
+    const c = answer.counts || {};
+    const facts = {
+      reach: `connected, PostgreSQL ${answer.server_version}`,
+      auth: "signed in",
+      db: `${fmtInt(c.databases)} database(s): ${(answer.databases || []).map((d) => d.database).join(", ")}`,
+      version: `PostgreSQL ${answer.server_version}`,
+      select: `${fmtInt(c.schemas)} schemas, ${fmtInt(c.tables)} tables, ${fmtInt(c.views)} views, ${fmtInt(c.columns)} columns`,
+    };
+    return CHECKS.map((check) => ({ ...check, state: "passed", detail: facts[check.id] }));
+  }
+  let failed = CHECKS.findIndex((check) => check.match && check.match.test(answer.error || ""));
+  if (failed < 0) failed = CHECKS.findIndex((check) => check.codes.includes(answer.error_code));
+  if (failed < 0) failed = 0;
+  return CHECKS.map((check, i) => ({
+    ...check,
+    state: i < failed ? "passed" : i === failed ? "failed" : "skipped",
+    detail: i < failed ? "" : i === failed ? answer.error : "not checked",
+  }));
+}
+
+function regexLiteral(name) {
+  return name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+async function newExtractionPage(render) {
+  document.title = "New extraction · pgmeta";
+  const field = (label, input, cls = "", hint = "") =>
+    h("div", { class: `field ${cls}` }, h("label", { for: input.id }, label, hint ? h("span", { class: "hint" }, ` ${hint}`) : null), input);
+  const host = h("input", { type: "text", id: "host", name: "host", required: true, autocomplete: "off", placeholder: "db.example.internal" });
+  const port = h("input", { type: "number", id: "port", name: "port", value: "5432", min: "1", max: "65535", required: true });
+  const username = h("input", { type: "text", id: "username", name: "username", required: true, autocomplete: "off" });
+  const password = h("input", { type: "password", id: "password", name: "password", required: true, autocomplete: "new-password" });
+  const database = h("input", { type: "text", id: "database", name: "database", autocomplete: "off", placeholder: "all databases" });
+  const sslmode = h(
+    "select",
+    { id: "sslmode", name: "sslmode" },
+    ["prefer", "disable", "require", "verify-ca", "verify-full"].map((mode) => h("option", { value: mode }, mode)),
+  );
+  const tempRegex = h("input", { type: "text", id: "temp-regex", placeholder: "e.g. tmp_.*" });
+  const excludeViews = h("input", { type: "checkbox", id: "exclude-views" });
+  const excludeEmpty = h("input", { type: "checkbox", id: "exclude-empty" });
+  const formMessage = h("div", { "aria-live": "polite", id: "form-message" });
+  const checksBox = h("div", { "aria-live": "polite" });
+  const tree = h("div", {}, h("p", { class: "muted" }, "Test the connection to list databases and schemas."));
+  const filterJson = h("pre", { class: "json", id: "filter-json" });
+  const testButton = h("button", { type: "button" }, "Test connection");
+  const runButton = h("button", { type: "submit", class: "primary" }, "Run extraction");
+  const picked = new Map(); // database -> Set of schemas (empty set: whole database)
+  const listed = new Map(); // database -> list of schemas
+
+  function source() {
+    const spec = { host: host.value.trim(), port: Number(port.value), username: username.value.trim(), sslmode: sslmode.value };
+    if (database.value.trim()) spec.database = database.value.trim();
+    return spec;
+  }
+
+  function filters() {
+    const spec = {};
+    if (picked.size) {
+      spec.include = {};
+      for (const [db, schemas] of picked) spec.include[regexLiteral(db)] = schemas.size ? [...schemas].sort().map(regexLiteral) : "*";
+    }
+    if (tempRegex.value.trim()) spec.temp_table_regex = tempRegex.value.trim();
+    if (excludeViews.checked) spec.exclude_views = true;
+    if (excludeEmpty.checked) spec.exclude_empty_tables = true;
+    return spec;
+  }
+
+  const showFilters = () => {
+    filterJson.textContent = JSON.stringify(filters(), null, 2);
+  };
+
+  function validate() {
+    const missing = [];
+    for (const [input, label] of [[host, "Host"], [port, "Port"], [username, "Username"], [password, "Password"]]) {
+      const bad = !input.value.trim();
+      input.setAttribute("aria-invalid", bad ? "true" : "false");
+      if (bad) missing.push(label);
+    }
+    if (missing.length) {
+      put(formMessage, errorBox(`Fill in ${missing.join(", ")}.`));
+      return false;
+    }
+    return true;
+  }
+
+  function renderTree() {
+    const items = [...listed.keys()].sort().map((db) => {
+      const dbBox = h("input", { type: "checkbox", id: `db-${db}`, checked: picked.has(db) });
+      const schemas = listed.get(db) || [];
+      dbBox.addEventListener("change", () => {
+        if (dbBox.checked) picked.set(db, new Set());
+        else picked.delete(db);
+        renderTree();
+      });
+      const children = schemas.map((schema) => {
+        const box = h("input", { type: "checkbox", id: `schema-${db}-${schema}`, checked: picked.has(db) && picked.get(db).has(schema) });
+        box.addEventListener("change", () => {
+          if (!picked.has(db)) picked.set(db, new Set());
+          if (box.checked) picked.get(db).add(schema);
+          else picked.get(db).delete(schema);
+          renderTree();
+        });
+        return h("li", {}, h("label", { class: "check", for: box.id }, box, schema));
+      });
+      return h(
+        "li",
+        {},
+        h("label", { class: "check", for: dbBox.id }, dbBox, h("strong", {}, db), h("span", { class: "hint" }, schemas.length ? `${schemas.length} schemas` : "")),
+        children.length ? h("ul", { role: "group" }, children) : null,
+      );
+    });
+    put(tree,
+      items.length ? h("ul", { class: "tree", role: "tree", "aria-label": "Databases and schemas" }, items) : h("p", { class: "muted" }, "No databases listed."),
+      h("p", { class: "hint" }, "Nothing ticked: everything the role can read. A database ticked without schemas: all its schemas."),
+    );
+    showFilters();
+  }
+
+  async function loadTree() {
+    const body = { source: source(), password: password.value };
+    let databases = [];
+    if (source().database) databases = [source().database];
+    else {
+      const answer = await api("/metadata/databases", { method: "POST", body });
+      if (!answer.ok) return;
+      databases = answer.databases.filter((d) => d.can_connect).map((d) => d.name);
+    }
+    for (const db of databases) {
+      const answer = await api("/metadata/schemas", { method: "POST", body: { ...body, source: { ...source(), database: db } } });
+      if (answer.ok) listed.set(db, answer.schemas);
+    }
+    renderTree();
+  }
+
+  async function testConnection() {
+    put(formMessage);
+    if (!validate()) return;
+    testButton.disabled = true;
+    put(checksBox, h("p", { class: "muted" }, "Testing the connection…"));
+    try {
+      const answer = await api("/preflight", { method: "POST", body: { source: source(), password: password.value, filters: filters() } });
+      const checks = checksOf(answer);
+      put(checksBox,
+        h("h3", {}, answer.ok ? "Every check passed" : "A check failed"),
+        h(
+          "ul",
+          { class: "checks", id: "checks" },
+          checks.map((check) => h("li", { "data-check": check.id, "data-state": check.state }, h("span", {}, badge(check.state)), h("span", {}, h("strong", {}, check.label), check.detail ? h("div", { class: "muted" }, check.detail) : null))),
+        ),
+        answer.warnings && answer.warnings.length ? h("div", { class: "alert info" }, answer.warnings.join("; ")) : null,
+      );
+      if (!answer.ok) {
+        const authFailed = answer.error_code === "authentication_failed";
+        password.setAttribute("aria-invalid", authFailed ? "true" : "false");
+        put(formMessage,
+          errorBox(authFailed ? `The server rejected the username or password: ${answer.error}` : answer.error),
+        );
+        return;
+      }
+      put(formMessage, h("div", { class: "alert ok" }, "Connection works. Pick what to extract, then run."));
+      if (!listed.size) await loadTree();
+    } catch (err) {
+      put(formMessage, errorBox(err.message));
+      put(checksBox);
+    } finally {
+      testButton.disabled = false;
+    }
+  }
+
+  async function runExtraction(event) {
+    event.preventDefault();
+    put(formMessage);
+    if (!validate()) return;
+    runButton.disabled = true;
+    try {
+      const answer = await api("/runs", { method: "POST", body: { source: source(), password: password.value, filters: filters() } });
+      location.hash = link(["runs", answer.run_id]);
+    } catch (err) {
+      put(formMessage, errorBox(err.message));
+    } finally {
+      runButton.disabled = false;
+    }
+  }
+
+  testButton.addEventListener("click", testConnection);
+  for (const input of [tempRegex, excludeViews, excludeEmpty]) input.addEventListener("input", showFilters);
+  for (const input of [excludeViews, excludeEmpty]) input.addEventListener("change", showFilters);
+  showFilters();
+
+  render(
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "New extraction"), h("p", { class: "muted" }, "An ad-hoc PostgreSQL source: the password is stored encrypted for the run only."))),
+    h(
+      "form",
+      { onsubmit: runExtraction, novalidate: true, "aria-label": "Source" },
+      h(
+        "div",
+        { class: "panel" },
+        h("h2", {}, "Source"),
+        h(
+          "div",
+          { class: "fields" },
+          field("Host", host, "wide"),
+          field("Port", port, "narrow"),
+          field("Database", database, "", "(empty: every database)"),
+          field("Username", username),
+          field("Password", password),
+          field("TLS mode", sslmode, "wide"),
+        ),
+        formMessage,
+        checksBox,
+        h("div", { class: "actions" }, testButton),
+      ),
+      h(
+        "div",
+        { class: "grid2" },
+        h("div", { class: "panel" }, h("h2", {}, "What to extract"), tree),
+        h(
+          "div",
+          { class: "panel" },
+          h("h2", {}, "Options"),
+          h("div", { class: "field" }, h("label", { for: tempRegex.id }, "Skip tables matching", h("span", { class: "hint" }, " (regex, whole name)")), tempRegex),
+          h("p", {}, h("label", { class: "check", for: excludeViews.id }, excludeViews, "Exclude views")),
+          h("p", {}, h("label", { class: "check", for: excludeEmpty.id }, excludeEmpty, "Exclude empty tables")),
+          h("h3", {}, "Filters sent with the run"),
+          filterJson,
+          h("p", { class: "hint" }, "Test connection again to count what these filters select."),
+        ),
+      ),
+      h("div", { class: "actions" }, runButton),
+    ),
+  );
+  host.focus();
+}
+
+// -- a run -----------------------------------------------------------------------------------------
+
+function stats(items) {
+  return h("div", { class: "stats" }, items.map(([label, value]) => h("div", { class: "stat" }, h("b", {}, fmtInt(value)), h("span", {}, label))));
+}
+
+function progressPanel(view, units) {
+  const p = view.progress;
+  const rows = [...units.values()].map((u) =>
+    h("tr", {}, h("td", {}, u.work_unit || "server"), h("td", {}, u.stage), h("td", { class: "num" }, `${fmtInt(u.done)}${u.total ? ` / ${fmtInt(u.total)}` : ""} ${u.measure}`), h("td", { class: "muted" }, u.message || "")),
+  );
+  return h(
+    "div",
+    { class: "panel", id: "progress" },
+    h("h2", {}, "Progress"),
+    h("dl", { class: "facts" }, h("dt", {}, "Status"), h("dd", { id: "run-status" }, badge(view.status)), h("dt", {}, "Stage"), h("dd", { id: "run-stage" }, view.stage || (p && p.stage) || "—")),
+    p && p.total ? h("progress", { max: p.total, value: p.done, "aria-label": "Progress of the current stage" }) : null,
+    rows.length ? h("h3", {}, "Per database") : null,
+    rows.length ? tableOf(["Unit", "Stage", { label: "Done", num: true }, "Message"], rows, "") : null,
+    Object.keys(view.counts || {}).length ? h("h3", {}, "Records so far") : null,
+    Object.keys(view.counts || {}).length ? stats(Object.entries(view.counts)) : null,
+  );
+}
+
+async function downloadFile(runId, name) {
+  const response = await api(`/runs/${encodeURIComponent(runId)}/files/${name.split("/").map(encodeURIComponent).join("/")}`, { raw: true });
+  const url = URL.createObjectURL(await response.blob());
+  const a = h("a", { href: url, download: name.split("/").pop() });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+function runTabs(runId, current, completed) {
+  const tab = (id, label) => h("a", { href: link(["runs", runId, id]), "aria-current": current === id ? "page" : null }, label);
+  return h("nav", { class: "tabs", "aria-label": "Run" }, tab("overview", "Overview"), completed ? tab("entities", "Entities") : null, completed ? tab("compare", "Compare") : null);
+}
+
+async function runPage(render, runId, tabName, params, signal) {
+  document.title = `${runId} · pgmeta`;
+  let run = await api(`/console/api/runs/${encodeURIComponent(runId)}`, { signal }).catch((err) => {
+    if (err.status === 404) return null;
+    throw err;
+  });
+  if (!run) {
+    render(h("h1", {}, "Run not found"), emptyState(`There is no run ${runId}.`, "It may have been started on another stack, or aged out of the runs index.", h("a", { class: "button", href: "#/runs" }, "All runs")));
+    return;
+  }
+  const cancellable = await apiHasRoute("/runs/{run_id}/cancel", "post");
+  const head = () =>
+    h(
+      "div",
+      { class: "page-head" },
+      h(
+        "div",
+        {},
+        h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "Runs"), " / ", runId),
+        h("h1", {}, `Run ${runId} `, badge(run.status)),
+        h("p", { class: "muted mono" }, sourceText(run)),
+      ),
+      h(
+        "div",
+        { class: "actions" },
+        run.trace_url ? h("a", { class: "button", href: run.trace_url, target: "_blank", rel: "noopener" }, "Trace") : null,
+        cancellable && (run.status === "RUNNING" || run.status === "QUEUED")
+          ? h("button", { class: "danger", type: "button", onclick: async () => { await api(`/runs/${encodeURIComponent(runId)}/cancel`, { method: "POST" }); } }, "Cancel run")
+          : null,
+      ),
+    );
+  const completed = run.status === "COMPLETED";
+  if (tabName === "entities" && completed) return entitiesTab(render, head(), runTabs(runId, "entities", true), runId, params);
+  if (tabName === "compare" && completed) return compareTab(render, head(), runTabs(runId, "compare", true), run, params);
+
+  if (run.status === "RUNNING" || run.status === "QUEUED") {
+    const units = new Map();
+    const live = (view) => {
+      run = { ...run, ...view };
+      if (view.progress) units.set(view.progress.work_unit || view.progress.stage, view.progress);
+      render(head(), runTabs(runId, "overview", false), progressPanel(run, units));
+    };
+    live(run);
+    let finished = false;
+    await streamEvents(`/runs/${encodeURIComponent(runId)}/events`, (name, view) => {
+      if (name !== "run") return;
+      live(view);
+      finished = view.status === "COMPLETED" || view.status === "FAILED";
+    }, signal);
+    if (!finished || signal.aborted) return;
+    run = await api(`/console/api/runs/${encodeURIComponent(runId)}`, { signal });
+  }
+  render(head(), runTabs(runId, "overview", run.status === "COMPLETED"), ...overview(run));
+}
+
+function overview(run) {
+  const sections = [];
+  const m = run.manifest;
+  sections.push(
+    h(
+      "div",
+      { class: "panel" },
+      h(
+        "dl",
+        { class: "facts" },
+        h("dt", {}, "Status"), h("dd", { id: "run-status" }, badge(run.status)),
+        h("dt", {}, "Started"), h("dd", {}, fmtTime(run.created_at || run.started_at)),
+        h("dt", {}, "Finished"), h("dd", {}, fmtTime(run.finished_at || (run.status === "FAILED" ? run.updated_at : null))),
+        h("dt", {}, "Duration"), h("dd", {}, fmtDuration(run.created_at || run.started_at, run.finished_at || run.updated_at)),
+        h("dt", {}, "Started by"), h("dd", {}, run.started_by || "—"),
+        h("dt", {}, "Connection"), h("dd", { class: "mono" }, run.connection_qualified_name || (run.request && run.request.connection_qualified_name) || "—"),
+        h("dt", {}, "Baseline"), h("dd", {}, run.previous_run_id ? h("a", { href: link(["runs", run.previous_run_id]) }, run.previous_run_id) : "none (first run of this connection)"),
+        h("dt", {}, "Output"), h("dd", { class: "mono" }, run.location || "—"),
+      ),
+    ),
+  );
+  if (run.status === "FAILED") sections.push(errorBox(`The run failed: ${run.error || "no reason recorded"}`));
+  if (m) {
+    sections.push(h("h2", {}, "Entities"), stats(Object.entries(m.counts || {}).sort()), h("p", {}, ""));
+    const changes = m.changes || {};
+    sections.push(
+      h("h2", {}, "Changes since the baseline"),
+      h("div", { id: "changes" }, stats([["created", changes.created], ["updated", changes.updated], ["unchanged", changes.unchanged], ["deleted", changes.deleted]])),
+      h("p", {}, run.previous_run_id ? h("a", { href: link(["runs", run.run_id, "compare"]) }, "See what changed, entity by entity") : ""),
+    );
+    const problems = (run.report && run.report.problems) || [];
+    sections.push(
+      h("h2", {}, `Problems (${problems.length})`),
+      tableOf(
+        ["Stage", "Unit", "Object", "Error", "Hint"],
+        problems.map((p) => h("tr", {}, h("td", {}, p.stage || ""), h("td", {}, p.unit || ""), h("td", { class: "mono" }, p.object || ""), h("td", {}, p.error || ""), h("td", { class: "muted" }, p.hint || ""))),
+        emptyState("No problems", "Every selected object was extracted."),
+      ),
+      h("h2", { style: "margin-top:20px" }, `Output files (${(m.files || []).length + 1})`),
+      tableOf(
+        ["File", "Kind", { label: "Lines", num: true }, { label: "Bytes", num: true }, ""],
+        [{ name: "manifest.json" }, ...(m.files || [])].map((f) =>
+          h(
+            "tr",
+            {},
+            h("td", { class: "mono" }, f.name),
+            h("td", {}, f.type || f.extra || ""),
+            h("td", { class: "num" }, fmtInt(f.entities ?? f.records ?? f.lines ?? null)),
+            h("td", { class: "num" }, fmtInt(f.bytes ?? null)),
+            h("td", {}, h("button", { type: "button", class: "link", onclick: () => downloadFile(run.run_id, f.name) }, "Download")),
+          ),
+        ),
+        "",
+      ),
+    );
+  } else if (run.status === "COMPLETED") {
+    sections.push(errorBox("The run completed but its manifest could not be read from the object store."));
+  }
+  return sections;
+}
+
+// -- entities --------------------------------------------------------------------------------------
+
+const PAGE = 50;
+
+function pager(total, offset, limit, go) {
+  const end = Math.min(offset + limit, total);
+  return h(
+    "div",
+    { class: "pager" },
+    h("span", { class: "muted" }, total ? `${fmtInt(offset + 1)}–${fmtInt(end)} of ${fmtInt(total)}` : "0 results"),
+    h("button", { type: "button", disabled: offset === 0, onclick: () => go(Math.max(0, offset - limit)) }, "Previous"),
+    h("button", { type: "button", disabled: end >= total, onclick: () => go(offset + limit) }, "Next"),
+  );
+}
+
+function entityLink(runId, qn, text) {
+  return h("a", { href: link(["runs", runId, "entity"], { qn }) }, text ?? qn);
+}
+
+async function entitiesTab(render, head, tabs, runId, params) {
+  const q = params.get("q") || "";
+  const type = params.get("type") || "";
+  const offset = Number(params.get("offset") || 0);
+  render(head, tabs, h("p", { class: "muted" }, "Loading entities… (the first visit of a large run builds its index)"));
+  const query = new URLSearchParams({ q, offset, limit: PAGE });
+  if (type) query.set("type", type);
+  const page = await api(`/runs/${encodeURIComponent(runId)}/entities?${query}`);
+  const search = h("input", { type: "search", id: "entity-search", value: q, placeholder: "name or qualifiedName", "aria-label": "Search entities" });
+  const typeSelect = h(
+    "select",
+    { id: "entity-type", "aria-label": "Type" },
+    h("option", { value: "" }, "All types"),
+    Object.entries(page.types).map(([name, count]) => h("option", { value: name, selected: name === type }, `${name} (${fmtInt(count)})`)),
+  );
+  const go = (newOffset, newQ = q, newType = type) => {
+    const next = { q: newQ, offset: newOffset };
+    if (newType) next.type = newType;
+    location.hash = link(["runs", runId, "entities"], next);
+  };
+  const form = h(
+    "form",
+    { class: "toolbar", role: "search", onsubmit: (e) => { e.preventDefault(); go(0, search.value.trim(), typeSelect.value); } },
+    h("div", { class: "grow" }, search),
+    typeSelect,
+    h("button", { type: "submit" }, "Search"),
+  );
+  typeSelect.addEventListener("change", () => go(0, search.value.trim(), typeSelect.value));
+  const rows = page.items.map((item) =>
+    h("tr", { class: "clickable" }, h("td", {}, entityLink(runId, item.qualifiedName, item.name)), h("td", {}, item.typeName), h("td", { class: "mono" }, item.qualifiedName)),
+  );
+  render(
+    head,
+    tabs,
+    form,
+    tableOf(["Name", "Type", "qualifiedName"], rows, emptyState("No entity matches", q ? `Nothing named like “${q}”${type ? ` of type ${type}` : ""}. Try part of a name.` : "This run published no entities of this type.")),
+    pager(page.total, page.offset, page.limit, (o) => go(o)),
+  );
+  if (q || type) search.focus();
+}
+
+function renderValue(runId, value) {
+  if (value && typeof value === "object" && value.uniqueAttributes && value.uniqueAttributes.qualifiedName) {
+    return h("span", {}, entityLink(runId, value.uniqueAttributes.qualifiedName), h("span", { class: "muted" }, ` (${value.typeName})`));
+  }
+  if (Array.isArray(value) && value.every((v) => v && v.uniqueAttributes)) return h("div", {}, value.map((v) => h("div", {}, renderValue(runId, v))));
+  if (value !== null && typeof value === "object") return h("pre", { class: "json" }, JSON.stringify(value, null, 2));
+  return h("span", { class: typeof value === "string" && value.length > 60 ? "mono" : null }, String(value));
+}
+
+async function entityPage(render, runId, params) {
+  const qn = params.get("qn") || "";
+  const offset = Number(params.get("offset") || 0);
+  document.title = `${qn.split("/").pop()} · pgmeta`;
+  const data = await api(`/runs/${encodeURIComponent(runId)}/entity?${new URLSearchParams({ qualified_name: qn, offset, limit: 100 })}`).catch((err) => {
+    if (err.status === 404) return null;
+    throw err;
+  });
+  const crumbs = h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "Runs"), " / ", h("a", { href: link(["runs", runId]) }, runId), " / ", h("a", { href: link(["runs", runId, "entities"]) }, "Entities"));
+  if (!data) {
+    render(crumbs, h("h1", {}, "Entity not found"), emptyState(`Run ${runId} has no entity ${qn}.`, "Search the run's entities instead.", h("a", { class: "button", href: link(["runs", runId, "entities"]) }, "Search entities")));
+    return;
+  }
+  const entity = data.entity;
+  const attributes = entity.attributes || {};
+  const rows = Object.keys(attributes).sort().map((key) => h("tr", {}, h("th", { scope: "row" }, key), h("td", {}, renderValue(runId, attributes[key]))));
+  const children = data.children;
+  const childRows = children.items.map((c) => h("tr", {}, h("td", {}, entityLink(runId, c.qualifiedName, c.name)), h("td", {}, c.typeName)));
+  const childGo = (o) => { location.hash = link(["runs", runId, "entity"], { qn, offset: o }); };
+  render(
+    crumbs,
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, attributes.name || qn), h("p", { class: "muted" }, badge(entity.typeName, "QUEUED"), " ", h("span", { class: "mono" }, qn)))),
+    h(
+      "div",
+      { class: "grid2" },
+      h(
+        "div",
+        {},
+        h("h2", {}, "Attributes"),
+        h("div", { class: "table-wrap" }, h("table", { id: "attributes" }, h("tbody", {}, rows))),
+      ),
+      h(
+        "div",
+        {},
+        h("h2", {}, "Parent"),
+        h("div", { class: "panel" }, data.parent ? h("span", {}, entityLink(runId, data.parent.qualifiedName, data.parent.name), h("span", { class: "muted" }, ` (${data.parent.typeName})`)) : h("span", { class: "muted" }, "None: this is a top-level entity.")),
+        data.lineage_inputs.length
+          ? h("div", {}, h("h2", {}, "Lineage"), h("div", { class: "panel", id: "lineage" }, h("p", { class: "muted" }, "Inputs read by this view:"), h("ul", {}, data.lineage_inputs.map((input) => h("li", {}, entityLink(runId, input.qualifiedName), h("span", { class: "muted" }, ` (${input.typeName})`)))), h("p", {}, "→ ", h("strong", {}, attributes.name || qn))))
+          : null,
+        h("h2", {}, `Children (${fmtInt(children.total)})`),
+        h("div", { id: "children" }, tableOf(["Name", "Type"], childRows, emptyState("No children", "Columns, tables and schemas list their parts here."))),
+        children.total > children.limit ? pager(children.total, children.offset, children.limit, childGo) : null,
+      ),
+    ),
+  );
+}
+
+// -- compare ---------------------------------------------------------------------------------------
+
+function shortValue(value) {
+  if (value === undefined || value === null) return h("span", { class: "muted" }, "—");
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return text.length > 160 ? `${text.slice(0, 160)}…` : text;
+}
+
+async function compareTab(render, head, tabs, run, params) {
+  const runId = run.run_id;
+  const kind = params.get("kind") || "updated";
+  const offset = Number(params.get("offset") || 0);
+  const runs = await api("/console/api/runs?limit=200");
+  const sameConnection = runs.filter((r) => r.run_id !== runId && r.status === "COMPLETED" && r.connection_qualified_name === run.connection_qualified_name);
+  const base = params.get("base") || run.previous_run_id || (sameConnection[0] && sameConnection[0].run_id) || "";
+  if (!base) {
+    render(head, tabs, emptyState("Nothing to compare with", "This is the only completed run of its connection. Run the same source again, then compare.", h("a", { class: "button", href: "#/new" }, "New extraction")));
+    return;
+  }
+  render(head, tabs, h("p", { class: "muted" }, "Comparing…"));
+  const query = new URLSearchParams({ base, kind, offset, limit: PAGE });
+  const result = await api(`/runs/${encodeURIComponent(runId)}/compare?${query}`);
+  const go = (next) => { location.hash = link(["runs", runId, "compare"], { base, kind, offset: 0, ...next }); };
+  const baseSelect = h(
+    "select",
+    { id: "compare-base", "aria-label": "Compare with run" },
+    sameConnection.map((r) => h("option", { value: r.run_id, selected: r.run_id === base }, `${r.run_id} · ${fmtTime(r.created_at || r.started_at)}`)),
+  );
+  baseSelect.addEventListener("change", () => go({ base: baseSelect.value }));
+  const kindTab = (name) => h("a", { href: link(["runs", runId, "compare"], { base, kind: name }), "aria-current": kind === name ? "page" : null }, `${name[0].toUpperCase()}${name.slice(1)} (${fmtInt(result.totals[name])})`);
+  const rows = result.items.map((item) =>
+    h(
+      "tr",
+      { "data-qn": item.qualifiedName },
+      h("td", {}, badge(kind, kind)),
+      h("td", {}, item.typeName),
+      h("td", {}, kind === "deleted" ? h("span", { class: "mono" }, item.qualifiedName) : h("span", { class: "mono" }, entityLink(runId, item.qualifiedName))),
+      kind === "updated"
+        ? h("td", {}, h("table", { class: "diff" }, h("tbody", {}, (item.diff || []).map((d) => h("tr", {}, h("th", { scope: "row" }, d.attribute), h("td", { class: "diff-before" }, shortValue(d.before)), h("td", {}, "→"), h("td", { class: "diff-after" }, shortValue(d.after)))))))
+        : null,
+    ),
+  );
+  const headers = kind === "updated" ? ["Change", "Type", "qualifiedName", "Attributes (before → after)"] : ["Change", "Type", "qualifiedName"];
+  render(
+    head,
+    tabs,
+    h("div", { class: "toolbar" }, h("div", {}, h("label", { for: baseSelect.id }, "Compare with"), baseSelect), h("p", { class: "muted grow" }, `What changed from ${base} to ${runId}.`)),
+    h("nav", { class: "tabs", "aria-label": "Change kind", id: "compare-kinds" }, kindTab("created"), kindTab("updated"), kindTab("deleted")),
+    h("div", { id: "compare-items" }, tableOf(headers, rows, emptyState(`Nothing ${kind}`, `No entity was ${kind} between these two runs.`))),
+    pager(sameTotal(result, kind), result.offset, result.limit, (o) => go({ kind, offset: o })),
+  );
+}
+
+const sameTotal = (result, kind) => result.totals[kind];
+
+route();

@@ -1,0 +1,259 @@
+"""The console's read routes over a published run held in memory: index, search, entity, compare, SSE."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from pgmeta_orchestrator.console import include_console
+from pgmeta_orchestrator.console.outputs import RunOutputs, attribute_diff
+from pgmeta_orchestrator.runs import RunView
+from pgmeta_orchestrator.settings import OrchestratorSettings
+
+CONN = "default/postgres/0000000001"
+AUTH = {"Authorization": "Bearer any-token"}
+
+
+def ref(type_name: str, qn: str) -> dict[str, Any]:
+    return {"typeName": type_name, "uniqueAttributes": {"qualifiedName": qn}}
+
+
+def catalog(extra_column: bool) -> list[dict[str, Any]]:
+    db, schema = f"{CONN}/shop", f"{CONN}/shop/sales"
+    table, view = f"{schema}/customers", f"{schema}/big_customers"
+    columns = ["id", "email"] + (["tier"] if extra_column else [])
+    entities = [
+        {"typeName": "Database", "attributes": {"qualifiedName": db, "name": "shop"}},
+        {
+            "typeName": "Schema",
+            "attributes": {"qualifiedName": schema, "name": "sales", "database": ref("Database", db)},
+        },
+        {
+            "typeName": "Table",
+            "attributes": {
+                "qualifiedName": table,
+                "name": "customers",
+                "columnCount": len(columns),
+                "atlanSchema": ref("Schema", schema),
+            },
+        },
+        {
+            "typeName": "View",
+            "attributes": {"qualifiedName": view, "name": "big_customers", "atlanSchema": ref("Schema", schema)},
+        },
+        {
+            "typeName": "Process",
+            "attributes": {
+                "qualifiedName": f"{view}/_lineage_",
+                "name": "sales.big_customers",
+                "inputs": [ref("Table", table)],
+                "outputs": [ref("View", view)],
+            },
+        },
+    ]
+    entities += [
+        {"typeName": "Column", "attributes": {"qualifiedName": f"{table}/{c}", "name": c, "table": ref("Table", table)}}
+        for c in columns
+    ]
+    entities += [
+        {
+            "typeName": "Table",
+            "attributes": {
+                "qualifiedName": f"{schema}/t{i:03d}",
+                "name": f"t{i:03d}",
+                "atlanSchema": ref("Schema", schema),
+            },
+        }
+        for i in range(120)
+    ]
+    return entities
+
+
+class DictReader:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.reads = 0
+
+    def read(self, path: str) -> bytes | None:
+        self.reads += 1
+        return self.objects.get(path)
+
+    def publish(
+        self, run_id: str, entities: list[dict[str, Any]], previous: str | None, lines_per_file: int = 1000
+    ) -> str:
+        """Writes the run as the publisher lays it out: files per type, in parts, then the manifest."""
+        location = f"{CONN}/{run_id}"
+        by_type: dict[str, list[bytes]] = {}
+        for entity in entities:
+            by_type.setdefault(entity["typeName"], []).append(orjson.dumps(entity))
+        files = []
+        for type_name, lines in by_type.items():
+            for part, start in enumerate(range(0, len(lines), lines_per_file)):
+                name = f"{type_name}-db000-{part:05d}.jsonl"
+                chunk = lines[start : start + lines_per_file]
+                self.objects[f"{location}/{name}"] = b"\n".join(chunk) + b"\n"
+                files.append({"name": name, "type": type_name, "entities": len(chunk)})
+        self.objects[f"{location}/report.json"] = b'{"problems": [], "atlan": []}'
+        files.append({"name": "report.json", "problems": 0})
+        manifest = {
+            "run_id": run_id,
+            "connection_qualified_name": CONN,
+            "previous_run_id": previous,
+            "counts": {t: len(v) for t, v in by_type.items()},
+            "changes": {},
+            "files": files,
+        }
+        self.objects[f"{location}/manifest.json"] = orjson.dumps(manifest)
+        return location
+
+
+class FakeRuns:
+    def __init__(self) -> None:
+        self.views: dict[str, list[RunView]] = {}
+
+    def view(self, run_id: str) -> RunView | None:
+        views = self.views.get(run_id)
+        if not views:
+            return None
+        return views.pop(0) if len(views) > 1 else views[0]
+
+    def request_of(self, run_id: str) -> dict[str, Any] | None:
+        return {"source": {"host": "db", "port": 5432, "username": "u", "database": "shop"}}
+
+    def recent(self, limit: int) -> list[RunView]:
+        return [v[-1] for v in self.views.values()][:limit]
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> tuple[TestClient, FakeRuns, DictReader]:
+    app = FastAPI()
+    runs, reader = FakeRuns(), DictReader()
+    include_console(app, OrchestratorSettings())
+    app.state.runs = runs
+    app.state.console_outputs = RunOutputs(reader, tmp_path / "index")
+    for run_id, extra, previous in (("run-a", False, None), ("run-b", True, "run-a")):
+        location = reader.publish(run_id, catalog(extra), previous)
+        runs.views[run_id] = [RunView(run_id=run_id, status="COMPLETED", location=location)]
+    return TestClient(app), runs, reader
+
+
+def test_data_routes_need_a_bearer_token_and_the_page_does_not(console: tuple[TestClient, Any, Any]) -> None:
+    client, _, _ = console
+    assert client.get("/runs/run-a/entities").status_code == 401
+    assert client.get("/runs/run-a/entities", headers={"Authorization": "Basic x"}).status_code == 401
+    page = client.get("/console/")
+    assert page.status_code == 200 and "console.js" in page.text
+    assert client.get("/console/assets/console.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/console/assets/..%2Froutes.py").status_code == 404
+    assert client.get("/console/assets/outputs.py").status_code == 404
+
+
+def test_search_is_paginated_server_side_by_name_qualified_name_and_type(
+    console: tuple[TestClient, Any, DictReader],
+) -> None:
+    client, _, reader = console
+    page = client.get("/runs/run-a/entities", params={"type": "Table", "limit": 50}, headers=AUTH).json()
+    assert page["total"] == 121 and len(page["items"]) == 50
+    assert page["types"]["Column"] == 2
+    last = client.get("/runs/run-a/entities", params={"type": "Table", "offset": 100}, headers=AUTH).json()
+    assert [i["name"] for i in last["items"]][-1] == "t119" and len(last["items"]) == 21
+    reads = reader.reads
+    found = client.get("/runs/run-a/entities", params={"q": "SALES/CUST"}, headers=AUTH).json()
+    assert {i["name"] for i in found["items"]} == {"customers", "id", "email"}
+    assert reader.reads == reads, "a search after the first access reads no file"
+    underscore = client.get("/runs/run-a/entities", params={"q": "_lin"}, headers=AUTH).json()
+    assert [i["typeName"] for i in underscore["items"]] == ["Process"]  # `_` is literal, not a wildcard
+
+
+def test_an_entity_with_parent_children_and_lineage(console: tuple[TestClient, Any, Any]) -> None:
+    client, _, _ = console
+    table = f"{CONN}/shop/sales/customers"
+    answer = client.get("/runs/run-a/entity", params={"qualified_name": table}, headers=AUTH).json()
+    assert answer["entity"]["attributes"]["columnCount"] == 2
+    assert answer["parent"]["qualifiedName"] == f"{CONN}/shop/sales"
+    assert [c["name"] for c in answer["children"]["items"]] == ["email", "id"]
+    view = client.get("/runs/run-a/entity", params={"qualified_name": f"{CONN}/shop/sales/big_customers"}, headers=AUTH)
+    assert view.json()["lineage_inputs"] == [{"typeName": "Table", "qualifiedName": table}]
+    missing = client.get("/runs/run-a/entity", params={"qualified_name": "nope"}, headers=AUTH)
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_compare_names_exactly_what_changed(console: tuple[TestClient, Any, Any]) -> None:
+    client, _, _ = console
+    answer = client.get("/runs/run-b/compare", headers=AUTH).json()
+    assert answer["base"] == "run-a"
+    assert answer["totals"] == {"created": 1, "updated": 1, "deleted": 0}
+    assert answer["items"][0]["qualifiedName"] == f"{CONN}/shop/sales/customers"
+    assert answer["items"][0]["diff"] == [{"attribute": "columnCount", "before": 2, "after": 3}]
+    created = client.get("/runs/run-b/compare", params={"kind": "created"}, headers=AUTH).json()
+    assert [i["qualifiedName"] for i in created["items"]] == [f"{CONN}/shop/sales/customers/tier"]
+    backwards = client.get("/runs/run-a/compare", params={"base": "run-b", "kind": "deleted"}, headers=AUTH).json()
+    assert [i["name"] for i in backwards["items"]] == ["tier"]
+    assert client.get("/runs/run-a/compare", headers=AUTH).status_code == 422  # no baseline
+
+
+def test_files_download_only_what_the_manifest_lists(console: tuple[TestClient, Any, Any]) -> None:
+    client, _, _ = console
+    answer = client.get("/runs/run-a/files/Table-db000-00000.jsonl", headers=AUTH)
+    assert answer.status_code == 200 and answer.content.count(b"\n") == 121
+    assert "attachment" in answer.headers["content-disposition"]
+    assert client.get("/runs/run-a/files/../run-b/manifest.json", headers=AUTH).status_code == 404
+
+
+def test_events_stream_until_the_run_finishes(
+    console: tuple[TestClient, FakeRuns, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, runs, _ = console
+    monkeypatch.setenv("PGMETA_CONSOLE_EVENTS_POLL_SECONDS", "0.01")
+    running = RunView(run_id="run-c", status="RUNNING", stage="extract", counts={"tables": 3})
+    runs.views["run-c"] = [
+        RunView(run_id="run-c", status="QUEUED"),
+        running,
+        running,
+        RunView(run_id="run-c", status="COMPLETED", counts={"Table": 3}),
+    ]
+    with client.stream("GET", "/runs/run-c/events", headers=AUTH) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line.startswith("data:")]
+    statuses = [orjson.loads(e[5:])["status"] for e in events]
+    assert statuses == ["QUEUED", "RUNNING", "COMPLETED"]  # an unchanged view is not sent twice
+    assert client.get("/runs/nope/events", headers=AUTH).status_code == 404
+
+
+def test_a_run_without_output_cannot_be_browsed(console: tuple[TestClient, FakeRuns, Any]) -> None:
+    client, runs, _ = console
+    runs.views["run-d"] = [RunView(run_id="run-d", status="FAILED", error="boom")]
+    answer = client.get("/runs/run-d/entities", headers=AUTH)
+    assert answer.status_code == 409 and "FAILED" in answer.json()["detail"]
+
+
+def test_attribute_diff_reports_added_removed_and_changed() -> None:
+    before = {"typeName": "Table", "attributes": {"a": 1, "b": 2}}
+    after = {"typeName": "Table", "attributes": {"b": 3, "c": 4}}
+    assert attribute_diff(before, after) == [
+        {"attribute": "a", "before": 1, "after": None},
+        {"attribute": "b", "before": 2, "after": 3},
+        {"attribute": "c", "before": None, "after": 4},
+    ]
+
+
+def test_a_run_page_brings_manifest_report_and_warms_the_index(console: tuple[TestClient, Any, DictReader]) -> None:
+    client, _, reader = console
+    run = client.get("/console/api/runs/run-b", headers=AUTH).json()
+    assert run["previous_run_id"] == "run-a" and run["report"] == {"problems": [], "atlan": []}
+    assert run["request"]["source"]["database"] == "shop" and "password" not in str(run)
+    outputs: RunOutputs = client.app.state.console_outputs  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while "run-b" not in outputs._indexes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reads = reader.reads
+    client.get("/runs/run-b/entities", headers=AUTH).raise_for_status()
+    assert reader.reads == reads, "the index was built in the background when the run page opened"
+    listed = client.get("/console/api/runs", headers=AUTH).json()
+    assert {r["run_id"] for r in listed} == {"run-a", "run-b"}
