@@ -17,6 +17,7 @@ from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_p
 
 DEMO_DATABASE = "shop"
 DEMO_SECRET = "demo-postgres"
+REDIS_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
 
 
 def _say(message: str) -> None:
@@ -90,10 +91,8 @@ class LocalStack:
                 "127.0.0.1",
                 "--dir",
                 str(data),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                # Durable: runs, streams and baselines survive a Redis restart (docs/decisions/0006).
+                *REDIS_PERSISTENCE,
                 "--daemonize",
                 "no",
             ],
