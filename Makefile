@@ -22,8 +22,9 @@ dapr:
 
 sync: setup
 
+# REPLICAS=transformer=2,publisher=2 runs several instances of a stage (same app id, own sidecars).
 up: setup dapr
-	@$(UV) run --frozen pgmeta-stack up
+	@PGMETA_REPLICAS="$(REPLICAS)" $(UV) run --frozen pgmeta-stack up
 
 down:
 	@$(UV) run --frozen pgmeta-stack down
