@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
+from pgmeta_shared.fencing import RunEndedError, guarded_work
 from pgmeta_shared.keys import stage_failure_key
 from pgmeta_shared.platform import Platform
 
@@ -39,7 +40,10 @@ def stage_handler(
 
     def handler(command: CommandT) -> None:
         try:
-            completed = work(command, platform)
+            completed = guarded_work(platform, stage, command, work)
+        except RunEndedError as exc:  # late or cancelled work: acknowledged, nothing announced
+            log.info("run %s: %s stopped: %s", command.run_id, stage.value, exc)
+            return
         except Exception as exc:
             failure = classify(exc, f"{stage.value} service")
             if failure.retryable:
