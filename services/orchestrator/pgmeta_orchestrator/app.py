@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.deadletter import register_dead_letter
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -89,6 +90,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         TopicName.EXTRACTION_PROGRESS: on_progress,
     }
     for topic in consumed_by(ServiceName.ORCHESTRATOR):
+        if topic.name is TopicName.DEAD_LETTER:
+            register_dead_letter(app, settings.pubsub_name)
+            continue
         assert topic.model is not None
         handler = handlers.get(topic.name)
         if handler is None and topic.stage is not None:  # a stage's completion: wake the workflow

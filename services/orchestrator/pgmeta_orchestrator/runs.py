@@ -32,6 +32,7 @@ from pgmeta_shared.keys import (
     RUNS_INDEX_KEY,
     credentials_key,
     metadata_answer_key,
+    run_fence_key,
     run_progress_key,
     run_requested_key,
     stage_failure_key,
@@ -121,6 +122,10 @@ class RunService:
         self._platform = platform
         self._workflows = workflows
         self._settings = settings
+
+    @property
+    def platform(self) -> Platform:
+        return self._platform
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -256,6 +261,9 @@ class RunService:
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
         if state is None:
+            fence = self._platform.get_json(run_fence_key(run_id))
+            if fence is not None and fence["status"] in {"FAILED", "CANCELLED"}:  # never became a workflow
+                return RunView(run_id=run_id, status="FAILED", error=fence.get("reason"))
             if self._platform.get_json(run_requested_key(run_id)) is not None:
                 return RunView(run_id=run_id, status="QUEUED")
             return None
