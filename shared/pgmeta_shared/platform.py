@@ -20,6 +20,7 @@ from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError,
 from pgmeta_shared.events import TopicName, to_payload
 from pgmeta_shared.keys import StageName, chunk_key
 from pgmeta_shared.settings import DaprSettings
+from pgmeta_shared.storage import retry_storage
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +220,13 @@ class DaprPlatform:
         # Both bindings decode base64 (localstorage whenever the payload is valid base64, S3 with
         # decodeBase64), so always send base64; S3 first JSON-unquotes the payload, so send it as a JSON
         # string, or base64 text that happens to read as JSON (`null`, `1e10`) would be mangled.
-        self._call(
-            "write object",
-            self._client.invoke_binding,
+        retry_storage(
             binding,
-            "create",
-            b'"' + base64.b64encode(content) + b'"',
-            binding_metadata={"fileName": path, "key": path},
+            path,
+            lambda: self._client.invoke_binding(
+                binding,
+                "create",
+                b'"' + base64.b64encode(content) + b'"',
+                binding_metadata={"fileName": path, "key": path},
+            ),
         )
