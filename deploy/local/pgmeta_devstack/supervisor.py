@@ -33,6 +33,7 @@ log = logging.getLogger("pgmeta.supervisor")
 
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
+HOLD_DIR = "hold"  # a file <state>/hold/<name> keeps that process down after it exits (outages in tests)
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 STABLE_AFTER_SECONDS = 30.0  # a child that ran this long restarts at the first backoff again
@@ -222,6 +223,9 @@ class SupervisedStack(LocalStack):
                     child.backoff,
                 )
                 child.backoff = min(child.backoff * 2, MAX_BACKOFF_SECONDS)
+            if child.restart_at is not None and (self.state / HOLD_DIR / child.name).exists():
+                child.restart_at = now + FIRST_BACKOFF_SECONDS  # held down on purpose (fault injection)
+                continue
             if child.restart_at is not None and now >= child.restart_at and not self._stopping:
                 child.restarts += 1
                 self._start(child)
