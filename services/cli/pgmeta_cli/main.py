@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--topic", default=TopicName.EXTRACTION_REQUESTED.value)
     publish.add_argument("--pubsub", default="pubsub")
     publish.set_defaults(func=cmd_publish)
+
+    from pgmeta_cli.control_commands import add_control_commands
+
+    add_control_commands(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.control import control_router
 from pgmeta_orchestrator.deadletter import register_dead_letter
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
@@ -109,6 +110,8 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         register_subscription(app, pubsub=settings.pubsub_name, topic=topic.name, model=topic.model, handler=handler)
 
     # -- REST API ---------------------------------------------------------------------------------
+
+    app.include_router(control_router())  # POST /runs/{id}/cancel, /runs/{id}/retry
 
     @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
     async def create_run(body: RunRequest, runs: Runs) -> dict[str, str]:

@@ -127,6 +127,14 @@ class RunService:
     def platform(self) -> Platform:
         return self._platform
 
+    @property
+    def workflows(self) -> Any:
+        return self._workflows
+
+    @property
+    def settings(self) -> OrchestratorSettings:
+        return self._settings
+
     # -- starting ---------------------------------------------------------------------------------
 
     def _credentials(
@@ -287,6 +295,8 @@ class RunService:
             view.status = "FAILED"
             details = state.failure_details
             view.error = custom.get("error") or (details.message if details else f"workflow {runtime.lower()}")
+            if runtime == "TERMINATED":  # cancelled: the fence says why
+                view.error = (self._platform.get_json(run_fence_key(run_id)) or {}).get("reason") or view.error
         elif runtime == "PENDING":
             view.status = "QUEUED"
         view.progress = self._platform.get_json(run_progress_key(run_id))
