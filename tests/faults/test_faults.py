@@ -35,7 +35,9 @@ from pgmeta_devstack.supervisor import HOLD_DIR, read_status, start_detached, st
 pytestmark = pytest.mark.faults
 
 SHAPE = CatalogShape(schemas=5, tables=200, columns=20)  # 1,000 tables, 20,000+ columns
-RECOVERY_BOUND = 60.0
+# Seconds a disturbed run may take beyond an undisturbed one. On a machine shared by many busy processes a
+# Python app alone can take a minute to restart: PGMETA_FAULTS_RECOVERY_BOUND raises the bound there.
+RECOVERY_BOUND = float(os.environ.get("PGMETA_FAULTS_RECOVERY_BOUND", "60"))
 STAGE_TIMEOUT = 120
 SUITE_STARTED = time.monotonic()
 
@@ -325,3 +327,37 @@ def test_duplicate_requests_make_one_run(stack: LocalStack) -> None:
 def test_suite_time_is_reported(stack: LocalStack) -> None:
     write_timings(stack.layout)
     assert (stack.layout.state_dir / "fault-timings.json").exists()
+
+
+def test_cancel_mid_stage_commits_nothing(stack: LocalStack) -> None:
+    wait_healthy(stack)
+    submit(stack, "cancel-me")
+    wait_stage(stack, "cancel-me", "transform")
+    started = time.monotonic()
+    response = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", timeout=30)
+    assert response.status_code == 202, response.text
+    run = wait_finished(stack, "cancel-me", 30)
+    assert run["status"] == "FAILED" and "cancel" in (run["error"] or ""), run
+    time.sleep(5)  # stage work notices the fence within a second; give late work time to (not) commit
+    assert not list((stack.layout.objects / "default" / "postgres").glob("*/cancel-me/manifest.json"))
+    TIMINGS.append(Outcome("cancel during transform", "CANCELLED", time.monotonic() - started, 0.0, "no manifest"))
+    again = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", timeout=30)
+    assert again.status_code == 409
+
+
+def test_retry_after_a_failure_resumes_and_completes_exactly(
+    stack: LocalStack, undisturbed: tuple[Counter[str], float]
+) -> None:
+    """The run that failed in the late-publish case (publisher down past its stage timeout) is retried."""
+    expected, baseline = undisturbed
+    wait_healthy(stack)
+    before = view(stack, "late-publish")
+    assert before is not None and before["status"] == "FAILED"
+    started = time.monotonic()
+    response = httpx.post(f"{stack.layout.api_url}/runs/late-publish/retry", json={}, timeout=30)
+    assert response.status_code == 202, response.text
+    run = wait_finished(stack, "late-publish", RECOVERY_BOUND + baseline)
+    seconds = time.monotonic() - started
+    TIMINGS.append(Outcome("retry of the timed-out run", run["status"], seconds, baseline, "finished units reused"))
+    assert_exact(stack, run, expected)
+    assert seconds < baseline + 30

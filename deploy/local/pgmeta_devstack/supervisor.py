@@ -380,6 +380,7 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout, force=True
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are not news
     try:
         replicas = parse_replicas(os.environ.get("PGMETA_REPLICAS"))
     except StackError as exc:
