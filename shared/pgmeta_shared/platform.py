@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel
 
 from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
+from pgmeta_shared.delivery import is_transient_grpc
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
 from pgmeta_shared.events import TopicName, to_payload
 from pgmeta_shared.keys import StageName, chunk_key
@@ -74,12 +75,7 @@ class Platform(PubSub, ArtifactStore, StateStore, Secrets, ObjectStore, Protocol
 
 
 def _transient(exc: grpc.RpcError) -> bool:
-    code = exc.code() if hasattr(exc, "code") else None
-    return code in {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
+    return is_transient_grpc(exc)  # the one policy (delivery.py)
 
 
 class DaprPlatform:

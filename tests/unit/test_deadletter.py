@@ -41,7 +41,16 @@ def test_a_dead_lettered_extract_command_fails_its_unit() -> None:
     assert "extract.requested" in payload["error"]
 
 
-def test_a_dead_lettered_completion_fails_the_stage_even_if_it_does_not_parse() -> None:
+def test_a_dead_lettered_completion_that_parses_is_re_driven() -> None:
+    runs = RecordingRuns()
+    completion = {"run_id": "r5", "unit": "db001", "chunk_count": 1, "counts": {"Table": 3}}
+    handle_dead_letter(cast(RunService, runs), _dead("transform.completed", completion))
+    [(run_id, event, payload)] = runs.raised
+    assert (run_id, event) == ("r5", stage_result_event(Stage.TRANSFORM, "db001"))
+    assert payload["ok"] is True and payload["event"]["counts"] == {"Table": 3}
+
+
+def test_a_dead_lettered_completion_fails_the_stage_if_it_does_not_parse() -> None:
     runs = RecordingRuns()
     handle_dead_letter(cast(RunService, runs), _dead("transform.completed", {"run_id": "r2", "unit": "db001"}))
     [(run_id, event, payload)] = runs.raised

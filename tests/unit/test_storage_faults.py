@@ -60,3 +60,11 @@ def test_a_dead_sidecar_stays_retryable(monkeypatch: pytest.MonkeyPatch) -> None
     _, write = _failing(100, BindingError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
     with pytest.raises(TransientInfrastructureError):
         retry_storage("objectstore", "x/a.jsonl", write)  # type: ignore[arg-type]
+
+
+def test_a_store_outage_reported_by_the_sidecar_as_unknown_is_transient() -> None:
+    """Seen while Redis restarted: a completion's workflow event failed with UNKNOWN "EOF" and was dead-lettered."""
+    for details in ("EOF", "failed to load workflow metadata: WRONGTYPE Operation", "dial tcp: connection refused"):
+        failure = classify(BindingError(grpc.StatusCode.UNKNOWN, details), "orchestrator")
+        assert failure.retryable and not failure.bug, details
+    assert not classify(BindingError(grpc.StatusCode.UNKNOWN, "invalid argument"), "orchestrator").retryable

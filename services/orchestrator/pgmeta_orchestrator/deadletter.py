@@ -2,9 +2,10 @@
 
 Dapr moves a message to ``pgmeta.deadletter`` when a subscriber DROPs it (malformed, or a permanent failure
 outside a stage command). The dead-lettered message is the original CloudEvent: its ``topic`` says what it
-was, its ``data`` carries the run id. A stage command or completion becomes a failed outcome of that stage
-(the workflow fails the run with the reason); a request that never became a workflow gets a fence saying
-FAILED, which ``GET /runs/{id}`` shows. Anything else (progress, chunk_ready) is only logged: losing it
+was, its ``data`` carries the run id. A stage completion that parses is re-driven (raised to
+the workflow as the result it is); a stage command, or a completion that does not parse, becomes a failed
+outcome of that stage (the workflow fails the run with the reason); a request that never became a
+workflow gets a fence saying FAILED, which ``GET /runs/{id}`` shows. Anything else (progress, chunk_ready) is only logged: losing it
 delays nothing.
 """
 
@@ -19,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.runs import RunService
 from pgmeta_shared.delivery import Delivery, classify
-from pgmeta_shared.events import Stage, StageCommand, TopicName, stage_result_event, topic
+from pgmeta_shared.events import ServiceName, Stage, StageCommand, TopicName, stage_result_event, topic
 from pgmeta_shared.fencing import RunState, end_run
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,19 @@ def handle_dead_letter(runs: RunService, cloud_event: dict[str, Any]) -> None:
         log.error("dead-lettered %s message %s names no run", name, cloud_event.get("id"))
         return
     reason = f"a {name} message of this run could not be processed and was dead-lettered (see the services' logs)"
+    if spec.stage is not None and spec.model is not None and ServiceName.ORCHESTRATOR in spec.consumers:
+        try:  # a completion that parses is a result, whatever made its delivery fail: re-drive it
+            completion = spec.model.model_validate(data)
+        except ValidationError:
+            completion = None
+        if completion is not None:
+            log.warning("run %s: re-driving a dead-lettered %s", run_id, name)
+            runs.raise_stage_event(
+                run_id,
+                stage_result_event(spec.stage, getattr(completion, "unit", None)),
+                {"ok": True, "event": completion.model_dump(mode="json")},
+            )
+            return
     if spec.stage is not None and spec.model is not None:
         unit = _unit(spec.model, data)
         log.error("run %s: %s; failing its %s stage", run_id, reason, spec.stage.value)
