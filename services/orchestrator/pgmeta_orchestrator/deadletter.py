@@ -5,8 +5,8 @@ outside a stage command). The dead-lettered message is the original CloudEvent: 
 was, its ``data`` carries the run id. A stage completion that parses is re-driven (raised to
 the workflow as the result it is); a stage command, or a completion that does not parse, becomes a failed
 outcome of that stage (the workflow fails the run with the reason); a request that never became a
-workflow gets a fence saying FAILED, which ``GET /runs/{id}`` shows. Anything else (progress, chunk_ready) is only logged: losing it
-delays nothing.
+workflow gets a fence saying FAILED, which ``GET /runs/{id}`` shows. Anything else (progress,
+chunk_ready) is only logged: losing it delays nothing.
 """
 
 from __future__ import annotations
