@@ -13,6 +13,7 @@ the platform.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -269,6 +270,12 @@ class SupervisedStack(LocalStack):
         self._stopping = True
         self.phase = "stopping"
         stopped = []
+        infrastructure = {"redis", "placement", "scheduler"}
+        # Apps and sidecars all at once (each may take seconds to drain), then the infrastructure they use.
+        for child in self.children.values():
+            if child.name not in infrastructure and child.process is not None and child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGTERM)
         for name in reversed(list(self.children)):
             if stop(self.layout.pids, name):
                 stopped.append(name)
@@ -349,7 +356,7 @@ def start_detached(layout: StackLayout, replicas: str | None, timeout: float = 3
     raise StackError(f"the stack was not up after {timeout:.0f} s (see {layout.logs / 'supervisor.log'})")
 
 
-def stop_supervisor(layout: StackLayout, timeout: float = 60.0) -> bool:
+def stop_supervisor(layout: StackLayout, timeout: float = 120.0) -> bool:
     """SIGTERM to the supervisor, which stops its children; True when one was running."""
     return stop(layout.pids, SUPERVISOR, timeout=timeout)
 
