@@ -346,13 +346,18 @@ def start_detached(layout: StackLayout, replicas: str | None, timeout: float = 3
         env=env,
     )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = read_status(layout) or {}
-        if status.get("phase") == "up":
-            return
-        if status.get("phase") == "failed" or not alive(pid):
-            raise StackError(f"the stack did not start: {status.get('error') or 'see ' + str(layout.logs)}")
-        time.sleep(0.2)
+    try:
+        while time.monotonic() < deadline:
+            status = read_status(layout) or {}
+            if status.get("phase") == "up":
+                return
+            if status.get("phase") == "failed" or not alive(pid):
+                raise StackError(f"the stack did not start: {status.get('error') or 'see ' + str(layout.logs)}")
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C while waiting: nothing may stay behind
+        stop_supervisor(layout)
+        raise StackError("interrupted during start-up; everything started was stopped") from None
+    stop_supervisor(layout)
     raise StackError(f"the stack was not up after {timeout:.0f} s (see {layout.logs / 'supervisor.log'})")
 
 
