@@ -213,7 +213,7 @@ KILLS = [
     ("extractor", "extract"),
     ("extractor-daprd", "extract"),
     ("transformer", "extract"),
-    ("transformer-daprd", "transform"),
+    ("transformer-daprd", "extract"),
     ("publisher", "publish"),
     ("publisher-daprd", "publish"),
     ("orchestrator", "extract"),
@@ -336,7 +336,7 @@ def test_suite_time_is_reported(stack: LocalStack) -> None:
 def test_cancel_mid_stage_commits_nothing(stack: LocalStack) -> None:
     wait_healthy(stack)
     submit(stack, "cancel-me")
-    wait_stage(stack, "cancel-me", "transform")
+    wait_stage(stack, "cancel-me", "extract")
     started = time.monotonic()
     response = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", timeout=30)
     assert response.status_code == 202, response.text
@@ -344,7 +344,7 @@ def test_cancel_mid_stage_commits_nothing(stack: LocalStack) -> None:
     assert run["status"] == "FAILED" and "cancel" in (run["error"] or ""), run
     time.sleep(5)  # stage work notices the fence within a second; give late work time to (not) commit
     assert not list((stack.layout.objects / "default" / "postgres").glob("*/cancel-me/manifest.json"))
-    TIMINGS.append(Outcome("cancel during transform", "CANCELLED", time.monotonic() - started, 0.0, "no manifest"))
+    TIMINGS.append(Outcome("cancel during extract", "CANCELLED", time.monotonic() - started, 0.0, "no manifest"))
     again = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", timeout=30)
     assert again.status_code == 409
 
