@@ -37,8 +37,9 @@ zipkin:
 
 sync: setup
 
+# REPLICAS=transformer=2,publisher=2 runs several instances of a stage (same app id, own sidecars).
 up: setup dapr zipkin
-	@$(UV) run --frozen pgmeta-stack up
+	@PGMETA_REPLICAS="$(REPLICAS)" $(UV) run --frozen pgmeta-stack up
 
 down:
 	@$(UV) run --frozen pgmeta-stack down

@@ -42,9 +42,30 @@ class Failure:
         return Delivery.RETRY if self.retryable else Delivery.DROP
 
 
+# A sidecar passes its store's outage on as UNKNOWN/INTERNAL with the store's own words. Seen while Redis
+# restarts: "EOF", "connection refused", and for a moment after it (the workflow actor's metadata read on a
+# reconnected client) "WRONGTYPE" — all gone on retry (docs/reliability.md).
+STORE_OUTAGE_MARKERS = (
+    "eof",
+    "connection refused",
+    "connection reset",
+    "broken pipe",
+    "i/o timeout",
+    "loading",
+    "wrongtype",
+    "no such host",
+    "context deadline exceeded",
+)
+
+
 def is_transient_grpc(exc: BaseException) -> bool:
     code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
-    return code in TRANSIENT_GRPC_CODES
+    if code in TRANSIENT_GRPC_CODES:
+        return True
+    if code in {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}:
+        details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+        return any(marker in details.lower() for marker in STORE_OUTAGE_MARKERS)
+    return False
 
 
 def classify(exc: BaseException, service: str) -> Failure:

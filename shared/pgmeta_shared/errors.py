@@ -49,3 +49,9 @@ class TransientInfrastructureError(PgmetaError):
 
     code = "infrastructure_unavailable"
     retryable = True
+
+
+class ObjectStoreError(PgmetaError):
+    """The object store refused a write (permission, quota, unavailable) after retries with backoff."""
+
+    code = "object_store_unavailable"

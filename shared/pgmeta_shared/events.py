@@ -355,8 +355,9 @@ TOPICS: tuple[Topic, ...] = (
     Topic(TopicName.EXTRACTION_COMPLETED, ExtractionCompleted, (ServiceName.ORCHESTRATOR,), (ServiceName.USER,)),
     Topic(TopicName.STAGE_FAILED, StageFailed, _STAGES, (ServiceName.ORCHESTRATOR,)),
     Topic(TopicName.EXTRACTION_PROGRESS, ExtractionProgress, _STAGES, (ServiceName.ORCHESTRATOR,)),
-    # Dapr itself moves a DROPped message here; nothing in pgmeta publishes to it.
-    Topic(TopicName.DEAD_LETTER, None, (), ()),
+    # Dapr itself moves a DROPped message here; nothing in pgmeta publishes to it. The orchestrator turns
+    # each into a visible failure of its run (pgmeta_orchestrator/deadletter.py).
+    Topic(TopicName.DEAD_LETTER, None, (), (ServiceName.ORCHESTRATOR,)),
 )  # fmt: skip
 
 

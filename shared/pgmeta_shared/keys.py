@@ -84,6 +84,16 @@ def run_trace_key(run_id: str) -> str:
     return f"{run_id}/trace"
 
 
+def run_fence_key(run_id: str) -> str:
+    """The run's fence: once it says the run ended, no late work may commit anything visible for it."""
+    return f"{run_id}/fence"
+
+
+def work_lease_key(run_id: str, stage: StageName, unit: str | None) -> str:
+    """Who is working on one stage unit right now (heartbeated), so a redelivery never robs a live worker."""
+    return f"{run_id}/{stage.value}/{unit or '-'}/lease"
+
+
 def credentials_key(run_id: str) -> str:
     """Where an inline password given to the REST API waits for its run (in the credentials store)."""
     return f"cred/{run_id}"

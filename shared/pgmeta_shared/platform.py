@@ -16,10 +16,12 @@ import orjson
 from pydantic import BaseModel
 
 from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
+from pgmeta_shared.delivery import is_transient_grpc
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
 from pgmeta_shared.events import TopicName, to_payload
 from pgmeta_shared.keys import StageName, chunk_key
 from pgmeta_shared.settings import DaprSettings
+from pgmeta_shared.storage import retry_storage
 from pgmeta_shared.telemetry import DaprCallTracing, chunk_span, record_chunk_read, record_chunk_written
 
 log = logging.getLogger(__name__)
@@ -76,12 +78,7 @@ class Platform(PubSub, ArtifactStore, StateStore, Secrets, ObjectStore, Protocol
 
 
 def _transient(exc: grpc.RpcError) -> bool:
-    code = exc.code() if hasattr(exc, "code") else None
-    return code in {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
+    return is_transient_grpc(exc)  # the one policy (delivery.py)
 
 
 class DaprPlatform:
@@ -239,11 +236,13 @@ class DaprPlatform:
         # Both bindings decode base64 (localstorage whenever the payload is valid base64, S3 with
         # decodeBase64), so always send base64; S3 first JSON-unquotes the payload, so send it as a JSON
         # string, or base64 text that happens to read as JSON (`null`, `1e10`) would be mangled.
-        self._call(
-            "write object",
-            self._client.invoke_binding,
+        retry_storage(
             binding,
-            "create",
-            b'"' + base64.b64encode(content) + b'"',
-            binding_metadata={"fileName": path, "key": path},
+            path,
+            lambda: self._client.invoke_binding(
+                binding,
+                "create",
+                b'"' + base64.b64encode(content) + b'"',
+                binding_metadata={"fileName": path, "key": path},
+            ),
         )

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgmeta_shared.events import ChunkReady, Stage, TopicName
+from pgmeta_shared.fencing import ended
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.settings import DaprSettings
 from pgmeta_shared.stages import CommandT, stage_handler
@@ -84,7 +85,8 @@ def create_stage_app(
     if early is not None:
 
         def on_chunk_ready(event: ChunkReady) -> None:
-            early.handle(event, app.state.platform)
+            if ended(app.state.platform, event.run_id) is None:  # no early work for a run that ended
+                early.handle(event, app.state.platform)
 
         register_subscription(
             app, pubsub=settings.pubsub_name, topic=early.topic, model=ChunkReady, handler=on_chunk_ready

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
+from pgmeta_shared.fencing import RunEndedError, guarded_work
 from pgmeta_shared.keys import stage_failure_key
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.telemetry import UnitWork, unit_work
@@ -45,7 +46,10 @@ def stage_handler(
     def handle(command: CommandT, work_span: UnitWork) -> None:
         unit = command.work_unit()
         try:
-            completed = work(command, platform)
+            completed = guarded_work(platform, stage, command, work)
+        except RunEndedError as exc:  # late or cancelled work: acknowledged, nothing announced
+            log.info("run %s: %s stopped: %s", command.run_id, stage.value, exc)
+            return
         except Exception as exc:
             failure = classify(exc, f"{stage.value} service")
             work_span.failed(failure.code, failure.message, retryable=failure.retryable)

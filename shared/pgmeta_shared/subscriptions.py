@@ -106,10 +106,10 @@ def register_subscription(
         topic=topic.value,
         dead_letter_topic=dead_letter_topic.value if dead_letter_topic else None,
     )(endpoint)
-    _hide_from_openapi(app, ("/dapr/subscribe", f"/events/{pubsub}/{topic.value}"))
+    hide_from_openapi(app, ("/dapr/subscribe", f"/events/{pubsub}/{topic.value}"))
 
 
-def _hide_from_openapi(app: FastAPI, paths: tuple[str, ...]) -> None:
+def hide_from_openapi(app: FastAPI, paths: tuple[str, ...]) -> None:
     """The sidecar's routes stay callable but leave the public API page (DaprApp cannot be told so)."""
     from fastapi.routing import APIRoute
 

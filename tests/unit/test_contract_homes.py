@@ -87,4 +87,5 @@ def test_orchestrator_subscribes_to_what_the_registry_says() -> None:
         TopicName.PUBLISH_COMPLETED,
         TopicName.STAGE_FAILED,
         TopicName.EXTRACTION_PROGRESS,
+        TopicName.DEAD_LETTER,
     }

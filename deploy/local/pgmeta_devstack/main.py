@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from pgmeta_devstack import supervisor
 from pgmeta_devstack.layout import StackLayout
 from pgmeta_devstack.local_secrets import USER_FILE, SecretsFileError, set_user_secret
 from pgmeta_devstack.processes import StackError
@@ -136,17 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             started = time.monotonic()
-            stack.up()
-            print(f"[stack] up in {time.monotonic() - started:.1f} s")
+            supervisor.start_detached(stack.layout, os.environ.get("PGMETA_REPLICAS"))
+            print(f"[stack] up in {time.monotonic() - started:.1f} s (supervised: crashed processes restart)")
             _print_layout(stack.layout)
         elif args.command == "down":
-            stopped = stack.down()
+            stopped = ["supervisor and its children"] if supervisor.stop_supervisor(stack.layout) else []
+            stopped += stack.down()
             print("[stack] stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         elif args.command == "secrets":
             return secrets_command(stack, args.words, args.username)
         elif args.command == "status":
             print("[stack] " + ("up" if stack.is_up() else "not (fully) up"))
             _print_layout(stack.layout)
+            print("\n".join(supervisor.describe(stack.layout)))
         else:
             return demo(stack)
     except StackError as exc:

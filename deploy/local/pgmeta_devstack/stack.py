@@ -19,6 +19,7 @@ from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_p
 
 DEMO_DATABASE = "shop"
 DEMO_SECRET = "demo-postgres"
+REDIS_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
 
 
 def _say(message: str) -> None:
@@ -103,11 +104,9 @@ class LocalStack:
                 "127.0.0.1",
                 "--dir",
                 str(data),
-                "--save",
-                "",
-                # Append-only file: schedules, baselines and run records survive `make down` / `make up`.
-                "--appendonly",
-                "yes",
+                # Durable: runs, streams, schedules and baselines survive a Redis restart and `make down` /
+                # `make up` (docs/decisions/0006).
+                *REDIS_PERSISTENCE,
                 "--daemonize",
                 "no",
             ],

@@ -69,20 +69,33 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, disable=not show, transient=False) as bar:
         task = bar.add_task(f"run {run_id}: queued", total=100)
+        run: dict[str, Any] = {"run_id": run_id, "status": "QUEUED"}
         while True:
+            # Every answer is survivable while the stack restarts a process: keep the last known state.
+            trouble = None
             try:
                 run = _get_run(client, run_id)
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 404 or time.monotonic() > deadline:
-                    raise
-                run = {"run_id": run_id, "status": "QUEUED"}
+                trouble = _answer_trouble(exc.response)
+            except httpx.TransportError as exc:
+                trouble = f"API unreachable ({type(exc).__name__}), retrying"
             label = run.get("stage") or run["status"].lower()
+            if trouble is not None:
+                label = f"{label} ({trouble})"
             bar.update(task, completed=100 * _fraction(run), description=f"run {run_id}: {label}")
             if run["status"] in TERMINAL:
                 return run
             if time.monotonic() > deadline:
-                return {**run, "status": "FAILED", "error": f"gave up waiting after {timeout:.0f} s"}
+                why = f"gave up waiting after {timeout:.0f} s" + (f": {trouble}" if trouble else "")
+                return {**run, "status": "FAILED", "error": why}
             time.sleep(0.25)
+
+
+def _answer_trouble(response: httpx.Response) -> str:
+    """What a non-2xx answer to ``GET /runs/{id}`` means while waiting (the run may not be recorded yet)."""
+    if response.status_code == 404:
+        return "not known to the API yet"
+    return f"API answered {response.status_code}, retrying"
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -373,9 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(func=cmd_publish)
 
     add_observe_commands(sub)
+    from pgmeta_cli.control_commands import add_control_commands
     from pgmeta_cli.schedules import add_schedule_commands  # it imports this module's helpers
 
     add_schedule_commands(sub)
+    add_control_commands(sub)
     return parser
 
 

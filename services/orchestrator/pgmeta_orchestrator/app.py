@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.console import include_console
+from pgmeta_orchestrator.control import control_router
 from pgmeta_orchestrator.dapr_metadata import dapr_router
+from pgmeta_orchestrator.deadletter import register_dead_letter
 from pgmeta_orchestrator.request_ids import RequestIdConflictError
 from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
@@ -100,6 +102,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         TopicName.EXTRACTION_PROGRESS: on_progress,
     }
     for topic in consumed_by(ServiceName.ORCHESTRATOR):
+        if topic.name is TopicName.DEAD_LETTER:
+            register_dead_letter(app, settings.pubsub_name)
+            continue
         assert topic.model is not None
         handler = handlers.get(topic.name)
         if handler is None and topic.stage is not None:  # a stage's completion: wake the workflow
@@ -116,6 +121,8 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         register_subscription(app, pubsub=settings.pubsub_name, topic=topic.name, model=topic.model, handler=handler)
 
     # -- REST API ---------------------------------------------------------------------------------
+
+    app.include_router(control_router())  # POST /runs/{id}/cancel, /runs/{id}/retry
 
     @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
     async def create_run(body: RunRequest, runs: Runs) -> dict[str, str]:

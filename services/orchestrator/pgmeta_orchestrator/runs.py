@@ -33,6 +33,7 @@ from pgmeta_shared.keys import (
     RUNS_INDEX_KEY,
     credentials_key,
     metadata_answer_key,
+    run_fence_key,
     run_progress_key,
     run_requested_key,
     stage_failure_key,
@@ -127,6 +128,18 @@ class RunService:
         self._platform = platform
         self._workflows = workflows
         self._settings = settings
+
+    @property
+    def platform(self) -> Platform:
+        return self._platform
+
+    @property
+    def workflows(self) -> Any:
+        return self._workflows
+
+    @property
+    def settings(self) -> OrchestratorSettings:
+        return self._settings
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -285,6 +298,9 @@ class RunService:
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
         if state is None:
+            fence = self._platform.get_json(run_fence_key(run_id))
+            if fence is not None and fence["status"] in {"FAILED", "CANCELLED"}:  # never became a workflow
+                return RunView(run_id=run_id, status="FAILED", error=fence.get("reason"))
             if self._platform.get_json(run_requested_key(run_id)) is not None:
                 return RunView(run_id=run_id, status="QUEUED")
             return None
@@ -311,6 +327,8 @@ class RunService:
             view.status = "FAILED"
             details = state.failure_details
             view.error = custom.get("error") or (details.message if details else f"workflow {runtime.lower()}")
+            if runtime == "TERMINATED":  # cancelled: the fence says why
+                view.error = (self._platform.get_json(run_fence_key(run_id)) or {}).get("reason") or view.error
         elif runtime == "PENDING":
             view.status = "QUEUED"
         view.progress = self._platform.get_json(run_progress_key(run_id))

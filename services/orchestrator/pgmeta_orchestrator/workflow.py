@@ -33,6 +33,7 @@ from pgmeta_shared.events import (
     stage_result_event,
     topic,
 )
+from pgmeta_shared.fencing import RunState, end_run
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.telemetry import mark_failed, pipeline_metrics
@@ -227,6 +228,8 @@ class Activities:
 
     def _finish_run(self, payload: dict[str, Any]) -> None:
         result = ExtractionCompleted.model_validate(payload["result"])
+        # First: from here on, late stage work for this run commits nothing (pgmeta_shared.fencing).
+        end_run(self._platform, result.run_id, RunState(result.status), result.error)
         credentials = payload["credentials"]
         # A password given to the REST API is kept only for the run's lifetime.
         if credentials["kind"] == "state" and credentials["store"] == self._credentials_store:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run
 from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
+from pgmeta_shared.fencing import RunState, claim_commit, run_state
 from pgmeta_shared.fingerprints import Fingerprint
 from pgmeta_shared.keys import (
     OBJECTSTORE_BINDING,
@@ -190,7 +191,8 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
     recorded = platform.get_json(stage_result_key(command.run_id, Stage.PUBLISH))
     if recorded is not None:
         completed = PublishCompleted.model_validate(recorded)
-        _advance_snapshot(platform, command)  # in case a crash came between the two writes
+        if run_state(platform, command.run_id) is RunState.COMMITTING:  # a crash came between the two writes
+            _advance_snapshot(platform, command)
         return completed
     started = datetime.now(UTC).isoformat()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
@@ -241,6 +243,7 @@ def _publish(
     # 3. When a tenant is configured: created and updated entities to it, deleted ones archived.
     sink_results: list[dict[str, Any]] = []
     if sink is not None:
+        claim_commit(platform, command.run_id)  # nothing goes to Atlan for a run that ended
         for unit in command.units:
             chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
             for index in range(unit.chunk_count):
@@ -251,7 +254,8 @@ def _publish(
         if deleted:
             sink_results += [r.to_report() for r in sink.archive(deleted)]
 
-    # 4. Report, then the manifest, last.
+    # 4. Report, then the manifest, last — only if the run has not ended meanwhile (fencing.claim_commit).
+    claim_commit(platform, command.run_id)
     problems = collect_report(command, platform)
     writer.write(
         "report.json",
@@ -280,6 +284,7 @@ def _publish(
         problems=len(problems), changes=change_totals,
     )  # fmt: skip
     platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
+    claim_commit(platform, command.run_id)  # a run that ended during the last writes never becomes the baseline
     _advance_snapshot(platform, command, previous)
     return completed
 
