@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pgmeta_devstack.bench import CatalogShape, catalog_batches, main, update_doc
+from pgmeta_bench.catalog import CatalogShape, catalog_batches
+from pgmeta_bench.cli import main
+from pgmeta_bench.report import update_doc
 from pgmeta_devstack.layout import dapr_bin_dir
 
 
