@@ -36,8 +36,13 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _get_run(client: httpx.Client, run_id: str) -> dict[str, Any]:
-    response = client.get(f"{api_url()}/runs/{run_id}")
+LONG_POLL_SECONDS = 30.0
+
+
+def _get_run(client: httpx.Client, run_id: str, wait: float = 0) -> dict[str, Any]:
+    """The run; with ``wait``, the orchestrator answers as soon as the run ends (or when the wait is up)."""
+    params = {"wait": f"{wait:.1f}"} if wait > 0 else None
+    response = client.get(f"{api_url()}/runs/{run_id}", params=params, timeout=wait + 30)
     response.raise_for_status()
     run: dict[str, Any] = response.json()
     return run
@@ -63,8 +68,10 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
     with Progress(*columns, console=err, disable=not show, transient=False) as bar:
         task = bar.add_task(f"run {run_id}: queued", total=100)
         while True:
+            # Long polls: the answer comes the moment the run ends; with a progress bar, at least every second.
+            wait = max(0.1, min(deadline - time.monotonic(), 1.0 if show else LONG_POLL_SECONDS))
             try:
-                run = _get_run(client, run_id)
+                run = _get_run(client, run_id, wait)
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 404 or time.monotonic() > deadline:
                     raise
@@ -75,7 +82,8 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
                 return run
             if time.monotonic() > deadline:
                 return {**run, "status": "FAILED", "error": f"gave up waiting after {timeout:.0f} s"}
-            time.sleep(0.25)
+            if run["status"] == "QUEUED" and "created_at" not in run:
+                time.sleep(0.05)  # a 404 (not yet known) comes back at once: do not spin
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
