@@ -11,8 +11,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from pgmeta_shared.events import (
     ChunkReady,
     ExtractionProgress,
@@ -22,7 +20,6 @@ from pgmeta_shared.events import (
     TransformRequested,
 )
 from pgmeta_shared.keys import (
-    FINGERPRINTS_PART,
     ArtifactStage,
     PartName,
     chunk_done_key,
@@ -68,8 +65,7 @@ def transform_chunk(
             return TransformedChunk.from_json(recorded)
         records = platform.load_chunk(run_id, Stage.EXTRACT, chunk_unit, index)
         problems: list[dict[str, str]] = []
-        parts = render_chunk(connection_qn, records, problems)
-        fingerprints = orjson.loads(parts.pop(FINGERPRINTS_PART))
+        parts, fingerprints = render_chunk(connection_qn, records, problems)
         platform.save_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index, fingerprints)
         platform.save_parts(run_id, Stage.TRANSFORM, chunk_unit, index, parts)
         counts: dict[str, int] = {}
