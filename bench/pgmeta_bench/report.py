@@ -253,25 +253,31 @@ Ratios are taken pair by pair within a repetition, then the median. Every run ch
 Schema, Table, View and Column entity per object that pg_catalog holds, and fails otherwise. Targets are shown,
 not enforced. The machine has 2 cores: run on an otherwise idle machine; the load average row shows whether
 other work competed. The stack uses the first free port block from 26000 (below Linux's ephemeral range).
+
+<!-- /generated header: what follows, up to the first result section, is written by hand and kept -->
 """
+HEADER_END = "<!-- /generated header"
 
 
 def update_doc(path: Path, key: str, section: str) -> None:
     """Replaces this catalog size's section of the document (or appends it), keeping the others."""
     begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
     block = f"{begin}\n{section.rstrip()}\n{end}\n"
-    sections = ""
+    sections = notes = ""
     if path.exists():
         text = path.read_text()
         first = text.find("<!-- bench:")
         sections = text[first:] if first >= 0 else ""
+        if HEADER_END in text:  # the hand-written analysis between the header and the results stays
+            after_header = text.index("\n", text.index(HEADER_END)) + 1
+            notes = text[after_header : first if first >= 0 else len(text)].strip("\n") + "\n\n"
     if begin in sections and end in sections:
         head, rest = sections.split(begin, 1)
         sections = head + block + rest.split(end, 1)[1].lstrip("\n")
     else:
         sections = (sections.rstrip() + "\n\n" if sections.strip() else "") + block
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DOC_HEADER + "\n" + sections)
+    path.write_text(DOC_HEADER + ("\n" + notes if notes.strip() else "\n") + sections)
 
 
 def render_section(report: BenchReport, table: str) -> str:
