@@ -334,16 +334,16 @@ def render_chunk(
     rows, returned as rows (they go to a claim-check chunk of their own: serializing them here would be undone)."""
     lines: dict[str, list[bytes]] = {}
     fingerprints: list[Fingerprint] = []
-    part_names: dict[str, str] = {}  # type or extra kind → part name, built once per chunk, not per entity
+    part_names: dict[tuple[bool, str], str] = {}  # (entity?, type or extra kind) → part name, once per chunk
     for record, item in map_records(connection_qn, records, problems):
         line = orjson.dumps(item)
         type_name = item.get("typeName")
         if type_name is not None:
-            part = part_names.get(type_name) or part_names.setdefault(type_name, entity_part(type_name))
+            part = part_names.get((True, type_name)) or part_names.setdefault((True, type_name), entity_part(type_name))
             fingerprints.append(fingerprint(record, item, line))
         else:
-            kind = "extra:" + item["extra"]
-            part = part_names.get(kind) or part_names.setdefault(kind, extra_part(item["extra"]))
+            kind = item["extra"]
+            part = part_names.get((False, kind)) or part_names.setdefault((False, kind), extra_part(kind))
         group = lines.get(part)
         if group is None:
             group = lines[part] = []
