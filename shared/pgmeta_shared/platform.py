@@ -6,7 +6,6 @@ Domain code asks for the narrowest Protocol it uses (``PubSub``, ``ArtifactStore
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -15,6 +14,7 @@ import grpc
 import orjson
 from pydantic import BaseModel
 
+from pgmeta_shared.bindingdata import binding_payload
 from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
 from pgmeta_shared.delivery import is_transient_grpc
 from pgmeta_shared.errors import ArtifactMissingError, CredentialsNotFoundError, TransientInfrastructureError
@@ -233,16 +233,9 @@ class DaprPlatform:
         self._call("delete state", self._client.delete_state, store, key)
 
     def write_object(self, binding: str, path: str, content: bytes) -> None:
-        # Both bindings decode base64 (localstorage whenever the payload is valid base64, S3 with
-        # decodeBase64), so always send base64; S3 first JSON-unquotes the payload, so send it as a JSON
-        # string, or base64 text that happens to read as JSON (`null`, `1e10`) would be mangled.
+        data, metadata = binding_payload(content, path)  # raw bytes wherever the binding stores them exactly
         retry_storage(
             binding,
             path,
-            lambda: self._client.invoke_binding(
-                binding,
-                "create",
-                b'"' + base64.b64encode(content) + b'"',
-                binding_metadata={"fileName": path, "key": path},
-            ),
+            lambda: self._client.invoke_binding(binding, "create", data, binding_metadata=metadata),
         )

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pgmeta_devstack.bench import CatalogShape, catalog_batches, main, update_doc
+from pgmeta_bench.catalog import CatalogShape, catalog_batches
+from pgmeta_bench.cli import main
+from pgmeta_bench.report import update_doc
 from pgmeta_devstack.layout import dapr_bin_dir
 
 
@@ -53,3 +55,15 @@ def test_update_doc_replaces_only_the_section_of_the_same_size(tmp_path: Path) -
     assert "small-result-1" not in text
     assert text.count("small-result-2") == 1 and text.count("default-result") == 1
     assert text.index("small-result-2") < text.index("default-result")
+
+
+def test_update_doc_keeps_the_hand_written_notes_between_header_and_results(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    update_doc(doc, "2x10x5", "## small\nresult-1")
+    doc.write_text(
+        doc.read_text().replace("<!-- bench:2x10x5 -->", "## Where the time goes\n\nnotes\n\n<!-- bench:2x10x5 -->")
+    )
+    update_doc(doc, "2x10x5", "## small\nresult-2")
+    text = doc.read_text()
+    assert text.count("## Where the time goes\n\nnotes\n") == 1 and "result-2" in text and "result-1" not in text
+    assert text.index("notes") < text.index("result-2")

@@ -12,6 +12,7 @@ import pytest
 
 from pgmeta_devstack.postgres import PostgresServer
 from pgmeta_devstack.stack import LocalStack
+from pgmeta_shared.outputfiles import decode
 
 from .test_pipeline import PARENT_ATTRIBUTES, assert_pyatlan_accepts, load_entities, wait_for_completion
 
@@ -160,7 +161,11 @@ def test_second_run_reports_what_changed(full_stack: LocalStack, postgres: Postg
     assert by_type["Column"]["updated"] == 1  # churn.keep.note: varchar(20) → text
     assert by_type["Schema"]["updated"] == 0  # the table count is the same: one added, one dropped
     run_dir = full_stack.layout.objects / second["connection_qualified_name"] / second["run_id"]
-    deleted = [line for path in sorted(run_dir.glob("deleted-*.jsonl")) for line in path.read_text().splitlines()]
+    deleted = [
+        line
+        for path in sorted(run_dir.glob("deleted-*.jsonl.zst"))
+        for line in decode(path.name, path.read_bytes()).decode().splitlines()
+    ]
     assert sorted(deleted) == sorted(
         f'{{"typeName":"{t}","qualifiedName":"{second["connection_qualified_name"]}/{database}/churn/doomed{c}"}}'
         for t, c in (("Table", ""), ("Column", "/id"))

@@ -19,6 +19,7 @@ import redis
 
 from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
 from pgmeta_shared.naming import default_connection_qualified_name
+from pgmeta_shared.outputfiles import decode
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +111,7 @@ def load_entities(stack: LocalStack, location: str) -> tuple[list[dict[str, Any]
         assert hashlib.sha256(content).hexdigest() == entry["sha256"]
         assert len(content) == entry["bytes"]
         if "type" in entry:
-            entities.extend(json.loads(line) for line in content.decode().splitlines())
+            entities.extend(json.loads(line) for line in decode(entry["name"], content).decode().splitlines())
     return entities, manifest
 
 
@@ -246,7 +247,7 @@ def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
     output = Path(document["output"])
     manifest = json.loads((output / "manifest.json").read_text())
     entity_files = [output / f["name"] for f in manifest["files"] if "type" in f]
-    lines = [line for path in entity_files for line in path.read_text().splitlines()]
+    lines = [line for path in entity_files for line in decode(path.name, path.read_bytes()).decode().splitlines()]
     assert len(lines) == sum(document["counts"].values())
     assert all({"typeName", "attributes"} <= json.loads(line).keys() for line in lines)
     status = subprocess.run(

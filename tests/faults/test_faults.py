@@ -26,7 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pgmeta_devstack.bench import BENCH_DATABASE, CatalogShape, ensure_catalog
+from pgmeta_bench.catalog import CatalogShape, ensure_catalog
+from pgmeta_bench.common import BENCH_DATABASE
 from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import DEMO_SECRET, LocalStack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -13,6 +14,8 @@ from pgmeta_shared.events import ExtractionProgress, Stage, TopicName
 from pgmeta_shared.keys import ArtifactStage
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.settings import DaprSettings
+
+from .objectstore_cases import OBJECT_CASES
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +78,8 @@ def test_credentials_are_encrypted_at_rest(orchestrator: DaprPlatform, raw_redis
     assert orchestrator.get_state_json("credentials", "cred/it-run") is None
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b"aGVsbG8=", b'{"typeName": "Table"}\n', bytes(range(256)) * 64],
-    ids=["looks-like-base64", "jsonl", "binary"],
-)
+@pytest.mark.parametrize("content", OBJECT_CASES)
 def test_object_store_writes_exact_bytes(sidecars: LocalStack, publisher: DaprPlatform, content: bytes) -> None:
-    path = f"default/postgres/1/it-run/{len(content)}.bin"
+    path = f"default/postgres/1/it-run/{hashlib.sha256(content).hexdigest()[:16]}.bin"
     publisher.write_object("objectstore", path, content)
     assert (sidecars.layout.objects / path).read_bytes() == content

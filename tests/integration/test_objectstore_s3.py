@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shutil
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from pgmeta_devstack.processes import alive, http_ok, spawn, stop, wait_until
 from pgmeta_devstack.stack import LocalStack
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.settings import DaprSettings
+
+from .objectstore_cases import OBJECT_CASES
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,8 @@ def s3_component(endpoint: str) -> dict[str, Any]:
     ]
     assert component["spec"]["type"] == "bindings.aws.s3"
     metadata = {entry["name"]: entry for entry in component["spec"]["metadata"]}
-    assert metadata["decodeBase64"]["value"] == "true", "the publisher sends base64: the binding must decode it"
+    # The default for writes that do not say; DaprPlatform says on every write (decodeBase64 in its metadata).
+    assert metadata["decodeBase64"]["value"] == "true"
     assert metadata["forcePathStyle"]["value"] == "true"
     overrides = {
         "bucket": BUCKET,
@@ -163,22 +165,7 @@ def s3_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sidecar]:
         assert not survivors, f"processes still running after the test: {survivors}"
 
 
-def _three_mib() -> bytes:
-    # Base64 makes it 4 MiB on the wire: past gRPC's and daprd's 4 MiB defaults, within our 16 MiB.
-    return random.Random(7).randbytes(3 * 1024 * 1024)
-
-
-CASES = [
-    pytest.param(
-        "default/postgres/1/run-1/Table-db000-00000.jsonl",
-        b'{"typeName": "Table", "attributes": {"qualifiedName": "default/postgres/1/shop/public/orders"}}\n'
-        b'{"typeName": "Table", "attributes": {"name": "\xc3\xbcber"}}\n',
-        id="jsonl",
-    ),
-    pytest.param("default/postgres/1/run-1/looks-like-base64.txt", b"aGVsbG8=", id="looks-like-base64"),
-    pytest.param("default/postgres/1/run-1/extras/binary.bin", bytes(range(256)) * 64, id="binary"),
-    pytest.param("default/postgres/1/run-1/Column-db000-00001.jsonl", _three_mib(), id="3MiB"),
-]
+CASES = [pytest.param(f"default/postgres/1/run-1/{case.id}.bin", *case.values, id=case.id) for case in OBJECT_CASES]
 
 
 @pytest.mark.parametrize(("key", "content"), CASES)

@@ -10,6 +10,7 @@ from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import FilterSpec, PublishRequested, TransformRequested, UnitChunks
 from pgmeta_shared.fingerprints import Fingerprint
 from pgmeta_shared.keys import ArtifactStage
+from pgmeta_shared.outputfiles import decode
 from pgmeta_transformer.transformation import transform
 
 from ..fakes import InMemoryPlatform
@@ -42,7 +43,7 @@ def run(
             json.loads(line)
             for (_, path), blob in sorted(platform.objects.items())
             if path.startswith(f"{prefix}/{stem}-")
-            for line in blob.splitlines()
+            for line in decode(path, blob).splitlines()
         ]
 
     changes = {

@@ -19,6 +19,7 @@ from pgmeta_shared.events import (
     UnitChunks,
 )
 from pgmeta_shared.keys import ArtifactStage
+from pgmeta_shared.outputfiles import decode
 from pgmeta_shared.stages import stage_handler
 from pgmeta_transformer.transformation import transform
 
@@ -89,11 +90,13 @@ def test_publish_writes_jsonl_per_type_extras_report_and_manifest_last() -> None
     entity_files = [f for f in manifest["files"] if "type" in f]
     assert sum(f["entities"] for f in entity_files) == sum(completed.counts.values())
     for entry in entity_files:
-        lines = platform.objects[("objectstore", f"{CONNECTION_QN}/r1/{entry['name']}")].splitlines()
+        stored = platform.objects[("objectstore", f"{CONNECTION_QN}/r1/{entry['name']}")]
+        assert entry["encoding"] == "zstd" and entry["name"].endswith(".jsonl.zst")
+        lines = decode(entry["name"], stored).splitlines()
         assert len(lines) == entry["entities"]
         assert {json.loads(line)["typeName"] for line in lines} == {entry["type"]}
     extras = {f["name"] for f in manifest["files"] if "extra" in f}
-    assert extras == {"extras/constraint-db000-00001.jsonl", "extras/index-db000-00001.jsonl"}
+    assert extras == {"extras/constraint-db000-00001.jsonl.zst", "extras/index-db000-00001.jsonl.zst"}
     assert f"{CONNECTION_QN}/r1/report.json" in paths
 
 

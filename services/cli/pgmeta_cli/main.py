@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from pgmeta_cli.endpoints import api_endpoint, sidecar_endpoint, unreachable
 from pgmeta_cli.event_check import event_problems
@@ -43,8 +42,13 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _get_run(client: httpx.Client, run_id: str) -> dict[str, Any]:
-    response = client.get(f"{api_url()}/runs/{run_id}")
+LONG_POLL_SECONDS = 30.0
+
+
+def _get_run(client: httpx.Client, run_id: str, wait: float = 0) -> dict[str, Any]:
+    """The run; with ``wait``, the orchestrator answers as soon as the run ends (or when the wait is up)."""
+    params = {"wait": f"{wait:.1f}"} if wait > 0 else None
+    response = client.get(f"{api_url()}/runs/{run_id}", params=params, timeout=wait + 30)
     response.raise_for_status()
     run: dict[str, Any] = response.json()
     return run
@@ -66,6 +70,9 @@ def _fraction(run: dict[str, Any]) -> float:
 
 def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    # Imported here: the progress bar is the only user, and start-up time is part of every command's.
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, disable=not show, transient=False) as bar:
         task = bar.add_task(f"run {run_id}: queued", total=100)
@@ -73,8 +80,10 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
         while True:
             # Every answer is survivable while the stack restarts a process: keep the last known state.
             trouble = None
+            # Long polls: the answer comes the moment the run ends; with a progress bar, at least every second.
+            wait = max(0.1, min(deadline - time.monotonic(), 1.0 if show else LONG_POLL_SECONDS))
             try:
-                run = _get_run(client, run_id)
+                run = _get_run(client, run_id, wait)
             except httpx.HTTPStatusError as exc:
                 trouble = _answer_trouble(exc.response)
             except httpx.TransportError as exc:
@@ -88,7 +97,10 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
             if time.monotonic() > deadline:
                 why = f"gave up waiting after {timeout:.0f} s" + (f": {trouble}" if trouble else "")
                 return {**run, "status": "FAILED", "error": why}
-            time.sleep(0.25)
+            if trouble is not None:
+                time.sleep(0.25)  # the API is restarting or does not know the run yet: do not spin
+            elif run["status"] == "QUEUED" and "created_at" not in run:
+                time.sleep(0.05)
 
 
 def _answer_trouble(response: httpx.Response) -> str:

@@ -226,7 +226,7 @@ def with_view_definitions(
     Both streams are ordered by (schema, name). A batch that fails (say a lock timeout behind DDL on a
     view's table) is reported, and the remaining views keep no definition rather than the run failing.
     """
-    definitions = _view_definitions(connection, params, database, report)
+    definitions = view_definitions(connection, params, database, report)
     pending: tuple[str, str, str] | None = next(definitions, None)
     for row in relations:
         if row["relkind"] in {"v", "m"}:
@@ -241,7 +241,7 @@ def with_view_definitions(
         yield row
 
 
-def _view_definitions(
+def view_definitions(
     connection: Connection, params: dict[str, Any], database: str, report: list[dict[str, str]]
 ) -> Iterator[tuple[str, str, str]]:
     after = ("", "")

@@ -134,8 +134,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         return {"run_id": run_id, "status_url": f"/runs/{run_id}"}
 
     @app.get("/runs/{run_id}")
-    async def get_run(run_id: str, runs: Runs) -> RunView:
-        view = await run_in_threadpool(runs.view, run_id)
+    async def get_run(run_id: str, runs: Runs, wait: Annotated[float, Query(ge=0, le=60)] = 0) -> RunView:
+        """The run now; with ``wait`` (seconds), as soon as it ends or when the wait is up (a long poll)."""
+        view = await run_in_threadpool(runs.wait, run_id, wait) if wait else await run_in_threadpool(runs.view, run_id)
         if view is None:
             raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
         return view

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -341,6 +343,27 @@ class RunService:
         if not isinstance(request, dict):
             return None
         return {k: request.get(k) for k in ("source", "connection_qualified_name", "filters")}
+
+    def wait(self, run_id: str, seconds: float) -> RunView | None:
+        """The run's view once it has ended, or after ``seconds``, whichever comes first (a long poll).
+
+        The workflow runtime tells of the end itself (WaitForInstanceCompletion), so a waiting client learns
+        of it at once instead of on its next poll; until the workflow exists the request id is checked briefly.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            view = self.view(run_id)
+            remaining = deadline - time.monotonic()
+            if view is None or view.status in {"COMPLETED", "FAILED"} or remaining <= 0:
+                return view
+            if view.status == "QUEUED" and view.created_at is None:  # no workflow yet: it is being scheduled
+                time.sleep(min(0.05, remaining))
+                continue
+            with contextlib.suppress(TimeoutError):  # still running: the caller asks again
+                self._workflows.wait_for_workflow_completion(
+                    run_id, fetch_payloads=False, timeout_in_seconds=max(1, math.ceil(remaining))
+                )
+            return self.view(run_id)
 
     def recent(self, limit: int) -> list[RunView]:
         index: list[dict[str, str]] = self._platform.get_json(RUNS_INDEX_KEY) or []

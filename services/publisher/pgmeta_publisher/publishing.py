@@ -1,8 +1,8 @@
 """The publish stage: entities to ``<connection>/<run_id>/`` in the object store (and to Atlan when configured).
 
-Layout (docs/output.md): ``<Type>-<unit>-<chunk>[-<part>].jsonl`` entity files (a full snapshot every run),
-``changes-<part>.jsonl`` (each entity created / updated / unchanged since the previous successful run of the
-connection), ``deleted-<part>.jsonl``, ``extras/…`` (constraints, indexes), ``report.json``, and
+Layout (docs/output.md): ``<Type>-<unit>-<chunk>[-<part>].jsonl.zst`` entity files (a full snapshot every run),
+``changes-<part>.jsonl.zst`` (each entity created / updated / unchanged since the previous successful run of the
+connection), ``deleted-<part>.jsonl.zst``, ``extras/…`` (constraints, indexes), ``report.json``, and
 ``manifest.json`` written last: a reader that sees the manifest sees a complete run. Every file is written
 in parts small enough for Dapr's body limit; nothing is truncated.
 """
@@ -37,13 +37,16 @@ from pgmeta_shared.keys import (
     stage_report_key,
     stage_result_key,
 )
+from pgmeta_shared.outputfiles import ZSTD, ZSTD_SUFFIX, compress
 from pgmeta_shared.platform import NO_TTL, Platform
 from pgmeta_shared.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 REPORT_STAGES = (Stage.EXTRACT, Stage.TRANSFORM)
-MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # well under Dapr's default 4 MiB body limit, base64 included
+MAX_FILE_PART_BYTES = 2 * 1024 * 1024  # stored bytes per file: well under Dapr's default 4 MiB body limit
+# Lines a change list collects before it is compressed and written (about 100 bytes a line).
+SPOOL_BYTES = 8 * 1024 * 1024
 WRITERS = 4  # concurrent writes to the object store
 # One chunk at a time per process: several at once would only share the same two cores and multiply memory.
 _chunk_slot = threading.Lock()
@@ -92,23 +95,32 @@ class RunWriter:
             self._pending.pop(0).result()
 
     def write_lines(self, stem: str, blob: bytes, **facts: Any) -> None:
-        """``<stem>.jsonl``, or ``<stem>-<part>.jsonl`` parts when it would not fit one request."""
-        blobs = (
-            [blob]
-            if len(blob) <= MAX_FILE_PART_BYTES
-            else [
-                b"".join(lines)
-                for lines in constrained_batches(blob.splitlines(keepends=True), MAX_FILE_PART_BYTES, strict=False)
-            ]
-        )
-        for part, piece in enumerate(blobs):
-            name = f"{stem}.jsonl" if len(blobs) == 1 else f"{stem}-{part:02d}.jsonl"
-            self.write(name, piece, **{k: (piece.count(b"\n") if v is None else v) for k, v in facts.items()})
+        """``<stem>.jsonl.zst``, or ``<stem>-<part>.jsonl.zst`` parts when it would not fit one request.
+
+        A fact given as None is counted from the lines of each part (entities, records).
+        """
+        pieces = compressed_pieces(blob)
+        for part, (piece, stored) in enumerate(pieces):
+            name = f"{stem}.jsonl{ZSTD_SUFFIX}" if len(pieces) == 1 else f"{stem}-{part:02d}.jsonl{ZSTD_SUFFIX}"
+            counted = {k: (piece.count(b"\n") if v is None else v) for k, v in facts.items()}
+            self.write(name, stored, encoding=ZSTD, **counted)
 
     def wait(self) -> None:
         """Every file written (raises the first failure)."""
         while self._pending:
             self._pending.pop(0).result()
+
+
+def compressed_pieces(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """(JSON Lines, compressed) pieces of ``blob``, split at line ends so that each compressed piece fits a request."""
+    stored = compress(blob)
+    if len(stored) <= MAX_FILE_PART_BYTES or blob.count(b"\n") <= 1:
+        return [(blob, stored)]
+    target = max(1, len(blob) * MAX_FILE_PART_BYTES // (2 * len(stored)))  # half the limit: room for variance
+    pieces: list[tuple[bytes, bytes]] = []
+    for lines in constrained_batches(blob.splitlines(keepends=True), target, strict=False):
+        pieces += compressed_pieces(b"".join(lines))
+    return pieces
 
 
 class LineSpool:
@@ -123,16 +135,17 @@ class LineSpool:
 
     def add(self, item: dict[str, Any]) -> None:
         line = orjson.dumps(item) + b"\n"
-        if self.lines and self.size + len(line) > MAX_FILE_PART_BYTES:
+        if self.lines and self.size + len(line) > SPOOL_BYTES:
             self.flush()
         self.lines.append(line)
         self.size += len(line)
 
     def flush(self) -> None:
         if self.lines:
-            blob = b"".join(self.lines)
-            self.writer.write(f"{self.stem}-{self.parts:05d}.jsonl", blob, lines=len(self.lines))
-            self.parts += 1
+            for piece, stored in compressed_pieces(b"".join(self.lines)):
+                name = f"{self.stem}-{self.parts:05d}.jsonl{ZSTD_SUFFIX}"
+                self.writer.write(name, stored, encoding=ZSTD, lines=piece.count(b"\n"))
+                self.parts += 1
             self.lines, self.size = [], 0
 
 

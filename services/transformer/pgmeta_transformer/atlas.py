@@ -18,7 +18,7 @@ import orjson
 
 from pgmeta_shared.claimcheck import Record
 from pgmeta_shared.fingerprints import Fingerprint, to_rows
-from pgmeta_shared.keys import FINGERPRINTS_PART, entity_part, extra_part
+from pgmeta_shared.keys import entity_part, extra_part
 from pgmeta_shared.naming import column_qn, database_qn, relation_qn, schema_qn
 
 Entity = dict[str, Any]
@@ -327,20 +327,29 @@ def relation_type_of(record: Record) -> str:
     return relation_type(record["relkind"], bool(record.get("is_partition")))
 
 
-def render_chunk(connection_qn: str, records: list[Record], problems: list[dict[str, str]]) -> dict[str, bytes]:
-    """One chunk's output, serialized once: JSON Lines per entity type and per extra kind, and fingerprints."""
+def render_chunk(
+    connection_qn: str, records: list[Record], problems: list[dict[str, str]]
+) -> tuple[dict[str, bytes], list[list[Any]]]:
+    """One chunk's output, serialized once: JSON Lines per entity type and per extra kind; and the fingerprint
+    rows, returned as rows (they go to a claim-check chunk of their own: serializing them here would be undone)."""
     lines: dict[str, list[bytes]] = {}
     fingerprints: list[Fingerprint] = []
+    part_names: dict[tuple[bool, str], str] = {}  # (entity?, type or extra kind) → part name, once per chunk
     for record, item in map_records(connection_qn, records, problems):
         line = orjson.dumps(item)
-        if "typeName" in item:
-            lines.setdefault(entity_part(item["typeName"]), []).append(line)
+        type_name = item.get("typeName")
+        if type_name is not None:
+            part = part_names.get((True, type_name)) or part_names.setdefault((True, type_name), entity_part(type_name))
             fingerprints.append(fingerprint(record, item, line))
         else:
-            lines.setdefault(extra_part(item["extra"]), []).append(line)
+            kind = item["extra"]
+            part = part_names.get((False, kind)) or part_names.setdefault((False, kind), extra_part(kind))
+        group = lines.get(part)
+        if group is None:
+            group = lines[part] = []
+        group.append(line)
     parts = {name: b"\n".join(group) + b"\n" for name, group in sorted(lines.items())}
-    parts[FINGERPRINTS_PART] = orjson.dumps(to_rows(fingerprints))
-    return parts
+    return parts, to_rows(fingerprints)
 
 
 def describe_record(record: Record) -> str:

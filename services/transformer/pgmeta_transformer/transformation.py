@@ -10,7 +10,6 @@ import logging
 import threading
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict
 
 from pgmeta_shared.events import (
@@ -22,7 +21,6 @@ from pgmeta_shared.events import (
     TransformRequested,
 )
 from pgmeta_shared.keys import (
-    FINGERPRINTS_PART,
     ArtifactStage,
     PartName,
     chunk_done_key,
@@ -62,8 +60,7 @@ def transform_chunk(
             return TransformedChunk.model_validate(recorded)
         records = platform.load_chunk(run_id, Stage.EXTRACT, chunk_unit, index)
         problems: list[dict[str, str]] = []
-        parts = render_chunk(connection_qn, records, problems)
-        fingerprints = orjson.loads(parts.pop(FINGERPRINTS_PART))
+        parts, fingerprints = render_chunk(connection_qn, records, problems)
         platform.save_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index, fingerprints)
         platform.save_parts(run_id, Stage.TRANSFORM, chunk_unit, index, parts)
         counts: dict[str, int] = {}

@@ -22,19 +22,9 @@ from typing import Any, cast
 import httpx
 import redis
 
-from pgmeta_devstack.bench import (
-    BENCH_DATABASE,
-    BENCH_SECRET,
-    DEFAULT_BASE_PORT,
-    BenchStack,
-    CatalogShape,
-    bench_postgres,
-    catalog_counts,
-    peak_rss,
-    run_entry_times,
-    stage_times,
-    wait_for_completion,
-)
+from pgmeta_bench.catalog import CatalogShape, bench_postgres, catalog_counts
+from pgmeta_bench.common import BENCH_DATABASE, BENCH_SECRET, DEFAULT_BASE_PORT
+from pgmeta_bench.runners import BenchStack, peak_rss, run_entry_times, stage_times, wait_for_completion
 from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_shared.events import TopicName
 

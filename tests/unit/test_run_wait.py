@@ -1,0 +1,86 @@
+"""``GET /runs/{id}?wait=…``: the orchestrator answers the moment the workflow ends, not on a polling tick."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pgmeta_orchestrator.runs import RunService
+from pgmeta_orchestrator.settings import OrchestratorSettings
+
+from ..fakes import InMemoryPlatform
+
+
+class Status(Enum):
+    RUNNING = 1
+    COMPLETED = 2
+
+
+@dataclass
+class State:
+    runtime_status: Status = Status.RUNNING
+    serialized_custom_status: str | None = '{"stage": "extract", "counts": {}}'
+    serialized_output: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    failure_details: Any = None
+
+
+class Workflows:
+    """The two calls ``RunService.wait`` makes, over one workflow that completes when ``finish`` is called."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self.done = threading.Event()
+
+    def get_workflow_state(self, run_id: str, fetch_payloads: bool = True) -> State:
+        return self.state
+
+    def wait_for_workflow_completion(self, run_id: str, *, fetch_payloads: bool, timeout_in_seconds: int) -> State:
+        if not self.done.wait(timeout_in_seconds):
+            raise TimeoutError("still running")
+        return self.state
+
+    def finish(self) -> None:
+        self.state.runtime_status = Status.COMPLETED
+        self.state.serialized_output = '{"counts": {"Table": 1}, "location": "c/r"}'
+        self.done.set()
+
+
+def service(workflows: Workflows) -> RunService:
+    return RunService(InMemoryPlatform(), workflows, OrchestratorSettings())
+
+
+def test_a_waiting_request_returns_as_soon_as_the_run_completes() -> None:
+    workflows = Workflows()
+    finished_at: list[float] = []
+
+    def finish_later() -> None:
+        time.sleep(0.3)
+        finished_at.append(time.monotonic())
+        workflows.finish()
+
+    threading.Thread(target=finish_later).start()
+    view = service(workflows).wait("r1", 10)
+    answered_at = time.monotonic()
+    assert view is not None and view.status == "COMPLETED" and view.counts == {"Table": 1}
+    assert answered_at - finished_at[0] < 0.1
+
+
+def test_a_wait_that_runs_out_returns_the_running_view() -> None:
+    started = time.monotonic()
+    view = service(Workflows()).wait("r1", 1)
+    assert view is not None and view.status == "RUNNING"
+    assert 0.9 < time.monotonic() - started < 3
+
+
+def test_an_unknown_run_is_none_at_once() -> None:
+    workflows = Workflows()
+    workflows.get_workflow_state = lambda run_id, fetch_payloads=True: None  # type: ignore[method-assign,assignment,return-value]
+    started = time.monotonic()
+    assert service(workflows).wait("nope", 10) is None
+    assert time.monotonic() - started < 0.5
