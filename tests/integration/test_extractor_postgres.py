@@ -98,7 +98,7 @@ def extracted(postgres: PostgresServer) -> list[dict[str, Any]]:
 
 def catalog(server: PostgresServer, sql: str, database: str = "traps") -> list[tuple[Any, ...]]:
     with psycopg.connect(**server.connect_kwargs(database)) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 def of_kind(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

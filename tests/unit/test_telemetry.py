@@ -17,11 +17,13 @@ from opentelemetry.trace import StatusCode
 
 from pgmeta_cli.observe import render_tree
 from pgmeta_orchestrator.dapr_metadata import describe_metadata, sidecar_urls
-from pgmeta_orchestrator.run_traces import RunTraces, WorkflowLogTraces, trace_key
+from pgmeta_orchestrator.run_traces import RunTraces, WorkflowLogTraces
+from pgmeta_shared.delivery import Delivery
 from pgmeta_shared.errors import AuthenticationFailedError
 from pgmeta_shared.events import ExtractionProgress
+from pgmeta_shared.keys import run_trace_key as trace_key
 from pgmeta_shared.settings import DaprSettings
-from pgmeta_shared.subscriptions import Delivery, deliver
+from pgmeta_shared.subscriptions import deliver
 from pgmeta_shared.telemetry import (
     DaprCallTracing,
     JsonLogFormatter,
