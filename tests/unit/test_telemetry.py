@@ -149,7 +149,7 @@ def test_workflow_activities_continue_the_trace_that_started_the_run(spans: InMe
     with run_span("handle extraction.requested", "run-7") as started:
         RunTraces(platform).remember("run-7")
         carrier = trace_carrier()
-    assert platform.get_json(trace_key("run-7"))["traceparent"] == carrier["traceparent"]
+    assert platform.stored_json(trace_key("run-7"))["traceparent"] == carrier["traceparent"]
     # Another orchestrator process (after a restart) reads the context back from the store.
     with RunTraces(platform).activity("run-7", "publish extract.requested"):
         pass
