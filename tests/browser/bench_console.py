@@ -164,7 +164,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}/console/"
     middle = args.schemas * args.tables * args.columns // 100 * 50  # a page in the middle of the columns
     table = f"{CONN}/bench/s{args.schemas // 2:03d}/t{args.tables // 2:04d}"
-    view = f"{CONN}/bench/s{args.schemas // 2:03d}/v{args.tables // 20 * 10:04d}"
+    view_qn = f"{CONN}/bench/s{args.schemas // 2:03d}/v{args.tables // 20 * 10:04d}"
     pages = [
         ("runs list", "#/runs", "main table"),
         ("run overview", "#/runs/run-head", "#changes"),
@@ -172,7 +172,7 @@ def main() -> None:
         ("entities, search 't0015'", "#/runs/run-head/entities?q=t0015&offset=0", "main table"),
         ("entities, Columns, middle page", f"#/runs/run-head/entities?q=&type=Column&offset={middle}", "main table"),
         ("table with 20 columns", f"#/runs/run-head/entity?qn={table}", "#children table"),
-        ("view with lineage", f"#/runs/run-head/entity?qn={view}", "#lineage"),
+        ("view with lineage", f"#/runs/run-head/entity?qn={view_qn}", "#lineage"),
         ("compare, updated", "#/runs/run-head/compare?base=run-base&kind=updated", "#compare-items table"),
         ("compare, created", "#/runs/run-head/compare?base=run-base&kind=created", "#compare-items table"),
     ]

@@ -125,7 +125,7 @@ def run_and_watch(page: Any, name: str) -> str:
     page.evaluate("window.__noReload = true")
     page.get_by_role("button", name="Run extraction").click()
     page.wait_for_url(re.compile(r".*#/runs/run-[0-9a-f]+$"))
-    run_id = page.url.rsplit("/", 1)[-1]
+    run_id: str = page.url.rsplit("/", 1)[-1]
     page.locator("#run-status .badge.RUNNING, #run-status .badge.QUEUED, #run-status .badge.COMPLETED").first.wait_for()
     if page.locator("#progress").count():
         shot(page, f"{name}-progress")

@@ -136,7 +136,7 @@ def test_second_run_reports_what_changed(full_stack: LocalStack, postgres: Postg
     try:
         document = body(postgres, filters={"include": {database: ["churn"]}})
         document["source"]["database"] = database
-        manifests = []
+        manifests: list[dict[str, Any]] = []
         for run_id in (f"e2e-inc1-{postgres.port}", f"e2e-inc2-{postgres.port}"):
             if manifests:
                 with psycopg.connect(**postgres.connect_kwargs(database), autocommit=True) as conn:

@@ -75,11 +75,13 @@ def run_traces(
 ) -> list[list[dict[str, Any]]]:
     """The run's traces once Zipkin's answer stops growing (spans arrive in batches, from nine processes)."""
     deadline = time.monotonic() + timeout
-    query = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 100}
+    query: dict[str, str | int] = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 100}
     last: list[list[dict[str, Any]]] = []
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
-        traces = httpx.get(f"{stack.layout.zipkin_url}/api/v2/traces", params=query, timeout=10).json()
+        traces: list[list[dict[str, Any]]] = httpx.get(
+            f"{stack.layout.zipkin_url}/api/v2/traces", params=query, timeout=10
+        ).json()
         if sum(map(len, traces)) != sum(map(len, last)):
             last, stable_since = traces, time.monotonic()
         elif traces and time.monotonic() - stable_since > settle:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -50,7 +50,8 @@ def request_document(stack: LocalStack, request_id: str, **source: Any) -> dict[
 
 
 def stream_events(stack: LocalStack, topic: str) -> list[dict[str, Any]]:
-    entries = redis.Redis(port=stack.layout.redis_port).xrange(topic)
+    # redis-py types every reply for decoded and raw clients alike; this client is raw (no decode_responses).
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis.Redis(port=stack.layout.redis_port).xrange(topic))
     return [json.loads(fields[b"data"]) for _, fields in entries]
 
 
@@ -105,7 +106,7 @@ def demo_catalog(stack: LocalStack) -> dict[str, Any]:
 def load_entities(stack: LocalStack, location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     run_dir = stack.layout.objects / location
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    entities = []
+    entities: list[dict[str, Any]] = []
     for entry in manifest["files"]:
         content = (run_dir / entry["name"]).read_bytes()
         assert hashlib.sha256(content).hexdigest() == entry["sha256"]
@@ -154,7 +155,7 @@ def assert_pyatlan_accepts(entities: list[dict[str, Any]]) -> None:
     from pyatlan.model.assets import Asset
 
     for entity in entities:
-        asset = Asset._convert_to_real_type_(entity)
+        asset = Asset._convert_to_real_type_(entity)  # type: ignore[no-untyped-call]
         assert type(asset).__name__ == entity["typeName"]
         kept = asset.dict(by_alias=True, exclude_unset=True)["attributes"]
         lost = set(entity["attributes"]) - set(kept)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import redis
@@ -62,7 +63,8 @@ def test_json_state_round_trip(orchestrator: DaprPlatform) -> None:
 def test_published_events_reach_the_redis_stream(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
     event = ExtractionProgress(run_id="it-run", stage=Stage.EXTRACT, done=3, total=9)
     orchestrator.publish(TopicName.EXTRACTION_PROGRESS, event)
-    entries = raw_redis.xrange(TopicName.EXTRACTION_PROGRESS.value)
+    # redis-py types every reply for decoded and raw clients alike; this client is raw (no decode_responses).
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw_redis.xrange(TopicName.EXTRACTION_PROGRESS.value))
     cloud_events = [json.loads(fields[b"data"]) for _, fields in entries]
     assert any(ce["data"] == event.model_dump(mode="json") for ce in cloud_events)
 
@@ -70,7 +72,8 @@ def test_published_events_reach_the_redis_stream(orchestrator: DaprPlatform, raw
 def test_credentials_are_encrypted_at_rest(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
     password = "correct horse battery staple"
     orchestrator.save_state_json("credentials", "cred/it-run", {"password": password}, ttl_seconds=60)
-    raw = raw_redis.hgetall("cred/it-run")
+    # redis-py types every reply for decoded and raw clients alike; this client is raw (no decode_responses).
+    raw = cast(dict[bytes, bytes], raw_redis.hgetall("cred/it-run"))
     assert raw, "the entry should be in Redis under its plain key (keyPrefix none)"
     assert password.encode() not in b"".join(raw.values())
     assert orchestrator.get_state_json("credentials", "cred/it-run") == {"password": password}

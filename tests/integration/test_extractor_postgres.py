@@ -98,7 +98,7 @@ def extracted(postgres: PostgresServer) -> list[dict[str, Any]]:
 
 def catalog(server: PostgresServer, sql: str, database: str = "traps") -> list[tuple[Any, ...]]:
     with psycopg.connect(**server.connect_kwargs(database)) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 def of_kind(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -381,7 +381,7 @@ def test_hostile_patterns_execute_no_sql_and_do_not_hang(postgres: PostgresServe
 
 def test_session_is_read_only_and_bounded(postgres: PostgresServer) -> None:
     with connect(source_of(postgres), lambda: postgres.password) as connection:
-        settings = dict(
+        settings: dict[str, str] = dict(
             connection.execute(
                 text(
                     "SELECT name, setting FROM pg_settings WHERE name IN "
@@ -428,7 +428,7 @@ def test_a_connection_lost_mid_extraction_is_retried(postgres: PostgresServer, m
             yield record
 
     monkeypatch.setattr(extraction, "iter_catalog", iter_and_kill)
-    monkeypatch.setattr(extraction.time, "sleep", lambda _: None)
+    monkeypatch.setattr(time, "sleep", lambda _: None)
     _, records = extract_all(postgres)
     assert killed, "the session was never killed"
     got = [(r["schema_name"], r["relation_name"], r["column_name"]) for r in of_kind(records, "column")]

@@ -61,6 +61,7 @@ def s3_client(endpoint: str) -> Any:
 
 def s3_component(endpoint: str) -> dict[str, Any]:
     """The production component, pointed at the local server: only values change, never metadata names."""
+    component: dict[str, Any]
     (component,) = [
         doc
         for doc in yaml.safe_load_all(PRODUCTION_MANIFEST.read_text())

@@ -41,7 +41,7 @@ def sizes_server(postgres: PostgresServer) -> Iterator[PostgresServer]:
         conn.execute("CREATE DATABASE sizes")
     try:
         with psycopg.connect(**postgres.connect_kwargs("sizes"), autocommit=True) as conn:
-            conn.execute(SIZES_SQL)  # type: ignore[arg-type]
+            conn.execute(SIZES_SQL)
         yield postgres
     finally:
         with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as conn:

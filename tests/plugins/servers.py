@@ -51,7 +51,7 @@ def postgres(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             conn.execute("REVOKE CONNECT ON DATABASE locked FROM PUBLIC")
             conn.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'")
         with psycopg.connect(**server.connect_kwargs("traps"), autocommit=True) as conn:
-            conn.execute((FIXTURES / "traps.sql").read_text())  # type: ignore[arg-type]
+            conn.execute((FIXTURES / "traps.sql").read_text())
         with psycopg.connect(**server.connect_kwargs("crm"), autocommit=True) as conn:
             conn.execute("CREATE SCHEMA leads; CREATE TABLE leads.contacts (id int PRIMARY KEY, email text)")
         yield server

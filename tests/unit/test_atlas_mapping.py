@@ -141,7 +141,7 @@ def test_unmappable_records_are_reported_not_fatal() -> None:
 
 def test_pyatlan_accepts_every_entity_without_losing_attributes() -> None:
     for entity in entities_of():
-        asset = Asset._convert_to_real_type_(entity)
+        asset = Asset._convert_to_real_type_(entity)  # type: ignore[no-untyped-call]
         assert type(asset).__name__ == entity["typeName"]
         assert asset.qualified_name == entity["attributes"]["qualifiedName"]
         round_trip = asset.dict(by_alias=True, exclude_unset=True)["attributes"]

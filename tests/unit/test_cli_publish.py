@@ -25,7 +25,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         calls.append({"url": url, "json": json})
         return httpx.Response(204)
 
-    monkeypatch.setattr(cli.httpx, "post", post)
+    monkeypatch.setattr(httpx, "post", post)
     monkeypatch.setenv("PGMETA_DAPR_HTTP_URL", "http://127.0.0.1:1")
     return calls
 

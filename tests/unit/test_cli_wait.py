@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -21,8 +22,8 @@ def _client(answers: Iterator[httpx.Response | Exception]) -> httpx.Client:
 
 
 def test_wait_rides_out_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.time, "sleep", lambda _s: None)
-    answers = iter(
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
+    answers: Iterator[httpx.Response | Exception] = iter(
         [
             httpx.Response(404, json={"detail": "no run"}),
             httpx.ConnectError("connection refused"),
@@ -39,8 +40,8 @@ def test_wait_rides_out_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_wait_gives_up_with_a_reason_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(range(0, 10_000, 10))
-    monkeypatch.setattr(cli.time, "monotonic", lambda: float(next(clock)))
-    monkeypatch.setattr(cli.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
 
     def refused() -> Iterator[Exception]:
         while True:

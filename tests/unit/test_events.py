@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from pgmeta_shared.events import ExtractionRequested, StageFailed
+from pgmeta_shared.events import ExtractionRequested, Stage, StageFailed
 from pgmeta_shared.naming import default_connection_qualified_name
 
 VALID = {
@@ -39,9 +39,9 @@ def test_invalid_requests_name_the_field(change: dict[str, object], field: str) 
 
 
 def test_events_are_frozen() -> None:
-    event = StageFailed(run_id="r1", stage="extract", error_code="x", error="boom")
+    event = StageFailed(run_id="r1", stage=Stage.EXTRACT, error_code="x", error="boom")
     with pytest.raises(ValidationError):
-        event.error = "changed"  # type: ignore[misc]
+        event.error = "changed"
 
 
 def test_default_connection_qualified_name_is_stable_and_atlan_shaped() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pgmeta_publisher import publishing
+from pgmeta_publisher import incremental, publishing
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared import fencing
 from pgmeta_shared.events import PublishRequested, Stage, TopicName, TransformRequested, UnitChunks
@@ -57,7 +57,7 @@ def test_a_run_that_ends_mid_publish_writes_no_manifest_and_moves_no_baseline(
 ) -> None:
     platform = InMemoryPlatform()
     command = _transformed(platform, "r1")
-    original_compare = publishing.compare
+    original_compare = incremental.compare
 
     def compare_then_time_out(*args: Any, **kwargs: Any) -> Any:
         # The workflow gives up while the publisher compares with the baseline (chunks already written).

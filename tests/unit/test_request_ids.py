@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -102,7 +103,7 @@ def test_the_cli_names_the_run_that_holds_the_id(
     from pgmeta_cli import main as cli
 
     client, _ = api
-    monkeypatch.setattr(cli.httpx, "Client", lambda **_: client)
+    monkeypatch.setattr(httpx, "Client", lambda **_: client)
     monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
     argv = ["extract", "--host", "db", "--user", "reader", "--database", "sales", "--request-id", "sales-1"]
     monkeypatch.setenv("PGPASSWORD", "wrong-password")

@@ -90,14 +90,14 @@ def test_keeps_the_last_n_successful_runs_and_the_baseline() -> None:
 
     dry = service.collect(dry_run=True)
     assert [r.run_id for r in dry.runs] == ["r3", "r2"] and dry.files == 4
-    assert objects.deleted == [] and len(platform.get_json(runs_key(QN))) == 5
+    assert objects.deleted == [] and len(platform.stored_json(runs_key(QN))) == 5
 
     done = service.collect(dry_run=False)
     assert sorted(done.kept) == ["r1", "r4", "r5"]
     assert {p.split("/")[3] for p in objects.files} == {"r1", "r4", "r5"}
     # The manifest goes first: a reader never sees a manifest whose files are gone.
     assert objects.deleted[0].endswith("r3/manifest.json")
-    assert [e["run_id"] for e in platform.get_json(runs_key(QN))] == ["r5", "r4", "r1"]
+    assert [e["run_id"] for e in platform.stored_json(runs_key(QN))] == ["r5", "r4", "r1"]
     assert platform.get_json(fingerprint_parts_key("r3")) is None
     assert platform.get_json(fingerprint_parts_key("r1")) is not None  # the baseline's fingerprints stay
     assert service.collect(dry_run=False).runs == []
@@ -132,7 +132,7 @@ def test_purges_only_finished_workflows_older_than_the_age() -> None:
     assert workflows.purged == []
     service.collect(dry_run=False)
     assert sorted(workflows.purged) == ["old-done", "old-failed"]
-    assert [e["run_id"] for e in platform.get_json(INDEX_KEY)] == ["fresh-done", "old-running"]
+    assert [e["run_id"] for e in platform.stored_json(INDEX_KEY)] == ["fresh-done", "old-running"]
 
 
 def test_report_shape_is_json() -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -58,7 +59,7 @@ def test_get_run_has_changes_source_and_duration(client: TestClient) -> None:
 
 @pytest.fixture
 def cli_on(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.httpx, "Client", lambda **_: client)
+    monkeypatch.setattr(httpx, "Client", lambda **_: client)
     monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
 
 

@@ -77,7 +77,7 @@ def test_transform_records_unmappable_records_in_the_report() -> None:
     )
     completed = transform(transform_command(chunk_count=1), platform)
     assert completed.problems == 1
-    assert platform.get_json("r1/report/transform/db000")[0]["object"] == "mystery shop"
+    assert platform.stored_json("r1/report/transform/db000")[0]["object"] == "mystery shop"
 
 
 def test_publish_writes_jsonl_per_type_extras_report_and_manifest_last() -> None:
@@ -117,7 +117,7 @@ def test_missing_chunk_fails_the_stage_with_a_stage_failed_event() -> None:
     assert isinstance(event, StageFailed)
     assert event.error_code == "artifact_missing" and "r9/extract/db000/000000" in event.error
     assert event.unit == "db000"
-    assert platform.get_json("r9/transform/db000/failed")["error_code"] == "artifact_missing"
+    assert platform.stored_json("r9/transform/db000/failed")["error_code"] == "artifact_missing"
 
 
 def test_permanent_errors_are_reported_and_transient_ones_propagate() -> None:

@@ -10,7 +10,7 @@ from pgmeta_shared.errors import ObjectStoreError, TransientInfrastructureError
 from pgmeta_shared.storage import retry_storage
 
 
-class BindingError(grpc.RpcError):
+class BindingError(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type for RpcError
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         self._code, self._details = code, details
 

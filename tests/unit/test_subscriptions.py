@@ -6,9 +6,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from pgmeta_shared.delivery import Delivery
 from pgmeta_shared.errors import AuthenticationFailedError, TransientInfrastructureError
-from pgmeta_shared.events import ExtractionProgress, TopicName
-from pgmeta_shared.subscriptions import Delivery, deliver, register_subscription
+from pgmeta_shared.events import ExtractionProgress, Stage, TopicName
+from pgmeta_shared.subscriptions import deliver, register_subscription
 
 GOOD = {"id": "e1", "data": {"run_id": "r1", "stage": "extract", "done": 1, "total": 2}}
 
@@ -16,7 +17,7 @@ GOOD = {"id": "e1", "data": {"run_id": "r1", "stage": "extract", "done": 1, "tot
 def test_valid_event_is_handled_once() -> None:
     seen: list[ExtractionProgress] = []
     assert deliver(ExtractionProgress, seen.append, GOOD, "t") == Delivery.SUCCESS
-    assert seen == [ExtractionProgress(run_id="r1", stage="extract", done=1, total=2)]
+    assert seen == [ExtractionProgress(run_id="r1", stage=Stage.EXTRACT, done=1, total=2)]
 
 
 def test_malformed_event_is_dropped_with_a_logged_reason(caplog: pytest.LogCaptureFixture) -> None:

@@ -17,11 +17,13 @@ from opentelemetry.trace import StatusCode
 
 from pgmeta_cli.observe import render_tree
 from pgmeta_orchestrator.dapr_metadata import describe_metadata, sidecar_urls
-from pgmeta_orchestrator.run_traces import RunTraces, WorkflowLogTraces, trace_key
+from pgmeta_orchestrator.run_traces import RunTraces, WorkflowLogTraces
+from pgmeta_shared.delivery import Delivery
 from pgmeta_shared.errors import AuthenticationFailedError
 from pgmeta_shared.events import ExtractionProgress
+from pgmeta_shared.keys import run_trace_key as trace_key
 from pgmeta_shared.settings import DaprSettings
-from pgmeta_shared.subscriptions import Delivery, deliver
+from pgmeta_shared.subscriptions import deliver
 from pgmeta_shared.telemetry import (
     DaprCallTracing,
     JsonLogFormatter,
@@ -147,7 +149,7 @@ def test_workflow_activities_continue_the_trace_that_started_the_run(spans: InMe
     with run_span("handle extraction.requested", "run-7") as started:
         RunTraces(platform).remember("run-7")
         carrier = trace_carrier()
-    assert platform.get_json(trace_key("run-7"))["traceparent"] == carrier["traceparent"]
+    assert platform.stored_json(trace_key("run-7"))["traceparent"] == carrier["traceparent"]
     # Another orchestrator process (after a restart) reads the context back from the store.
     with RunTraces(platform).activity("run-7", "publish extract.requested"):
         pass

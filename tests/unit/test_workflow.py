@@ -31,7 +31,7 @@ class ScriptedContext:
         self.log: list[tuple[str, str, Any]] = []
 
     def _task(self, kind: str, name: str, payload: Any) -> dt.CompletableTask[Any]:
-        task: dt.CompletableTask[Any] = dt.CompletableTask()
+        task: dt.CompletableTask[Any] = dt.CompletableTask()  # type: ignore[no-untyped-call]
         self.meaning[id(task)] = (kind, name, payload)
         self.log.append((kind, name, payload))
         return task
@@ -46,13 +46,14 @@ class ScriptedContext:
         return self._task("event", name, timeout)
 
 
-def settle(ctx: ScriptedContext, task: dt.CompletableTask[Any], outcomes: dict[str, Any]) -> None:
+def settle(ctx: ScriptedContext, task: dt.Task[Any], outcomes: dict[str, Any]) -> None:
+    assert isinstance(task, dt.CompletableTask), task  # every task ScriptedContext hands out is one
     kind, name, _ = ctx.meaning[id(task)]
     if kind == "activity":
         task.complete(None)
         return
     outcome = outcomes[name]
-    if isinstance(outcome, BaseException):
+    if isinstance(outcome, Exception):
         task.cancel(outcome)  # how a timed-out wait ends: completed with an exception
     else:
         task.complete(outcome)
