@@ -135,3 +135,18 @@ class PartName:
     def count_key(self) -> str:
         """How a part's line count is reported in stage counts: the type name, or ``extra:<kind>``."""
         return self.name if self.kind == "entity" else extra_part(self.name)
+
+
+# -- the registry store (orchestrator only): API tokens and registered connections -------------------------------
+
+API_TOKENS_INDEX_KEY = "auth/tokens"
+CONNECTIONS_INDEX_KEY = "connections"
+
+
+def api_token_key(token_id: str) -> str:
+    """One API token's record: name, role and the SHA-256 of the token (never the token)."""
+    return f"auth/token/{token_id}"
+
+
+def connection_key(name: str) -> str:
+    return f"connections/{name}"

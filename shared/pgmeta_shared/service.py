@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pgmeta_shared.app_token import every_route_but_health, require_app_token
 from pgmeta_shared.events import ChunkReady, Stage, TopicName
 from pgmeta_shared.observability import configure_logging
 from pgmeta_shared.platform import DaprPlatform, Platform
@@ -70,6 +71,9 @@ def create_stage_app(
                 close()
 
     app = FastAPI(title=f"pgmeta {service}", lifespan=lifespan)
+    # A stage service serves only its sidecar: every route but /healthz needs the sidecar's token.
+    token = settings.app_api_token.get_secret_value() if settings.app_api_token else None
+    require_app_token(app, token, every_route_but_health, service)
 
     for route in routes:
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,16 @@ class DaprSettings(BaseSettings):
     artifacts_store: str = Field(default="artifacts", description="State store for claim-check chunks and runs.")
     artifact_ttl_seconds: int = Field(default=7 * 24 * 3600, description="TTL of claim-check chunks.")
     log_level: str = Field(default="INFO", description="Python log level.")
+    app_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("APP_API_TOKEN", "PGMETA_APP_API_TOKEN"),
+        description="The token daprd sends (dapr-api-token) on its calls to this app; other callers are refused.",
+    )
+    dapr_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DAPR_API_TOKEN", "PGMETA_DAPR_API_TOKEN"),
+        description="The token this app sends its sidecar (daprd refuses API calls without it).",
+    )
 
     @property
     def dapr_grpc_address(self) -> str:

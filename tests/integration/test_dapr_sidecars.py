@@ -20,7 +20,11 @@ pytestmark = pytest.mark.integration
 def platform_of(stack: LocalStack, service: str) -> DaprPlatform:
     layout = stack.layout
     return DaprPlatform(
-        DaprSettings(dapr_grpc_port=layout.dapr_grpc_port(service), dapr_http_port=layout.dapr_http_port(service))
+        DaprSettings(
+            dapr_grpc_port=layout.dapr_grpc_port(service),
+            dapr_http_port=layout.dapr_http_port(service),
+            DAPR_API_TOKEN=stack.dapr_api_token(),
+        )
     )
 
 
@@ -67,8 +71,9 @@ def test_published_events_reach_the_redis_stream(orchestrator: DaprPlatform, raw
 def test_credentials_are_encrypted_at_rest(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
     password = "correct horse battery staple"
     orchestrator.save_state_json("credentials", "cred/it-run", {"password": password}, ttl_seconds=60)
-    raw = raw_redis.hgetall("cred/it-run")
-    assert raw, "the entry should be in Redis under its plain key (keyPrefix none)"
+    raw = raw_redis.hgetall("credentials||cred/it-run")
+    assert raw, "the entry should be in Redis under the store's own key prefix"
+    assert not raw_redis.exists("cred/it-run")
     assert password.encode() not in b"".join(raw.values())
     assert orchestrator.get_state_json("credentials", "cred/it-run") == {"password": password}
     orchestrator.delete_state("credentials", "cred/it-run")

@@ -143,6 +143,7 @@ def s3_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sidecar]:
             DaprSettings(
                 dapr_grpc_port=stack.layout.dapr_grpc_port(SERVICE),
                 dapr_http_port=stack.layout.dapr_http_port(SERVICE),
+                DAPR_API_TOKEN=stack.dapr_api_token(),
             )
         )
         try:

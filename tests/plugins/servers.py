@@ -120,3 +120,8 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
         assert len(pids) == 2 * len(SERVICES) + 4, pids
         stack.down()
         _assert_all_stopped(pids)
+
+
+def api_headers(stack: LocalStack) -> dict[str, str]:
+    """The stack's admin API token, as the CLI sends it."""
+    return {"Authorization": f"Bearer {stack.api_token()}"}

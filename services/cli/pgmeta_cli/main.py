@@ -31,6 +31,31 @@ def api_url() -> str:
     return os.environ.get("PGMETA_API_URL", "http://127.0.0.1:18000").rstrip("/")
 
 
+def _stack_state_dir() -> Path:
+    """The local stack's state directory (where `make up` keeps its tokens)."""
+    default = Path(__file__).resolve().parents[3] / ".pgmeta" / "stack"
+    return Path(os.environ.get("PGMETA_STATE_DIR", default))
+
+
+def _stack_secret(env: str, file_name: str) -> str | None:
+    """``env`` if set, else the local stack's file of that name (created 0600 by `make up`), else None."""
+    if os.environ.get(env):
+        return os.environ[env]
+    path = _stack_state_dir() / file_name
+    return path.read_text().strip() if path.is_file() else None
+
+
+def api_token() -> str | None:
+    """The API token the CLI sends: PGMETA_API_TOKEN, else the local stack's admin token."""
+    return _stack_secret("PGMETA_API_TOKEN", "api-token")
+
+
+def api_client(timeout: float) -> httpx.Client:
+    token = api_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(timeout=timeout, headers=headers)
+
+
 def _fail(message: str, code: int = 2) -> int:
     err.print(f"[red]error:[/red] {message}")
     return code
@@ -155,6 +180,12 @@ def _rejected(response: httpx.Response) -> str:
     return str(detail)
 
 
+def _refused(response: httpx.Response) -> str:
+    if response.status_code == 401:
+        return "the API wants a token: set PGMETA_API_TOKEN (or run `make up`, which writes the local one)"
+    return f"not allowed: {response.json().get('detail')}"
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     try:
         body = source_body(args)
@@ -165,13 +196,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
         body["request_id"] = args.request_id
     if args.connection_qualified_name:
         body["connection_qualified_name"] = args.connection_qualified_name
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         try:
             response = client.post(f"{api_url()}/runs", json=body)
         except httpx.HTTPError as exc:
             return _fail(f"cannot reach the pgmeta API at {api_url()}: {exc} (is the stack up? `make up`)")
         if response.status_code == 422:
             return _fail(f"the API rejected the request: {_rejected(response)}")
+        if response.status_code in {401, 403}:
+            return _fail(_refused(response))
         response.raise_for_status()
         run_id = response.json()["run_id"]
         if not args.wait:
@@ -190,7 +223,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         body = source_body(args)
     except UsageError as exc:
         return _fail(str(exc))
-    with httpx.Client(timeout=120) as client:
+    with api_client(120) as client:
         try:
             response = client.post(f"{api_url()}/preflight", json=body)
         except httpx.HTTPError as exc:
@@ -213,7 +246,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         try:
             run = _get_run(client, args.run_id)
         except httpx.HTTPStatusError as exc:
@@ -230,9 +263,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
-        response.raise_for_status()
+    if response.status_code in {401, 403}:
+        return _fail(_refused(response))
+    response.raise_for_status()
     for run in response.json():
         print(f"{run['run_id']:<40} {run['status']:<10} {run.get('stage') or '':<10} {run.get('created_at') or ''}")
     return 0
@@ -248,10 +283,39 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return _fail(f"--data is not JSON: {exc}")
     sidecar = os.environ.get("PGMETA_DAPR_HTTP_URL", "http://127.0.0.1:18010").rstrip("/")
     url = f"{sidecar}/v1.0/publish/{args.pubsub}/{args.topic}"
-    response = httpx.post(url, json=document, timeout=30)
+    dapr_token = _stack_secret("DAPR_API_TOKEN", "dapr-api-token")
+    headers = {"dapr-api-token": dapr_token} if dapr_token else {}
+    response = httpx.post(url, json=document, headers=headers, timeout=30)
     if response.status_code >= 300:
         return _fail(f"publish failed ({response.status_code}): {response.text}")
     print(f"published to {args.topic}")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """`pgmeta tokens create | list | revoke` (admin)."""
+    with api_client(30) as client:
+        if args.action == "create":
+            response = client.post(f"{api_url()}/tokens", json={"name": args.name, "role": args.role})
+        elif args.action == "list":
+            response = client.get(f"{api_url()}/tokens")
+        else:
+            response = client.delete(f"{api_url()}/tokens/{args.token_id}")
+    if response.status_code in {401, 403}:
+        return _fail(_refused(response))
+    if response.status_code >= 400:
+        return _fail(f"{args.action} failed ({response.status_code}): {_rejected(response)}")
+    if args.action == "create":
+        created = response.json()
+        err.print(f"token {created['id']} ({created['role']}) for {created['name']}; shown once, keep it safe:")
+        print(created["token"])
+    elif args.action == "list":
+        for token in response.json():
+            print(
+                f"{token['id']}  {token['role']:<9} {token['name']:<30} {token['created_at']}  by {token['created_by']}"
+            )
+    else:
+        print(f"revoked {args.token_id}")
     return 0
 
 
@@ -311,6 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("--limit", type=int, default=20)
     runs.set_defaults(func=cmd_runs)
+
+    tokens = sub.add_parser("tokens", help="create, list or revoke API tokens (admin)")
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="a new token, printed once")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    create.add_argument("--name", required=True, help="who or what holds it (shown in the audit trail)")
+    token_actions.add_parser("list", help="tokens (never their values)")
+    revoke = token_actions.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("token_id")
+    tokens.set_defaults(func=cmd_tokens)
 
     publish = sub.add_parser("publish", help="publish an event document through a Dapr sidecar (like `dapr publish`)")
     publish.add_argument("--data", required=True, help="JSON, or @file")

@@ -11,6 +11,17 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.audit import AuditLog, Outcome, client_address
+from pgmeta_orchestrator.auth import (
+    Authenticator,
+    Principal,
+    Role,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    TokenStore,
+    require,
+)
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -20,6 +31,7 @@ from pgmeta_orchestrator.workflow import (
     Activities,
     extraction_workflow,
 )
+from pgmeta_shared.app_token import require_app_token, sidecar_route
 from pgmeta_shared.events import (
     ExtractionProgress,
     ExtractionRequested,
@@ -30,7 +42,7 @@ from pgmeta_shared.events import (
     consumed_by,
     stage_result_event,
 )
-from pgmeta_shared.platform import DaprPlatform
+from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.service import ServerSettings
 from pgmeta_shared.subscriptions import register_subscription
 
@@ -42,7 +54,28 @@ def runs_of(request: Request) -> RunService:
     return service
 
 
+def tokens_of(request: Request) -> TokenStore:
+    store: TokenStore = request.app.state.tokens
+    return store
+
+
 Runs = Annotated[RunService, Depends(runs_of)]
+Tokens = Annotated[TokenStore, Depends(tokens_of)]
+# Who may do what: one dependency per action, so each route names its role and its audit action.
+Viewer = Annotated[Principal, Depends(require(Role.VIEWER, "runs.read"))]
+RunStarter = Annotated[Principal, Depends(require(Role.OPERATOR, "run.start"))]
+RunCanceller = Annotated[Principal, Depends(require(Role.OPERATOR, "run.cancel"))]
+PreflightCaller = Annotated[Principal, Depends(require(Role.OPERATOR, "preflight"))]
+MetadataCaller = Annotated[Principal, Depends(require(Role.OPERATOR, "metadata.list"))]
+TokenAdmin = Annotated[Principal, Depends(require(Role.ADMIN, "tokens.manage"))]
+
+
+def wire(app: FastAPI, platform: Platform, workflows: Any, settings: OrchestratorSettings) -> None:
+    """What the routes use, on ``app.state``: the lifespan wires Dapr's, unit tests in-memory ones."""
+    app.state.runs = RunService(platform, workflows, settings)
+    app.state.tokens = TokenStore(platform, settings.registry_store)
+    app.state.authenticator = Authenticator(settings, app.state.tokens)
+    app.state.audit = AuditLog(settings.audit_log_path)
 
 
 def create_app(settings: OrchestratorSettings) -> FastAPI:
@@ -58,15 +91,23 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
         runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
-        app.state.runs = RunService(platform, workflows, settings)
+        wire(app, platform, workflows, settings)
         log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
         try:
             yield
         finally:
             runtime.shutdown()  # type: ignore[no-untyped-call]
+            app.state.audit.close()
             platform.close()
 
-    app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
+    app = FastAPI(
+        title="pgmeta orchestrator",
+        lifespan=lifespan,
+        description="Every route but /healthz needs `Authorization: Bearer <API token or OIDC JWT>`.",
+    )
+    # Subscriptions share the port with the REST API: only the sidecar (its dapr-api-token) may call them.
+    app_token = settings.app_api_token.get_secret_value() if settings.app_api_token else None
+    require_app_token(app, app_token, sidecar_route, "orchestrator")
 
     # -- subscriptions: every topic the registry says the orchestrator consumes ----------------------
 
@@ -107,50 +148,119 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     # -- REST API ---------------------------------------------------------------------------------
 
     @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
-    async def create_run(body: RunRequest, runs: Runs) -> dict[str, str]:
+    async def create_run(body: RunRequest, runs: Runs, caller: RunStarter, request: Request) -> dict[str, str]:
         """Publishes ``extraction.requested`` (the same event any publisher sends) and returns the run id."""
-        run_id = await run_in_threadpool(runs.submit, body)
+        target = f"{body.source.host}:{body.source.port}/{body.source.database or '*'} as {body.source.username}"
+        try:
+            run_id = await run_in_threadpool(runs.submit, body, caller.name)
+        except Exception as exc:
+            app.state.audit.record(
+                "run.start", caller, client_address(request), Outcome.FAILED, target=target, reason=type(exc).__name__
+            )
+            raise
+        app.state.audit.record(
+            "run.start", caller, client_address(request), Outcome.ALLOWED, target=target, run_id=run_id
+        )
         return {"run_id": run_id, "status_url": f"/runs/{run_id}"}
 
     @app.get("/runs/{run_id}")
-    async def get_run(run_id: str, runs: Runs) -> RunView:
+    async def get_run(run_id: str, runs: Runs, _: Viewer) -> RunView:
         view = await run_in_threadpool(runs.view, run_id)
         if view is None:
             raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
         return view
 
     @app.get("/runs")
-    async def list_runs(runs: Runs, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunView]:
+    async def list_runs(runs: Runs, _: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunView]:
         return await run_in_threadpool(runs.recent, limit)
 
-    async def ask(runs: RunService, body: SourceRequest, question: Question) -> JSONResponse:
+    @app.post("/runs/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+    async def cancel_run(run_id: str, runs: Runs, caller: RunCanceller, request: Request) -> dict[str, str]:
+        """Terminates the run's workflow; stages already running finish their current unit and stop."""
+        found = await run_in_threadpool(runs.cancel, run_id)
+        outcome = Outcome.ALLOWED if found else Outcome.FAILED
+        app.state.audit.record(
+            "run.cancel",
+            caller,
+            client_address(request),
+            outcome,
+            run_id=run_id,
+            reason=None if found else "no such run",
+        )
+        if not found:
+            raise HTTPException(status_code=404, detail=f"no run with id {run_id!r}")
+        return {"run_id": run_id, "status": "cancelling"}
+
+    async def ask(
+        runs: RunService, body: SourceRequest, question: Question, caller: Principal, request: Request
+    ) -> JSONResponse:
         """The extractor's answer; 422 when it names a problem with the source or the request."""
         answer = await run_in_threadpool(runs.ask_extractor, body, question)
+        action = "preflight" if question == "preflight" else "metadata.list"
+        target = f"{body.source.host}:{body.source.port}/{body.source.database or '*'} as {body.source.username}"
+        outcome = Outcome.ALLOWED if answer["ok"] else Outcome.FAILED
+        app.state.audit.record(
+            action, caller, client_address(request), outcome, target=target, reason=answer.get("error_code")
+        )
         return JSONResponse(answer, status_code=200 if answer["ok"] else 422)
 
     @app.post("/preflight")
-    async def run_preflight(body: SourceRequest, runs: Runs) -> JSONResponse:
+    async def run_preflight(body: SourceRequest, runs: Runs, caller: PreflightCaller, request: Request) -> JSONResponse:
         """Checks connection, privileges, version and filters, and counts what would be extracted."""
-        return await ask(runs, body, "preflight")
+        return await ask(runs, body, "preflight", caller, request)
 
     @app.post("/metadata/databases")
-    async def list_databases(body: SourceRequest, runs: Runs) -> JSONResponse:
+    async def list_databases(body: SourceRequest, runs: Runs, caller: MetadataCaller, request: Request) -> JSONResponse:
         """Databases on the server (and whether the role may connect), for filter pickers."""
-        return await ask(runs, body, "databases")
+        return await ask(runs, body, "databases", caller, request)
 
     @app.post("/metadata/schemas")
-    async def list_schemas(body: SourceRequest, runs: Runs) -> JSONResponse:
+    async def list_schemas(body: SourceRequest, runs: Runs, caller: MetadataCaller, request: Request) -> JSONResponse:
         """Schemas of ``source.database`` (default: the maintenance database)."""
-        return await ask(runs, body, "schemas")
+        return await ask(runs, body, "schemas", caller, request)
 
     @app.get("/metadata/databases")
-    async def get_databases(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
+    async def get_databases(
+        source: Annotated[MetadataQuery, Depends()], runs: Runs, caller: MetadataCaller, request: Request
+    ) -> JSONResponse:
         """The same for credentials named by secret (a GET never carries a password)."""
-        return await ask(runs, source.as_request(), "databases")
+        return await ask(runs, source.as_request(), "databases", caller, request)
 
     @app.get("/metadata/schemas")
-    async def get_schemas(source: Annotated[MetadataQuery, Depends()], runs: Runs) -> JSONResponse:
-        return await ask(runs, source.as_request(), "schemas")
+    async def get_schemas(
+        source: Annotated[MetadataQuery, Depends()], runs: Runs, caller: MetadataCaller, request: Request
+    ) -> JSONResponse:
+        return await ask(runs, source.as_request(), "schemas", caller, request)
+
+    # -- API tokens (admin) -----------------------------------------------------------------------
+
+    @app.post("/tokens", status_code=status.HTTP_201_CREATED)
+    async def create_token(body: TokenCreate, tokens: Tokens, caller: TokenAdmin, request: Request) -> TokenCreated:
+        """A new API token; the answer is the only place it is ever shown."""
+        created = await run_in_threadpool(tokens.create, body, caller.name)
+        app.state.audit.record(
+            "token.create", caller, client_address(request), Outcome.ALLOWED, target=f"{created.id} ({body.role})"
+        )
+        return created
+
+    @app.get("/tokens")
+    async def list_tokens(tokens: Tokens, _: TokenAdmin) -> list[TokenInfo]:
+        return await run_in_threadpool(tokens.list)
+
+    @app.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+    async def revoke_token(token_id: str, tokens: Tokens, caller: TokenAdmin, request: Request) -> None:
+        revoked = await run_in_threadpool(tokens.revoke, token_id)
+        outcome = Outcome.ALLOWED if revoked else Outcome.FAILED
+        app.state.audit.record(
+            "token.revoke",
+            caller,
+            client_address(request),
+            outcome,
+            target=token_id,
+            reason=None if revoked else "no such token",
+        )
+        if not revoked:
+            raise HTTPException(status_code=404, detail=f"no token with id {token_id!r}")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

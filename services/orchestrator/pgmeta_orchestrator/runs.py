@@ -112,6 +112,7 @@ class RunView(BaseModel):
     progress: dict[str, Any] | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    started_by: str | None = Field(default=None, description="The API caller who started the run.")
 
 
 class RunService:
@@ -137,7 +138,7 @@ class RunService:
         )
         return CredentialRef(kind="state", store=self._settings.credentials_store, key=key)
 
-    def submit(self, body: RunRequest) -> str:
+    def submit(self, body: RunRequest, started_by: str | None = None) -> str:
         """Stores an inline password encrypted, then publishes ``extraction.requested``."""
         run_id = body.request_id or f"run-{uuid.uuid4().hex[:12]}"
         credentials = self._credentials(run_id, body.password, body.credentials, self._settings.credentials_ttl_seconds)
@@ -150,7 +151,7 @@ class RunService:
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
-        self._platform.save_json(run_requested_key(run_id), {"at": _now()}, ttl_seconds=7 * 24 * 3600)
+        self._platform.save_json(run_requested_key(run_id), {"at": _now(), "by": started_by}, ttl_seconds=7 * 24 * 3600)
         return run_id
 
     def start(self, event: ExtractionRequested) -> None:
@@ -253,11 +254,20 @@ class RunService:
                 time.sleep(0.05 * (attempt + 1))
         return None
 
+    def cancel(self, run_id: str) -> bool:
+        """Terminates the run's workflow; False when there is none."""
+        if self._workflow_state(run_id) is None:
+            return False
+        self._workflows.terminate_workflow(run_id)
+        return True
+
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
+        requested = self._platform.get_json(run_requested_key(run_id))
+        started_by = requested.get("by") if isinstance(requested, dict) else None
         if state is None:
-            if self._platform.get_json(run_requested_key(run_id)) is not None:
-                return RunView(run_id=run_id, status="QUEUED")
+            if requested is not None:
+                return RunView(run_id=run_id, status="QUEUED", started_by=started_by)
             return None
         runtime = state.runtime_status.name
         custom = _loads(state.serialized_custom_status) or {}
@@ -268,6 +278,7 @@ class RunService:
             counts=custom.get("counts") or {},
             created_at=_iso(state.created_at),
             updated_at=_iso(state.last_updated_at),
+            started_by=started_by,
         )
         if runtime == "COMPLETED":
             output = _loads(state.serialized_output) or {}
