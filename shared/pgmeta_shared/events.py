@@ -111,6 +111,12 @@ class SourceSpec(BaseModel):
     )
     connect_timeout_seconds: int = Field(default=10, ge=1, le=120, description="TCP connect timeout.")
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    password_exchange: Literal["scram-sha-256", "any"] = Field(
+        default="scram-sha-256",
+        description="Password exchanges libpq may take part in (basic auth): by default only SCRAM, which never "
+        "hands the password to the server; 'any' also allows cleartext and MD5 (a server asking for those "
+        "receives the password). IAM tokens are cleartext by design and need sslmode verify-full instead.",
+    )
 
     @property
     def discovery_database(self) -> str:

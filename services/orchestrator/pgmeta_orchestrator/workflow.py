@@ -32,6 +32,7 @@ from pgmeta_shared.events import (
     stage_result_event,
     topic,
 )
+from pgmeta_shared.keys import credentials_key
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import Platform
 
@@ -215,8 +216,7 @@ class Activities:
 
     def finish_run(self, _ctx: Any, payload: dict[str, Any]) -> None:
         result = ExtractionCompleted.model_validate(payload["result"])
-        credentials = payload["credentials"]
-        # A password given to the REST API is kept only for the run's lifetime.
-        if credentials["kind"] == "state" and credentials["store"] == self._credentials_store:
-            self._platform.delete_state(credentials["store"], credentials["key"])
+        # A password given to the REST API is kept only for the run's lifetime. Only the key derived from
+        # the run id is ever deleted: a key named in the request could be anyone's (runs/index, a baseline).
+        self._platform.delete_state(self._credentials_store, credentials_key(result.run_id))
         self._platform.publish(TopicName.EXTRACTION_COMPLETED, result)
