@@ -22,6 +22,15 @@ from pgmeta_orchestrator.auth import (
     TokenStore,
     require,
 )
+from pgmeta_orchestrator.connections import (
+    Connection,
+    ConnectionName,
+    ConnectionSpec,
+    ConnectionStore,
+    ConnectionSummary,
+    ResolvedSource,
+    SourcePolicy,
+)
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
@@ -32,6 +41,7 @@ from pgmeta_orchestrator.workflow import (
     extraction_workflow,
 )
 from pgmeta_shared.app_token import require_app_token, sidecar_route
+from pgmeta_shared.errors import InvalidRequestError
 from pgmeta_shared.events import (
     ExtractionProgress,
     ExtractionRequested,
@@ -68,12 +78,37 @@ RunCanceller = Annotated[Principal, Depends(require(Role.OPERATOR, "run.cancel")
 PreflightCaller = Annotated[Principal, Depends(require(Role.OPERATOR, "preflight"))]
 MetadataCaller = Annotated[Principal, Depends(require(Role.OPERATOR, "metadata.list"))]
 TokenAdmin = Annotated[Principal, Depends(require(Role.ADMIN, "tokens.manage"))]
+ConnectionReader = Annotated[Principal, Depends(require(Role.OPERATOR, "connections.read"))]
+ConnectionAdmin = Annotated[Principal, Depends(require(Role.ADMIN, "connections.manage"))]
+
+
+def connections_of(request: Request) -> ConnectionStore:
+    store: ConnectionStore = request.app.state.connections
+    return store
+
+
+Connections = Annotated[ConnectionStore, Depends(connections_of)]
+
+
+def resolve_source(request: Request, body: SourceRequest | RunRequest) -> ResolvedSource:
+    """The source a request may reach (a registered connection, or an allowed ad-hoc host); 422 otherwise."""
+    policy: SourcePolicy = request.app.state.source_policy
+    try:
+        return policy.resolve(
+            connection=body.connection, source=body.source, database=body.database, filters=body.filters
+        )
+    except InvalidRequestError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
 
 
 def wire(app: FastAPI, platform: Platform, workflows: Any, settings: OrchestratorSettings) -> None:
     """What the routes use, on ``app.state``: the lifespan wires Dapr's, unit tests in-memory ones."""
     app.state.runs = RunService(platform, workflows, settings)
     app.state.tokens = TokenStore(platform, settings.registry_store)
+    app.state.connections = ConnectionStore(platform, settings.registry_store)
+    app.state.source_policy = SourcePolicy(
+        app.state.connections, settings.adhoc_allowed_hosts, settings.sslrootcert_dir
+    )
     app.state.authenticator = Authenticator(settings, app.state.tokens)
     app.state.audit = AuditLog(settings.audit_log_path)
 
@@ -150,9 +185,16 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     @app.post("/runs", status_code=status.HTTP_202_ACCEPTED)
     async def create_run(body: RunRequest, runs: Runs, caller: RunStarter, request: Request) -> dict[str, str]:
         """Publishes ``extraction.requested`` (the same event any publisher sends) and returns the run id."""
-        target = f"{body.source.host}:{body.source.port}/{body.source.database or '*'} as {body.source.username}"
         try:
-            run_id = await run_in_threadpool(runs.submit, body, caller.name)
+            resolved = await run_in_threadpool(resolve_source, request, body)
+        except HTTPException as exc:
+            app.state.audit.record(
+                "run.start", caller, client_address(request), Outcome.DENIED, target=_asked(body), reason=exc.detail
+            )
+            raise
+        target = resolved.target
+        try:
+            run_id = await run_in_threadpool(runs.submit, body, resolved, caller.name)
         except Exception as exc:
             app.state.audit.record(
                 "run.start", caller, client_address(request), Outcome.FAILED, target=target, reason=type(exc).__name__
@@ -195,9 +237,16 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         runs: RunService, body: SourceRequest, question: Question, caller: Principal, request: Request
     ) -> JSONResponse:
         """The extractor's answer; 422 when it names a problem with the source or the request."""
-        answer = await run_in_threadpool(runs.ask_extractor, body, question)
         action = "preflight" if question == "preflight" else "metadata.list"
-        target = f"{body.source.host}:{body.source.port}/{body.source.database or '*'} as {body.source.username}"
+        try:
+            resolved = await run_in_threadpool(resolve_source, request, body)
+        except HTTPException as exc:
+            app.state.audit.record(
+                action, caller, client_address(request), Outcome.DENIED, target=_asked(body), reason=exc.detail
+            )
+            raise
+        answer = await run_in_threadpool(runs.ask_extractor, body, resolved, question)
+        target = resolved.target
         outcome = Outcome.ALLOWED if answer["ok"] else Outcome.FAILED
         app.state.audit.record(
             action, caller, client_address(request), outcome, target=target, reason=answer.get("error_code")
@@ -262,11 +311,69 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         if not revoked:
             raise HTTPException(status_code=404, detail=f"no token with id {token_id!r}")
 
+    # -- registered connections (admin writes, operators pick) ---------------------------------------
+
+    @app.put("/connections/{name}")
+    async def put_connection(
+        name: ConnectionName, body: ConnectionSpec, store: Connections, caller: ConnectionAdmin, request: Request
+    ) -> Connection:
+        """Registers (or changes) a connection: a server bound to a secret and a derived qualifiedName."""
+        policy: SourcePolicy = app.state.source_policy
+        try:
+            policy.check_sslrootcert(body.source)
+        except InvalidRequestError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
+        connection, created = await run_in_threadpool(store.put, name, body, caller.name)
+        where = f"{body.source.host}:{body.source.port} as {body.source.username}, secret {body.secret.key}"
+        app.state.audit.record(
+            "connection.create" if created else "connection.change",
+            caller,
+            client_address(request),
+            Outcome.ALLOWED,
+            target=f"connection {name} ({where})",
+        )
+        return connection
+
+    @app.get("/connections")
+    async def list_connections(store: Connections, _: ConnectionReader) -> list[ConnectionSummary]:
+        return await run_in_threadpool(store.list)
+
+    @app.get("/connections/{name}")
+    async def get_connection(name: ConnectionName, store: Connections, _: ConnectionAdmin) -> Connection:
+        connection = await run_in_threadpool(store.get, name)
+        if connection is None:
+            raise HTTPException(status_code=404, detail=f"no connection named {name!r}")
+        return connection
+
+    @app.delete("/connections/{name}", status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_connection(
+        name: ConnectionName, store: Connections, caller: ConnectionAdmin, request: Request
+    ) -> None:
+        deleted = await run_in_threadpool(store.delete, name)
+        app.state.audit.record(
+            "connection.delete",
+            caller,
+            client_address(request),
+            Outcome.ALLOWED if deleted else Outcome.FAILED,
+            target=f"connection {name}",
+            reason=None if deleted else "no such connection",
+        )
+        if not deleted:
+            raise HTTPException(status_code=404, detail=f"no connection named {name!r}")
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "service": "orchestrator"}
 
     return app
+
+
+def _asked(body: SourceRequest | RunRequest) -> str:
+    """What a refused request named, for the audit trail."""
+    if body.connection is not None:
+        return f"connection {body.connection}"
+    assert body.source is not None
+    return f"{body.source.host}:{body.source.port} as {body.source.username}"
 
 
 def main() -> None:

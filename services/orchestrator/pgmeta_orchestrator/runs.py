@@ -7,17 +7,18 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pgmeta_orchestrator.connections import ConnectionName, ResolvedSource
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.errors import InvalidRequestError
 from pgmeta_shared.events import (
-    ConnectionQualifiedName,
     CredentialRef,
+    DatabaseName,
     ExtractionProgress,
     ExtractionRequested,
     FilterSpec,
@@ -45,60 +46,54 @@ RunStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED"]
 Question = Literal["preflight", "databases", "schemas"]
 
 
-class RunRequest(BaseModel):
-    """Body of ``POST /runs``: the event's fields, with the password given inline or by reference."""
+class SourceChoice(BaseModel):
+    """A registered connection by name, or an ad-hoc source with its password inline. Never a stored secret
+    by name, nor a connection qualifiedName: the server derives both from what the caller may use."""
 
     model_config = ConfigDict(extra="forbid")
+
+    connection: ConnectionName | None = Field(default=None, description="A registered connection (GET /connections).")
+    source: SourceSpec | None = Field(default=None, description="Ad hoc: a host the allowlist admits.")
+    password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="Ad hoc only. Stored encrypted by Dapr for the run's lifetime; never put in an event.",
+    )
+    database: DatabaseName | None = Field(
+        default=None, description="With a connection registered for all databases: the one to use."
+    )
+    filters: FilterSpec | None = Field(default=None, description="Default: the connection's filters, or everything.")
+
+    @model_validator(mode="after")
+    def _connection_or_source(self) -> Self:
+        if (self.connection is None) == (self.source is None):
+            raise ValueError("give exactly one of 'connection' and 'source'")
+        if self.connection is not None and self.password is not None:
+            raise ValueError("a registered connection brings its own credentials: leave 'password' out")
+        if self.source is not None and self.password is None:
+            raise ValueError("an ad-hoc source needs its 'password' inline")
+        return self
+
+
+class RunRequest(SourceChoice):
+    """Body of ``POST /runs``."""
 
     request_id: RunId | None = Field(default=None, description="Idempotency key; generated when absent.")
-    source: SourceSpec
-    password: SecretStr | None = Field(
-        default=None, description="Stored encrypted by Dapr for the run's lifetime; never put in an event."
-    )
-    credentials: CredentialRef | None = Field(default=None, description="Reference to an existing secret.")
-    connection_qualified_name: ConnectionQualifiedName | None = None
-    filters: FilterSpec = Field(default_factory=FilterSpec)
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
 
-    @model_validator(mode="after")
-    def _one_credential(self) -> RunRequest:
-        if (self.password is None) == (self.credentials is None):
-            raise ValueError("give exactly one of 'password' and 'credentials'")
-        return self
 
-
-class SourceRequest(BaseModel):
-    """Body of ``POST /preflight`` and ``POST /metadata/...``: a source and how to authenticate."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: SourceSpec
-    password: SecretStr | None = None
-    credentials: CredentialRef | None = None
-    filters: FilterSpec = Field(default_factory=FilterSpec)
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> SourceRequest:
-        if (self.password is None) == (self.credentials is None):
-            raise ValueError("give exactly one of 'password' and 'credentials'")
-        return self
+class SourceRequest(SourceChoice):
+    """Body of ``POST /preflight`` and ``POST /metadata/...``."""
 
 
 class MetadataQuery(BaseModel):
-    """Query parameters of ``GET /metadata/...``: the source, and a secret holding its password."""
+    """Query parameters of ``GET /metadata/...``: a registered connection (a GET never carries a password)."""
 
-    host: str
-    port: int = 5432
-    username: str
-    database: str | None = None
-    credentials_secret: str = Field(description="Name of the secret in the secret store.")
-    secret_store: str = "secretstore"
+    connection: ConnectionName
+    database: DatabaseName | None = None
 
     def as_request(self) -> SourceRequest:
-        return SourceRequest(
-            source=SourceSpec(host=self.host, port=self.port, username=self.username, database=self.database),
-            credentials=CredentialRef(kind="secret", store=self.secret_store, key=self.credentials_secret),
-        )
+        return SourceRequest(connection=self.connection, database=self.database)
 
 
 class RunView(BaseModel):
@@ -138,16 +133,20 @@ class RunService:
         )
         return CredentialRef(kind="state", store=self._settings.credentials_store, key=key)
 
-    def submit(self, body: RunRequest, started_by: str | None = None) -> str:
+    def submit(self, body: RunRequest, resolved: ResolvedSource, started_by: str | None = None) -> str:
         """Stores an inline password encrypted, then publishes ``extraction.requested``."""
         run_id = body.request_id or f"run-{uuid.uuid4().hex[:12]}"
-        credentials = self._credentials(run_id, body.password, body.credentials, self._settings.credentials_ttl_seconds)
+        if self._platform.get_json(run_requested_key(run_id)) is not None:
+            # A repeat of a known id starts nothing, and must not replace the password its run is using.
+            log.info("run %s: already requested; nothing stored, nothing published", run_id)
+            return run_id
+        credentials = self._credentials(run_id, body.password, resolved.secret, self._settings.credentials_ttl_seconds)
         event = ExtractionRequested(
             request_id=run_id,
-            source=body.source,
+            source=resolved.source,
             credentials=credentials,
-            connection_qualified_name=body.connection_qualified_name,
-            filters=body.filters,
+            connection_qualified_name=resolved.connection_qualified_name,
+            filters=resolved.filters,
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
@@ -191,15 +190,15 @@ class RunService:
 
     # -- questions answered by the extractor (preflight, metadata) --------------------------------
 
-    def ask_extractor(self, body: SourceRequest, kind: Question) -> dict[str, Any]:
+    def ask_extractor(self, body: SourceRequest, resolved: ResolvedSource, kind: Question) -> dict[str, Any]:
         """Publishes a command and polls the artifacts store for the answer (any orchestrator replica can)."""
         request_id = f"{'pf' if kind == 'preflight' else 'md'}-{uuid.uuid4().hex[:16]}"
-        credentials = self._credentials(request_id, body.password, body.credentials, 600)
+        credentials = self._credentials(request_id, body.password, resolved.secret, 600)
         try:
             command: Any
             if kind == "preflight":
                 command = PreflightRequested(
-                    run_id=request_id, source=body.source, credentials=credentials, filters=body.filters
+                    run_id=request_id, source=resolved.source, credentials=credentials, filters=resolved.filters
                 )
                 self._platform.publish(TopicName.PREFLIGHT_REQUESTED, command)
                 answer_keys = [
@@ -208,7 +207,7 @@ class RunService:
                 ]
             else:
                 command = MetadataRequested(
-                    run_id=request_id, source=body.source, credentials=credentials, listing=kind
+                    run_id=request_id, source=resolved.source, credentials=credentials, listing=kind
                 )
                 self._platform.publish(TopicName.METADATA_REQUESTED, command)
                 answer_keys = [metadata_answer_key(request_id)]

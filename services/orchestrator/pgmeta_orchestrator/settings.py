@@ -36,6 +36,14 @@ class OrchestratorSettings(DaprSettings):
     oidc_jwks_url: str | None = Field(default=None, description="JWKS URL; default <issuer>/.well-known/jwks.json.")
     oidc_role_claim: str = Field(default="pgmeta_role", description="Claim holding viewer/operator/admin (or a list).")
     oidc_username_claim: str = Field(default="sub", description="Claim naming the caller in the audit trail.")
+    adhoc_allowed_hosts: list[str] = Field(
+        default=["*"],
+        description="Hosts ad-hoc sources (inline password, no registered connection) may name: '*', host patterns "
+        "('*.db.internal') or CIDRs ('10.0.0.0/8'), as a JSON list. The chart sets [] (connections only).",
+    )
+    sslrootcert_dir: Path | None = Field(
+        default=None, description="Directory of CA bundles a source's sslrootcert may name; none: only 'system'."
+    )
     audit_log_path: Path | None = Field(
         default=None, description="Append audit records to this JSON Lines file; default: stdout ('audit' logger)."
     )
