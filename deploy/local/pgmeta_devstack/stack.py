@@ -75,7 +75,18 @@ class LocalStack:
     def write_secretstore(self) -> None:
         secret_path = self.state / "secrets.json"
         secret_path.write_text(
-            json.dumps({DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}}, indent=2)
+            json.dumps(
+                {
+                    DEMO_SECRET: {
+                        "username": "postgres",
+                        "password": self.demo_password(),
+                        # Bound to the demo server: the extractor refuses it for any other host or port.
+                        "host": "127.0.0.1",
+                        "port": str(self.layout.postgres_port),
+                    }
+                },
+                indent=2,
+            )
         )
         secret_path.chmod(0o600)
 
