@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pgmeta_shared.app_token import every_route_but_health, require_app_token
 from pgmeta_shared.events import ChunkReady, Stage, TopicName
+from pgmeta_shared.limits import apply_request_limits
 from pgmeta_shared.observability import configure_logging
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.settings import DaprSettings
@@ -74,6 +75,7 @@ def create_stage_app(
     # A stage service serves only its sidecar: every route but /healthz needs the sidecar's token.
     token = settings.app_api_token.get_secret_value() if settings.app_api_token else None
     require_app_token(app, token, every_route_but_health, service)
+    apply_request_limits(app)
 
     for route in routes:
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from pgmeta_shared.delivery import classify
-from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
+from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName, clip
 from pgmeta_shared.keys import stage_failure_key
 from pgmeta_shared.platform import Platform
 
@@ -54,7 +54,7 @@ def stage_handler(
             unit = command.work_unit()
             fail(
                 StageFailed(
-                    run_id=command.run_id, stage=stage, unit=unit, error_code=failure.code, error=failure.message
+                    run_id=command.run_id, stage=stage, unit=unit, error_code=failure.code, error=clip(failure.message)
                 )
             )
             return

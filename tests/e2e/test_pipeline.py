@@ -234,7 +234,13 @@ def test_bad_source_fails_fast_with_a_clear_error(
 
 
 def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
-    env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
+    # The CLI finds the stack's admin token in its state directory, as after `make up`.
+    env = dict(
+        os.environ,
+        PGPASSWORD=full_stack.demo_password(),
+        PGMETA_API_URL=full_stack.layout.api_url,
+        PGMETA_STATE_DIR=str(full_stack.state),
+    )
     result = subprocess.run(
         [sys.executable, "-m", "pgmeta_cli.main", "extract", "--host", "127.0.0.1",
          "--port", str(full_stack.layout.postgres_port), "--user", "postgres", "--database", DEMO_DATABASE,

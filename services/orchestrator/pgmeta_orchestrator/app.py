@@ -52,6 +52,7 @@ from pgmeta_shared.events import (
     consumed_by,
     stage_result_event,
 )
+from pgmeta_shared.limits import apply_request_limits
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.service import ServerSettings
 from pgmeta_shared.subscriptions import register_subscription
@@ -143,6 +144,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     # Subscriptions share the port with the REST API: only the sidecar (its dapr-api-token) may call them.
     app_token = settings.app_api_token.get_secret_value() if settings.app_api_token else None
     require_app_token(app, app_token, sidecar_route, "orchestrator")
+    apply_request_limits(app)
 
     # -- subscriptions: every topic the registry says the orchestrator consumes ----------------------
 

@@ -25,7 +25,7 @@ from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import StateStore
 
 # A letter first: an ad-hoc source's derived qualifiedName is all digits, so the two can never meet.
-ConnectionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+ConnectionName = Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 SYSTEM_TRUST_STORE = "system"
 
 
@@ -34,7 +34,7 @@ class SecretRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    store: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "secretstore"
+    store: Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "secretstore"
     key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

@@ -29,6 +29,7 @@ from pgmeta_shared.events import (
     TopicName,
     TransformRequested,
     UnitChunks,
+    clip,
     stage_result_event,
     topic,
 )
@@ -177,7 +178,7 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         published = PublishCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
     except StageFailedError as exc:
         ctx.set_custom_status(custom_status(stage.value, status["counts"], str(exc), databases=status["databases"]))
-        failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=status["counts"], error=str(exc))
+        failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=status["counts"], error=clip(str(exc)))
         yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(failed, request))
         raise
 
