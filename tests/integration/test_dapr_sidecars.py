@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import redis
 
 from pgmeta_devstack.stack import LocalStack
-from pgmeta_shared.events import ExtractionProgress, Stage, TopicName
+from pgmeta_shared.events import ExtractionProgress, PublishCompleted, Stage, TopicName
 from pgmeta_shared.keys import ArtifactStage
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.settings import DaprSettings
@@ -60,9 +61,9 @@ def test_json_state_round_trip(orchestrator: DaprPlatform) -> None:
     assert orchestrator.get_json("it-run/absent") is None
 
 
-def test_published_events_reach_the_redis_stream(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
+def test_published_events_reach_the_redis_stream(publisher: DaprPlatform, raw_redis: redis.Redis) -> None:
     event = ExtractionProgress(run_id="it-run", stage=Stage.EXTRACT, done=3, total=9)
-    orchestrator.publish(TopicName.EXTRACTION_PROGRESS, event)
+    publisher.publish(TopicName.EXTRACTION_PROGRESS, event)
     entries = raw_redis.xrange(TopicName.EXTRACTION_PROGRESS.value)
     cloud_events = [json.loads(fields[b"data"]) for _, fields in entries]
     assert any(ce["data"] == event.model_dump(mode="json") for ce in cloud_events)
@@ -89,3 +90,13 @@ def test_object_store_writes_exact_bytes(sidecars: LocalStack, publisher: DaprPl
     path = f"default/postgres/1/it-run/{len(content)}.bin"
     publisher.write_object("objectstore", path, content)
     assert (sidecars.layout.objects / path).read_bytes() == content
+
+
+def test_an_app_may_publish_only_its_own_topics(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
+    """Pub/sub publishingScopes: only the publisher announces publish.completed (a forged one is refused)."""
+    forged = PublishCompleted(run_id="victim", location="forged/", file_count=0, counts={})
+    with pytest.raises(grpc.RpcError) as refused:
+        orchestrator.publish(TopicName.PUBLISH_COMPLETED, forged)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    entries = raw_redis.xrange(TopicName.PUBLISH_COMPLETED.value)
+    assert not any(b"forged/" in fields[b"data"] for _, fields in entries)
