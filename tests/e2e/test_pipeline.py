@@ -43,7 +43,7 @@ def request_document(stack: LocalStack, request_id: str, **source: Any) -> dict[
             "username": "postgres",
             "database": DEMO_DATABASE,
         }
-        | source,  # fmt: skip
+        | source,
         "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
         "stage_timeout_seconds": 60,
     }
@@ -81,11 +81,15 @@ def demo_catalog(stack: LocalStack) -> dict[str, Any]:
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','f') "
             "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
         ).fetchall()
-        columns = {tuple(r) for r in conn.execute(
-            "SELECT n.nspname, c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attnum > 0 AND NOT a.attisdropped "
-            "AND c.relkind IN ('r','p','v','m','f') AND n.nspname NOT LIKE 'pg\\_%' "
-            "AND n.nspname <> 'information_schema'")}  # fmt: skip
+        columns = {
+            tuple(r)
+            for r in conn.execute(
+                "SELECT n.nspname, c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attnum > 0 AND NOT a.attisdropped "
+                "AND c.relkind IN ('r','p','v','m','f') AND n.nspname NOT LIKE 'pg\\_%' "
+                "AND n.nspname <> 'information_schema'"
+            )
+        }
         routines = conn.execute(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
@@ -96,7 +100,8 @@ def demo_catalog(stack: LocalStack) -> dict[str, Any]:
             "JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
             "AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class "
             "WHERE v.relkind IN ('v', 'm') AND n.nspname NOT LIKE 'pg\\_%' "
-            "AND n.nspname <> 'information_schema'").fetchone()  # fmt: skip
+            "AND n.nspname <> 'information_schema'"
+        ).fetchone()
     kinds = Counter("TablePartition" if part else RELATION_TYPES[kind] for _, _, kind, part in relations)
     kinds["Procedure"] = routines[0] if routines else 0
     kinds["Process"] = views_with_sources[0] if views_with_sources else 0
@@ -235,11 +240,30 @@ def test_bad_source_fails_fast_with_a_clear_error(
 def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
     env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
     result = subprocess.run(
-        [sys.executable, "-m", "pgmeta_cli.main", "extract", "--host", "127.0.0.1",
-         "--port", str(full_stack.layout.postgres_port), "--user", "postgres", "--database", DEMO_DATABASE,
-         "--request-id", "e2e-cli", "--wait", "--json"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pgmeta_cli.main",
+            "extract",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(full_stack.layout.postgres_port),
+            "--user",
+            "postgres",
+            "--database",
+            DEMO_DATABASE,
+            "--request-id",
+            "e2e-cli",
+            "--wait",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert set(document) == {"run_id", "status", "counts", "changes", "output", "error"}
@@ -253,8 +277,12 @@ def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
     assert all({"typeName", "attributes"} <= json.loads(line).keys() for line in lines)
     status = subprocess.run(
         [sys.executable, "-m", "pgmeta_cli.main", "status", "e2e-cli", "--json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "COMPLETED"
     listed = httpx.get(f"{full_stack.layout.api_url}/runs", timeout=10).json()
     assert "e2e-cli" in {run["run_id"] for run in listed}

@@ -67,12 +67,16 @@ def schedule_body(stack: LocalStack, schedule_id: str, every: str = "@every 5s",
     return {
         "schedule_id": schedule_id,
         "schedule": every,
-        "source": {"host": "127.0.0.1", "port": stack.layout.postgres_port, "username": "postgres",
-                   "database": DEMO_DATABASE},
+        "source": {
+            "host": "127.0.0.1",
+            "port": stack.layout.postgres_port,
+            "username": "postgres",
+            "database": DEMO_DATABASE,
+        },
         "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
         "stage_timeout_seconds": 60,
         **extra,
-    }  # fmt: skip
+    }
 
 
 def ticks(stack: LocalStack, schedule_id: str) -> list[dict[str, Any]]:
@@ -85,8 +89,11 @@ def ticks(stack: LocalStack, schedule_id: str) -> list[dict[str, Any]]:
 
 def requested_ids(stack: LocalStack, schedule_id: str) -> list[str]:
     prefix = f"sched-{schedule_id}-"
-    return [e["data"]["request_id"] for e in stream_events(stack, "extraction.requested")
-            if e["data"]["request_id"].startswith(prefix)]  # fmt: skip
+    return [
+        e["data"]["request_id"]
+        for e in stream_events(stack, "extraction.requested")
+        if e["data"]["request_id"].startswith(prefix)
+    ]
 
 
 class Replica:
@@ -109,8 +116,12 @@ class Replica:
         }
         argv = LocalStack(mine).daprd_argv("orchestrator")
         # Control plane of the main stack, not of the (unused) port block above.
-        argv = [a.replace(f":{mine.placement_port}", f":{stack.layout.placement_port}")
-                .replace(f":{mine.scheduler_port}", f":{stack.layout.scheduler_port}") for a in argv]  # fmt: skip
+        argv = [
+            a.replace(f":{mine.placement_port}", f":{stack.layout.placement_port}").replace(
+                f":{mine.scheduler_port}", f":{stack.layout.scheduler_port}"
+            )
+            for a in argv
+        ]
         logs = stack.layout.logs
         for name, command, environment in (
             ("orchestrator-2", [sys.executable, "-m", "pgmeta_orchestrator"], env),
@@ -120,11 +131,20 @@ class Replica:
             self.processes.append(
                 subprocess.Popen(command, env=environment, stdout=log, stderr=log, start_new_session=True)
             )
-        wait_until("second orchestrator", lambda: http_ok(f"http://127.0.0.1:{mine.app_port('orchestrator')}/healthz"),
-                   timeout=90, pid=self.processes[0].pid, log=logs / "orchestrator-2.log")  # fmt: skip
-        wait_until("second orchestrator sidecar",
-                   lambda: http_ok(f"http://127.0.0.1:{mine.dapr_http_port('orchestrator')}/v1.0/healthz"),
-                   timeout=90, pid=self.processes[1].pid, log=logs / "orchestrator-2-daprd.log")  # fmt: skip
+        wait_until(
+            "second orchestrator",
+            lambda: http_ok(f"http://127.0.0.1:{mine.app_port('orchestrator')}/healthz"),
+            timeout=90,
+            pid=self.processes[0].pid,
+            log=logs / "orchestrator-2.log",
+        )
+        wait_until(
+            "second orchestrator sidecar",
+            lambda: http_ok(f"http://127.0.0.1:{mine.dapr_http_port('orchestrator')}/v1.0/healthz"),
+            timeout=90,
+            pid=self.processes[1].pid,
+            log=logs / "orchestrator-2-daprd.log",
+        )
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -238,8 +258,9 @@ def test_overlap_policy_with_a_slow_source(stack: LocalStack, policy: str) -> No
         if policy == "queue":
             # When the first run ends (its connection attempt times out), one queued run starts, not three.
             deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and "started_from_queue" not in [t["outcome"] for t in ticks(
-                    stack, schedule_id)]:  # fmt: skip
+            while time.monotonic() < deadline and "started_from_queue" not in [
+                t["outcome"] for t in ticks(stack, schedule_id)
+            ]:
                 time.sleep(1)
             final = ticks(stack, schedule_id)
             assert [t["outcome"] for t in final].count("started_from_queue") == 1, final
@@ -331,8 +352,11 @@ def test_bad_schedules_are_refused_with_a_named_problem(stack: LocalStack) -> No
 def completed_runs(stack: LocalStack, schedule_id: str) -> list[str]:
     """From the pub/sub itself (GET /schedules/{id} shows only the last 10 ticks)."""
     prefix = f"sched-{schedule_id}-"
-    return [e["data"]["run_id"] for e in stream_events(stack, "extraction.completed")
-            if e["data"]["run_id"].startswith(prefix) and e["data"]["status"] == "COMPLETED"]  # fmt: skip
+    return [
+        e["data"]["run_id"]
+        for e in stream_events(stack, "extraction.completed")
+        if e["data"]["run_id"].startswith(prefix) and e["data"]["status"] == "COMPLETED"
+    ]
 
 
 def wait_for_runs(stack: LocalStack, schedule_id: str, count: int, timeout: float = 120) -> list[str]:

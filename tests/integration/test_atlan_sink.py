@@ -72,9 +72,12 @@ class StoredEntity:
         """An AtlasEntityHeader, as Atlas lists mutated entities."""
         name = self.attributes.get("name")
         return {
-            "typeName": self.type_name, "guid": self.guid, "status": self.status, "displayText": name,
+            "typeName": self.type_name,
+            "guid": self.guid,
+            "status": self.status,
+            "displayText": name,
             "attributes": {"qualifiedName": self.attributes["qualifiedName"], "name": name},
-        }  # fmt: skip
+        }
 
 
 class StandInAtlan:
@@ -174,8 +177,12 @@ class StandInAtlan:
     def _entity_or_404(found: StoredEntity | None, missing: str) -> tuple[int, dict[str, str], Any]:
         if found is None:
             return 404, {}, {"errorCode": "ATLAS-404-00-005", "errorMessage": missing}
-        entity = {"typeName": found.type_name, "guid": found.guid, "status": found.status,
-                  "attributes": dict(found.attributes)}  # fmt: skip
+        entity = {
+            "typeName": found.type_name,
+            "guid": found.guid,
+            "status": found.status,
+            "attributes": dict(found.attributes),
+        }
         return 200, {}, {"entity": entity, "referredEntities": {}}
 
 
@@ -285,9 +292,11 @@ def test_upsert_sends_batches_as_pyatlan_shapes_them(atlan: StandInAtlan, make_s
         assert post.headers["authorization"] == f"Bearer {API_KEY}"
         assert post.headers["content-type"] == "application/json"
         assert post.query == {
-            "replaceTags": ["false"], "appendTags": ["false"], "replaceBusinessAttributes": ["false"],
+            "replaceTags": ["false"],
+            "appendTags": ["false"],
+            "replaceBusinessAttributes": ["false"],
             "overwriteBusinessAttributes": ["false"],
-        }  # fmt: skip
+        }
     sent = [entity for post in posts for entity in post.body["entities"]]
     assert [len(post.body["entities"]) for post in posts] == [20, 20, 5]
     assert [(e["typeName"], e["attributes"]["qualifiedName"]) for e in sent] == [
@@ -296,14 +305,20 @@ def test_upsert_sends_batches_as_pyatlan_shapes_them(atlan: StandInAtlan, make_s
     by_qn = {e["attributes"]["qualifiedName"]: e for e in sent}
     # Parents travel as references by unique attribute; pyatlan adds an empty ``attributes``.
     assert by_qn[SCHEMA_QN]["attributes"]["database"] == {
-        "typeName": "Database", "attributes": {}, "uniqueAttributes": {"qualifiedName": f"{CONNECTION_QN}/shop"},
-    }  # fmt: skip
+        "typeName": "Database",
+        "attributes": {},
+        "uniqueAttributes": {"qualifiedName": f"{CONNECTION_QN}/shop"},
+    }
     assert by_qn[f"{SCHEMA_QN}/customers"]["attributes"]["atlanSchema"] == {
-        "typeName": "Schema", "attributes": {}, "uniqueAttributes": {"qualifiedName": SCHEMA_QN},
-    }  # fmt: skip
+        "typeName": "Schema",
+        "attributes": {},
+        "uniqueAttributes": {"qualifiedName": SCHEMA_QN},
+    }
     assert by_qn[f"{SCHEMA_QN}/customers/extra_07"]["attributes"]["table"] == {
-        "typeName": "Table", "attributes": {}, "uniqueAttributes": {"qualifiedName": f"{SCHEMA_QN}/customers"},
-    }  # fmt: skip
+        "typeName": "Table",
+        "attributes": {},
+        "uniqueAttributes": {"qualifiedName": f"{SCHEMA_QN}/customers"},
+    }
     assert by_qn[f"{SCHEMA_QN}/orders_2025/order_id"]["attributes"]["tablePartition"]["typeName"] == "TablePartition"
     assert by_qn[f"{SCHEMA_QN}/v_orders/one"]["attributes"]["view"]["uniqueAttributes"] == {
         "qualifiedName": f"{SCHEMA_QN}/v_orders"
@@ -315,8 +330,11 @@ def test_upsert_sends_batches_as_pyatlan_shapes_them(atlan: StandInAtlan, make_s
     assert all(e["businessAttributes"] is None for e in sent)
 
     # Counts are what the stand-in answered: 10 of batch 0's 20 were known already.
-    assert [(r.entities, r.created, r.updated, r.failed) for r in results] == [(20, 10, 10, 0), (20, 20, 0, 0),
-                                                                               (5, 5, 0, 0)]  # fmt: skip
+    assert [(r.entities, r.created, r.updated, r.failed) for r in results] == [
+        (20, 10, 10, 0),
+        (20, 20, 0, 0),
+        (5, 5, 0, 0),
+    ]
     assert all(r.ok and r.http_status == 200 for r in results)
     # pyatlan reads a newly created Connection back (its policy wait): one GET, counted in batch 0's attempts.
     connection_guid = atlan.entities[("Connection", CONNECTION_QN)].guid
@@ -324,9 +342,19 @@ def test_upsert_sends_batches_as_pyatlan_shapes_them(atlan: StandInAtlan, make_s
     assert [r.attempts for r in results] == [2, 1, 1]
     assert len(atlan.requests) == 4
     assert results[0].to_report() == {
-        "operation": "upsert", "index": 0, "entities": 20, "created": 10, "updated": 10, "archived": 0, "skipped": 0,
-        "failed": 0, "attempts": 2, "waited_seconds": 0.0, "http_status": 200, "error": None,
-    }  # fmt: skip
+        "operation": "upsert",
+        "index": 0,
+        "entities": 20,
+        "created": 10,
+        "updated": 10,
+        "archived": 0,
+        "skipped": 0,
+        "failed": 0,
+        "attempts": 2,
+        "waited_seconds": 0.0,
+        "http_status": 200,
+        "error": None,
+    }
 
     again = make_sink().upsert(entities)
     assert [(r.created, r.updated) for r in again] == [(0, 20), (0, 20), (0, 5)]
@@ -421,8 +449,10 @@ def test_archive_resolves_guids_then_soft_deletes_in_bulk(
     ]
     lookups = atlan.requests[:3]
     assert [r.query["attr:qualifiedName"] for r in lookups] == [
-        [f"{SCHEMA_QN}/customers"], [f"{SCHEMA_QN}/customers/name"], [f"{SCHEMA_QN}/customers/gone"],
-    ]  # fmt: skip
+        [f"{SCHEMA_QN}/customers"],
+        [f"{SCHEMA_QN}/customers/name"],
+        [f"{SCHEMA_QN}/customers/gone"],
+    ]
     assert lookups[0].query["minExtInfo"] == ["true"] and lookups[0].query["ignoreRelationships"] == ["true"]
     delete = atlan.requests[5]
     assert delete.query == {"deleteType": ["SOFT"], "guid": [table.guid, name_column.guid]}
@@ -442,8 +472,11 @@ def test_pyatlans_own_read_back_loop_cannot_multiply_the_retries(
     table = atlan.seed("Table", f"{SCHEMA_QN}/customers")
     # After the DELETE, pyatlan reads the asset back up to 20 times, 1 s apart, on any AtlanError: with a 500
     # there, each of its tries would get all of pgmeta's retries again (20 x 3 requests, 19 s of pauses).
-    read_back = Fault(lambda r: r.method == "GET" and r.path == f"{BY_GUID}{table.guid}" and table.status == "DELETED",
-                      500, body={"errorCode": "ATLAS-500-00-001", "errorMessage": "boom"})  # fmt: skip
+    read_back = Fault(
+        lambda r: r.method == "GET" and r.path == f"{BY_GUID}{table.guid}" and table.status == "DELETED",
+        500,
+        body={"errorCode": "ATLAS-500-00-001", "errorMessage": "boom"},
+    )
     atlan.faults.append(read_back)
 
     started = time.monotonic()
@@ -451,9 +484,11 @@ def test_pyatlans_own_read_back_loop_cannot_multiply_the_retries(
 
     assert time.monotonic() - started < 1  # not even pyatlan's first 1 s pause
     assert [(r.method, r.path) for r in atlan.requests] == [
-        ("GET", f"{BY_QUALIFIED_NAME}Table"), ("GET", f"{BY_GUID}{table.guid}"), ("DELETE", BULK),
+        ("GET", f"{BY_QUALIFIED_NAME}Table"),
+        ("GET", f"{BY_GUID}{table.guid}"),
+        ("DELETE", BULK),
         *[("GET", f"{BY_GUID}{table.guid}")] * 3,
-    ]  # fmt: skip
+    ]
     assert len(waits) == 2
     assert [(r.ok, r.attempts, r.http_status, r.error) for r in results] == [
         (

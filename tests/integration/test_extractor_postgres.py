@@ -69,9 +69,13 @@ def extract_all(
     records: list[dict[str, Any]] = []
     for selection in checked.databases:
         command = ExtractRequested(
-            run_id="it", source=spec, credentials=CREDENTIALS, connection_qualified_name=CONNECTION_QN,
-            selection=selection, filters=filters,
-        )  # fmt: skip
+            run_id="it",
+            source=spec,
+            credentials=CREDENTIALS,
+            connection_qualified_name=CONNECTION_QN,
+            selection=selection,
+            filters=filters,
+        )
         completed = extract_database(command, platform)
         unit_records = [
             record
@@ -177,8 +181,15 @@ def test_column_facts_match_information_schema(postgres: PostgresServer, extract
     assert len(facts) > 20
     for schema, table, name, ordinal, nullable, default, generated, length, precision, scale, identity in facts:
         column = columns[(schema, table, name)]
-        got = (column["ordinal"], column["is_nullable"], column["default_value"], column["generation_expression"],
-               column["max_length"], column["numeric_precision"], column["numeric_scale"])  # fmt: skip
+        got = (
+            column["ordinal"],
+            column["is_nullable"],
+            column["default_value"],
+            column["generation_expression"],
+            column["max_length"],
+            column["numeric_precision"],
+            column["numeric_scale"],
+        )
         assert got == (ordinal, nullable, default, generated, length, precision, scale), (schema, table, name)
         assert (column["identity"] is not None) == (identity is not None)
 
@@ -201,8 +212,11 @@ def test_constraints_and_indexes(extracted: list[dict[str, Any]]) -> None:
     constraints = {(r["relation_name"], r["constraint_type"]): r for r in of_kind(extracted, "constraint")}
     fk = constraints[("item_details", "f")]
     assert (fk["columns"], fk["referenced_schema"], fk["referenced_relation"], fk["referenced_columns"]) == (
-        ["id"], "alpha", "items", ["id"]
-    )  # fmt: skip
+        ["id"],
+        "alpha",
+        "items",
+        ["id"],
+    )
     assert constraints[("item_details", "u")]["columns"] == ["id", "note"]
     assert "CHECK" in next(r["definition"] for r in of_kind(extracted, "constraint") if r["constraint_type"] == "c")
     indexes = {r["index_name"]: r for r in of_kind(extracted, "index")}
@@ -253,8 +267,11 @@ def test_without_a_database_every_connectable_database_is_extracted(postgres: Po
 
 def test_preflight_counts_what_the_filters_select(postgres: PostgresServer) -> None:
     checked = run_preflight(postgres, FilterSpec(include={"traps": ["alpha"]}))
-    tables = catalog(postgres, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                               "WHERE n.nspname = 'alpha' AND c.relkind IN ('r', 'p', 'f')")[0][0]  # fmt: skip
+    tables = catalog(
+        postgres,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'alpha' AND c.relkind IN ('r', 'p', 'f')",
+    )[0][0]
     assert checked.counts["tables"] == tables and checked.counts["views"] == 1
     assert checked.counts["databases"] == 1 and checked.server_version.split(".")[0] in {"15", "18"}
 
@@ -306,8 +323,9 @@ def test_database_filters_select_and_exclude_whole_databases(postgres: PostgresS
 
 
 def test_relation_filters(postgres: PostgresServer) -> None:
-    filters = FilterSpec(include={"traps": ["alpha", "beta"]}, temp_table_regex=".*_tmp", exclude_views=True,
-                         exclude_empty_tables=True)  # fmt: skip
+    filters = FilterSpec(
+        include={"traps": ["alpha", "beta"]}, temp_table_regex=".*_tmp", exclude_views=True, exclude_empty_tables=True
+    )
     _, records = extract_all(postgres, filters)
     names = relations(records)
     assert ("alpha", "scratch_tmp") not in names

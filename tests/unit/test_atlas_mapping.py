@@ -11,9 +11,15 @@ from .records import CONNECTION_QN, column, relation, sample_catalog
 
 PREFIX = f"{CONNECTION_QN}/shop/sales"
 PARENT_ATTRIBUTES = (
-    "database", "atlanSchema", "parentTable", "parentTablePartition", "table", "view", "materialisedView",
+    "database",
+    "atlanSchema",
+    "parentTable",
+    "parentTablePartition",
+    "table",
+    "view",
+    "materialisedView",
     "tablePartition",
-)  # fmt: skip
+)
 
 
 def entities_of(records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

@@ -31,9 +31,12 @@ def run(
         platform,
     )
     command = PublishRequested(
-        run_id=run_id, connection_qualified_name=CONNECTION_QN, units=[UnitChunks(unit="db000", chunk_count=1)],
-        counts={}, filters=filters or FilterSpec(),
-    )  # fmt: skip
+        run_id=run_id,
+        connection_qualified_name=CONNECTION_QN,
+        units=[UnitChunks(unit="db000", chunk_count=1)],
+        counts={},
+        filters=filters or FilterSpec(),
+    )
     publish(command, platform, sink)
     prefix = f"{CONNECTION_QN}/{run_id}"
     manifest = json.loads(platform.objects[("objectstore", f"{prefix}/manifest.json")])
@@ -78,8 +81,11 @@ def test_added_altered_dropped_table() -> None:
     assert result["deleted"] == ["sales/remote_rates", "sales/remote_rates/rate"]
     assert result["manifest"]["previous_run_id"] == "r1"
     assert result["manifest"]["changes"] == {
-        "created": 2, "updated": 1, "deleted": 2, "unchanged": len(result["changes"]) - 3,
-    }  # fmt: skip
+        "created": 2,
+        "updated": 1,
+        "deleted": 2,
+        "unchanged": len(result["changes"]) - 3,
+    }
 
 
 def test_unchanged_catalog_changes_nothing_and_old_fingerprints_are_dropped() -> None:

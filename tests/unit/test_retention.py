@@ -108,10 +108,17 @@ def test_a_failed_run_is_collected_without_a_manifest_but_a_running_one_is_not_k
     publish_run(platform, objects, service, "ok")
     objects.files[f"{QN}/broken/Table-a-00000.jsonl"] = b"{}\n"
     workflows.states["broken"] = State(
-        Status.FAILED, NOW, orjson.dumps({"request_id": "broken", "source": {"host": "h", "username": "u"},
-                                          "credentials": {"kind": "secret", "store": "s", "key": "k"},
-                                          "connection_qualified_name": QN}).decode(),
-    )  # fmt: skip
+        Status.FAILED,
+        NOW,
+        orjson.dumps(
+            {
+                "request_id": "broken",
+                "source": {"host": "h", "username": "u"},
+                "credentials": {"kind": "secret", "store": "s", "key": "k"},
+                "connection_qualified_name": QN,
+            }
+        ).decode(),
+    )
     service.record_finished(ExtractionCompleted(run_id="broken", status="FAILED", error="boom"))
     assert platform.get_json(CONNECTIONS_KEY) == [QN]
     report = service.collect(dry_run=False)

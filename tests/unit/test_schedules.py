@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from pgmeta_orchestrator import schedule_timing as timing
-from pgmeta_orchestrator.runs import RunService, RunView
+from pgmeta_orchestrator.runs import RunRequest, RunService, RunView
 from pgmeta_orchestrator.schedules import ScheduleService, ScheduleSpec, run_id_for, schedule_of_run
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested, TopicName
@@ -37,9 +37,14 @@ def test_cron_is_read_in_the_schedule_time_zone_across_dst() -> None:
 
 @pytest.mark.parametrize(
     ("expression", "zone", "problem"),
-    [("every day", "UTC", "cron"), ("@every 0s", "UTC", "1 s"), ("@every soon", "UTC", "duration"),
-     ("61 * * * *", "UTC", "invalid cron"), ("@daily", "Mars/Olympus", "time zone")],
-)  # fmt: skip
+    [
+        ("every day", "UTC", "cron"),
+        ("@every 0s", "UTC", "1 s"),
+        ("@every soon", "UTC", "duration"),
+        ("61 * * * *", "UTC", "invalid cron"),
+        ("@daily", "Mars/Olympus", "time zone"),
+    ],
+)
 def test_bad_schedules_name_the_problem(expression: str, zone: str, problem: str) -> None:
     with pytest.raises(timing.ScheduleSpecError, match=problem):
         timing.validate(expression, zone)
@@ -206,10 +211,15 @@ def test_runs_submitted_are_extraction_requests() -> None:
     service, platform, jobs, _runs, clock = make(filters={"include": {"shop": "*"}}, stage_timeout_seconds=60)
     fire(service, jobs, clock)
     body = platform.published[0][1]
+    assert isinstance(body, RunRequest)
+    assert body.request_id is not None and body.credentials is not None
     request = ExtractionRequested(
-        request_id=body.request_id, source=body.source, credentials=body.credentials,  # type: ignore[attr-defined]
-        filters=body.filters, stage_timeout_seconds=body.stage_timeout_seconds,  # type: ignore[attr-defined]
-    )  # fmt: skip
+        request_id=body.request_id,
+        source=body.source,
+        credentials=body.credentials,
+        filters=body.filters,
+        stage_timeout_seconds=body.stage_timeout_seconds,
+    )
     assert request.credentials.kind == "secret" and request.stage_timeout_seconds == 60
     assert isinstance(RunService, type)
 

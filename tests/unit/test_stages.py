@@ -53,9 +53,19 @@ def test_transform_maps_every_chunk_and_counts_types() -> None:
     platform.save_chunk("r1", ArtifactStage.EXTRACT, "db000", 0, sample_catalog())
     completed = transform(transform_command(chunk_count=1), platform)
     assert completed.counts == {
-        "Connection": 1, "Database": 1, "Schema": 1, "Table": 3, "TablePartition": 1, "View": 1,
-        "MaterialisedView": 1, "Column": 7, "Procedure": 3, "Process": 1, "extra:constraint": 1, "extra:index": 1,
-    }  # fmt: skip
+        "Connection": 1,
+        "Database": 1,
+        "Schema": 1,
+        "Table": 3,
+        "TablePartition": 1,
+        "View": 1,
+        "MaterialisedView": 1,
+        "Column": 7,
+        "Procedure": 3,
+        "Process": 1,
+        "extra:constraint": 1,
+        "extra:index": 1,
+    }
     assert completed.unit == "db000" and completed.problems == 0
     parts = platform.load_parts("r1", ArtifactStage.TRANSFORM, "db000", 0)
     lines = sum(blob.count(b"\n") for name, blob in parts.items() if name != "fingerprints")
@@ -190,9 +200,11 @@ def test_chunks_done_early_are_not_done_again_and_a_retried_extraction_is_kept_a
     completed = transform(retried, platform)
     assert completed.counts["Column"] == 7, "the second attempt's chunk, not the early-transformed first one"
     command = PublishRequested(
-        run_id="r1", connection_qualified_name=CONNECTION_QN,
-        units=[UnitChunks(unit="db000", chunk_count=1, generation=2)], counts={},
-    )  # fmt: skip
+        run_id="r1",
+        connection_qualified_name=CONNECTION_QN,
+        units=[UnitChunks(unit="db000", chunk_count=1, generation=2)],
+        counts={},
+    )
     published = publish(command, platform)
     assert published.counts["Column"] == 7
     assert platform.object_writes > writes

@@ -98,12 +98,20 @@ def databases(*names: str) -> list[dict[str, Any]]:
 
 def success(*names: str) -> dict[str, Any]:
     outcomes = {
-        "preflight_result": ok({"run_id": "r1", "server_version": "18.1", "databases": databases(*names),
-                                "counts": {"tables": 2}, "warnings": []}),
-        "transform_result_server": ok({"run_id": "r1", "unit": "server", "chunk_count": 1,
-                                       "counts": {"Connection": 1, "Database": len(names)}}),
+        "preflight_result": ok(
+            {
+                "run_id": "r1",
+                "server_version": "18.1",
+                "databases": databases(*names),
+                "counts": {"tables": 2},
+                "warnings": [],
+            }
+        ),
+        "transform_result_server": ok(
+            {"run_id": "r1", "unit": "server", "chunk_count": 1, "counts": {"Connection": 1, "Database": len(names)}}
+        ),
         "publish_result": ok({"run_id": "r1", "location": "c/r1", "file_count": 3, "counts": {"Column": 6}}),
-    }  # fmt: skip
+    }
     for i, _ in enumerate(names):
         unit = f"db{i:03d}"
         outcomes[f"extract_result_{unit}"] = ok(
@@ -138,9 +146,10 @@ def test_success_fans_out_one_extract_and_one_transform_per_database() -> None:
     assert extract["filters"]["include"] == {"shop|crm": "*"}
     publish = published(ctx)[-1]["event"]
     assert publish["units"] == [
-        {"unit": "server", "chunk_count": 1, "generation": 1}, {"unit": "db000", "chunk_count": 2, "generation": 1},
+        {"unit": "server", "chunk_count": 1, "generation": 1},
+        {"unit": "db000", "chunk_count": 2, "generation": 1},
         {"unit": "db001", "chunk_count": 2, "generation": 1},
-    ]  # fmt: skip
+    ]
     assert publish["counts"] == {"Connection": 1, "Database": 2, "Column": 6}
     assert "password" not in str(ctx.log)
     assert ctx.log[-1][:2] == ("activity", ACTIVITY_FINISH)

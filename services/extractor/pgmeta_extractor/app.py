@@ -36,7 +36,7 @@ def create_app(settings: DaprSettings) -> FastAPI:
                 extract_database,
                 TopicName.EXTRACT_COMPLETED,
             ),
-        ],  # fmt: skip
+        ],
     )
 
     def on_metadata(command: MetadataRequested) -> None:
@@ -52,9 +52,12 @@ def create_app(settings: DaprSettings) -> FastAPI:
         platform.save_json(metadata_answer_key(command.run_id), answer, ttl_seconds=600)
 
     register_subscription(
-        app, pubsub=settings.pubsub_name, topic=TopicName.METADATA_REQUESTED, model=MetadataRequested,
+        app,
+        pubsub=settings.pubsub_name,
+        topic=TopicName.METADATA_REQUESTED,
+        model=MetadataRequested,
         handler=on_metadata,
-    )  # fmt: skip
+    )
     return app
 
 

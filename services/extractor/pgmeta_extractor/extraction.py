@@ -180,8 +180,11 @@ def list_metadata(command: MetadataRequested, platform: Platform) -> dict[str, A
         patterns = FilterPatterns.of(FilterSpec())
         with connect(command.source, password) as connection:
             rows = stream_rows(connection, DATABASES_QUERY, patterns.database_params())
-            return {"databases": [{"name": r["database_name"], "can_connect": r["can_connect"],
-                                   "comment": r["comment"]} for r in rows]}  # fmt: skip
+            return {
+                "databases": [
+                    {"name": r["database_name"], "can_connect": r["can_connect"], "comment": r["comment"]} for r in rows
+                ]
+            }
     with connect(command.source, password) as connection:
         return {"schemas": [r["schema_name"] for r in stream_rows(connection, SCHEMA_LIST_QUERY)]}
 
@@ -218,9 +221,12 @@ VIEW_DEFINITION_BATCH = 500
 
 
 def with_view_definitions(
-    relations: Iterator[Record], connection: Connection, params: dict[str, Any], database: str,
+    relations: Iterator[Record],
+    connection: Connection,
+    params: dict[str, Any],
+    database: str,
     report: list[dict[str, str]],
-) -> Iterator[Record]:  # fmt: skip
+) -> Iterator[Record]:
     """Adds ``view_definition`` to view rows, merged in from batches read on a second connection.
 
     Both streams are ordered by (schema, name). A batch that fails (say a lock timeout behind DDL on a
@@ -249,10 +255,18 @@ def view_definitions(
         while True:
             try:
                 with side.begin():  # its own transaction: the batch's locks go when it ends
-                    batch = list(stream_rows(side, VIEW_DEFINITIONS_QUERY, {
-                        **params, "after_schema": after[0], "after_relation": after[1],
-                        "batch_size": VIEW_DEFINITION_BATCH,
-                    }))  # fmt: skip
+                    batch = list(
+                        stream_rows(
+                            side,
+                            VIEW_DEFINITIONS_QUERY,
+                            {
+                                **params,
+                                "after_schema": after[0],
+                                "after_relation": after[1],
+                                "batch_size": VIEW_DEFINITION_BATCH,
+                            },
+                        )
+                    )
             except sa_exc.DBAPIError as exc:
                 report.append(_query_problem(database, f"view definitions after {after[0]}.{after[1]}", exc))
                 return
@@ -320,10 +334,13 @@ def _extract_once(
             platform.publish(
                 TopicName.EXTRACT_CHUNK_READY,
                 ChunkReady(
-                    run_id=command.run_id, unit=selection.unit, generation=generation, index=chunk_count - 1,
+                    run_id=command.run_id,
+                    unit=selection.unit,
+                    generation=generation,
+                    index=chunk_count - 1,
                     connection_qualified_name=command.connection_qualified_name,
                 ),
-            )  # fmt: skip
+            )
             for record in batch:
                 counts[record["kind"]] = counts.get(record["kind"], 0) + 1
             done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
@@ -334,6 +351,10 @@ def _extract_once(
             )
     platform.save_json(stage_report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
-        run_id=command.run_id, unit=selection.unit, generation=generation, chunk_count=chunk_count, counts=counts,
+        run_id=command.run_id,
+        unit=selection.unit,
+        generation=generation,
+        chunk_count=chunk_count,
+        counts=counts,
         problems=len(report),
-    )  # fmt: skip
+    )

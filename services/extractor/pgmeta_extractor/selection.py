@@ -42,8 +42,10 @@ class FilterPatterns:
         """Every regex with a label naming where it came from, for validation messages."""
         labelled = [(f"include key {k!r}", k) for k in self.include_keys]
         labelled += [(f"exclude key {k!r}", k) for k in self.exclude_keys]
-        for kind, keys, values in (("include", self.include_keys, self.include_values),
-                                   ("exclude", self.exclude_keys, self.exclude_values)):  # fmt: skip
+        for kind, keys, values in (
+            ("include", self.include_keys, self.include_values),
+            ("exclude", self.exclude_keys, self.exclude_values),
+        ):
             for key, value in zip(keys, values, strict=True):
                 if value != "*":
                     labelled += [(f"{kind} schema pattern {p!r} (under {key!r})", p) for p in value]

@@ -162,9 +162,11 @@ class RetentionService:
         for entry in doomed:
             location = entry.get("location") or f"{connection_qn}/{entry['run_id']}"
             removal = RunRemoval(
-                run_id=entry["run_id"], connection_qualified_name=connection_qn, location=location,
+                run_id=entry["run_id"],
+                connection_qualified_name=connection_qn,
+                location=location,
                 status=entry["status"],
-            )  # fmt: skip
+            )
             files = self._run_files(location)
             removal.files = len(files)
             report.files += len(files)

@@ -105,7 +105,7 @@ def fan_out(
                 units_done=len(results),
                 units_total=len(commands),
                 databases=status.get("databases"),
-            )  # fmt: skip
+            )
         )
     return results
 
@@ -137,17 +137,24 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         status = {"counts": checked.counts, "databases": [db.database for db in checked.databases]}
         ctx.set_custom_status(
             custom_status(
-                stage.value, checked.counts, units_done=0, units_total=len(checked.databases),
+                stage.value,
+                checked.counts,
+                units_done=0,
+                units_total=len(checked.databases),
                 databases=status["databases"],
             )
-        )  # fmt: skip
+        )
         extract_commands: dict[str, BaseModel] = {
             db.unit: ExtractRequested(
-                run_id=run_id, source=request.source, credentials=request.credentials,
-                connection_qualified_name=connection_qn, selection=db, filters=request.filters,
+                run_id=run_id,
+                source=request.source,
+                credentials=request.credentials,
+                connection_qualified_name=connection_qn,
+                selection=db,
+                filters=request.filters,
             )
             for db in checked.databases
-        }  # fmt: skip
+        }
         extracted = yield from fan_out(ctx, stage, TopicName.EXTRACT_REQUESTED, extract_commands, timeout, status)
 
         stage = Stage.TRANSFORM
@@ -160,11 +167,14 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         status["counts"] = _sum_counts(list(extracted.values()))
         transform_commands: dict[str, BaseModel] = {
             u.unit: TransformRequested(
-                run_id=run_id, connection_qualified_name=connection_qn, unit=u.unit, chunk_count=u.chunk_count,
+                run_id=run_id,
+                connection_qualified_name=connection_qn,
+                unit=u.unit,
+                chunk_count=u.chunk_count,
                 generation=u.generation,
             )
             for u in units
-        }  # fmt: skip
+        }
         transformed = yield from fan_out(ctx, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status)
 
         stage = Stage.PUBLISH
@@ -172,9 +182,13 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         status["counts"] = counts
         ctx.set_custom_status(custom_status(stage.value, counts, databases=status["databases"]))
         command = PublishRequested(
-            run_id=run_id, connection_qualified_name=connection_qn, units=units, counts=counts,
-            filters=request.filters, database=request.source.database,
-        )  # fmt: skip
+            run_id=run_id,
+            connection_qualified_name=connection_qn,
+            units=units,
+            counts=counts,
+            filters=request.filters,
+            database=request.source.database,
+        )
         yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.PUBLISH_REQUESTED, command))
         published = PublishCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
     except StageFailedError as exc:
@@ -185,9 +199,13 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
 
     ctx.set_custom_status(custom_status("done", published.counts, databases=status["databases"]))
     completed = ExtractionCompleted(
-        run_id=run_id, status="COMPLETED", counts=published.counts, location=published.location,
-        problems=published.problems, changes=published.changes,
-    )  # fmt: skip
+        run_id=run_id,
+        status="COMPLETED",
+        counts=published.counts,
+        location=published.location,
+        problems=published.problems,
+        changes=published.changes,
+    )
     yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(completed, request))
     return completed.model_dump(mode="json")
 

@@ -33,7 +33,7 @@ def create_app(settings: DaprSettings) -> FastAPI:
                 publish_everywhere,
                 TopicName.PUBLISH_COMPLETED,
             ),
-        ],  # fmt: skip
+        ],
         early=EarlyRoute(TopicName.TRANSFORM_CHUNK_READY, publish_early),
     )
 

@@ -257,8 +257,12 @@ class AtlanSink:
         )
         log.info(
             "atlan upsert batch %d: %d entities, %d created, %d updated, %d HTTP attempts",
-            index, result.entities, result.created, result.updated, result.attempts,
-        )  # fmt: skip
+            index,
+            result.entities,
+            result.created,
+            result.updated,
+            result.attempts,
+        )
         return result
 
     def _archive_batch(self, index: int, batch: list[Reference]) -> BatchResult:
@@ -280,8 +284,12 @@ class AtlanSink:
         )
         log.info(
             "atlan archive batch %d: %d references, %d archived, %d skipped, %d HTTP attempts",
-            index, result.entities, result.archived, result.skipped, result.attempts,
-        )  # fmt: skip
+            index,
+            result.entities,
+            result.archived,
+            result.skipped,
+            result.attempts,
+        )
         return result
 
     def _archivable_guids(self, batch: list[Reference]) -> list[str]:

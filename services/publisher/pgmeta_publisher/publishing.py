@@ -193,11 +193,17 @@ def publish_early(event: ChunkReady, platform: Platform) -> None:
     a failure here is logged and the chunk is written again then.
     """
     try:
-        publish_chunk(platform, event.run_id, event.connection_qualified_name, event.unit, event.generation,
-                      event.index)  # fmt: skip
+        publish_chunk(
+            platform, event.run_id, event.connection_qualified_name, event.unit, event.generation, event.index
+        )
     except Exception:
-        log.warning("run %s: early publish of %s/%d failed; publish will redo it",
-                    event.run_id, event.unit, event.index, exc_info=True)  # fmt: skip
+        log.warning(
+            "run %s: early publish of %s/%d failed; publish will redo it",
+            event.run_id,
+            event.unit,
+            event.index,
+            exc_info=True,
+        )
 
 
 def publish(command: PublishRequested, platform: Platform, sink: EntitySink | None = None) -> PublishCompleted:
@@ -224,8 +230,9 @@ def _publish(
     progress = ProgressReporter(platform)
     for unit in command.units:
         for index in range(unit.chunk_count):
-            chunk = publish_chunk(platform, command.run_id, command.connection_qualified_name, unit.unit,
-                                  unit.generation, index)  # fmt: skip
+            chunk = publish_chunk(
+                platform, command.run_id, command.connection_qualified_name, unit.unit, unit.generation, index
+            )
             writer.files += chunk.files
             for name, count in chunk.counts.items():
                 counts[name] = counts.get(name, 0) + count
@@ -293,9 +300,13 @@ def _publish(
         OBJECTSTORE_BINDING, f"{writer.prefix}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
     )
     completed = PublishCompleted(
-        run_id=command.run_id, location=writer.prefix, file_count=len(writer.files), counts=counts,
-        problems=len(problems), changes=change_totals,
-    )  # fmt: skip
+        run_id=command.run_id,
+        location=writer.prefix,
+        file_count=len(writer.files),
+        counts=counts,
+        problems=len(problems),
+        changes=change_totals,
+    )
     platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
     claim_commit(platform, command.run_id)  # a run that ended during the last writes never becomes the baseline
     _advance_snapshot(platform, command, previous)

@@ -22,7 +22,7 @@ def create_app(settings: DaprSettings) -> FastAPI:
                 transform,
                 TopicName.TRANSFORM_COMPLETED,
             ),
-        ],  # fmt: skip
+        ],
         early=EarlyRoute(TopicName.EXTRACT_CHUNK_READY, transform_early),
     )
 

@@ -301,8 +301,13 @@ def map_records(
         except (KeyError, ValueError, TypeError) as exc:
             if problems is None:
                 raise
-            problems.append({"object": describe_record(record), "error": f"{type(exc).__name__}: {exc}",
-                             "hint": "a pgmeta mapping gap; the record is in the extract chunk"})  # fmt: skip
+            problems.append(
+                {
+                    "object": describe_record(record),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "hint": "a pgmeta mapping gap; the record is in the extract chunk",
+                }
+            )
             continue
         yield record, entity
 

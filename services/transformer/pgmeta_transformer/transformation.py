@@ -88,8 +88,13 @@ def transform_early(event: ChunkReady, platform: Platform) -> None:
             platform, event.run_id, event.connection_qualified_name, event.unit, event.generation, event.index
         )
     except Exception:
-        log.warning("run %s: early transform of %s/%d failed; the unit's command will redo it",
-                    event.run_id, event.unit, event.index, exc_info=True)  # fmt: skip
+        log.warning(
+            "run %s: early transform of %s/%d failed; the unit's command will redo it",
+            event.run_id,
+            event.unit,
+            event.index,
+            exc_info=True,
+        )
 
 
 def transform(command: TransformRequested, platform: Platform) -> TransformCompleted:
@@ -109,14 +114,21 @@ def transform(command: TransformRequested, platform: Platform) -> TransformCompl
         problems += done.problems
         progress.report(
             ExtractionProgress(
-                run_id=command.run_id, stage=Stage.TRANSFORM, done=index + 1, total=command.chunk_count,
-                measure="chunks", work_unit=command.unit,
+                run_id=command.run_id,
+                stage=Stage.TRANSFORM,
+                done=index + 1,
+                total=command.chunk_count,
+                measure="chunks",
+                work_unit=command.unit,
             )
-        )  # fmt: skip
+        )
     platform.save_json(stage_report_key(command.run_id, Stage.TRANSFORM, command.unit), problems)
     completed = TransformCompleted(
-        run_id=command.run_id, unit=command.unit, chunk_count=command.chunk_count, counts=counts,
+        run_id=command.run_id,
+        unit=command.unit,
+        chunk_count=command.chunk_count,
+        counts=counts,
         problems=len(problems),
-    )  # fmt: skip
+    )
     platform.save_json(result_key, completed.model_dump(mode="json"))
     return completed
