@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import orjson
@@ -25,6 +25,8 @@ from pgmeta_shared.storage import retry_storage
 from pgmeta_shared.telemetry import DaprCallTracing, chunk_span, record_chunk_read, record_chunk_written
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 NO_TTL = 0  # ``save_json(..., ttl_seconds=NO_TTL)``: an entry that must outlive runs (a baseline)
 
@@ -123,50 +125,41 @@ class DaprPlatform:
     def _ttl(self, ttl_seconds: int | None) -> dict[str, str]:
         return {"ttlInSeconds": str(ttl_seconds)} if ttl_seconds else {}
 
-    def save_chunk(self, run_id: str, stage: StageName, unit: str, index: int, records: list[Any]) -> None:
+    def _save_blob(
+        self, run_id: str, stage: StageName, unit: str, index: int, blob: bytes, records: int | None
+    ) -> None:
         with chunk_span("save", run_id, stage, unit, index) as span:
-            encoded = encode_chunk(records)
-            record_chunk_written(span, stage, len(encoded), len(records))
+            record_chunk_written(span, stage, len(blob), records)
             self._call(
                 "save chunk",
                 self._client.save_state,
                 self._settings.artifacts_store,
                 chunk_key(run_id, stage, unit, index),
-                encoded,
+                blob,
                 state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
             )
+
+    def _load_blob(self, run_id: str, stage: StageName, unit: str, index: int, decode: Callable[[bytes], T]) -> T:
+        key = chunk_key(run_id, stage, unit, index)
+        with chunk_span("load", run_id, stage, unit, index) as span:
+            response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
+            if not response.data:
+                raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
+            decoded = decode(response.data)
+            record_chunk_read(span, stage, len(response.data), len(decoded) if isinstance(decoded, list) else None)
+            return decoded
+
+    def save_chunk(self, run_id: str, stage: StageName, unit: str, index: int, records: list[Any]) -> None:
+        self._save_blob(run_id, stage, unit, index, encode_chunk(records), len(records))
 
     def load_chunk(self, run_id: str, stage: StageName, unit: str, index: int) -> list[Any]:
-        key = chunk_key(run_id, stage, unit, index)
-        with chunk_span("load", run_id, stage, unit, index) as span:
-            response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
-            if not response.data:
-                raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
-            records = decode_chunk(response.data)
-            record_chunk_read(span, stage, len(response.data), len(records))
-            return records
+        return self._load_blob(run_id, stage, unit, index, decode_chunk)
 
     def save_parts(self, run_id: str, stage: StageName, unit: str, index: int, parts: dict[str, bytes]) -> None:
-        with chunk_span("save", run_id, stage, unit, index) as span:
-            encoded = encode_parts(parts)
-            record_chunk_written(span, stage, len(encoded), None)
-            self._call(
-                "save chunk",
-                self._client.save_state,
-                self._settings.artifacts_store,
-                chunk_key(run_id, stage, unit, index),
-                encoded,
-                state_metadata=self._ttl(self._settings.artifact_ttl_seconds),
-            )
+        self._save_blob(run_id, stage, unit, index, encode_parts(parts), None)
 
     def load_parts(self, run_id: str, stage: StageName, unit: str, index: int) -> dict[str, bytes]:
-        key = chunk_key(run_id, stage, unit, index)
-        with chunk_span("load", run_id, stage, unit, index) as span:
-            response = self._call("load chunk", self._client.get_state, self._settings.artifacts_store, key)
-            if not response.data:
-                raise ArtifactMissingError(f"claim-check chunk {key!r} is missing (expired or never written)")
-            record_chunk_read(span, stage, len(response.data), None)
-            return decode_parts(response.data)
+        return self._load_blob(run_id, stage, unit, index, decode_parts)
 
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json(self._settings.artifacts_store, key)

@@ -12,13 +12,25 @@ from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
 from pgmeta_shared.fencing import RunEndedError, guarded_work
 from pgmeta_shared.keys import stage_failure_key
-from pgmeta_shared.platform import Platform
+from pgmeta_shared.platform import ArtifactStore, Platform
 from pgmeta_shared.telemetry import UnitWork, unit_work
 
 log = logging.getLogger(__name__)
 
 
 CommandT = TypeVar("CommandT", bound=StageCommand)
+MarkerT = TypeVar("MarkerT", bound=BaseModel)
+
+
+def once_per_chunk(store: ArtifactStore, done_key: str, marker: type[MarkerT], work: Callable[[], MarkerT]) -> MarkerT:
+    """One chunk's work done once: what it produced is recorded under ``done_key``, and a redelivered (or early
+    and then commanded) chunk finds the record and returns it instead of working again."""
+    recorded = store.get_json(done_key)
+    if recorded is not None:
+        return marker.model_validate(recorded)
+    done = work()
+    store.save_json(done_key, done.model_dump())
+    return done
 
 
 def stage_handler(

@@ -40,6 +40,7 @@ from pgmeta_shared.keys import (
 from pgmeta_shared.outputfiles import ZSTD, ZSTD_SUFFIX, compress
 from pgmeta_shared.platform import NO_TTL, Platform
 from pgmeta_shared.progress import ProgressReporter
+from pgmeta_shared.stages import once_per_chunk
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +165,8 @@ def publish_chunk(
     """Writes one transformed chunk's files once; returns the files and counts (recorded, so a repeat is free)."""
     chunk_unit = extract_chunk_unit(unit, generation)
     done_key = chunk_done_key(run_id, Stage.PUBLISH, chunk_unit, index)
-    with _chunk_slot:
-        recorded: dict[str, Any] | None = platform.get_json(done_key)
-        if recorded is not None:
-            return PublishedChunk.model_validate(recorded)
+
+    def work() -> PublishedChunk:
         rendered = platform.load_parts(run_id, Stage.TRANSFORM, chunk_unit, index)
         counts: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
@@ -181,9 +180,10 @@ def publish_chunk(
                 else:
                     writer.write_lines(f"extras/{part.name}-{unit}-{index:05d}", blob, extra=part.name, records=None)
             writer.wait()
-        done = PublishedChunk(files=writer.files, counts=counts)
-        platform.save_json(done_key, done.model_dump())
-        return done
+        return PublishedChunk(files=writer.files, counts=counts)
+
+    with _chunk_slot:
+        return once_per_chunk(platform, done_key, PublishedChunk, work)
 
 
 def publish_early(event: ChunkReady, platform: Platform) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +29,7 @@ from pgmeta_shared.keys import (
 )
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.progress import ProgressReporter
+from pgmeta_shared.stages import once_per_chunk
 from pgmeta_transformer.atlas import render_chunk
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,8 @@ def transform_chunk(
     # Every key carries the extraction attempt: a retried extraction's chunks are other chunks.
     chunk_unit = extract_chunk_unit(unit, generation)
     done_key = chunk_done_key(run_id, Stage.TRANSFORM, chunk_unit, index)
-    with _chunk_slot:
-        recorded: dict[str, Any] | None = platform.get_json(done_key)
-        if recorded is not None:
-            return TransformedChunk.model_validate(recorded)
+
+    def work() -> TransformedChunk:
         records = platform.load_chunk(run_id, Stage.EXTRACT, chunk_unit, index)
         problems: list[dict[str, str]] = []
         parts, fingerprints = render_chunk(connection_qn, records, problems)
@@ -67,8 +65,10 @@ def transform_chunk(
         for name, blob in parts.items():
             key = PartName.parse(name).count_key
             counts[key] = counts.get(key, 0) + blob.count(b"\n")
-        done = TransformedChunk(counts=counts, problems=problems)
-        platform.save_json(done_key, done.model_dump())
+        return TransformedChunk(counts=counts, problems=problems)
+
+    with _chunk_slot:
+        done = once_per_chunk(platform, done_key, TransformedChunk, work)
     platform.publish(
         TopicName.TRANSFORM_CHUNK_READY,
         ChunkReady(
