@@ -274,8 +274,10 @@ class RunService:
         try:
             self._workflows.raise_workflow_event(run_id, event_name, data=payload)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                log.warning("run %s: no workflow to receive %s; ignored", run_id, event_name)
+            # daprd answers UNKNOWN ("no such instance exists") for a workflow it never had — e.g. the outcome of
+            # a POST /preflight question, which is no run: ask the runtime rather than read the message.
+            if exc.code() == grpc.StatusCode.NOT_FOUND or self._workflow_state(run_id) is None:
+                log.info("run %s: no workflow to receive %s; ignored", run_id, event_name)
                 return
             raise
 

@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from pgmeta_shared.keys import OBJECTSTORE_BINDING
+from pgmeta_shared.outputfiles import decode
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,13 @@ class RunOutputs:
         self._max_open_files = max_open_files
 
     def read(self, location: str, name: str) -> bytes | None:
+        """A published file as stored (downloads serve it so)."""
         return self._reader.read(f"{location}/{name}")
+
+    def read_content(self, location: str, name: str) -> bytes | None:
+        """A published file's content: JSON Lines decompressed when the file is stored as ``.jsonl.zst``."""
+        stored = self.read(location, name)
+        return None if stored is None else decode(name, stored)
 
     def manifest(self, location: str) -> dict[str, Any] | None:
         """The run's manifest; kept once read (a published run never changes), so the runs list stays fast."""
@@ -265,7 +272,7 @@ class RunOutputs:
             conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
             entity_files = [f["name"] for f in manifest.get("files", []) if f.get("type")]
             for name in entity_files:
-                blob = self.read(location, name)
+                blob = self.read_content(location, name)
                 if blob is None:
                     raise OutputMissingError(f"{location}/{name} is listed in the manifest but missing")
                 rows = []
@@ -302,7 +309,7 @@ class RunOutputs:
             if lines is not None:
                 self._files.move_to_end(key)
         if lines is None:
-            blob = self.read(index.location, file)
+            blob = self.read_content(index.location, file)
             if blob is None:
                 raise OutputMissingError(f"{key} disappeared from the object store")
             lines = blob.splitlines()
