@@ -113,11 +113,12 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
     """The whole stack, as `make up` starts it, on its own ports and state directory."""
     stack = _stack(tmp_path_factory, "stack", 28200)
     try:
-        # Without its trace viewer (tests/e2e/test_observability.py starts one): a JVM less per stack.
+        # Without its trace viewer (tests/e2e/test_observability.py starts one): a JVM less per stack. Kept off
+        # for the module's whole life, so a test that restarts part of the stack does not start one either.
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("PGMETA_TRACING", "off")
             stack.up()
-        yield stack
+            yield stack
     finally:
         pids = _recorded_pids(stack)
         assert len(pids) == 2 * len(SERVICES) + 4, pids
