@@ -113,6 +113,7 @@ class Replica:
             "PGMETA_DAPR_HTTP_PORT": str(mine.dapr_http_port("orchestrator")),
             "DAPR_GRPC_PORT": str(mine.dapr_grpc_port("orchestrator")),
             "DAPR_HTTP_PORT": str(mine.dapr_http_port("orchestrator")),
+            "OTEL_EXPORTER_PROMETHEUS_PORT": str(mine.app_metrics_port("orchestrator")),
         }
         argv = LocalStack(mine).daprd_argv("orchestrator")
         # Control plane of the main stack, not of the (unused) port block above.

@@ -38,8 +38,10 @@ HOLD_DIR = "hold"  # a file <state>/hold/<name> keeps that process down after it
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 STABLE_AFTER_SECONDS = 30.0  # a child that ran this long restarts at the first backoff again
-REPLICA_PORT_OFFSET = 70  # ports base+70..base+99 of the stack's block: 5 per extra replica
-PORTS_PER_REPLICA = 5
+# Ports base+82..base+99 of the stack's block (base+70..73 are the apps' metrics, base+80 the trace viewer):
+# 6 per extra replica.
+REPLICA_PORT_OFFSET = 82
+PORTS_PER_REPLICA = 6
 MAX_EXTRA_REPLICAS = (100 - REPLICA_PORT_OFFSET) // PORTS_PER_REPLICA
 
 
@@ -68,11 +70,12 @@ class ReplicaPorts:
     dapr_grpc: int
     dapr_internal_grpc: int
     dapr_metrics: int
+    app_metrics: int
 
     @classmethod
     def slot(cls, layout: StackLayout, slot: int) -> ReplicaPorts:
         first = layout.base_port + REPLICA_PORT_OFFSET + PORTS_PER_REPLICA * slot
-        return cls(first, first + 1, first + 2, first + 3, first + 4)
+        return cls(first, first + 1, first + 2, first + 3, first + 4, first + 5)
 
 
 def instance_name(service: str, instance: int) -> str:
@@ -174,6 +177,7 @@ class SupervisedStack(LocalStack):
                     "PGMETA_DAPR_HTTP_PORT": str(ports.dapr_http),
                     "DAPR_GRPC_PORT": str(ports.dapr_grpc),
                     "DAPR_HTTP_PORT": str(ports.dapr_http),
+                    "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports.app_metrics),
                 }
                 app_pid = self._spawn(
                     name, [sys.executable, "-m", f"pgmeta_{service}"], env, f"http://127.0.0.1:{ports.app}/healthz"
