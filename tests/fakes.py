@@ -65,7 +65,7 @@ class InMemoryPlatform:
     def delete_json(self, key: str) -> None:
         self.delete_state("artifacts", key)
 
-    def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any:
+    def update_json(self, key: str, mutate: Callable[[Any | None], Any], *, run_scoped: bool = False) -> Any:
         updated = mutate(self.get_json(key))
         self.save_json(key, updated)
         return updated

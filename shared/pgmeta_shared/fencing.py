@@ -94,7 +94,7 @@ def end_run(store: ArtifactStore, run_id: str, status: RunState, reason: str | N
             return current
         return {"status": status.value, "at": _now(), "reason": reason}
 
-    fence: dict[str, Any] = store.update_json(run_fence_key(run_id), mutate)
+    fence: dict[str, Any] = store.update_json(run_fence_key(run_id), mutate, run_scoped=True)
     return RunState(fence["status"])
 
 
@@ -115,7 +115,7 @@ def claim_commit(store: ArtifactStore, run_id: str) -> None:
             raise RunEndedError(f"run {run_id} already ended ({current['status']}): nothing is committed")
         return {"status": RunState.COMMITTING.value, "at": _now()}
 
-    store.update_json(run_fence_key(run_id), mutate)
+    store.update_json(run_fence_key(run_id), mutate, run_scoped=True)
 
 
 class FenceWatch:
@@ -152,7 +152,7 @@ def work_lease(store: ArtifactStore, run_id: str, stage: StageName, unit: str | 
     deadline = time.monotonic() + LEASE_WAIT_SECONDS
     while True:
         try:
-            store.update_json(key, take)
+            store.update_json(key, take, run_scoped=True)
             break
         except WorkInProgressError:
             if time.monotonic() >= deadline:
@@ -167,7 +167,7 @@ def work_lease(store: ArtifactStore, run_id: str, stage: StageName, unit: str | 
     def heartbeat() -> None:
         while not stop.wait(LEASE_HEARTBEAT_SECONDS):
             try:
-                store.update_json(key, take)
+                store.update_json(key, take, run_scoped=True)
             except WorkInProgressError:
                 log.warning("run %s: lost %s to another worker", run_id, key)
                 return

@@ -50,7 +50,7 @@ class ArtifactStore(Protocol):
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None: ...
 
-    def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any: ...
+    def update_json(self, key: str, mutate: Callable[[Any | None], Any], *, run_scoped: bool = False) -> Any: ...
 
     def delete_json(self, key: str) -> None: ...
 
@@ -172,8 +172,10 @@ class DaprPlatform:
     def delete_json(self, key: str) -> None:
         self.delete_state(self._settings.artifacts_store, key)
 
-    def update_json(self, key: str, mutate: Callable[[Any | None], Any]) -> Any:
-        """Read-modify-write of one artifacts entry under optimistic concurrency (ETag, first-write-wins)."""
+    def update_json(self, key: str, mutate: Callable[[Any | None], Any], *, run_scoped: bool = False) -> Any:
+        """Read-modify-write of one artifacts entry under optimistic concurrency (ETag, first-write-wins).
+
+        ``run_scoped``: the entry expires with the run's claim-check chunks; otherwise it stays (an index)."""
         from dapr.clients.grpc._state import Concurrency, StateOptions
 
         store = self._settings.artifacts_store
@@ -188,6 +190,7 @@ class DaprPlatform:
                     orjson.dumps(updated),
                     etag=response.etag or None,
                     options=StateOptions(concurrency=Concurrency.first_write),
+                    state_metadata=self._ttl(self._settings.artifact_ttl_seconds) if run_scoped else {},
                 )
                 return updated
             except grpc.RpcError as exc:
