@@ -27,9 +27,7 @@ import pytest
 from pgmeta_publisher.atlan import AtlanConfigurationError, AtlanSettings, AtlanSink, BatchResult
 from pgmeta_transformer.atlas import to_entities
 
-from ..unit.records import CONNECTION_QN, column, sample_catalog
-
-pytestmark = pytest.mark.integration
+from .records import CONNECTION_QN, column, sample_catalog
 
 API_KEY = f"atlan-test-key-{secrets.token_hex(16)}"
 BULK = "/api/meta/entity/bulk/"
