@@ -76,6 +76,19 @@ def stack_processes(state_dir: Path) -> list[int]:
     return sorted(found)
 
 
+def supervisor_processes(state_dir: Path) -> list[int]:
+    """The stack's supervisor(s), found without their pid file: stopped first, so none restarts a child."""
+    found = []
+    for pid in stack_processes(state_dir):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"pgmeta_devstack.supervisor" in cmdline:
+            found.append(pid)
+    return found
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

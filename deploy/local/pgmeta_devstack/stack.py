@@ -13,7 +13,7 @@ import psycopg
 from pgmeta_devstack import tracing
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, repo_root
 from pgmeta_devstack.local_secrets import SECRET_STORE_SERVICES, write_store
-from pgmeta_devstack.ownership import stack_processes, terminate
+from pgmeta_devstack.ownership import stack_processes, supervisor_processes, terminate
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_pid, spawn, stop, wait_until
 
@@ -350,6 +350,12 @@ class LocalStack:
 
     def down(self) -> list[str]:
         stopped = []
+        # A supervisor whose pid file is gone would restart what is stopped below: it goes first (it stops its
+        # own children on SIGTERM).
+        supervisors = supervisor_processes(self.state)
+        if supervisors:
+            terminate(supervisors, timeout=60)
+            stopped.append("supervisor")
         for service in SERVICES:
             for name in (f"{service}-daprd", service):
                 if stop(self.layout.pids, name):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pgmeta_devstack import tracing
 from pgmeta_devstack.layout import SERVICES, StackLayout
 from pgmeta_devstack.processes import StackError, alive, http_ok, port_open, recorded_pid, spawn, stop, wait_until
 from pgmeta_devstack.stack import LocalStack
@@ -133,6 +134,8 @@ class SupervisedStack(LocalStack):
         if name in {"placement", "scheduler"}:
             base = layout.placement_port if name == "placement" else layout.scheduler_port
             return f"http://127.0.0.1:{base + 1}/healthz"
+        if name == tracing.ZIPKIN:
+            return f"{layout.zipkin_url}/health"
         if name.endswith("-daprd"):
             return f"http://127.0.0.1:{layout.dapr_http_port(name.removesuffix('-daprd'))}/v1.0/healthz"
         return f"http://127.0.0.1:{layout.app_port(name)}/healthz"

@@ -30,7 +30,6 @@ from pgmeta_shared.telemetry import (
     trace_carrier,
 )
 
-TRACE_TTL_SECONDS = 7 * 24 * 3600
 _REMEMBERED = 1024
 
 
@@ -56,7 +55,7 @@ class RunTraces:
         if not carrier or self.carrier_of(run_id) is not None:
             return
         self._keep(run_id, carrier)
-        self._platform.save_json(trace_key(run_id), carrier, ttl_seconds=TRACE_TTL_SECONDS)
+        self._platform.save_json(trace_key(run_id), carrier)  # lives as long as the run's chunks
         pipeline_metrics().runs_started.add(1)
 
     def carrier_of(self, run_id: str) -> dict[str, str] | None:

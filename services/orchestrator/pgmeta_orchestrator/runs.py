@@ -184,9 +184,7 @@ class RunService:
         """True when ``run_id`` already runs this very request; records the request when the id is new."""
         record = self._platform.get_json(run_requested_key(run_id))
         if record is None and self._workflows.get_workflow_state(run_id, fetch_payloads=False) is None:
-            self._platform.save_json(
-                run_requested_key(run_id), new_request_record(request, password, _now()), ttl_seconds=7 * 24 * 3600
-            )
+            self._platform.save_json(run_requested_key(run_id), new_request_record(request, password, _now()))
             return False
         if record is not None and same_request(record, request, password):
             return True
@@ -282,9 +280,7 @@ class RunService:
             raise
 
     def record_progress(self, progress: ExtractionProgress) -> None:
-        self._platform.save_json(
-            run_progress_key(progress.run_id), progress.model_dump(mode="json"), ttl_seconds=86_400
-        )
+        self._platform.save_json(run_progress_key(progress.run_id), progress.model_dump(mode="json"))
 
     # -- reading ----------------------------------------------------------------------------------
 
