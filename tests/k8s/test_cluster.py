@@ -41,7 +41,10 @@ EXPECTED_SCOPES = {
     "workflowstate": {"orchestrator"},
     "artifacts": set(SERVICES),
     "credentials": {"orchestrator", "extractor"},
-    "objectstore": {"publisher"},
+    "objectstore": {
+        "publisher",
+        "orchestrator",
+    },  # the orchestrator reads runs (console) and deletes old ones (retention)
     "secretstore": {"extractor", "publisher"},
 }
 
