@@ -30,6 +30,7 @@ from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import http_ok, recorded_pid, wait_until
 from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
 from pgmeta_shared.naming import default_connection_qualified_name
+from pgmeta_shared.outputfiles import decode
 from tests.e2e.test_pipeline import stream_events
 from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack
 
@@ -435,7 +436,11 @@ def test_retention_keeps_n_runs_and_the_baseline_and_the_next_diff_is_still_righ
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["previous_run_id"] == baseline["run_id"]
     assert manifest["changes"]["deleted"] == 0, manifest["changes"]
-    changes = [json.loads(line) for path in folder.glob("changes-*.jsonl") for line in path.read_text().splitlines()]
+    changes = [
+        json.loads(line)
+        for path in folder.glob("changes-*.jsonl*")
+        for line in decode(path.name, path.read_bytes()).splitlines()
+    ]
     created = {c["qualifiedName"] for c in changes if c["change"] == "created"}
     probe = f"{connection_qn}/{DEMO_DATABASE}/public/gc_probe"
     assert probe in created and f"{probe}/id" in created, sorted(created)
