@@ -130,7 +130,7 @@ def print_human(run: dict[str, Any]) -> None:
     if run.get("changes"):
         out.print("changes since the last run: " + describe_changes(run["changes"]))
     if run.get("output"):
-        out.print(f"entities (JSON Lines, one Atlas entity per line): {run['output']}")
+        out.print(f"entities (JSON Lines, zstd-compressed; manifest.json lists the files): {run['output']}")
     if run.get("error"):
         out.print(f"[red]error:[/red] {run['error']}")
 
