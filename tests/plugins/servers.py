@@ -121,6 +121,6 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
             yield stack
     finally:
         pids = _recorded_pids(stack)
-        assert len(pids) == 2 * len(SERVICES) + 4, pids
-        stack.down()
+        stack.down()  # first: a failed count below must not leave the stack running
         _assert_all_stopped(pids)
+        assert len(pids) == 2 * len(SERVICES) + 4, pids
