@@ -192,8 +192,11 @@ def test_every_log_line_handling_the_run_carries_its_trace_id(traced_stack: Loca
                 continue
             line = json.loads(raw)
             # The user's reads of the run (GET /runs/obs-ok?wait=…, a long poll that asks the workflow client to
-            # wait for the instance) are requests of their own, with traces of their own.
-            if line["message"].startswith("Waiting up to"):
+            # wait for the instance: "Waiting up to …", then "Instance … completed.") are requests of their own,
+            # with traces of their own.
+            if line["logger"] == "durabletask-client" and (
+                line["message"].startswith("Waiting up to") or line["message"].endswith("completed.")
+            ):
                 continue
             if line.get("run_id") == "obs-ok" or "obs-ok" in line["message"]:
                 lines += 1
