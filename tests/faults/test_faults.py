@@ -32,6 +32,7 @@ from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import DEMO_SECRET, LocalStack
 from pgmeta_devstack.supervisor import HOLD_DIR, read_status, start_detached, stop_supervisor
+from pgmeta_shared.outputfiles import decode
 
 pytestmark = pytest.mark.faults
 
@@ -181,7 +182,8 @@ def output_of(stack: LocalStack, run: dict[str, Any]) -> Counter[str]:
         content = (run_dir / entry["name"]).read_bytes()
         assert hashlib.sha256(content).hexdigest() == entry["sha256"], entry["name"]
         if "type" in entry:
-            names.update(json.loads(line)["attributes"]["qualifiedName"] for line in content.splitlines())
+            lines = decode(entry["name"], content).splitlines()
+            names.update(json.loads(line)["attributes"]["qualifiedName"] for line in lines)
     return names
 
 
