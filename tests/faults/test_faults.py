@@ -220,7 +220,7 @@ KILLS = [
     ("publisher", "publish"),
     ("publisher-daprd", "publish"),
     ("orchestrator", "extract"),
-    ("orchestrator-daprd", "transform"),
+    ("orchestrator-daprd", "extract"),
     ("redis", "transform"),
     ("placement", "extract"),
     ("scheduler", "extract"),
