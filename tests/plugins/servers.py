@@ -124,3 +124,8 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
         stack.down()  # first: a failed count below must not leave the stack running
         _assert_all_stopped(pids)
         assert len(pids) == 2 * len(SERVICES) + 4, pids
+
+
+def api_headers(stack: LocalStack) -> dict[str, str]:
+    """The stack's admin API token, as the CLI sends it."""
+    return {"Authorization": f"Bearer {stack.api_token()}"}

@@ -64,7 +64,12 @@ def _demo_run(stack: LocalStack) -> int:
     stack.up()
     print(f"[stack] up in {time.monotonic() - started:.1f} s")
     _print_layout(stack.layout)
-    env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
+    env = dict(
+        os.environ,
+        PGPASSWORD=stack.demo_password(),
+        PGMETA_API_URL=stack.layout.api_url,
+        PGMETA_API_TOKEN=stack.api_token(),
+    )
     print(f"\n[demo] extracting database {DEMO_DATABASE!r} from the demo PostgreSQL\n", flush=True)
     request_id = f"demo-{int(time.time())}"
     result = subprocess.run(
