@@ -7,13 +7,14 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, free_port_block
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import alive
-from pgmeta_devstack.stack import LocalStack
+from pgmeta_devstack.stack import DEMO_SECRET, LocalStack
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -129,3 +130,20 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
 def api_headers(stack: LocalStack) -> dict[str, str]:
     """The stack's admin API token, as the CLI sends it."""
     return {"Authorization": f"Bearer {stack.api_token()}"}
+
+
+def register_connection(stack: LocalStack, name: str, database: str, secret: str = DEMO_SECRET) -> None:
+    """Registers a connection to the stack's PostgreSQL (as an admin would, `pgmeta connections add`)."""
+    spec = {
+        "source": {
+            "host": "127.0.0.1",
+            "port": stack.layout.postgres_port,
+            "username": "postgres",
+            "database": database,
+        },
+        "secret": {"store": "secretstore", "key": secret},
+    }
+    response = httpx.put(
+        f"{stack.layout.api_url}/connections/{name}", json=spec, headers=api_headers(stack), timeout=30
+    )
+    assert response.status_code == 200, response.text

@@ -101,7 +101,7 @@ def _demo_run(stack: LocalStack) -> int:
     if os.environ.get("PGMETA_DEMO_EXIT"):
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
-    print(f"[demo] web console: {stack.layout.api_url}/console/ (password: {stack.state}/demo-postgres.password)")
+    print(f"[demo] web console: {stack.layout.api_url}/console/ (sign in with the token in {stack.state}/api-token)")
     # Until Ctrl-C, or until `make down` in another terminal stops the stack under us.
     while stack.is_up():
         time.sleep(1)

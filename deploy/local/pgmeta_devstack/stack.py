@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import httpx
 import psycopg
 
 from pgmeta_devstack import tracing
@@ -20,6 +21,7 @@ from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_p
 
 DEMO_DATABASE = "shop"
 DEMO_SECRET = "demo-postgres"
+DEMO_CONNECTION = "demo"
 REDIS_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
 
 
@@ -379,8 +381,31 @@ class LocalStack:
         for service, (app_pid, sidecar_pid) in started.items():
             self.wait_for_service(service, app_pid, sidecar_pid)
         _say("services ready: " + ", ".join(SERVICES))
+        self.register_demo_connection()
         self.layout.write_endpoints()
         self.wait_for_trace_viewer()
+
+    def register_demo_connection(self) -> None:
+        """The connection `demo` (the demo server, its secret, qualifiedName default/postgres/demo): what a
+        newcomer's schedules and `pgmeta extract --connection demo` name. Registered with the stack's admin token,
+        as an admin would; again on every start (the port may have moved)."""
+        spec = {
+            "source": {
+                "host": "127.0.0.1",
+                "port": self.layout.postgres_port,
+                "username": "postgres",
+                "database": DEMO_DATABASE,
+            },
+            "secret": {"store": "secretstore", "key": DEMO_SECRET},
+        }
+        response = httpx.put(
+            f"{self.layout.api_url}/connections/{DEMO_CONNECTION}",
+            json=spec,
+            headers={"Authorization": f"Bearer {self.api_token()}"},
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise StackError(f"registering the demo connection failed: {response.status_code} {response.text[:300]}")
 
     def down(self) -> list[str]:
         stopped = []
