@@ -85,7 +85,12 @@ def test_reusing_a_request_id_after_a_failure_is_a_conflict_and_stores_nothing(f
 
 
 def test_change_counts_show_in_the_api_and_the_cli(full_stack: LocalStack) -> None:
-    env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
+    env = dict(
+        os.environ,
+        PGPASSWORD=full_stack.demo_password(),
+        PGMETA_API_URL=full_stack.layout.api_url,
+        PGMETA_API_TOKEN=full_stack.api_token(),
+    )
     for run_id in ("e2e-changes-1", "e2e-changes-2"):
         extract = subprocess.run(
             [

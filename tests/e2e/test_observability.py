@@ -42,7 +42,12 @@ def traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 
 def extract(stack: LocalStack, run_id: str, database: str = DEMO_DATABASE) -> dict[str, Any]:
     """`pgmeta extract --wait --json`, as a user runs it: REST call, then the run's progress."""
-    env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
+    env = dict(
+        os.environ,
+        PGPASSWORD=stack.demo_password(),
+        PGMETA_API_URL=stack.layout.api_url,
+        PGMETA_API_TOKEN=stack.api_token(),
+    )
     argv = [
         sys.executable,
         "-m",

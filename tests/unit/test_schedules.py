@@ -257,3 +257,13 @@ def test_rest_routes_and_the_job_trigger(api: Api) -> None:
     assert client.delete("/schedules/s2", headers=operator).status_code == 404
     actions = [(r["action"], r["outcome"]) for r in api.audit() if r["action"].startswith("schedule")]
     assert ("schedule.create", "allowed") in actions and ("schedule.delete", "allowed") in actions
+
+
+def test_a_tick_of_a_removed_connection_fails_visibly_and_the_schedule_keeps_ticking() -> None:
+    service, platform, jobs, _runs, clock = make()
+    ConnectionStore(platform, "registry").delete("shop")
+    assert fire(service, jobs, clock) == "started"
+    assert started(platform) == []
+    tick = service.get("s1").last_runs[0]  # type: ignore[union-attr]
+    assert tick.status == "FAILED" and tick.error is not None and "shop" in tick.error
+    assert len(jobs.jobs) == 1  # the next tick is armed

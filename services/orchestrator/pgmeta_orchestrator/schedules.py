@@ -425,7 +425,20 @@ class ScheduleService:
     def _start(self, spec: ScheduleSpec, schedule_id: str, due: datetime) -> None:
         run_id = run_id_for(schedule_id, due)
         # Resolved at each tick: a connection changed (or deleted) by an admin applies to the next run.
-        resolved = self._resolve(spec, run_id)
+        try:
+            resolved = self._resolve(spec, run_id)
+        except InvalidRequestError as exc:  # the tick fails visibly; the schedule keeps ticking
+            log.error("schedule %s: tick %s started nothing: %s", schedule_id, due.isoformat(), exc)
+
+            def failed(state: dict[str, Any]) -> dict[str, Any]:
+                history = [
+                    {**t, "status": "FAILED", "error": str(exc)} if t.get("run_id") == run_id else t
+                    for t in state["history"]
+                ]
+                return {**state, "history": history}
+
+            self._update(schedule_id, failed)
+            return
         self._runs.submit(self._request(spec, run_id), resolved, f"schedule:{schedule_id}")
         log.info("schedule %s: tick %s started run %s", schedule_id, due.isoformat(), run_id)
 
