@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, SecretStr
 
 from pgmeta_orchestrator.app import create_app, wire
-from pgmeta_orchestrator.auth import Role, TokenCreate
+from pgmeta_orchestrator.audit import AuditLog
+from pgmeta_orchestrator.auth import Authenticator, Role, TokenCreate, TokenStore
 from pgmeta_orchestrator.connections import ConnectionSpec
 from pgmeta_orchestrator.retention import RetentionService
 from pgmeta_orchestrator.schedules import ScheduleService
@@ -130,3 +132,12 @@ QUESTION = {"source": SOURCE, "password": "pw"}
 METADATA_QUERY = {"connection": "demo"}
 SCHEDULE = {"schedule_id": "nightly", "schedule": "@daily", "connection": "demo"}
 CONNECTION = {"source": {"host": "db.internal", "username": "reader"}, "secret": {"key": "demo-postgres"}}
+
+
+def admit_bootstrap_admin(app: FastAPI) -> dict[str, str]:
+    """For a test that wires an app's state by hand: the auth the routes need, and the admin's headers."""
+    settings = OrchestratorSettings(bootstrap_token_sha256=SecretStr(hashlib.sha256(BOOTSTRAP.encode()).hexdigest()))
+    app.state.tokens = TokenStore(InMemoryPlatform(), settings.registry_store)
+    app.state.authenticator = Authenticator(settings, app.state.tokens)
+    app.state.audit = AuditLog(None)
+    return {"Authorization": f"Bearer {BOOTSTRAP}"}

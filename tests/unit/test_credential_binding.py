@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -48,7 +49,7 @@ def test_the_finish_step_deletes_only_the_runs_own_credentials(named_key: str) -
         "result": result.model_dump(mode="json"),
         "credentials": {"kind": "state", "store": "credentials", "key": named_key},
     }
-    Activities(platform, "credentials").finish_run(None, payload)
+    Activities(platform, "credentials").finish_run(SimpleNamespace(workflow_id="r1"), payload)
     assert platform.get_state_json("credentials", credentials_key("r1")) is None
     for store in ("artifacts", "credentials"):
         assert platform.get_state_json(store, named_key) == {"keep": True}

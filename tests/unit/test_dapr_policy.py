@@ -17,7 +17,8 @@ CHART = ROOT / "deploy" / "k8s" / "pgmeta.yaml"  # the rendered chart (`make man
 
 
 def _local(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((LOCAL / f"{name}.yaml").read_text())
+    file = "config" if name == "pgmeta" else name  # the local Configuration `pgmeta` is config.yaml
+    document: dict[str, Any] = yaml.safe_load((LOCAL / f"{file}.yaml").read_text())
     return document
 
 

@@ -428,11 +428,12 @@ class ScheduleService:
         try:
             resolved = self._resolve(spec, run_id)
         except InvalidRequestError as exc:  # the tick fails visibly; the schedule keeps ticking
-            log.error("schedule %s: tick %s started nothing: %s", schedule_id, due.isoformat(), exc)
+            reason = str(exc)
+            log.error("schedule %s: tick %s started nothing: %s", schedule_id, due.isoformat(), reason)
 
             def failed(state: dict[str, Any]) -> dict[str, Any]:
                 history = [
-                    {**t, "status": "FAILED", "error": str(exc)} if t.get("run_id") == run_id else t
+                    {**t, "status": "FAILED", "error": reason} if t.get("run_id") == run_id else t
                     for t in state["history"]
                 ]
                 return {**state, "history": history}
