@@ -7,7 +7,6 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
@@ -134,16 +133,4 @@ def api_headers(stack: LocalStack) -> dict[str, str]:
 
 def register_connection(stack: LocalStack, name: str, database: str, secret: str = DEMO_SECRET) -> None:
     """Registers a connection to the stack's PostgreSQL (as an admin would, `pgmeta connections add`)."""
-    spec = {
-        "source": {
-            "host": "127.0.0.1",
-            "port": stack.layout.postgres_port,
-            "username": "postgres",
-            "database": database,
-        },
-        "secret": {"store": "secretstore", "key": secret},
-    }
-    response = httpx.put(
-        f"{stack.layout.api_url}/connections/{name}", json=spec, headers=api_headers(stack), timeout=30
-    )
-    assert response.status_code == 200, response.text
+    stack.register_connection(name, database, secret)

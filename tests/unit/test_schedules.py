@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -267,3 +268,27 @@ def test_a_tick_of_a_removed_connection_fails_visibly_and_the_schedule_keeps_tic
     tick = service.get("s1").last_runs[0]  # type: ignore[union-attr]
     assert tick.status == "FAILED" and tick.error is not None and "shop" in tick.error
     assert len(jobs.jobs) == 1  # the next tick is armed
+
+
+def test_the_cli_adds_a_schedule_of_a_registered_connection(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    from pgmeta_cli import main as cli
+
+    from tests.unit.test_request_ids import _no_lifespan
+
+    api.client.app.router.lifespan_context = _no_lifespan  # type: ignore[attr-defined]  # the CLI enters it
+    api.client.headers.update({"Authorization": f"Bearer {api.tokens['operator']}"})
+    monkeypatch.setattr(httpx, "Client", lambda **_: api.client)
+    monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
+    argv = ["schedules", "add", "--id", "nightly", "--schedule", "@daily", "--connection", "demo", "--json"]
+    assert cli.main(argv) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["spec"]["connection"] == "demo" and created["created_by"] == "token:a operator"
+    assert cli.main(["schedules", "add", "--schedule", "@daily", "--connection", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli.main(["schedules", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "nightly" in listed and "demo/*" in listed

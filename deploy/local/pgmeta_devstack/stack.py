@@ -387,25 +387,29 @@ class LocalStack:
 
     def register_demo_connection(self) -> None:
         """The connection `demo` (the demo server, its secret, qualifiedName default/postgres/demo): what a
-        newcomer's schedules and `pgmeta extract --connection demo` name. Registered with the stack's admin token,
-        as an admin would; again on every start (the port may have moved)."""
+        newcomer's schedules and `pgmeta extract --connection demo` name. Again on every start (the port may
+        have moved)."""
+        self.register_connection(DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET)
+
+    def register_connection(self, name: str, database: str, secret: str) -> None:
+        """A connection to the stack's PostgreSQL, registered with the stack's admin token as an admin would."""
         spec = {
             "source": {
                 "host": "127.0.0.1",
                 "port": self.layout.postgres_port,
                 "username": "postgres",
-                "database": DEMO_DATABASE,
+                "database": database,
             },
-            "secret": {"store": "secretstore", "key": DEMO_SECRET},
+            "secret": {"store": "secretstore", "key": secret},
         }
         response = httpx.put(
-            f"{self.layout.api_url}/connections/{DEMO_CONNECTION}",
+            f"{self.layout.api_url}/connections/{name}",
             json=spec,
             headers={"Authorization": f"Bearer {self.api_token()}"},
             timeout=30,
         )
         if response.status_code != 200:
-            raise StackError(f"registering the demo connection failed: {response.status_code} {response.text[:300]}")
+            raise StackError(f"registering connection {name!r} failed: {response.status_code} {response.text[:300]}")
 
     def down(self) -> list[str]:
         stopped = []
