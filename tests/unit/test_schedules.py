@@ -276,7 +276,6 @@ def test_the_cli_adds_a_schedule_of_a_registered_connection(
     import httpx
 
     from pgmeta_cli import main as cli
-
     from tests.unit.test_request_ids import _no_lifespan
 
     api.client.app.router.lifespan_context = _no_lifespan  # type: ignore[attr-defined]  # the CLI enters it
