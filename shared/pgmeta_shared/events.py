@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION: Literal[1] = 1
 SERVER_UNIT = "server"  # the unit holding the server and its selected databases, written by preflight
+MESSAGE_MAX = 4000  # characters of an error or progress message in an event; longer ones are cut
 
 
 class TopicName(StrEnum):
@@ -41,10 +42,16 @@ class Stage(StrEnum):
     PUBLISH = "publish"
 
 
-RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
-UnitId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,32}$")]
-ConnectionQualifiedName = Annotated[str, StringConstraints(pattern=r"^default/postgres/[A-Za-z0-9._-]{1,64}$")]
-Counts = dict[str, int]
+RunId = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+UnitId = Annotated[str, StringConstraints(max_length=32, pattern=r"^[a-z0-9-]{1,32}$")]
+ConnectionQualifiedName = Annotated[
+    str, StringConstraints(max_length=81, pattern=r"^default/postgres/[A-Za-z0-9._-]{1,64}$")
+]
+# Every string and collection of an event is bounded (tests/unit/test_model_bounds.py): no event is a vehicle
+# for an arbitrarily large payload.
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+MessageText = Annotated[str, StringConstraints(max_length=MESSAGE_MAX)]
+Counts = Annotated[dict[ShortText, int], Field(max_length=500)]
 
 
 class EventModel(BaseModel):
@@ -62,7 +69,7 @@ class CredentialRef(BaseModel):
         description="'secret': a Dapr secret store entry; 'state': an entry of a state store with Dapr's "
         "state encryption on (written by the orchestrator's REST API)."
     )
-    store: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = Field(
+    store: Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]{1,64}$")] = Field(
         description="Dapr component name of the secret or state store."
     )
     key: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
@@ -84,9 +91,15 @@ class AuthSpec(BaseModel):
         "key in the referenced secret (aws_access_key_id, aws_secret_access_key); 'iam_role': the same after "
         "assuming role_arn through STS.",
     )
-    aws_region: str | None = Field(default=None, description="Region of the RDS/Aurora instance (IAM only).")
-    role_arn: str | None = Field(default=None, description="Role to assume (iam_role only).")
-    external_id: str | None = Field(default=None, description="External id for the role assumption, if required.")
+    aws_region: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="Region of the RDS/Aurora instance (IAM only)."
+    )
+    role_arn: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        default=None, description="Role to assume (iam_role only)."
+    )
+    external_id: Annotated[str, StringConstraints(max_length=1224)] | None = Field(
+        default=None, description="External id for the role assumption, if required."
+    )
 
 
 class SourceSpec(BaseModel):
@@ -106,18 +119,26 @@ class SourceSpec(BaseModel):
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default="prefer", description="libpq sslmode."
     )
-    sslrootcert: str | None = Field(
+    sslrootcert: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
         default=None, description="Path (as the extractor sees it) of the CA bundle for verify-ca / verify-full."
     )
     connect_timeout_seconds: int = Field(default=10, ge=1, le=120, description="TCP connect timeout.")
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    password_exchange: Literal["scram-sha-256", "any"] = Field(
+        default="scram-sha-256",
+        description="Password exchanges libpq may take part in (basic auth): by default only SCRAM, which never "
+        "hands the password to the server; 'any' also allows cleartext and MD5 (a server asking for those "
+        "receives the password). IAM tokens are cleartext by design and need sslmode verify-full instead.",
+    )
 
     @property
     def discovery_database(self) -> str:
         return self.database or self.maintenance_database
 
 
-FilterValue = list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] | Literal["*"]
+FilterPattern = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+FilterValue = Annotated[list[FilterPattern], Field(max_length=100)] | Literal["*"]
+FilterMap = Annotated[dict[FilterPattern, FilterValue], Field(max_length=100)]
 
 
 class FilterSpec(BaseModel):
@@ -125,13 +146,11 @@ class FilterSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    include: dict[Annotated[str, StringConstraints(min_length=1, max_length=500)], FilterValue] | None = Field(
+    include: FilterMap | None = Field(
         default=None,
         description='Atlan\'s format {"<database regex>": ["<schema regex>", ...] | "*"}; none: everything.',
     )
-    exclude: dict[Annotated[str, StringConstraints(min_length=1, max_length=500)], FilterValue] | None = Field(
-        default=None, description="Same format; wins over include."
-    )
+    exclude: FilterMap | None = Field(default=None, description="Same format; wins over include.")
     temp_table_regex: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = Field(
         default=None, description="Tables and views whose name matches are skipped."
     )
@@ -170,8 +189,10 @@ class DatabaseSelection(BaseModel):
 
     database: DatabaseName
     unit: UnitId
-    schema_include: list[str] = Field(default_factory=list, description="Anchored regexes; empty: all.")
-    schema_exclude: list[str] = Field(default_factory=list, description="Anchored regexes.")
+    schema_include: list[FilterPattern] = Field(
+        default_factory=list, max_length=100, description="Anchored regexes; empty: all."
+    )
+    schema_exclude: list[FilterPattern] = Field(default_factory=list, max_length=100, description="Anchored regexes.")
 
 
 class UnitChunks(BaseModel):
@@ -190,10 +211,10 @@ class PreflightRequested(StageCommand):
 
 class PreflightCompleted(EventModel):
     run_id: RunId
-    server_version: str
-    databases: list[DatabaseSelection]
+    server_version: ShortText
+    databases: list[DatabaseSelection] = Field(max_length=100_000)
     counts: Counts = Field(description="Objects the filters select: schemas, tables, views, columns.")
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[MessageText] = Field(default_factory=list, max_length=1000)
 
 
 class MetadataRequested(StageCommand):
@@ -244,7 +265,7 @@ class TransformCompleted(EventModel):
 
 class PublishRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
-    units: list[UnitChunks]
+    units: list[UnitChunks] = Field(max_length=100_001)
     counts: Counts
     filters: FilterSpec = Field(default_factory=FilterSpec, description="The run's filters: its scope.")
     database: DatabaseName | None = Field(default=None, description="The one database requested, if any.")
@@ -252,11 +273,13 @@ class PublishRequested(StageCommand):
 
 class PublishCompleted(EventModel):
     run_id: RunId
-    location: str = Field(description="Object-store prefix that holds the run's files and manifest.json.")
+    location: Annotated[str, StringConstraints(max_length=1024)] = Field(
+        description="Object-store prefix that holds the run's files and manifest.json."
+    )
     file_count: int = Field(ge=0)
     counts: Counts
     problems: int = Field(default=0, ge=0)
-    changes: dict[str, int] = Field(
+    changes: Counts = Field(
         default_factory=dict, description="Entities created / updated / unchanged / deleted since the last run."
     )
 
@@ -279,8 +302,10 @@ class StageFailed(EventModel):
     run_id: RunId
     stage: Stage
     unit: UnitId | None = None
-    error_code: str = Field(description="Stable machine-readable error class, e.g. 'authentication_failed'.")
-    error: str = Field(description="Human-readable message naming the problem.")
+    error_code: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="Stable machine-readable error class, e.g. 'authentication_failed'."
+    )
+    error: MessageText = Field(description="Human-readable message naming the problem.")
     retryable: bool = False
 
 
@@ -289,19 +314,21 @@ class ExtractionProgress(EventModel):
     stage: Stage
     done: int = Field(ge=0)
     total: int | None = Field(default=None, ge=0)
-    measure: str = Field(default="objects", description="What done/total count: objects, chunks, …")
+    measure: Annotated[str, StringConstraints(max_length=32)] = Field(
+        default="objects", description="What done/total count: objects, chunks, …"
+    )
     work_unit: UnitId | None = Field(default=None, description="The database unit this progress is for.")
-    message: str = ""
+    message: MessageText = ""
 
 
 class ExtractionCompleted(EventModel):
     run_id: RunId
     status: Literal["COMPLETED", "FAILED"]
     counts: Counts = Field(default_factory=dict)
-    location: str | None = None
-    error: str | None = None
+    location: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    error: MessageText | None = None
     problems: int = Field(default=0, ge=0)
-    changes: dict[str, int] = Field(default_factory=dict)
+    changes: Counts = Field(default_factory=dict)
 
 
 class ServiceName(StrEnum):
@@ -352,7 +379,9 @@ TOPICS: tuple[Topic, ...] = (
           Stage.PUBLISH),
     Topic(TopicName.PUBLISH_COMPLETED, PublishCompleted, (ServiceName.PUBLISHER,), (ServiceName.ORCHESTRATOR,),
           Stage.PUBLISH),
-    Topic(TopicName.EXTRACTION_COMPLETED, ExtractionCompleted, (ServiceName.ORCHESTRATOR,), (ServiceName.USER,)),
+    # The orchestrator consumes its own announcement too: schedules (overlap) and retention record each end.
+    Topic(TopicName.EXTRACTION_COMPLETED, ExtractionCompleted, (ServiceName.ORCHESTRATOR,),
+          (ServiceName.ORCHESTRATOR, ServiceName.USER)),
     Topic(TopicName.STAGE_FAILED, StageFailed, _STAGES, (ServiceName.ORCHESTRATOR,)),
     Topic(TopicName.EXTRACTION_PROGRESS, ExtractionProgress, _STAGES, (ServiceName.ORCHESTRATOR,)),
     # Dapr itself moves a DROPped message here; nothing in pgmeta publishes to it. The orchestrator turns
@@ -382,6 +411,11 @@ def stage_topic(stage: Stage, *, completion: bool) -> Topic:
 def stage_result_event(stage: Stage, unit: str | None = None) -> str:
     """Name of the workflow external event that carries a stage's (or one of its units') outcome."""
     return f"{stage.value}_result" if unit is None else f"{stage.value}_result_{unit}"
+
+
+def clip(text: str, limit: int = MESSAGE_MAX) -> str:
+    """A message cut to what an event may carry."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def to_payload(event: BaseModel) -> dict[str, Any]:

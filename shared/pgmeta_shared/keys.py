@@ -171,3 +171,16 @@ class PartName:
 
 OBJECTSTORE_BINDING = "objectstore"
 """The output binding the publisher writes runs to and the console reads them back from."""
+# -- the registry store (orchestrator only): API tokens and registered connections -------------------------------
+
+API_TOKENS_INDEX_KEY = "auth/tokens"
+CONNECTIONS_INDEX_KEY = "connections"
+
+
+def api_token_key(token_id: str) -> str:
+    """One API token's record: name, role and the SHA-256 of the token (never the token)."""
+    return f"auth/token/{token_id}"
+
+
+def connection_key(name: str) -> str:
+    return f"connections/{name}"

@@ -94,6 +94,8 @@ class DaprPlatform:
         # (DAPR_HTTP_PORT by default): point them at this sidecar, whatever the environment says.
         sdk_settings.DAPR_RUNTIME_HOST = settings.dapr_host  # type: ignore[attr-defined]
         sdk_settings.DAPR_HTTP_PORT = settings.dapr_http_port  # type: ignore[attr-defined]
+        if settings.dapr_api_token is not None:
+            sdk_settings.DAPR_API_TOKEN = settings.dapr_api_token.get_secret_value()  # type: ignore[attr-defined]
         self._settings = settings
         self._client = DaprClient(
             address=settings.dapr_grpc_address,

@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pgmeta_shared.app_token import every_route_but_health, require_app_token
 from pgmeta_shared.events import ChunkReady, Stage, TopicName
 from pgmeta_shared.fencing import ended
+from pgmeta_shared.limits import apply_request_limits
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.settings import DaprSettings
 from pgmeta_shared.stages import CommandT, stage_handler
@@ -72,6 +74,10 @@ def create_stage_app(
 
     app = FastAPI(title=f"pgmeta {service}", lifespan=lifespan)
     instrument_app(app)
+    # A stage service serves only its sidecar: every route but /healthz needs the sidecar's token.
+    token = settings.app_api_token.get_secret_value() if settings.app_api_token else None
+    require_app_token(app, token, every_route_but_health, service)
+    apply_request_limits(app)
 
     for route in routes:
 

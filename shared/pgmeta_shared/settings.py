@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,21 @@ class DaprSettings(BaseSettings):
     artifacts_store: str = Field(default="artifacts", description="State store for claim-check chunks and runs.")
     artifact_ttl_seconds: int = Field(default=7 * 24 * 3600, description="TTL of claim-check chunks.")
     log_level: str = Field(default="INFO", description="Python log level.")
+    app_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("APP_API_TOKEN", "PGMETA_APP_API_TOKEN"),
+        description="The token daprd sends (dapr-api-token) on its calls to this app; other callers are refused.",
+    )
+    dapr_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DAPR_API_TOKEN", "PGMETA_DAPR_API_TOKEN"),
+        description="The token this app sends its sidecar (daprd refuses API calls without it).",
+    )
 
     @property
     def dapr_grpc_address(self) -> str:
         return f"{self.dapr_host}:{self.dapr_grpc_port}"
+
+    def sidecar_headers(self) -> dict[str, str]:
+        """Headers of a plain HTTP call to a sidecar's API (the SDK adds the token by itself)."""
+        return {"dapr-api-token": self.dapr_api_token.get_secret_value()} if self.dapr_api_token else {}

@@ -9,7 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from pgmeta_shared.delivery import classify
-from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName
+from pgmeta_shared.events import Stage, StageCommand, StageFailed, TopicName, clip
 from pgmeta_shared.fencing import RunEndedError, guarded_work
 from pgmeta_shared.keys import stage_failure_key
 from pgmeta_shared.platform import ArtifactStore, Platform
@@ -76,7 +76,7 @@ def stage_handler(
             )
             fail(
                 StageFailed(
-                    run_id=command.run_id, stage=stage, unit=unit, error_code=failure.code, error=failure.message
+                    run_id=command.run_id, stage=stage, unit=unit, error_code=failure.code, error=clip(failure.message)
                 )
             )
             return

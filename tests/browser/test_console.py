@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
+from tests.plugins.servers import api_headers
 
 pytestmark = pytest.mark.browser
 
@@ -88,9 +90,10 @@ def test_sign_in(page: Any, full_stack: LocalStack) -> None:
     page.goto(f"{full_stack.layout.api_url}/console")
     page.get_by_role("heading", name="Sign in").wait_for()
     shot(page, "sign-in")
-    page.get_by_label("API token").fill("local-dev-token")
+    page.get_by_label("API token").fill(full_stack.api_token())  # the stack's admin token, as `make up` writes it
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Runs").wait_for()
+    assert page.locator("#whoami").inner_text() == "bootstrap-admin · admin"
     page.get_by_text("No runs yet").wait_for()
     shot(page, "runs-empty")
 
@@ -208,3 +211,64 @@ def test_pages_fit_a_narrow_screen(page: Any) -> None:
             shot(page, name)
     finally:
         page.set_viewport_size({"width": 1280, "height": 860})
+
+
+def test_an_outsider_gets_the_sign_in_page_and_401s(browser_context: Any, full_stack: LocalStack) -> None:
+    api = full_stack.layout.api_url
+    outsider = browser_context.new_page()  # a tab of its own: no token in its sessionStorage
+    try:
+        outsider.set_default_timeout(30_000)
+        outsider.goto(f"{api}/console/#/runs")
+        outsider.get_by_role("heading", name="Sign in").wait_for()
+        assert outsider.locator("#nav").is_hidden() and not outsider.locator("table").count()
+        outsider.get_by_label("API token").fill("pgm_000000000000_not-a-token")
+        outsider.get_by_role("button", name="Sign in").click()
+        assert "not accepted" in outsider.locator(".alert.error").inner_text()
+        assert outsider.evaluate("sessionStorage.getItem('pgmeta.token')") is None
+    finally:
+        outsider.close()
+    for path in ("/console/api/runs", "/console/api/whoami", "/runs"):
+        assert httpx.get(f"{api}{path}", timeout=10).status_code == 401
+        bogus = {"Authorization": "Bearer pgm_000000000000_not-a-token"}
+        assert httpx.get(f"{api}{path}", headers=bogus, timeout=10).status_code == 401
+
+
+def test_a_viewer_browses_but_cannot_run_or_cancel(browser_context: Any, full_stack: LocalStack) -> None:
+    api = full_stack.layout.api_url
+    created = httpx.post(
+        f"{api}/tokens", json={"name": "auditor", "role": "viewer"}, headers=api_headers(full_stack), timeout=10
+    )
+    assert created.status_code == 201, created.text
+    viewer_token = created.json()["token"]
+    viewer = {"Authorization": f"Bearer {viewer_token}"}
+    run_id = httpx.get(f"{api}/runs", headers=viewer, timeout=10).json()[0]["run_id"]
+    tab = browser_context.new_page()
+    try:
+        tab.set_default_timeout(30_000)
+        tab.goto(f"{api}/console")
+        tab.get_by_label("API token").fill(viewer_token)
+        tab.get_by_role("button", name="Sign in").click()
+        tab.get_by_role("heading", name="Runs").wait_for()
+        assert tab.locator("#whoami").inner_text() == "token:auditor · viewer"
+        run_link = tab.get_by_role("link", name=run_id, exact=True).first
+        run_link.wait_for()  # the runs a viewer may read
+        assert tab.get_by_role("link", name="New extraction").count() == 0
+        run_link.click()
+        tab.get_by_role("heading", name=re.compile(f"Run {run_id}")).wait_for()
+        assert tab.get_by_role("button", name="Cancel run").count() == 0
+        tab.goto(f"{api}/console/#/new")
+        tab.get_by_text("may browse runs, not start them").wait_for()
+        assert tab.get_by_role("button", name="Run extraction").count() == 0
+        shot(tab, "viewer")
+        tab.get_by_role("button", name="Sign out").click()
+        tab.get_by_role("heading", name="Sign in").wait_for()
+        assert tab.evaluate("sessionStorage.getItem('pgmeta.token')") is None
+        tab.goto(f"{api}/console/#/runs")
+        tab.get_by_role("heading", name="Sign in").wait_for()
+    finally:
+        tab.close()
+    # The page only hides what the API itself refuses.
+    run = {"source": {"host": "127.0.0.1", "port": full_stack.layout.postgres_port, "username": "postgres"}}
+    assert httpx.post(f"{api}/runs", json=run | {"password": "x"}, headers=viewer, timeout=10).status_code == 403
+    assert httpx.post(f"{api}/runs/{run_id}/cancel", headers=viewer, timeout=10).status_code == 403
+    assert httpx.post(f"{api}/preflight", json=run | {"password": "x"}, headers=viewer, timeout=10).status_code == 403

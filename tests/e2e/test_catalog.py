@@ -13,6 +13,7 @@ import pytest
 from pgmeta_devstack.postgres import PostgresServer
 from pgmeta_devstack.stack import LocalStack
 from pgmeta_shared.outputfiles import decode
+from tests.plugins.servers import api_headers
 
 from .test_pipeline import PARENT_ATTRIBUTES, assert_pyatlan_accepts, load_entities, wait_for_completion
 
@@ -59,7 +60,9 @@ def catalog_counts(server: PostgresServer, database: str) -> Counter[str]:
 
 def test_every_database_every_object_exactly_once(full_stack: LocalStack, postgres: PostgresServer) -> None:
     run_id = f"e2e-traps-{postgres.port}"
-    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body(postgres, run_id), timeout=10)
+    response = httpx.post(
+        f"{full_stack.layout.api_url}/runs", json=body(postgres, run_id), headers=api_headers(full_stack), timeout=10
+    )
     assert response.status_code == 202, response.text
     completed = wait_for_completion(full_stack, run_id, timeout=120)
     assert completed["status"] == "COMPLETED", completed
@@ -80,14 +83,19 @@ def test_every_database_every_object_exactly_once(full_stack: LocalStack, postgr
             assert (ref["typeName"], ref["uniqueAttributes"]["qualifiedName"]) in known, (entity, ref)
     assert manifest["problems"] == 0
     assert_pyatlan_accepts(entities)
-    run = httpx.get(f"{full_stack.layout.api_url}/runs/{run_id}", timeout=10).json()
+    run = httpx.get(f"{full_stack.layout.api_url}/runs/{run_id}", headers=api_headers(full_stack), timeout=10).json()
     assert run["status"] == "COMPLETED" and run["stage"] == "done"
 
 
 def test_filters_through_the_stack(full_stack: LocalStack, postgres: PostgresServer) -> None:
     run_id = f"e2e-filtered-{postgres.port}"
     filters = {"include": {"traps": ["alpha"]}, "temp_table_regex": ".*_tmp", "exclude_views": True}
-    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body(postgres, run_id, filters=filters), timeout=10)
+    response = httpx.post(
+        f"{full_stack.layout.api_url}/runs",
+        json=body(postgres, run_id, filters=filters),
+        headers=api_headers(full_stack),
+        timeout=10,
+    )
     assert response.status_code == 202, response.text
     completed = wait_for_completion(full_stack, run_id, timeout=120)
     assert completed["status"] == "COMPLETED", completed
@@ -101,25 +109,37 @@ def test_filters_through_the_stack(full_stack: LocalStack, postgres: PostgresSer
 
 def test_preflight_and_metadata_endpoints(full_stack: LocalStack, postgres: PostgresServer) -> None:
     api = full_stack.layout.api_url
-    answer = httpx.post(f"{api}/preflight", json=body(postgres, filters={"include": {"traps": ["alpha"]}}), timeout=90)
+    answer = httpx.post(
+        f"{api}/preflight",
+        json=body(postgres, filters={"include": {"traps": ["alpha"]}}),
+        headers=api_headers(full_stack),
+        timeout=90,
+    )
     assert answer.status_code == 200, answer.text
     checked = answer.json()
     assert [db["database"] for db in checked["databases"]] == ["traps"]
     assert checked["counts"]["tables"] >= 5 and checked["counts"]["columns"] > 0
-    refused = httpx.post(f"{api}/preflight", json=body(postgres, filters={"include": {"nope": "*"}}), timeout=90)
+    refused = httpx.post(
+        f"{api}/preflight",
+        json=body(postgres, filters={"include": {"nope": "*"}}),
+        headers=api_headers(full_stack),
+        timeout=90,
+    )
     assert refused.status_code == 422
     assert "include key 'nope' matches no database" in refused.json()["error"]
     started = time.monotonic()
-    databases = httpx.post(f"{api}/metadata/databases", json=body(postgres), timeout=90).json()
+    databases = httpx.post(
+        f"{api}/metadata/databases", json=body(postgres), headers=api_headers(full_stack), timeout=90
+    ).json()
     assert {d["name"] for d in databases["databases"]} >= {"crm", "traps", "postgres"}
     assert time.monotonic() - started < 10
     document = body(postgres)
     document["source"]["database"] = "crm"
-    schemas = httpx.post(f"{api}/metadata/schemas", json=document, timeout=90).json()
+    schemas = httpx.post(f"{api}/metadata/schemas", json=document, headers=api_headers(full_stack), timeout=90).json()
     assert schemas == {"ok": True, "schemas": ["leads", "public"]}
     wrong = body(postgres)
     wrong["password"] = "wrong"
-    failed = httpx.post(f"{api}/metadata/databases", json=wrong, timeout=90)
+    failed = httpx.post(f"{api}/metadata/databases", json=wrong, headers=api_headers(full_stack), timeout=90)
     assert failed.status_code == 422 and "authentication failed" in failed.json()["error"]
 
 
@@ -143,7 +163,9 @@ def test_second_run_reports_what_changed(full_stack: LocalStack, postgres: Postg
                     conn.execute("CREATE TABLE churn.fresh (id int PRIMARY KEY)")
                     conn.execute("ALTER TABLE churn.keep ALTER COLUMN note TYPE text")
                     conn.execute("DROP TABLE churn.doomed")
-            response = httpx.post(f"{api}/runs", json=document | {"request_id": run_id}, timeout=10)
+            response = httpx.post(
+                f"{api}/runs", json=document | {"request_id": run_id}, headers=api_headers(full_stack), timeout=10
+            )
             assert response.status_code == 202, response.text
             completed = wait_for_completion(full_stack, run_id, timeout=120)
             assert completed["status"] == "COMPLETED", completed

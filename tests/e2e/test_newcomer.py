@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
+from tests.plugins.servers import api_headers, register_connection
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,9 @@ def _source(stack: LocalStack) -> dict[str, Any]:
 def _wait(stack: LocalStack, run_id: str, timeout: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run: dict[str, Any] = httpx.get(f"{stack.layout.api_url}/runs/{run_id}", timeout=10).json()
+        run: dict[str, Any] = httpx.get(
+            f"{stack.layout.api_url}/runs/{run_id}", headers=api_headers(stack), timeout=10
+        ).json()
         if run.get("status") in {"COMPLETED", "FAILED"}:
             return run
         time.sleep(0.2)
@@ -45,8 +48,12 @@ def test_a_users_own_secret_is_used_without_restarting_the_stack(full_stack: Loc
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert full_stack.demo_password() not in result.stdout + result.stderr
-    body = {"source": _source(full_stack), "credentials": {"kind": "secret", "store": "secretstore", "key": "my-shop"}}
-    answer = httpx.post(f"{full_stack.layout.api_url}/preflight", json=body, timeout=90).json()
+    # A stored secret is reachable only through a connection an admin registers for its server.
+    register_connection(full_stack, "my-shop", DEMO_DATABASE, secret="my-shop")
+    body = {"connection": "my-shop"}
+    answer = httpx.post(
+        f"{full_stack.layout.api_url}/preflight", headers=api_headers(full_stack), json=body, timeout=90
+    ).json()
     assert answer["ok"], answer
     full_stack.up()  # `make up` again rewrites secrets.json: the user's entry stays
     assert "my-shop" in json.loads((full_stack.state / "secrets.json").read_text())
@@ -60,20 +67,30 @@ def test_reusing_a_request_id_after_a_failure_is_a_conflict_and_stores_nothing(f
         "password": "not-the-password",
         "stage_timeout_seconds": 60,
     }
-    assert httpx.post(f"{full_stack.layout.api_url}/runs", json=body, timeout=10).status_code == 202
+    assert (
+        httpx.post(
+            f"{full_stack.layout.api_url}/runs", headers=api_headers(full_stack), json=body, timeout=10
+        ).status_code
+        == 202
+    )
     assert _wait(full_stack, "e2e-reuse")["status"] == "FAILED"
     fixed = body | {"password": full_stack.demo_password()}
-    conflict = httpx.post(f"{full_stack.layout.api_url}/runs", json=fixed, timeout=10)
+    conflict = httpx.post(f"{full_stack.layout.api_url}/runs", headers=api_headers(full_stack), json=fixed, timeout=10)
     assert conflict.status_code == 409, conflict.text
     assert "e2e-reuse" in conflict.json()["detail"] and full_stack.demo_password() not in conflict.text
-    same = httpx.post(f"{full_stack.layout.api_url}/runs", json=body, timeout=10)
+    same = httpx.post(f"{full_stack.layout.api_url}/runs", headers=api_headers(full_stack), json=body, timeout=10)
     assert same.status_code == 202 and same.json()["run_id"] == "e2e-reuse"
     assert not redis.Redis(port=full_stack.layout.redis_port).exists("cred/e2e-reuse")
     assert _wait(full_stack, "e2e-reuse")["status"] == "FAILED"
 
 
 def test_change_counts_show_in_the_api_and_the_cli(full_stack: LocalStack) -> None:
-    env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
+    env = dict(
+        os.environ,
+        PGPASSWORD=full_stack.demo_password(),
+        PGMETA_API_URL=full_stack.layout.api_url,
+        PGMETA_API_TOKEN=full_stack.api_token(),
+    )
     for run_id in ("e2e-changes-1", "e2e-changes-2"):
         extract = subprocess.run(
             [
@@ -104,7 +121,9 @@ def test_change_counts_show_in_the_api_and_the_cli(full_stack: LocalStack) -> No
     document = json.loads(extract.stdout)
     total = sum(document["counts"].values())
     assert document["changes"] == {"created": 0, "updated": 0, "unchanged": total, "deleted": 0}
-    run = httpx.get(f"{full_stack.layout.api_url}/runs/e2e-changes-2", timeout=10).json()
+    run = httpx.get(
+        f"{full_stack.layout.api_url}/runs/e2e-changes-2", headers=api_headers(full_stack), timeout=10
+    ).json()
     assert run["changes"] == document["changes"]
     where = {"host": "127.0.0.1", "port": full_stack.layout.postgres_port, "database": DEMO_DATABASE}
     assert run["source"] == where and run["duration_seconds"] > 0

@@ -16,7 +16,7 @@ import pytest
 from pgmeta_devstack.layout import SERVICES
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
 from pgmeta_devstack.tracing import zipkin_unavailable
-from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack
+from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack, api_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,12 @@ def traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 
 def extract(stack: LocalStack, run_id: str, database: str = DEMO_DATABASE) -> dict[str, Any]:
     """`pgmeta extract --wait --json`, as a user runs it: REST call, then the run's progress."""
-    env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
+    env = dict(
+        os.environ,
+        PGPASSWORD=stack.demo_password(),
+        PGMETA_API_URL=stack.layout.api_url,
+        PGMETA_API_TOKEN=stack.api_token(),
+    )
     argv = [
         sys.executable,
         "-m",
@@ -164,7 +169,7 @@ def _sum(samples: dict[str, float], name: str, **labels: str) -> float:
 
 
 def test_metrics_endpoints_count_the_runs(traced_stack: LocalStack) -> None:
-    run = httpx.get(f"{traced_stack.layout.api_url}/runs/obs-ok", timeout=10).json()
+    run = httpx.get(f"{traced_stack.layout.api_url}/runs/obs-ok", headers=api_headers(traced_stack), timeout=10).json()
     layout = traced_stack.layout
     orchestrator = scrape(f"http://127.0.0.1:{layout.app_metrics_port('orchestrator')}/metrics")
     assert _sum(orchestrator, "pgmeta_runs_finished_total", outcome="COMPLETED") >= 1
@@ -205,7 +210,7 @@ def test_every_log_line_handling_the_run_carries_its_trace_id(traced_stack: Loca
 
 
 def test_dapr_describes_every_sidecar(traced_stack: LocalStack) -> None:
-    sidecars = httpx.get(f"{traced_stack.layout.api_url}/dapr", timeout=10).json()
+    sidecars = httpx.get(f"{traced_stack.layout.api_url}/dapr", headers=api_headers(traced_stack), timeout=10).json()
     assert {s["app_id"] for s in sidecars} == PYTHON_SERVICES
     for sidecar in sidecars:
         assert sidecar["healthy"] and sidecar["runtime_version"], sidecar

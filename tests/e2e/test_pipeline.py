@@ -20,6 +20,7 @@ import redis
 from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.outputfiles import decode
+from tests.plugins.servers import api_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,7 @@ PARENT_ATTRIBUTES = ("database", "atlanSchema", "parentTable", "table", "view", 
 def publish(stack: LocalStack, document: dict[str, Any], topic: str = "extraction.requested") -> None:
     """Publishes through the orchestrator sidecar's publish API, as `dapr publish` does."""
     url = f"http://127.0.0.1:{stack.layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/{topic}"
-    response = httpx.post(url, json=document, timeout=10)
+    response = httpx.post(url, json=document, headers={"dapr-api-token": stack.dapr_api_token()}, timeout=10)
     assert response.status_code == 204, response.text
 
 
@@ -211,11 +212,13 @@ def test_bad_source_fails_fast_with_a_clear_error(
     body.pop("credentials")
     body["password"] = password
     started = time.monotonic()
-    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body, timeout=10)
+    response = httpx.post(f"{full_stack.layout.api_url}/runs", json=body, headers=api_headers(full_stack), timeout=10)
     assert response.status_code == 202, response.text
     deadline = started + 30
     while time.monotonic() < deadline:
-        run = httpx.get(f"{full_stack.layout.api_url}/runs/{run_id}", timeout=10).json()
+        run = httpx.get(
+            f"{full_stack.layout.api_url}/runs/{run_id}", headers=api_headers(full_stack), timeout=10
+        ).json()
         if run["status"] in {"COMPLETED", "FAILED"}:
             break
         time.sleep(0.2)
@@ -234,11 +237,17 @@ def test_bad_source_fails_fast_with_a_clear_error(
         assert password not in json.dumps(stream_events(full_stack, topic))
     assert password not in (full_stack.layout.logs / "extractor.log").read_text()
     redis_client = redis.Redis(port=full_stack.layout.redis_port)
-    assert not redis_client.exists(f"cred/{run_id}"), "the run's stored password outlived the run"
+    assert not redis_client.exists(f"credentials||cred/{run_id}"), "the run's stored password outlived the run"
 
 
 def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
-    env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
+    # The CLI finds the stack's admin token in its state directory, as after `make up`.
+    env = dict(
+        os.environ,
+        PGPASSWORD=full_stack.demo_password(),
+        PGMETA_API_URL=full_stack.layout.api_url,
+        PGMETA_STATE_DIR=str(full_stack.state),
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -284,5 +293,5 @@ def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
         check=False,
     )
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "COMPLETED"
-    listed = httpx.get(f"{full_stack.layout.api_url}/runs", timeout=10).json()
+    listed = httpx.get(f"{full_stack.layout.api_url}/runs", headers=api_headers(full_stack), timeout=10).json()
     assert "e2e-cli" in {run["run_id"] for run in listed}

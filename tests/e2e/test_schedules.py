@@ -28,11 +28,11 @@ import redis
 
 from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import http_ok, recorded_pid, wait_until
-from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
-from pgmeta_shared.naming import default_connection_qualified_name
+from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET, LocalStack
+from pgmeta_orchestrator.connections import connection_qualified_name
 from pgmeta_shared.outputfiles import decode
 from tests.e2e.test_pipeline import stream_events
-from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack
+from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack, api_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -61,20 +61,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def api(stack: LocalStack) -> httpx.Client:
-    return httpx.Client(base_url=stack.layout.api_url, timeout=30)
+    return httpx.Client(base_url=stack.layout.api_url, timeout=30, headers=api_headers(stack))
 
 
 def schedule_body(stack: LocalStack, schedule_id: str, every: str = "@every 5s", **extra: Any) -> dict[str, Any]:
+    """A schedule of the stack's registered `demo` connection: it names no server, secret or password."""
     return {
         "schedule_id": schedule_id,
         "schedule": every,
-        "source": {
-            "host": "127.0.0.1",
-            "port": stack.layout.postgres_port,
-            "username": "postgres",
-            "database": DEMO_DATABASE,
-        },
-        "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
+        "connection": DEMO_CONNECTION,
         "stage_timeout_seconds": 60,
         **extra,
     }
@@ -329,7 +324,9 @@ def test_delete_stops_the_schedule(stack: LocalStack) -> None:
         assert client.get("/schedules/doomed").status_code == 404
     count = len(requested_ids(stack, "doomed"))
     sidecar = f"http://127.0.0.1:{stack.layout.dapr_http_port('orchestrator')}"
-    assert httpx.get(f"{sidecar}/v1.0-alpha1/jobs/{job}", timeout=10).status_code >= 400
+    sidecar_token = {"dapr-api-token": stack.dapr_api_token()}  # without it the answer is 401 whatever the job
+    gone = httpx.get(f"{sidecar}/v1.0-alpha1/jobs/{job}", headers=sidecar_token, timeout=10)
+    assert gone.status_code >= 400 and gone.status_code != 401, gone.text
     time.sleep(8)
     assert len(requested_ids(stack, "doomed")) == count
 
@@ -341,9 +338,11 @@ def test_bad_schedules_are_refused_with_a_named_problem(stack: LocalStack) -> No
         bad_zone = client.post("/schedules", json=schedule_body(stack, "bad", "@daily", time_zone="Mars/Olympus"))
         assert bad_zone.status_code == 422 and "time zone" in bad_zone.text
         inline = schedule_body(stack, "bad", "@daily")
-        inline["credentials"] = {"kind": "state", "store": "credentials", "key": "cred/x"}
+        inline["credentials"] = {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET}
         refused = client.post("/schedules", json=inline)
-        assert refused.status_code == 422 and "secret" in refused.text
+        assert refused.status_code == 422 and "credentials" in refused.text and DEMO_SECRET not in refused.text
+        unknown = client.post("/schedules", json=schedule_body(stack, "bad", "@daily", connection="nope"))
+        assert unknown.status_code == 422 and "nope" in unknown.text
         first = client.post("/schedules", json=schedule_body(stack, "twice", "@daily"))
         assert first.status_code == 201
         assert client.post("/schedules", json=schedule_body(stack, "twice", "@daily")).status_code == 201
@@ -395,7 +394,7 @@ def gc(stack: LocalStack, *, dry_run: bool, keep: int) -> dict[str, Any]:
 
 
 def test_retention_keeps_n_runs_and_the_baseline_and_the_next_diff_is_still_right(stack: LocalStack) -> None:
-    connection_qn = default_connection_qualified_name("127.0.0.1", stack.layout.postgres_port)
+    connection_qn = connection_qualified_name(DEMO_CONNECTION)
     with api(stack) as client:  # only this test's schedule may move the baseline
         for schedule in client.get("/schedules").json():
             settle(stack, schedule["schedule_id"])
@@ -423,8 +422,7 @@ def test_retention_keeps_n_runs_and_the_baseline_and_the_next_diff_is_still_righ
     # The next run still compares against the baseline: one new table is "created", nothing is "deleted".
     with psycopg.connect(**stack.postgres.connect_kwargs(DEMO_DATABASE), autocommit=True) as conn:
         conn.execute("CREATE TABLE public.gc_probe (id int PRIMARY KEY)")
-    body = schedule_body(stack, "unused")
-    document = {"request_id": "after-gc", "source": body["source"], "credentials": body["credentials"]}
+    document = {"request_id": "after-gc", "connection": DEMO_CONNECTION}
     with api(stack) as client:
         client.post("/runs", json=document).raise_for_status()
         deadline = time.monotonic() + 90

@@ -30,9 +30,10 @@ from pgmeta_bench.catalog import CatalogShape, ensure_catalog
 from pgmeta_bench.common import BENCH_DATABASE
 from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import alive
-from pgmeta_devstack.stack import DEMO_SECRET, LocalStack
+from pgmeta_devstack.stack import LocalStack
 from pgmeta_devstack.supervisor import HOLD_DIR, read_status, start_detached, stop_supervisor
 from pgmeta_shared.outputfiles import decode
+from tests.plugins.servers import api_headers, register_connection
 
 pytestmark = pytest.mark.faults
 
@@ -67,6 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(layout)
     try:
         ensure_catalog(local.postgres, SHAPE)
+        register_connection(local, BENCH_CONNECTION, BENCH_DATABASE)
         yield local
     finally:
         write_timings(layout)
@@ -90,29 +92,28 @@ def write_timings(layout: StackLayout) -> None:
 # -- driving runs through the REST API ------------------------------------------------------------------------
 
 
+BENCH_CONNECTION = "bench"  # the bench catalog's database, with the demo server's secret
+
+
 def request(stack: LocalStack, run_id: str, **overrides: Any) -> dict[str, Any]:
     return {
         "request_id": run_id,
-        "source": {
-            "host": "127.0.0.1",
-            "port": stack.layout.postgres_port,
-            "username": "postgres",
-            "database": BENCH_DATABASE,
-        },
-        "credentials": {"kind": "secret", "store": "secretstore", "key": DEMO_SECRET},
+        "connection": BENCH_CONNECTION,
         "stage_timeout_seconds": STAGE_TIMEOUT,
     } | overrides
 
 
 def submit(stack: LocalStack, run_id: str, **overrides: Any) -> None:
-    response = httpx.post(f"{stack.layout.api_url}/runs", json=request(stack, run_id, **overrides), timeout=30)
+    response = httpx.post(
+        f"{stack.layout.api_url}/runs", headers=api_headers(stack), json=request(stack, run_id, **overrides), timeout=30
+    )
     assert response.status_code == 202, response.text
 
 
 def view(stack: LocalStack, run_id: str) -> dict[str, Any] | None:
     """The run as the API shows it; None while the API does not answer (a process restarting)."""
     try:
-        response = httpx.get(f"{stack.layout.api_url}/runs/{run_id}", timeout=5)
+        response = httpx.get(f"{stack.layout.api_url}/runs/{run_id}", headers=api_headers(stack), timeout=5)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -317,7 +318,7 @@ def test_late_publish_after_a_timeout_is_fenced(stack: LocalStack) -> None:
         )
     )
     assert manifests == []
-    snapshot = httpx.get(f"{stack.layout.api_url}/runs/late-publish", timeout=5).json()
+    snapshot = httpx.get(f"{stack.layout.api_url}/runs/late-publish", headers=api_headers(stack), timeout=5).json()
     assert snapshot["status"] == "FAILED"
 
 
@@ -327,7 +328,9 @@ def test_duplicate_requests_make_one_run(stack: LocalStack) -> None:
         submit(stack, "dup-run")
     run = wait_finished(stack, "dup-run", 120)
     assert run["status"] == "COMPLETED"
-    runs = httpx.get(f"{stack.layout.api_url}/runs", params={"limit": 500}, timeout=10).json()
+    runs = httpx.get(
+        f"{stack.layout.api_url}/runs", headers=api_headers(stack), params={"limit": 500}, timeout=10
+    ).json()
     assert [r["run_id"] for r in runs].count("dup-run") == 1
 
 
@@ -341,14 +344,14 @@ def test_cancel_mid_stage_commits_nothing(stack: LocalStack) -> None:
     submit(stack, "cancel-me")
     wait_stage(stack, "cancel-me", "extract")
     started = time.monotonic()
-    response = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", timeout=30)
+    response = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", headers=api_headers(stack), timeout=30)
     assert response.status_code == 202, response.text
     run = wait_finished(stack, "cancel-me", 30)
     assert run["status"] == "FAILED" and "cancel" in (run["error"] or ""), run
     time.sleep(5)  # stage work notices the fence within a second; give late work time to (not) commit
     assert not list((stack.layout.objects / "default" / "postgres").glob("*/cancel-me/manifest.json"))
     TIMINGS.append(Outcome("cancel during extract", "CANCELLED", time.monotonic() - started, 0.0, "no manifest"))
-    again = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", timeout=30)
+    again = httpx.post(f"{stack.layout.api_url}/runs/cancel-me/cancel", headers=api_headers(stack), timeout=30)
     assert again.status_code == 409
 
 
@@ -361,7 +364,9 @@ def test_retry_after_a_failure_resumes_and_completes_exactly(
     before = view(stack, "late-publish")
     assert before is not None and before["status"] == "FAILED"
     started = time.monotonic()
-    response = httpx.post(f"{stack.layout.api_url}/runs/late-publish/retry", json={}, timeout=30)
+    response = httpx.post(
+        f"{stack.layout.api_url}/runs/late-publish/retry", headers=api_headers(stack), json={}, timeout=30
+    )
     assert response.status_code == 202, response.text
     run = wait_finished(stack, "late-publish", RECOVERY_BOUND + baseline)
     seconds = time.monotonic() - started

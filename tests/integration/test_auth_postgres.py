@@ -83,22 +83,20 @@ def current_user(source: SourceSpec, provider: PasswordProvider) -> str:
 
 
 def test_iam_token_is_sent_as_the_password_of_every_new_connection(
-    plain_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+    tls_server: TlsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = SourceSpec(
-        host="127.0.0.1",
-        port=plain_server.port,
-        username="iam_reader",
-        sslmode="prefer",
-        auth=AuthSpec(method="iam_user", aws_region="eu-west-1"),
-    )
+    # The token is a cleartext password: IAM is allowed only with sslmode verify-full (the server proven first).
+    plain_server = tls_server.server
+    superuser_sql(plain_server, sql.SQL("DROP ROLE IF EXISTS iam_reader"))
+    superuser_sql(plain_server, sql.SQL("CREATE ROLE iam_reader LOGIN"))
+    source = tls_source(tls_server, username="iam_reader", auth=AuthSpec(method="iam_user", aws_region="eu-west-1"))
     # The real iam_user provider, its signing time frozen so every token is the same string: PostgreSQL
     # stands in for RDS by knowing that string as the role's password.
     signed_at = botocore.auth.get_current_datetime()
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *_args, **_kwargs: signed_at)
     iam_provider = password_provider(source, FAKE_AWS_KEY)
     token = iam_provider()
-    assert token.startswith(f"127.0.0.1:{plain_server.port}/?Action=connect&DBUser=iam_reader&")
+    assert token.startswith(f"localhost:{plain_server.port}/?Action=connect&DBUser=iam_reader&")
     assert len(token) > 300
     superuser_sql(plain_server, sql.SQL("ALTER ROLE iam_reader PASSWORD {}").format(sql.Literal(token)))
 

@@ -7,11 +7,13 @@ import json
 from collections.abc import Iterator
 from typing import cast
 
+import grpc
 import pytest
 import redis
+from pydantic import SecretStr
 
 from pgmeta_devstack.stack import LocalStack
-from pgmeta_shared.events import ExtractionProgress, Stage, TopicName
+from pgmeta_shared.events import ExtractionProgress, PublishCompleted, Stage, TopicName
 from pgmeta_shared.keys import ArtifactStage
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.settings import DaprSettings
@@ -24,7 +26,11 @@ pytestmark = pytest.mark.integration
 def platform_of(stack: LocalStack, service: str) -> DaprPlatform:
     layout = stack.layout
     return DaprPlatform(
-        DaprSettings(dapr_grpc_port=layout.dapr_grpc_port(service), dapr_http_port=layout.dapr_http_port(service))
+        DaprSettings(
+            dapr_grpc_port=layout.dapr_grpc_port(service),
+            dapr_http_port=layout.dapr_http_port(service),
+            dapr_api_token=SecretStr(stack.dapr_api_token()),
+        )
     )
 
 
@@ -60,9 +66,9 @@ def test_json_state_round_trip(orchestrator: DaprPlatform) -> None:
     assert orchestrator.get_json("it-run/absent") is None
 
 
-def test_published_events_reach_the_redis_stream(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
+def test_published_events_reach_the_redis_stream(publisher: DaprPlatform, raw_redis: redis.Redis) -> None:
     event = ExtractionProgress(run_id="it-run", stage=Stage.EXTRACT, done=3, total=9)
-    orchestrator.publish(TopicName.EXTRACTION_PROGRESS, event)
+    publisher.publish(TopicName.EXTRACTION_PROGRESS, event)
     # redis-py types every reply for decoded and raw clients alike; this client is raw (no decode_responses).
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw_redis.xrange(TopicName.EXTRACTION_PROGRESS.value))
     cloud_events = [json.loads(fields[b"data"]) for _, fields in entries]
@@ -73,8 +79,9 @@ def test_credentials_are_encrypted_at_rest(orchestrator: DaprPlatform, raw_redis
     password = "correct horse battery staple"
     orchestrator.save_state_json("credentials", "cred/it-run", {"password": password}, ttl_seconds=60)
     # redis-py types every reply for decoded and raw clients alike; this client is raw (no decode_responses).
-    raw = cast(dict[bytes, bytes], raw_redis.hgetall("cred/it-run"))
-    assert raw, "the entry should be in Redis under its plain key (keyPrefix none)"
+    raw = cast(dict[bytes, bytes], raw_redis.hgetall("credentials||cred/it-run"))
+    assert raw, "the entry should be in Redis under the store's own key prefix"
+    assert not raw_redis.exists("cred/it-run")
     assert password.encode() not in b"".join(raw.values())
     assert orchestrator.get_state_json("credentials", "cred/it-run") == {"password": password}
     orchestrator.delete_state("credentials", "cred/it-run")
@@ -86,3 +93,14 @@ def test_object_store_writes_exact_bytes(sidecars: LocalStack, publisher: DaprPl
     path = f"default/postgres/1/it-run/{hashlib.sha256(content).hexdigest()[:16]}.bin"
     publisher.write_object("objectstore", path, content)
     assert (sidecars.layout.objects / path).read_bytes() == content
+
+
+def test_an_app_may_publish_only_its_own_topics(orchestrator: DaprPlatform, raw_redis: redis.Redis) -> None:
+    """Pub/sub publishingScopes: only the publisher announces publish.completed (a forged one is refused)."""
+    forged = PublishCompleted(run_id="victim", location="forged/", file_count=0, counts={})
+    with pytest.raises(grpc.RpcError) as refused:
+        orchestrator.publish(TopicName.PUBLISH_COMPLETED, forged)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # redis-py types every reply for decoded and raw clients alike; this client is raw (no decode_responses).
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw_redis.xrange(TopicName.PUBLISH_COMPLETED.value))
+    assert not any(b"forged/" in fields[b"data"] for _, fields in entries)

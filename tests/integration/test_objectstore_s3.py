@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from pgmeta_devstack.layout import StackLayout, dapr_bin_dir, free_port_block, repo_root
 from pgmeta_devstack.processes import alive, http_ok, spawn, stop, wait_until
@@ -152,6 +153,7 @@ def s3_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sidecar]:
             DaprSettings(
                 dapr_grpc_port=stack.layout.dapr_grpc_port(SERVICE),
                 dapr_http_port=stack.layout.dapr_http_port(SERVICE),
+                dapr_api_token=SecretStr(stack.dapr_api_token()),
             )
         )
         try:

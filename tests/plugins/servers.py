@@ -13,7 +13,7 @@ import pytest
 from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, free_port_block
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import alive
-from pgmeta_devstack.stack import LocalStack
+from pgmeta_devstack.stack import DEMO_SECRET, LocalStack
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -124,3 +124,13 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
         stack.down()  # first: a failed count below must not leave the stack running
         _assert_all_stopped(pids)
         assert len(pids) == 2 * len(SERVICES) + 4, pids
+
+
+def api_headers(stack: LocalStack) -> dict[str, str]:
+    """The stack's admin API token, as the CLI sends it."""
+    return {"Authorization": f"Bearer {stack.api_token()}"}
+
+
+def register_connection(stack: LocalStack, name: str, database: str, secret: str = DEMO_SECRET) -> None:
+    """Registers a connection to the stack's PostgreSQL (as an admin would, `pgmeta connections add`)."""
+    stack.register_connection(name, database, secret)

@@ -192,8 +192,8 @@ def test_iam_without_region_names_the_field(method: str) -> None:
     assert method in str(caught.value)
 
 
-@pytest.mark.parametrize("sslmode", ["disable", "allow"])
-def test_iam_refuses_sslmodes_that_could_send_the_token_in_clear(sslmode: str) -> None:
+@pytest.mark.parametrize("sslmode", ["disable", "allow", "prefer", "require", "verify-ca"])
+def test_iam_refuses_sslmodes_that_could_send_the_token_to_an_unverified_server(sslmode: str) -> None:
     source = iam_source().model_copy(update={"sslmode": sslmode})
     with pytest.raises(InvalidRequestError, match=f"sslmode '{sslmode}'"):
         password_provider(source, USER_SECRET)

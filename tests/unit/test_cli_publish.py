@@ -21,7 +21,7 @@ GOOD = {
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
-    def post(url: str, json: Any, timeout: float) -> httpx.Response:
+    def post(url: str, json: Any, timeout: float, headers: dict[str, str] | None = None) -> httpx.Response:
         calls.append({"url": url, "json": json})
         return httpx.Response(204)
 

@@ -18,7 +18,8 @@ PREFIX = 'connection failed: connection to server at "10.0.0.5", port 6543 faile
         ('FATAL:  database "sales" does not exist', "database_not_found", "database 'sales'"),
         ('FATAL:  permission denied for database "sales"', "insufficient_privilege", "GRANT CONNECT"),
         ("Connection refused", "source_unreachable", "db.internal:6543"),
-        ("timeout expired", "source_unreachable", "timeout expired"),
+        # refused, timed out, not PostgreSQL: one answer, so the extractor is no port prober (details in its log)
+        ("timeout expired", "source_unreachable", "cannot connect to PostgreSQL at db.internal:6543"),
     ],
 )
 def test_connect_failures_are_classified(message: str, code: str, says: str) -> None:

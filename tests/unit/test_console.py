@@ -15,9 +15,10 @@ from pgmeta_orchestrator.console import include_console
 from pgmeta_orchestrator.console.outputs import RunOutputs, attribute_diff
 from pgmeta_orchestrator.runs import RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
+from tests.unit.api_harness import BOOTSTRAP, admit_bootstrap_admin
 
 CONN = "default/postgres/0000000001"
-AUTH = {"Authorization": "Bearer any-token"}
+AUTH = {"Authorization": f"Bearer {BOOTSTRAP}"}
 
 
 def ref(type_name: str, qn: str) -> dict[str, Any]:
@@ -136,6 +137,7 @@ def console(tmp_path: Path) -> tuple[TestClient, FakeRuns, DictReader]:
     runs, reader = FakeRuns(), DictReader()
     include_console(app, OrchestratorSettings())
     app.state.runs = runs
+    admit_bootstrap_admin(app)
     app.state.console_outputs = RunOutputs(reader, tmp_path / "index")
     for run_id, extra, previous in (("run-a", False, None), ("run-b", True, "run-a")):
         location = reader.publish(run_id, catalog(extra), previous)

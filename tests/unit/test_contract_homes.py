@@ -88,4 +88,5 @@ def test_orchestrator_subscribes_to_what_the_registry_says() -> None:
         TopicName.STAGE_FAILED,
         TopicName.EXTRACTION_PROGRESS,
         TopicName.DEAD_LETTER,
+        TopicName.EXTRACTION_COMPLETED,  # schedules and retention (pgmeta_orchestrator.schedules)
     }

@@ -182,3 +182,15 @@ def test_the_sink_gets_only_changes_connection_first_and_archives_deletions() ->
         ("Column", f"{CONNECTION_QN}/shop/sales/remote_rates/rate"),
         ("Table", f"{CONNECTION_QN}/shop/sales/remote_rates"),
     ]
+
+
+def test_a_catastrophic_regex_is_answered_in_linear_time() -> None:
+    """ReDoS: ``(a+)+$`` against 'aaa…b' backtracks for minutes in Python's re; the publisher must not."""
+    import time
+
+    scope = Scope(FilterSpec(temp_table_regex="(a+)+c", include={"(x+x+)+y": "*", "shop": ["(a|aa)+c"]}), None)
+    evil = "a" * 40 + "b"
+    started = time.perf_counter()
+    assert scope.selects(Fingerprint("qn", "Column", "h", "shop", evil, evil, "Table")) is False
+    assert scope.selects(Fingerprint("qn", "Column", "h", "x" * 40, "s", "t", "Table")) is False
+    assert time.perf_counter() - started < 1.0

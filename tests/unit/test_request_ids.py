@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +12,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
-from pgmeta_orchestrator.app import create_app
+from pgmeta_orchestrator.app import create_app, wire
+from pgmeta_orchestrator.connections import ConnectionStore, ResolvedSource, SourcePolicy
 from pgmeta_orchestrator.runs import RunRequest, RunService
 from pgmeta_orchestrator.settings import OrchestratorSettings
 
 from ..fakes import InMemoryPlatform
+from .api_harness import BOOTSTRAP
 
 BODY: dict[str, Any] = {
     "request_id": "sales-1",
@@ -38,10 +42,16 @@ async def _no_lifespan(_app: FastAPI) -> AsyncIterator[None]:  # the real one co
 @pytest.fixture
 def api() -> tuple[TestClient, InMemoryPlatform]:
     platform = InMemoryPlatform()
-    app: FastAPI = create_app(OrchestratorSettings())
+    settings = OrchestratorSettings(bootstrap_token_sha256=SecretStr(hashlib.sha256(BOOTSTRAP.encode()).hexdigest()))
+    app: FastAPI = create_app(settings)
     app.router.lifespan_context = _no_lifespan
-    app.state.runs = RunService(platform, NoWorkflows(), OrchestratorSettings())
-    return TestClient(app), platform
+    wire(app, platform, NoWorkflows(), settings)
+    return TestClient(app, headers={"Authorization": f"Bearer {BOOTSTRAP}"}), platform
+
+
+def _resolved(platform: InMemoryPlatform, body: RunRequest) -> ResolvedSource:
+    policy = SourcePolicy(ConnectionStore(platform, "registry"), ["*"], None)
+    return policy.resolve(connection=None, source=body.source, database=body.database, filters=body.filters)
 
 
 def _credential_keys(platform: InMemoryPlatform) -> list[str]:
@@ -92,9 +102,11 @@ def test_no_password_is_kept_in_the_request_record(api: tuple[TestClient, InMemo
 def test_runs_service_answers_a_conflict_with_the_old_runs_id() -> None:
     platform = InMemoryPlatform()
     runs = RunService(platform, NoWorkflows(), OrchestratorSettings())
-    runs.submit(RunRequest.model_validate(BODY))
+    first = RunRequest.model_validate(BODY)
+    runs.submit(first, _resolved(platform, first))
+    other = RunRequest.model_validate(BODY | {"password": "other"})
     with pytest.raises(Exception, match="sales-1"):
-        runs.submit(RunRequest.model_validate(BODY | {"password": "other"}))
+        runs.submit(other, _resolved(platform, other))
 
 
 def test_the_cli_names_the_run_that_holds_the_id(

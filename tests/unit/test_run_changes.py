@@ -16,6 +16,7 @@ from pgmeta_orchestrator.runs import RunService
 from pgmeta_orchestrator.settings import OrchestratorSettings
 
 from ..fakes import InMemoryPlatform
+from .api_harness import admit_bootstrap_admin
 from .test_request_ids import _no_lifespan
 
 CHANGES = {"created": 3, "updated": 1, "unchanged": 70, "deleted": 2}
@@ -47,7 +48,7 @@ def client() -> TestClient:
     app = create_app(OrchestratorSettings())
     app.router.lifespan_context = _no_lifespan
     app.state.runs = RunService(platform, OneCompletedRun(), OrchestratorSettings())
-    return TestClient(app)
+    return TestClient(app, headers=admit_bootstrap_admin(app))
 
 
 def test_get_run_has_changes_source_and_duration(client: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,11 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from pgmeta_orchestrator import schedule_timing as timing
-from pgmeta_orchestrator.runs import RunRequest, RunService, RunView
+from pgmeta_orchestrator.connections import ConnectionSpec, ConnectionStore, ResolvedSource, SourcePolicy
+from pgmeta_orchestrator.runs import RunRequest, RunView
 from pgmeta_orchestrator.schedules import ScheduleService, ScheduleSpec, run_id_for, schedule_of_run
 from pgmeta_orchestrator.settings import OrchestratorSettings
-from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested, TopicName
+from pgmeta_shared.errors import InvalidRequestError
+from pgmeta_shared.events import ExtractionCompleted, TopicName
 from tests.fakes import InMemoryPlatform
+from tests.unit.api_harness import SCHEDULE, Api, FakeJobs
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -64,28 +68,16 @@ def test_run_ids_carry_schedule_and_tick() -> None:
     assert schedule_of_run("run-abc") is None
 
 
-class FakeJobs:
-    def __init__(self) -> None:
-        self.jobs: dict[str, tuple[datetime, dict[str, Any]]] = {}
-
-    def schedule_once(self, name: str, at: datetime, data: dict[str, Any]) -> None:
-        self.jobs[name] = (at, data)
-
-    def delete(self, name: str) -> None:
-        self.jobs.pop(name, None)
-
-    def exists(self, name: str) -> bool:
-        return name in self.jobs
-
-
 class FakeRuns:
     """RunService's submit and view: submitted runs stay RUNNING until ``finish``."""
 
     def __init__(self, platform: InMemoryPlatform) -> None:
         self.platform = platform
         self.status: dict[str, str] = {}
+        self.resolved: list[tuple[ResolvedSource, str | None]] = []
 
-    def submit(self, body: Any) -> str:
+    def submit(self, body: Any, resolved: ResolvedSource, started_by: str | None = None) -> str:
+        self.resolved.append((resolved, started_by))
         self.platform.publish(TopicName.EXTRACTION_REQUESTED, body)
         self.status.setdefault(body.request_id, "RUNNING")
         return str(body.request_id)
@@ -103,17 +95,25 @@ class Clock:
         return self.now
 
 
+def connections(platform: InMemoryPlatform) -> ConnectionStore:
+    store = ConnectionStore(platform, "registry")
+    source = {"host": "db", "port": 5432, "username": "u", "database": "shop"}
+    store.put("shop", ConnectionSpec.model_validate({"source": source, "secret": {"key": "db"}}), "admin")
+    return store
+
+
 def make(**spec: Any) -> tuple[ScheduleService, InMemoryPlatform, FakeJobs, FakeRuns, Clock]:
     platform, jobs, clock = InMemoryPlatform(), FakeJobs(), Clock()
     runs = FakeRuns(platform)
-    service = ScheduleService(platform, jobs, runs, OrchestratorSettings(), clock=clock)  # type: ignore[arg-type]
-    body = {
-        "schedule_id": "s1",
-        "schedule": "@every 5s",
-        "source": {"host": "db", "port": 5432, "username": "u", "database": "shop"},
-        "credentials": {"kind": "secret", "store": "secretstore", "key": "db"},
-        **spec,
-    }
+    service = ScheduleService(
+        platform,
+        jobs,
+        runs,  # type: ignore[arg-type]
+        OrchestratorSettings(),
+        SourcePolicy(connections(platform), ["*"], None),
+        clock=clock,
+    )
+    body = {"schedule_id": "s1", "schedule": "@every 5s", "connection": "shop", **spec}
     service.create(ScheduleSpec.model_validate(body))
     return service, platform, jobs, runs, clock
 
@@ -195,59 +195,54 @@ def test_pause_resume_delete() -> None:
     assert started(platform) == []
 
 
-def test_a_schedule_never_holds_a_password() -> None:
-    body = {
-        "schedule": "@daily",
-        "source": {"host": "db", "username": "u"},
-        "credentials": {"kind": "state", "store": "credentials", "key": "cred/x"},
-    }
-    with pytest.raises(ValidationError, match="secret"):
-        ScheduleSpec.model_validate(body)
-    with pytest.raises(ValidationError, match="password"):
-        ScheduleSpec.model_validate({**body, "password": "hunter2"})
+def test_a_schedule_names_a_registered_connection_and_never_a_password_or_secret() -> None:
+    body = {"schedule": "@daily", "connection": "shop"}
+    for smuggled in (
+        {"password": "hunter2"},
+        {"credentials": {"kind": "secret", "store": "secretstore", "key": "someone-elses"}},
+        {"source": {"host": "attacker.example", "username": "u"}},
+        {"connection_qualified_name": "default/postgres/victim"},
+    ):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            ScheduleSpec.model_validate(body | smuggled)
+    service, _platform, _jobs, _runs, _clock = make()
+    with pytest.raises(InvalidRequestError, match="no-such-connection"):
+        service.create(ScheduleSpec.model_validate(body | {"connection": "no-such-connection"}))
 
 
-def test_runs_submitted_are_extraction_requests() -> None:
-    service, platform, jobs, _runs, clock = make(filters={"include": {"shop": "*"}}, stage_timeout_seconds=60)
+def test_runs_submitted_are_extraction_requests_of_the_connection() -> None:
+    service, platform, jobs, runs, clock = make(filters={"include": {"shop": "*"}}, stage_timeout_seconds=60)
     fire(service, jobs, clock)
     body = platform.published[0][1]
     assert isinstance(body, RunRequest)
-    assert body.request_id is not None and body.credentials is not None
-    request = ExtractionRequested(
-        request_id=body.request_id,
-        source=body.source,
-        credentials=body.credentials,
-        filters=body.filters,
-        stage_timeout_seconds=body.stage_timeout_seconds,
-    )
-    assert request.credentials.kind == "secret" and request.stage_timeout_seconds == 60
-    assert isinstance(RunService, type)
+    assert body.connection == "shop" and body.password is None and body.stage_timeout_seconds == 60
+    resolved, started_by = runs.resolved[0]
+    # The server bound the source and the secret from the registered connection, not from the schedule.
+    assert resolved.source.host == "db" and resolved.secret is not None and resolved.secret.key == "db"
+    assert resolved.connection_qualified_name.endswith("/shop") and started_by == "schedule:s1"
 
 
-def test_rest_routes_and_the_job_trigger() -> None:
-    from fastapi.testclient import TestClient
-
-    from pgmeta_orchestrator.app import create_app
-
-    service, platform, jobs, _runs, clock = make()
-    app = create_app(OrchestratorSettings())
-    app.state.schedules = service
-    client = TestClient(app)  # no lifespan: no sidecar needed
-    body = {
-        "schedule_id": "s2",
-        "schedule": "0 2 * * *",
-        "time_zone": "Europe/Paris",
-        "source": {"host": "db", "username": "u"},
-        "credentials": {"kind": "secret", "store": "secretstore", "key": "db"},
-    }
-    created = client.post("/schedules", json=body)
+def test_rest_routes_and_the_job_trigger(api: Api) -> None:
+    schedules = api.client.app.state.schedules  # type: ignore[attr-defined]
+    jobs: FakeJobs = schedules._jobs
+    clock = Clock()
+    schedules._now = clock
+    operator = {"Authorization": f"Bearer {api.tokens['operator']}"}
+    viewer = {"Authorization": f"Bearer {api.tokens['viewer']}"}
+    client = api.client
+    body = SCHEDULE | {"schedule_id": "s2", "schedule": "0 2 * * *", "time_zone": "Europe/Paris"}
+    created = client.post("/schedules", json=body, headers=operator)
     assert created.status_code == 201 and created.json()["next_due"] == "2026-11-30T01:00:00+00:00"
-    assert client.post("/schedules", json=body).status_code == 201
-    assert client.post("/schedules", json={**body, "schedule": "@hourly"}).status_code == 409
-    assert {s["schedule_id"] for s in client.get("/schedules").json()} == {"s1", "s2"}
-    assert client.get("/schedules/nope").status_code == 404
-    refused = client.post("/schedules", json={**body, "password": "hunter2"})
+    assert created.json()["created_by"] == "token:a operator"
+    assert client.post("/schedules", json=body, headers=operator).status_code == 201
+    assert client.post("/schedules", json={**body, "schedule": "@hourly"}, headers=operator).status_code == 409
+    assert client.post("/schedules", json=body, headers=viewer).status_code == 403
+    assert {s["schedule_id"] for s in client.get("/schedules", headers=viewer).json()} == {"s2"}
+    assert client.get("/schedules/nope", headers=viewer).status_code == 404
+    refused = client.post("/schedules", json={**body, "password": "hunter2"}, headers=operator)
     assert refused.status_code == 422 and "hunter2" not in refused.text
+    unknown = client.post("/schedules", json={**body, "connection": "nope"}, headers=operator)
+    assert unknown.status_code == 422 and "nope" in unknown.text
 
     name = "pgmeta-schedule-s2-20261130T010000Z"
     assert name in jobs.jobs
@@ -255,7 +250,44 @@ def test_rest_routes_and_the_job_trigger() -> None:
     fired = client.post(f"/job/{name}", json=jobs.jobs[name][1])
     assert fired.json() == {"status": "started"}
     assert client.post(f"/job/{name}", json={"nonsense": 1}).json() == {"status": "dropped"}
-    assert client.get("/schedules/s2").json()["last_runs"][0]["run_id"] == "sched-s2-20261130T010000Z"
-    assert client.post("/schedules/s2/pause").json()["paused"] is True
-    assert client.delete("/schedules/s2").status_code == 204
-    assert client.delete("/schedules/s2").status_code == 404
+    assert client.get("/schedules/s2", headers=viewer).json()["last_runs"][0]["run_id"] == "sched-s2-20261130T010000Z"
+    assert client.get("/runs/sched-s2-20261130T010000Z", headers=viewer).json()["started_by"] == "schedule:s2"
+    assert client.post("/schedules/s2/pause", headers=operator).json()["paused"] is True
+    assert client.delete("/schedules/s2", headers=viewer).status_code == 403
+    assert client.delete("/schedules/s2", headers=operator).status_code == 204
+    assert client.delete("/schedules/s2", headers=operator).status_code == 404
+    actions = [(r["action"], r["outcome"]) for r in api.audit() if r["action"].startswith("schedule")]
+    assert ("schedule.create", "allowed") in actions and ("schedule.delete", "allowed") in actions
+
+
+def test_a_tick_of_a_removed_connection_fails_visibly_and_the_schedule_keeps_ticking() -> None:
+    service, platform, jobs, _runs, clock = make()
+    ConnectionStore(platform, "registry").delete("shop")
+    assert fire(service, jobs, clock) == "started"
+    assert started(platform) == []
+    tick = service.get("s1").last_runs[0]  # type: ignore[union-attr]
+    assert tick.status == "FAILED" and tick.error is not None and "shop" in tick.error
+    assert len(jobs.jobs) == 1  # the next tick is armed
+
+
+def test_the_cli_adds_a_schedule_of_a_registered_connection(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    from pgmeta_cli import main as cli
+    from tests.unit.test_request_ids import _no_lifespan
+
+    api.client.app.router.lifespan_context = _no_lifespan  # type: ignore[attr-defined]  # the CLI enters it
+    api.client.headers.update({"Authorization": f"Bearer {api.tokens['operator']}"})
+    monkeypatch.setattr(httpx, "Client", lambda **_: api.client)
+    monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
+    argv = ["schedules", "add", "--id", "nightly", "--schedule", "@daily", "--connection", "demo", "--json"]
+    assert cli.main(argv) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["spec"]["connection"] == "demo" and created["created_by"] == "token:a operator"
+    assert cli.main(["schedules", "add", "--schedule", "@daily", "--connection", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli.main(["schedules", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "nightly" in listed and "demo/*" in listed

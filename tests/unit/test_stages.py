@@ -154,17 +154,17 @@ def test_permanent_errors_are_reported_and_transient_ones_propagate() -> None:
 
 def test_credentials_come_from_the_referenced_secret_or_state_entry() -> None:
     platform = InMemoryPlatform(secrets={"secretstore": {"demo": {"password": "s3cret"}}})
-    assert resolve_secret(platform, CredentialRef(kind="secret", store="secretstore", key="demo")) == {
+    assert resolve_secret(platform, CredentialRef(kind="secret", store="secretstore", key="demo"), run_id="r1") == {
         "password": "s3cret"
     }
     platform.save_state_json("credentials", "cred/r1", {"password": "other"})
-    assert resolve_secret(platform, CredentialRef(kind="state", store="credentials", key="cred/r1")) == {
+    assert resolve_secret(platform, CredentialRef(kind="state", store="credentials", key="cred/r1"), run_id="r1") == {
         "password": "other"
     }
     with pytest.raises(CredentialsNotFoundError, match="cred/r2"):
-        resolve_secret(platform, CredentialRef(kind="state", store="credentials", key="cred/r2"))
+        resolve_secret(platform, CredentialRef(kind="state", store="credentials", key="cred/r2"), run_id="r2")
     with pytest.raises(CredentialsNotFoundError, match="nope"):
-        resolve_secret(platform, CredentialRef(kind="secret", store="secretstore", key="nope"))
+        resolve_secret(platform, CredentialRef(kind="secret", store="secretstore", key="nope"), run_id="r1")
 
 
 def test_unexpected_errors_fail_the_run_instead_of_looping() -> None:

@@ -64,7 +64,12 @@ def _demo_run(stack: LocalStack) -> int:
     stack.up()
     print(f"[stack] up in {time.monotonic() - started:.1f} s")
     _print_layout(stack.layout)
-    env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
+    env = dict(
+        os.environ,
+        PGPASSWORD=stack.demo_password(),
+        PGMETA_API_URL=stack.layout.api_url,
+        PGMETA_API_TOKEN=stack.api_token(),
+    )
     print(f"\n[demo] extracting database {DEMO_DATABASE!r} from the demo PostgreSQL\n", flush=True)
     request_id = f"demo-{int(time.time())}"
     result = subprocess.run(
@@ -96,7 +101,7 @@ def _demo_run(stack: LocalStack) -> int:
     if os.environ.get("PGMETA_DEMO_EXIT"):
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
-    print(f"[demo] web console: {stack.layout.api_url}/console/ (password: {stack.state}/demo-postgres.password)")
+    print(f"[demo] web console: {stack.layout.api_url}/console/ (sign in with the token in {stack.state}/api-token)")
     # Until Ctrl-C, or until `make down` in another terminal stops the stack under us.
     while stack.is_up():
         time.sleep(1)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
 import sys
 from pathlib import Path
 
+import httpx
 import psycopg
 
 from pgmeta_devstack import tracing
@@ -19,6 +21,7 @@ from pgmeta_devstack.processes import StackError, http_ok, port_open, recorded_p
 
 DEMO_DATABASE = "shop"
 DEMO_SECRET = "demo-postgres"
+DEMO_CONNECTION = "demo"
 REDIS_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
 
 
@@ -45,9 +48,28 @@ class LocalStack:
     def _secret_file(self, name: str, make: str) -> str:
         path = self.state / name
         if not path.exists():
-            path.write_text(make)
-            path.chmod(0o600)
+            self.state.mkdir(parents=True, exist_ok=True)
+            # Created 0600 from the start: never readable by others, not even for a moment.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(make)
         return path.read_text().strip()
+
+    def api_token(self) -> str:
+        """The stack's admin API token (`<state dir>/api-token`): the CLI sends it by default."""
+        return self._secret_file("api-token", secrets.token_urlsafe(32))
+
+    def app_api_token(self) -> str:
+        """What each sidecar sends its app (dapr-api-token): only the sidecar may deliver events."""
+        return self._secret_file("app-api-token", secrets.token_urlsafe(32))
+
+    def dapr_api_token(self) -> str:
+        """What each app (and `pgmeta publish`) must send its sidecar: the sidecar's API is not open."""
+        return self._secret_file("dapr-api-token", secrets.token_urlsafe(32))
+
+    @property
+    def audit_log(self) -> Path:
+        return self.layout.logs / "audit.jsonl"
 
     def demo_password(self) -> str:
         return self._secret_file("demo-postgres.password", secrets.token_urlsafe(18))
@@ -57,7 +79,14 @@ class LocalStack:
 
     def write_secretstore(self) -> None:
         """The demo's secret merged with the user's own file (local_secrets.py)."""
-        write_store(self.state, {DEMO_SECRET: {"username": "postgres", "password": self.demo_password()}})
+        demo = {
+            "username": "postgres",
+            "password": self.demo_password(),
+            # Bound to the demo server: the extractor refuses it for any other host or port.
+            "host": "127.0.0.1",
+            "port": str(self.layout.postgres_port),
+        }
+        write_store(self.state, {DEMO_SECRET: demo})
 
     def reload_secretstore(self) -> bool:
         """Rewrites the store and restarts the sidecars that read it (local.file reads only at start-up).
@@ -206,6 +235,10 @@ class LocalStack:
             DAPR_GRPC_PORT=str(self.layout.dapr_grpc_port(service)),
             DAPR_HTTP_PORT=str(self.layout.dapr_http_port(service)),
             PGMETA_OBJECTSTORE_LOCAL_ROOT=str(self.layout.objects),
+            APP_API_TOKEN=self.app_api_token(),
+            DAPR_API_TOKEN=self.dapr_api_token(),
+            PGMETA_BOOTSTRAP_TOKEN_SHA256=hashlib.sha256(self.api_token().encode()).hexdigest(),
+            PGMETA_AUDIT_LOG_PATH=str(self.audit_log),
             # Handlers run on a thread pool; glibc gives each thread its own malloc arena, and the
             # fragmentation doubled the transformer's peak RSS on the bench catalog. Two arenas suffice.
             MALLOC_ARENA_MAX="2",
@@ -220,6 +253,8 @@ class LocalStack:
             PGMETA_REDIS_HOST=f"127.0.0.1:{self.layout.redis_port}",
             PGMETA_STATE_ENCRYPTION_KEY=self.encryption_key(),
             PGMETA_OBJECTSTORE_ROOT=str(self.layout.objects),
+            APP_API_TOKEN=self.app_api_token(),
+            DAPR_API_TOKEN=self.dapr_api_token(),
         )
         return env
 
@@ -334,6 +369,7 @@ class LocalStack:
         self.layout.objects.mkdir(parents=True, exist_ok=True)
         self.write_secretstore()
         self.start_trace_viewer()
+        self.api_token()
         self.start_redis()
         _say(f"redis ready on {self.layout.redis_port}")
         self.start_placement()
@@ -345,8 +381,35 @@ class LocalStack:
         for service, (app_pid, sidecar_pid) in started.items():
             self.wait_for_service(service, app_pid, sidecar_pid)
         _say("services ready: " + ", ".join(SERVICES))
+        self.register_demo_connection()
         self.layout.write_endpoints()
         self.wait_for_trace_viewer()
+
+    def register_demo_connection(self) -> None:
+        """The connection `demo` (the demo server, its secret, qualifiedName default/postgres/demo): what a
+        newcomer's schedules and `pgmeta extract --connection demo` name. Again on every start (the port may
+        have moved)."""
+        self.register_connection(DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET)
+
+    def register_connection(self, name: str, database: str, secret: str) -> None:
+        """A connection to the stack's PostgreSQL, registered with the stack's admin token as an admin would."""
+        spec = {
+            "source": {
+                "host": "127.0.0.1",
+                "port": self.layout.postgres_port,
+                "username": "postgres",
+                "database": database,
+            },
+            "secret": {"store": "secretstore", "key": secret},
+        }
+        response = httpx.put(
+            f"{self.layout.api_url}/connections/{name}",
+            json=spec,
+            headers={"Authorization": f"Bearer {self.api_token()}"},
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise StackError(f"registering connection {name!r} failed: {response.status_code} {response.text[:300]}")
 
     def down(self) -> list[str]:
         stopped = []

@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 
 from pgmeta_cli import main as cli
+from pgmeta_cli.endpoints import api_headers
 
 
 def _post(path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     try:
-        response = httpx.post(f"{cli.api_url()}{path}", json=body, timeout=30)
+        response = httpx.post(f"{cli.api_url()}{path}", json=body, headers=api_headers(), timeout=30)
     except httpx.HTTPError as exc:
         return 0, {"detail": f"cannot reach the pgmeta API at {cli.api_url()}: {exc} (is the stack up? `make up`)"}
     try:
@@ -41,7 +42,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not args.wait:
         print(json.dumps(answer) if args.json else f"run {args.run_id}: retrying")
         return 0
-    with httpx.Client(timeout=30) as client:
+    with cli.api_client(30) as client:
         run = cli.wait_for(client, args.run_id, show=not args.json, timeout=args.timeout)
     if args.json:
         print(json.dumps(cli.summary(run)))

@@ -26,15 +26,38 @@ class Endpoint:
     found_by: str  # said in errors, so a wrong address can be traced to where it came from
 
 
-def stack_endpoints_file() -> Path | None:
-    """``endpoints.json`` of PGMETA_STATE_DIR, else of the nearest ``.pgmeta/stack`` above the working dir."""
+def _stack_file(name: str) -> Path | None:
+    """``name`` in PGMETA_STATE_DIR, else in the nearest ``.pgmeta/stack`` above the working dir."""
     state = os.environ.get("PGMETA_STATE_DIR")
     if state:
-        candidates = [Path(state) / ENDPOINTS_FILE]
+        candidates = [Path(state) / name]
     else:
         here = Path.cwd().resolve()
-        candidates = [folder / ".pgmeta" / "stack" / ENDPOINTS_FILE for folder in (here, *here.parents)]
+        candidates = [folder / ".pgmeta" / "stack" / name for folder in (here, *here.parents)]
     return next((path for path in candidates if path.is_file()), None)
+
+
+def stack_endpoints_file() -> Path | None:
+    """``endpoints.json`` of PGMETA_STATE_DIR, else of the nearest ``.pgmeta/stack`` above the working dir."""
+    return _stack_file(ENDPOINTS_FILE)
+
+
+def stack_secret(env: str, file_name: str) -> str | None:
+    """``env`` if set, else the local stack's file of that name (created 0600 by `make up`), else None."""
+    if os.environ.get(env):
+        return os.environ[env]
+    path = _stack_file(file_name)
+    return path.read_text().strip() if path is not None else None
+
+
+def api_token() -> str | None:
+    """The API token the CLI sends: PGMETA_API_TOKEN, else the local stack's admin token."""
+    return stack_secret("PGMETA_API_TOKEN", "api-token")
+
+
+def api_headers() -> dict[str, str]:
+    token = api_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _resolve(explicit: str, key: str, offset: int) -> Endpoint:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from pgmeta_cli.endpoints import api_endpoint, sidecar_endpoint, unreachable
+from pgmeta_cli.endpoints import api_endpoint, api_headers, sidecar_endpoint, stack_secret, unreachable
 from pgmeta_cli.event_check import event_problems
 from pgmeta_cli.observe import add_observe_commands
 from pgmeta_shared.events import TopicName
@@ -35,6 +35,10 @@ def api_url() -> str:
 
 def _unreachable_api(exc: httpx.HTTPError) -> int:
     return _fail(unreachable(api_endpoint(), "the pgmeta API", exc))
+
+
+def api_client(timeout: float) -> httpx.Client:
+    return httpx.Client(timeout=timeout, headers=api_headers())
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -182,14 +186,9 @@ def _json_filter(text: str | None, option: str) -> Any:
     return value
 
 
-def source_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The request body shared by extract and preflight: source, credentials, filters."""
-    password = os.environ.get("PGPASSWORD")
-    if args.credentials_secret is None and password is None:
-        raise UsageError(
-            "set PGPASSWORD (the password is never taken from the command line), "
-            "or name a secret with --credentials-secret"
-        )
+def _source_spec(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.host or not args.user:
+        raise UsageError("give --connection NAME (a registered connection), or --host and --user")
     source: dict[str, Any] = {"host": args.host, "port": args.port, "username": args.user, "sslmode": args.sslmode}
     if args.database:
         source["database"] = args.database
@@ -197,21 +196,40 @@ def source_body(args: argparse.Namespace) -> dict[str, Any]:
         source["sslrootcert"] = args.sslrootcert
     if args.auth != "basic":
         source["auth"] = {"method": args.auth, "aws_region": args.aws_region, "role_arn": args.role_arn}
-    body: dict[str, Any] = {
-        "source": source,
-        "filters": {
-            "include": _json_filter(args.include_filter, "--include-filter"),
-            "exclude": _json_filter(args.exclude_filter, "--exclude-filter"),
-            "temp_table_regex": args.temp_table_regex,
-            "exclude_views": args.exclude_views,
-            "exclude_empty_tables": args.exclude_empty_tables,
-        },
+    return source
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "include": _json_filter(args.include_filter, "--include-filter"),
+        "exclude": _json_filter(args.exclude_filter, "--exclude-filter"),
+        "temp_table_regex": args.temp_table_regex,
+        "exclude_views": args.exclude_views,
+        "exclude_empty_tables": args.exclude_empty_tables,
     }
-    if args.credentials_secret:
-        body["credentials"] = {"kind": "secret", "store": "secretstore", "key": args.credentials_secret}
-    else:
-        body["password"] = password
-    return body
+
+
+def _filters_given(args: argparse.Namespace) -> bool:
+    given = (args.include_filter, args.exclude_filter, args.temp_table_regex, args.exclude_views)
+    return any(given) or args.exclude_empty_tables
+
+
+def source_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The request body shared by extract and preflight: a registered connection, or a source and its password."""
+    if getattr(args, "connection", None):
+        body: dict[str, Any] = {"connection": args.connection}
+        if args.database:
+            body["database"] = args.database
+        if _filters_given(args):
+            body["filters"] = _filters(args)
+        return body
+    password = os.environ.get("PGPASSWORD")
+    if password is None:
+        raise UsageError(
+            "set PGPASSWORD (the password is never taken from the command line), "
+            "or name a registered connection with --connection"
+        )
+    return {"source": _source_spec(args), "filters": _filters(args), "password": password}
 
 
 def _rejected(response: httpx.Response) -> str:
@@ -219,6 +237,12 @@ def _rejected(response: httpx.Response) -> str:
     if isinstance(detail, list):
         return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
     return str(detail)
+
+
+def _refused(response: httpx.Response) -> str:
+    if response.status_code == 401:
+        return "the API wants a token: set PGMETA_API_TOKEN (or run `make up`, which writes the local one)"
+    return f"not allowed: {response.json().get('detail')}"
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -229,9 +253,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     body["stage_timeout_seconds"] = args.stage_timeout
     if args.request_id:
         body["request_id"] = args.request_id
-    if args.connection_qualified_name:
-        body["connection_qualified_name"] = args.connection_qualified_name
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         try:
             response = client.post(f"{api_url()}/runs", json=body)
         except httpx.HTTPError as exc:
@@ -240,6 +262,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             return _fail(f"the API rejected the request: {_rejected(response)}")
         if response.status_code == 409:  # the request id is taken by a different request
             return _fail(_rejected(response))
+        if response.status_code in {401, 403}:
+            return _fail(_refused(response))
         response.raise_for_status()
         run_id = response.json()["run_id"]
         if not args.wait:
@@ -258,7 +282,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         body = source_body(args)
     except UsageError as exc:
         return _fail(str(exc))
-    with httpx.Client(timeout=120) as client:
+    with api_client(120) as client:
         try:
             response = client.post(f"{api_url()}/preflight", json=body)
         except httpx.HTTPError as exc:
@@ -281,7 +305,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         try:
             run = _get_run(client, args.run_id)
         except httpx.HTTPStatusError as exc:
@@ -298,12 +322,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         try:
             response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
         except httpx.HTTPError as exc:
             return _unreachable_api(exc)
-        response.raise_for_status()
+    if response.status_code in {401, 403}:
+        return _fail(_refused(response))
+    response.raise_for_status()
     print_runs(response.json())
     return 0
 
@@ -321,8 +347,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return _fail(problems + " (nothing was published)")
     sidecar = sidecar_endpoint()
     url = f"{sidecar.url}/v1.0/publish/{args.pubsub}/{args.topic}"
+    dapr_token = stack_secret("DAPR_API_TOKEN", "dapr-api-token")
+    headers = {"dapr-api-token": dapr_token} if dapr_token else {}
     try:
-        response = httpx.post(url, json=document, timeout=30)
+        response = httpx.post(url, json=document, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         return _fail(unreachable(sidecar, "the Dapr sidecar", exc))
     if response.status_code >= 300:
@@ -331,10 +359,72 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", required=True)
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """`pgmeta tokens create | list | revoke` (admin)."""
+    with api_client(30) as client:
+        if args.action == "create":
+            response = client.post(f"{api_url()}/tokens", json={"name": args.name, "role": args.role})
+        elif args.action == "list":
+            response = client.get(f"{api_url()}/tokens")
+        else:
+            response = client.delete(f"{api_url()}/tokens/{args.token_id}")
+    if response.status_code in {401, 403}:
+        return _fail(_refused(response))
+    if response.status_code >= 400:
+        return _fail(f"{args.action} failed ({response.status_code}): {_rejected(response)}")
+    if args.action == "create":
+        created = response.json()
+        err.print(f"token {created['id']} ({created['role']}) for {created['name']}; shown once, keep it safe:")
+        print(created["token"])
+    elif args.action == "list":
+        for token in response.json():
+            print(
+                f"{token['id']}  {token['role']:<9} {token['name']:<30} {token['created_at']}  by {token['created_by']}"
+            )
+    else:
+        print(f"revoked {args.token_id}")
+    return 0
+
+
+def cmd_connections(args: argparse.Namespace) -> int:
+    """`pgmeta connections add | list | remove` (admin; operators may list)."""
+    with api_client(30) as client:
+        if args.action == "add":
+            try:
+                spec: dict[str, Any] = {
+                    "source": _source_spec(args),
+                    "secret": {"store": args.secret_store, "key": args.secret},
+                }
+                if _filters_given(args):
+                    spec["filters"] = _filters(args)
+            except UsageError as exc:
+                return _fail(str(exc))
+            response = client.put(f"{api_url()}/connections/{args.name}", json=spec)
+        elif args.action == "list":
+            response = client.get(f"{api_url()}/connections")
+        else:
+            response = client.delete(f"{api_url()}/connections/{args.name}")
+    if response.status_code in {401, 403}:
+        return _fail(_refused(response))
+    if response.status_code >= 400:
+        return _fail(f"{args.action} failed ({response.status_code}): {_rejected(response)}")
+    if args.action == "add":
+        connection = response.json()
+        print(f"connection {connection['name']}: {connection['qualified_name']}")
+    elif args.action == "list":
+        for c in response.json():
+            print(f"{c['name']:<24} {c['host']}:{c['port']}/{c['database'] or '*'} as {c['username']}")
+    else:
+        print(f"removed {args.name}")
+    return 0
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, *, registering: bool = False) -> None:
+    if not registering:
+        parser.add_argument("--connection", help="a registered connection (`pgmeta connections list`)")
+    parser.add_argument("--host", required=registering, help="ad hoc (with PGPASSWORD): the server's host")
     parser.add_argument("--port", type=int, default=5432)
-    parser.add_argument("--user", required=True)
+    parser.add_argument("--user", required=registering)
     parser.add_argument("--database", help="one database; default: every database the filters admit")
     parser.add_argument(
         "--sslmode", default="prefer", choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -344,11 +434,14 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--auth",
         default="basic",
         choices=["basic", "iam_user", "iam_role"],
-        help="iam_*: an RDS IAM token per connection, from AWS keys in --credentials-secret",
+        help="iam_*: an RDS IAM token per connection, from AWS keys in the connection's secret",
     )
     parser.add_argument("--aws-region", help="region of the RDS/Aurora instance (IAM)")
     parser.add_argument("--role-arn", help="role to assume (iam_role)")
-    parser.add_argument("--credentials-secret", help="name of a secret in the Dapr secret store instead of PGPASSWORD")
+    add_filter_arguments(parser)
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-filter", metavar="JSON", help='{"<database regex>": ["<schema regex>", ...] | "*"}')
     parser.add_argument("--exclude-filter", metavar="JSON", help="same format; wins over --include-filter")
     parser.add_argument("--temp-table-regex", metavar="RE", help="skip tables and views whose name matches")
@@ -364,7 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = sub.add_parser("extract", help="request an extraction of one PostgreSQL server")
     add_source_arguments(extract)
-    extract.add_argument("--connection-qualified-name", help="Atlan connection qualifiedName, default/postgres/<id>")
     extract.add_argument(
         "--request-id",
         help="idempotency key: the same request again returns its run; a different request under it is refused",
@@ -390,6 +482,28 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("--limit", type=int, default=20)
     runs.set_defaults(func=cmd_runs)
+
+    tokens = sub.add_parser("tokens", help="create, list or revoke API tokens (admin)")
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="a new token, printed once")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    create.add_argument("--name", required=True, help="who or what holds it (shown in the audit trail)")
+    token_actions.add_parser("list", help="tokens (never their values)")
+    revoke = token_actions.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("token_id")
+    tokens.set_defaults(func=cmd_tokens)
+
+    connections = sub.add_parser("connections", help="register, list or remove connections (admin)")
+    connection_actions = connections.add_subparsers(dest="action", required=True)
+    add = connection_actions.add_parser("add", help="register (or change) a connection")
+    add.add_argument("name", help="lowercase letters, digits, '-'; its qualifiedName is default/postgres/<name>")
+    add_source_arguments(add, registering=True)
+    add.add_argument("--secret", required=True, help="secret-store entry with 'password' (or AWS keys for IAM)")
+    add.add_argument("--secret-store", default="secretstore")
+    connection_actions.add_parser("list", help="registered connections")
+    remove = connection_actions.add_parser("remove", help="remove a connection")
+    remove.add_argument("name")
+    connections.set_defaults(func=cmd_connections)
 
     publish = sub.add_parser("publish", help="publish an event document through a Dapr sidecar (like `dapr publish`)")
     publish.add_argument("--data", required=True, help="JSON, or @file")

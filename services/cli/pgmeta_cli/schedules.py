@@ -1,7 +1,7 @@
 """`pgmeta schedules add|list|show|pause|resume|delete` and `pgmeta gc [--dry-run]`.
 
-A schedule names its password by secret (``--credentials-secret``): a password typed once is not kept for
-nightly runs.
+A schedule names a registered connection (``--connection``, see `pgmeta connections`): the connection brings
+the server and its credentials, so no password is kept for nightly runs and no secret is named by the caller.
 """
 
 from __future__ import annotations
@@ -12,10 +12,22 @@ from typing import Any
 
 import httpx
 
-from pgmeta_cli.main import UsageError, _fail, _rejected, add_source_arguments, api_url, source_body
+from pgmeta_cli.main import (
+    UsageError,
+    _fail,
+    _filters,
+    _filters_given,
+    _refused,
+    _rejected,
+    add_filter_arguments,
+    api_client,
+    api_url,
+)
 
 
 def _answer(response: httpx.Response, *, as_json: bool, show: Any) -> int:
+    if response.status_code in {401, 403}:
+        return _fail(_refused(response))
     if response.status_code == 404:
         return _fail(str(response.json().get("detail")), code=1)
     if response.status_code >= 400:
@@ -33,8 +45,7 @@ def _answer(response: httpx.Response, *, as_json: bool, show: Any) -> int:
 def _one_line(schedule: dict[str, Any]) -> str:
     spec = schedule["spec"]
     state = "paused" if schedule["paused"] else f"next {schedule['next_due']}"
-    source = spec["source"]
-    where = f"{source['host']}:{source['port']}/{source.get('database') or '*'}"
+    where = f"{spec['connection']}/{spec.get('database') or '*'}"
     return f"{schedule['schedule_id']:<32} {spec['schedule']:<16} {spec['time_zone']:<16} {where:<32} {state}"
 
 
@@ -48,10 +59,12 @@ def _show(schedule: dict[str, Any]) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    if not args.credentials_secret:
-        return _fail("a schedule needs --credentials-secret (a secret in the Dapr secret store), never a password")
+    body: dict[str, Any] = {"connection": args.connection}
+    if args.database:
+        body["database"] = args.database
     try:
-        body = source_body(args)
+        if _filters_given(args):
+            body["filters"] = _filters(args)
     except UsageError as exc:
         return _fail(str(exc))
     body |= {
@@ -64,22 +77,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     }
     if args.id:
         body["schedule_id"] = args.id
-    if args.connection_qualified_name:
-        body["connection_qualified_name"] = args.connection_qualified_name
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         response = client.post(f"{api_url()}/schedules", json=body)
     return _answer(response, as_json=args.json, show=_show)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with httpx.Client(timeout=30) as client:
+    with api_client(30) as client:
         response = client.get(f"{api_url()}/schedules")
     return _answer(response, as_json=args.json, show=lambda items: [print(_one_line(s)) for s in items])
 
 
 def _by_id(method: str, suffix: str = "") -> Any:
     def command(args: argparse.Namespace) -> int:
-        with httpx.Client(timeout=30) as client:
+        with api_client(30) as client:
             response = client.request(method, f"{api_url()}/schedules/{args.schedule_id}{suffix}")
         return _answer(response, as_json=getattr(args, "json", False), show=_show)
 
@@ -90,7 +101,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"dry_run": str(args.dry_run).lower()}
     if args.keep is not None:
         params["keep"] = args.keep
-    with httpx.Client(timeout=600) as client:
+    with api_client(600) as client:
         response = client.post(f"{api_url()}/gc", params=params)
 
     def show(report: dict[str, Any]) -> None:
@@ -110,8 +121,10 @@ def add_schedule_commands(sub: Any) -> None:
     schedules = sub.add_parser("schedules", help="scheduled extractions (cron, @every, @daily) on Dapr's scheduler")
     verbs = schedules.add_subparsers(dest="verb", required=True)
 
-    add = verbs.add_parser("add", help="create a schedule (its password by --credentials-secret)")
-    add_source_arguments(add)
+    add = verbs.add_parser("add", help="create a schedule of a registered connection")
+    add.add_argument("--connection", required=True, help="a registered connection (`pgmeta connections list`)")
+    add.add_argument("--database", help="one database, for a connection registered for all of them")
+    add_filter_arguments(add)
     add.add_argument("--schedule", required=True, help="'0 2 * * *', '@every 15m', '@daily', ...")
     add.add_argument("--time-zone", default="UTC", help="IANA zone the cron fields are read in")
     add.add_argument("--id", help="schedule id (lowercase letters, digits, dashes); derived when absent")
@@ -119,7 +132,6 @@ def add_schedule_commands(sub: Any) -> None:
     add.add_argument("--missed", choices=["run_once", "skip"], default="run_once", help="a tick missed while down")
     add.add_argument("--jitter", type=int, default=0, help="delay each tick by a stable 0..N seconds")
     add.add_argument("--stage-timeout", type=int, default=900, help="seconds each stage may take")
-    add.add_argument("--connection-qualified-name", help="Atlan connection qualifiedName, default/postgres/<id>")
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_add)
 

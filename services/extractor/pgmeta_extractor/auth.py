@@ -38,7 +38,6 @@ CREDENTIAL_REFRESH_MARGIN = timedelta(minutes=5)
 
 # RDS accepts IAM tokens only over TLS; a mode that may fall back to cleartext on purpose would also hand
 # a bearer credential (valid 15 minutes) to anyone on the path.
-CLEARTEXT_SSLMODES = frozenset({"disable", "allow"})
 
 VERIFYING_SSLMODES = frozenset({"verify-ca", "verify-full"})
 
@@ -104,10 +103,12 @@ def password_provider(
     if method == "basic":
         return _basic_password(secret)
     region = _required(source.auth.aws_region, "auth.aws_region", method)
-    if source.sslmode in CLEARTEXT_SSLMODES:
+    if source.sslmode != "verify-full":
+        # The token travels as a cleartext password: only a server proven to be the named host may see it.
         raise InvalidRequestError(
             f"sslmode {source.sslmode!r} cannot carry an IAM auth token (method {method!r})",
-            hint="use sslmode require, verify-ca or verify-full; RDS accepts IAM tokens only over TLS",
+            hint="use sslmode verify-full with the RDS CA bundle (sslrootcert); the token is sent as a cleartext "
+            "password, so the server must be verified first",
         )
     clients = clients or AwsClients()
     if method == "iam_user":

@@ -51,7 +51,7 @@ from pgmeta_shared.events import (
     Stage,
     TopicName,
 )
-from pgmeta_shared.keys import extract_chunk_unit, stage_report_key, stage_result_key
+from pgmeta_shared.keys import credentials_key, extract_chunk_unit, stage_report_key, stage_result_key
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.progress import ProgressReporter
 
@@ -61,10 +61,15 @@ MIN_SERVER_VERSION_NUM = 120000
 CONNECTION_ATTEMPTS = 3
 
 
-def resolve_secret(platform: Platform, ref: CredentialRef) -> dict[str, str]:
-    """The referenced secret (never logged, never put in an event)."""
+def resolve_secret(platform: Platform, ref: CredentialRef, *, run_id: str) -> dict[str, str]:
+    """The referenced secret (never logged, never put in an event).
+
+    A state entry is a password given inline for one run: only that run's own key may be read.
+    """
     if ref.kind == "secret":
         return platform.get_secret(ref.store, ref.key)
+    if ref.key != credentials_key(run_id):
+        raise InvalidRequestError(f"state credentials {ref.key!r} belong to another run, not {run_id!r}")
     entry = platform.get_state_json(ref.store, ref.key)
     if not isinstance(entry, dict):
         raise CredentialsNotFoundError(
@@ -74,9 +79,24 @@ def resolve_secret(platform: Platform, ref: CredentialRef) -> dict[str, str]:
     return {str(k): str(v) for k, v in entry.items()}
 
 
-def provider_for(platform: Platform, source: SourceSpec, ref: CredentialRef) -> PasswordProvider:
+def provider_for(platform: Platform, source: SourceSpec, ref: CredentialRef, *, run_id: str) -> PasswordProvider:
     check_ssl_files(source)
-    return password_provider(source, resolve_secret(platform, ref))
+    secret = resolve_secret(platform, ref, run_id=run_id)
+    check_secret_binding(ref, secret, source)
+    return password_provider(source, secret)
+
+
+def check_secret_binding(ref: CredentialRef, secret: dict[str, str], source: SourceSpec) -> None:
+    """A secret that names its server (``host``, optionally ``port``) is refused for any other, before connecting."""
+    bound_host = secret.get("host")
+    if bound_host is None:
+        return
+    bound_port = int(secret.get("port") or 5432)
+    if bound_host.strip().lower() != source.host.strip().lower() or bound_port != source.port:
+        raise InvalidRequestError(
+            f"secret {ref.key!r} is bound to {bound_host}:{bound_port}, not {source.host}:{source.port}",
+            hint="a stored credential is usable only for the server it was registered for",
+        )
 
 
 # -- preflight ----------------------------------------------------------------------------------------
@@ -107,7 +127,7 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     recorded = platform.get_json(stage_result_key(command.run_id, Stage.PREFLIGHT))
     if recorded is not None:
         return PreflightCompleted.model_validate(recorded)
-    password = provider_for(platform, command.source, command.credentials)
+    password = provider_for(platform, command.source, command.credentials, run_id=command.run_id)
     filters = command.filters
     patterns = FilterPatterns.of(filters)
     warnings: list[str] = []
@@ -175,7 +195,7 @@ SELECT n.nspname AS schema_name FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER}
 
 
 def list_metadata(command: MetadataRequested, platform: Platform) -> dict[str, Any]:
-    password = provider_for(platform, command.source, command.credentials)
+    password = provider_for(platform, command.source, command.credentials, run_id=command.run_id)
     if command.listing == "databases":
         patterns = FilterPatterns.of(FilterSpec())
         with connect(command.source, password) as connection:
@@ -296,7 +316,7 @@ def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCo
     if recorded is not None:
         log.info("run %s: %s already extracted, re-announcing", command.run_id, unit)
         return ExtractCompleted.model_validate(recorded)
-    password = provider_for(platform, command.source, command.credentials)
+    password = provider_for(platform, command.source, command.credentials, run_id=command.run_id)
     for attempt in range(1, CONNECTION_ATTEMPTS + 1):
         try:
             completed = _extract_once(command, platform, password, attempt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from pgmeta_shared.errors import (
     SourceUnreachableError,
 )
 from pgmeta_shared.events import SourceSpec
+
+log = logging.getLogger(__name__)
 
 # A metadata read must never block, or be blocked by, the application's DDL.
 # cursor_tuple_fraction=1: every row is fetched, so plan for all of them; the default (0.1) picks
@@ -78,7 +81,18 @@ def classify_connect_error(exc: BaseException, source: SourceSpec, database: str
                     hint="check sslmode and the CA bundle (sslrootcert)",
                 )
             return {"authentication": auth, "database": missing_db, "privilege": privilege}[kind]
-    return SourceUnreachableError(f"cannot connect to PostgreSQL at {where}: {_first_line(text) or type(exc).__name__}")
+    if "require_auth" in lowered or "server requested" in lowered:
+        return AuthenticationFailedError(
+            f"PostgreSQL at {where} asked for a password exchange other than SCRAM; no password was sent",
+            hint="use scram-sha-256 on the server, or allow other exchanges for this connection (password_exchange)",
+        )
+    # libpq's own text ("connection refused", "received invalid response", …) would tell a caller which
+    # ports are open and what answers there: the log keeps it, the caller learns only what it needs.
+    log.info("connection to %s failed: %s", where, _first_line(text) or type(exc).__name__)
+    return SourceUnreachableError(
+        f"cannot connect to PostgreSQL at {where}",
+        hint="check host, port and that a PostgreSQL server answers there (the extractor's log has details)",
+    )
 
 
 def _first_line(text: str) -> str:
@@ -103,6 +117,9 @@ def connect_args(source: SourceSpec) -> dict[str, Any]:
     }
     if source.sslrootcert:
         args["sslrootcert"] = source.sslrootcert
+    if source.auth.method == "basic" and source.password_exchange == "scram-sha-256":
+        # libpq then refuses a server that asks for the password in clear or as MD5 before sending anything.
+        args["require_auth"] = "scram-sha-256"
     return args
 
 

@@ -6,20 +6,22 @@ Retry resumes a failed (or cancelled) run under the same id: the workflow starts
 every stage unit that had finished finds its recorded result and only re-announces it, so the work resumes
 at the first unit that did not complete, reusing finished chunks.
 
-Auth (wired by the integrator): both routes change a run, so both need the ``operator`` role (the role that
-may start runs); reading stays with ``viewer``.
+Both routes change a run, so both need the ``operator`` role (the role that may start runs); reading stays
+with ``viewer``. Every attempt is audited, allowed or not.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.audit import AuditLog, Outcome, client_address
+from pgmeta_orchestrator.auth import Principal, Role, require
 from pgmeta_orchestrator.runs import RunService
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.events import CredentialRef, ExtractionCompleted, ExtractionRequested, TopicName
@@ -108,17 +110,41 @@ class RunControl:
         self._platform.delete_state(self._settings.credentials_store, credentials_key(run_id))
 
 
+RunCanceller = Annotated[Principal, Depends(require(Role.OPERATOR, "run.cancel"))]
+RunRetrier = Annotated[Principal, Depends(require(Role.OPERATOR, "run.retry"))]
+
+
+async def _audited(action: str, caller: Principal, request: Request, run_id: str, work: Any, *args: Any) -> Any:
+    """Runs ``work`` in the thread pool and records the outcome (an HTTP refusal is a failure, with its reason)."""
+    audit: AuditLog = request.app.state.audit
+    try:
+        answer = await run_in_threadpool(work, *args)
+    except HTTPException as exc:
+        audit.record(action, caller, client_address(request), Outcome.FAILED, run_id=run_id, reason=str(exc.detail))
+        raise
+    audit.record(action, caller, client_address(request), Outcome.ALLOWED, run_id=run_id)
+    return answer
+
+
 def control_router() -> APIRouter:
     router = APIRouter()
 
     @router.post("/runs/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
-    async def cancel_run(run_id: str, request: Request) -> dict[str, str]:
+    async def cancel_run(run_id: str, request: Request, caller: RunCanceller) -> dict[str, str]:
         """Stops a run: no manifest, no baseline move, its password deleted. Role: operator."""
-        return await run_in_threadpool(RunControl(request.app.state.runs).cancel, run_id)
+        control = RunControl(request.app.state.runs)
+        answer: dict[str, str] = await _audited("run.cancel", caller, request, run_id, control.cancel, run_id)
+        return answer
 
     @router.post("/runs/{run_id}/retry", status_code=status.HTTP_202_ACCEPTED)
-    async def retry_run(run_id: str, request: Request, body: RetryRequest | None = None) -> dict[str, str]:
+    async def retry_run(
+        run_id: str, request: Request, caller: RunRetrier, body: RetryRequest | None = None
+    ) -> dict[str, str]:
         """Resumes a failed or cancelled run from its first unfinished unit, reusing finished work. Role: operator."""
-        return await run_in_threadpool(RunControl(request.app.state.runs).retry, run_id, body or RetryRequest())
+        control = RunControl(request.app.state.runs)
+        answer: dict[str, str] = await _audited(
+            "run.retry", caller, request, run_id, control.retry, run_id, body or RetryRequest()
+        )
+        return answer
 
     return router

@@ -7,13 +7,14 @@ this orchestrator's own sidecar is asked.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pgmeta_orchestrator.auth import Principal, Role, require
 from pgmeta_shared.settings import DaprSettings
 
 
@@ -112,10 +113,14 @@ def dapr_router(settings: DaprSettings) -> APIRouter:
     router = APIRouter(tags=["dapr"])
     urls = sidecar_urls(settings, SidecarListSettings().dapr_sidecars)
 
+    # Admin: the sidecars' components, subscriptions and addresses describe the deployment, not runs or results.
     @router.get("/dapr")
-    async def describe_sidecars() -> list[SidecarView]:
+    async def describe_sidecars(
+        _: Annotated[Principal, Depends(require(Role.ADMIN, "dapr.read"))],
+    ) -> list[SidecarView]:
         """Each sidecar's app id, runtime version, components, subscriptions, actors, workflow workers, health."""
-        async with httpx.AsyncClient(timeout=5) as client:
+        # One stack-wide DAPR_API_TOKEN locally; in Kubernetes other pods' sidecars are not reachable anyway.
+        async with httpx.AsyncClient(timeout=5, headers=settings.sidecar_headers()) as client:
             return list(await asyncio.gather(*(_ask(client, app_id, url) for app_id, url in urls.items())))
 
     return router

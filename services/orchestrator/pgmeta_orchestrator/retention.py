@@ -20,6 +20,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.audit import AuditLog, Outcome, client_address
+from pgmeta_orchestrator.auth import Principal, Role, require
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import connection_qualified_name
 from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested
@@ -251,15 +253,30 @@ def retention_of(request: Request) -> RetentionService:
 
 Retention = Annotated[RetentionService, Depends(retention_of)]
 router = APIRouter(tags=["retention"])
+# Admin only, even for a dry run: a real pass deletes every connection's published runs and workflow histories
+# for good, and ``keep`` (down to 1) is the caller's choice; an operator's rights are over runs, not over
+# what the deployment keeps.
+GcCaller = Annotated[Principal, Depends(require(Role.ADMIN, "gc"))]
 
 
 @router.post("/gc")
 async def collect_garbage(
     retention: Retention,
+    caller: GcCaller,
+    request: Request,
     dry_run: bool = True,
     keep: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> GcReport:
     """Deletes old run folders (keeping the last ``keep`` successful runs per connection and the baselines)
     and purges finished workflow histories older than the configured age. ``dry_run`` (the default) only
     reports what would go."""
-    return await run_in_threadpool(retention.collect, dry_run=dry_run, keep=keep)
+    report = await run_in_threadpool(retention.collect, dry_run=dry_run, keep=keep)
+    audit: AuditLog = request.app.state.audit
+    audit.record(
+        "gc.dry_run" if dry_run else "gc",
+        caller,
+        client_address(request),
+        Outcome.ALLOWED,
+        target=f"{len(report.runs)} run folders, {len(report.workflows)} workflows (keep {report.keep})",
+    )
+    return report

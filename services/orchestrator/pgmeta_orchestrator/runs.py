@@ -9,18 +9,19 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pgmeta_orchestrator.connections import ConnectionName, ResolvedSource
 from pgmeta_orchestrator.request_ids import RequestIdConflictError, new_request_record, same_request
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.errors import InvalidRequestError
 from pgmeta_shared.events import (
-    ConnectionQualifiedName,
     CredentialRef,
+    DatabaseName,
     ExtractionProgress,
     ExtractionRequested,
     FilterSpec,
@@ -49,60 +50,54 @@ RunStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED"]
 Question = Literal["preflight", "databases", "schemas"]
 
 
-class RunRequest(BaseModel):
-    """Body of ``POST /runs``: the event's fields, with the password given inline or by reference."""
+class SourceChoice(BaseModel):
+    """A registered connection by name, or an ad-hoc source with its password inline. Never a stored secret
+    by name, nor a connection qualifiedName: the server derives both from what the caller may use."""
 
     model_config = ConfigDict(extra="forbid")
+
+    connection: ConnectionName | None = Field(default=None, description="A registered connection (GET /connections).")
+    source: SourceSpec | None = Field(default=None, description="Ad hoc: a host the allowlist admits.")
+    password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="Ad hoc only. Stored encrypted by Dapr for the run's lifetime; never put in an event.",
+    )
+    database: DatabaseName | None = Field(
+        default=None, description="With a connection registered for all databases: the one to use."
+    )
+    filters: FilterSpec | None = Field(default=None, description="Default: the connection's filters, or everything.")
+
+    @model_validator(mode="after")
+    def _connection_or_source(self) -> Self:
+        if (self.connection is None) == (self.source is None):
+            raise ValueError("give exactly one of 'connection' and 'source'")
+        if self.connection is not None and self.password is not None:
+            raise ValueError("a registered connection brings its own credentials: leave 'password' out")
+        if self.source is not None and self.password is None:
+            raise ValueError("an ad-hoc source needs its 'password' inline")
+        return self
+
+
+class RunRequest(SourceChoice):
+    """Body of ``POST /runs``."""
 
     request_id: RunId | None = Field(default=None, description="Idempotency key; generated when absent.")
-    source: SourceSpec
-    password: SecretStr | None = Field(
-        default=None, description="Stored encrypted by Dapr for the run's lifetime; never put in an event."
-    )
-    credentials: CredentialRef | None = Field(default=None, description="Reference to an existing secret.")
-    connection_qualified_name: ConnectionQualifiedName | None = None
-    filters: FilterSpec = Field(default_factory=FilterSpec)
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
 
-    @model_validator(mode="after")
-    def _one_credential(self) -> RunRequest:
-        if (self.password is None) == (self.credentials is None):
-            raise ValueError("give exactly one of 'password' and 'credentials'")
-        return self
 
-
-class SourceRequest(BaseModel):
-    """Body of ``POST /preflight`` and ``POST /metadata/...``: a source and how to authenticate."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: SourceSpec
-    password: SecretStr | None = None
-    credentials: CredentialRef | None = None
-    filters: FilterSpec = Field(default_factory=FilterSpec)
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> SourceRequest:
-        if (self.password is None) == (self.credentials is None):
-            raise ValueError("give exactly one of 'password' and 'credentials'")
-        return self
+class SourceRequest(SourceChoice):
+    """Body of ``POST /preflight`` and ``POST /metadata/...``."""
 
 
 class MetadataQuery(BaseModel):
-    """Query parameters of ``GET /metadata/...``: the source, and a secret holding its password."""
+    """Query parameters of ``GET /metadata/...``: a registered connection (a GET never carries a password)."""
 
-    host: str
-    port: int = 5432
-    username: str
-    database: str | None = None
-    credentials_secret: str = Field(description="Name of the secret in the secret store.")
-    secret_store: str = "secretstore"
+    connection: ConnectionName
+    database: DatabaseName | None = None
 
     def as_request(self) -> SourceRequest:
-        return SourceRequest(
-            source=SourceSpec(host=self.host, port=self.port, username=self.username, database=self.database),
-            credentials=CredentialRef(kind="secret", store=self.secret_store, key=self.credentials_secret),
-        )
+        return SourceRequest(connection=self.connection, database=self.database)
 
 
 class RunView(BaseModel):
@@ -121,6 +116,7 @@ class RunView(BaseModel):
     )
     source: dict[str, Any] | None = Field(default=None, description="host, port and database of the request.")
     duration_seconds: float | None = Field(default=None, description="From the run's start to its last update.")
+    started_by: str | None = Field(default=None, description="The API caller who started the run.")
 
 
 class RunService:
@@ -158,33 +154,39 @@ class RunService:
         )
         return CredentialRef(kind="state", store=self._settings.credentials_store, key=key)
 
-    def submit(self, body: RunRequest) -> str:
+    def submit(self, body: RunRequest, resolved: ResolvedSource, started_by: str | None = None) -> str:
         """Stores an inline password encrypted, then publishes ``extraction.requested``.
 
-        A request id already taken: the same request returns its run, storing nothing; a different one
-        raises RequestIdConflictError.
+        A request id already taken: the same request returns its run, storing nothing (it must not replace
+        the password its run is using); a different one raises RequestIdConflictError.
         """
         run_id = body.request_id or f"run-{uuid.uuid4().hex[:12]}"
         request = body.model_dump(mode="json", exclude={"password", "request_id"})
-        if self._request_id_taken(run_id, request, body.password):
+        if self._request_id_taken(run_id, request, body.password, started_by):
+            log.info("run %s: already requested; nothing stored, nothing published", run_id)
             return run_id
-        credentials = self._credentials(run_id, body.password, body.credentials, self._settings.credentials_ttl_seconds)
+        credentials = self._credentials(run_id, body.password, resolved.secret, self._settings.credentials_ttl_seconds)
         event = ExtractionRequested(
             request_id=run_id,
-            source=body.source,
+            source=resolved.source,
             credentials=credentials,
-            connection_qualified_name=body.connection_qualified_name,
-            filters=body.filters,
+            connection_qualified_name=resolved.connection_qualified_name,
+            filters=resolved.filters,
             stage_timeout_seconds=body.stage_timeout_seconds,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
         return run_id
 
-    def _request_id_taken(self, run_id: str, request: dict[str, Any], password: SecretStr | None) -> bool:
-        """True when ``run_id`` already runs this very request; records the request when the id is new."""
+    def _request_id_taken(
+        self, run_id: str, request: dict[str, Any], password: SecretStr | None, started_by: str | None
+    ) -> bool:
+        """True when ``run_id`` already runs this very request; records the request (and who made it) when the
+        id is new."""
         record = self._platform.get_json(run_requested_key(run_id))
         if record is None and self._workflows.get_workflow_state(run_id, fetch_payloads=False) is None:
-            self._platform.save_json(run_requested_key(run_id), new_request_record(request, password, _now()))
+            self._platform.save_json(
+                run_requested_key(run_id), {**new_request_record(request, password, _now()), "by": started_by}
+            )
             return False
         if record is not None and same_request(record, request, password):
             return True
@@ -232,15 +234,15 @@ class RunService:
 
     # -- questions answered by the extractor (preflight, metadata) --------------------------------
 
-    def ask_extractor(self, body: SourceRequest, kind: Question) -> dict[str, Any]:
+    def ask_extractor(self, body: SourceRequest, resolved: ResolvedSource, kind: Question) -> dict[str, Any]:
         """Publishes a command and polls the artifacts store for the answer (any orchestrator replica can)."""
         request_id = f"{'pf' if kind == 'preflight' else 'md'}-{uuid.uuid4().hex[:16]}"
-        credentials = self._credentials(request_id, body.password, body.credentials, 600)
+        credentials = self._credentials(request_id, body.password, resolved.secret, 600)
         try:
             command: Any
             if kind == "preflight":
                 command = PreflightRequested(
-                    run_id=request_id, source=body.source, credentials=credentials, filters=body.filters
+                    run_id=request_id, source=resolved.source, credentials=credentials, filters=resolved.filters
                 )
                 self._platform.publish(TopicName.PREFLIGHT_REQUESTED, command)
                 answer_keys = [
@@ -249,7 +251,7 @@ class RunService:
                 ]
             else:
                 command = MetadataRequested(
-                    run_id=request_id, source=body.source, credentials=credentials, listing=kind
+                    run_id=request_id, source=resolved.source, credentials=credentials, listing=kind
                 )
                 self._platform.publish(TopicName.METADATA_REQUESTED, command)
                 answer_keys = [metadata_answer_key(request_id)]
@@ -297,12 +299,14 @@ class RunService:
 
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
+        requested = self._platform.get_json(run_requested_key(run_id))
+        started_by = requested.get("by") if isinstance(requested, dict) else None
         if state is None:
             fence = self._platform.get_json(run_fence_key(run_id))
             if fence is not None and fence["status"] in {"FAILED", "CANCELLED"}:  # never became a workflow
-                return RunView(run_id=run_id, status="FAILED", error=fence.get("reason"))
-            if self._platform.get_json(run_requested_key(run_id)) is not None:
-                return RunView(run_id=run_id, status="QUEUED")
+                return RunView(run_id=run_id, status="FAILED", error=fence.get("reason"), started_by=started_by)
+            if requested is not None:
+                return RunView(run_id=run_id, status="QUEUED", started_by=started_by)
             return None
         runtime = state.runtime_status.name
         custom = _loads(state.serialized_custom_status) or {}
@@ -315,6 +319,7 @@ class RunService:
             updated_at=_iso(state.last_updated_at),
             source=_source_of(_loads(getattr(state, "serialized_input", None))),
             duration_seconds=_seconds_between(state.created_at, state.last_updated_at),
+            started_by=started_by,
         )
         if runtime == "COMPLETED":
             output = _loads(state.serialized_output) or {}

@@ -26,22 +26,20 @@ import grpc
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator import schedule_timing as timing
+from pgmeta_orchestrator.audit import AuditLog, client_address
+from pgmeta_orchestrator.audit import Outcome as AuditOutcome
+from pgmeta_orchestrator.auth import Principal, Role, require
+from pgmeta_orchestrator.connections import ConnectionName, SourcePolicy
 from pgmeta_orchestrator.retention import ObjectStore, RetentionService
 from pgmeta_orchestrator.retention import router as retention_router
 from pgmeta_orchestrator.runs import RunRequest, RunService
 from pgmeta_orchestrator.settings import OrchestratorSettings
-from pgmeta_shared.events import (
-    ConnectionQualifiedName,
-    CredentialRef,
-    ExtractionCompleted,
-    FilterSpec,
-    SourceSpec,
-    TopicName,
-)
+from pgmeta_shared.errors import InvalidRequestError
+from pgmeta_shared.events import DatabaseName, ExtractionCompleted, FilterSpec, TopicName
 from pgmeta_shared.keys import SCHEDULES_INDEX_KEY, schedule_key
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.subscriptions import register_subscription
@@ -82,12 +80,14 @@ class ScheduleSpec(BaseModel):
         description="5-field cron ('0 2 * * *'), 6-field cron with seconds first, '@every 15m', '@daily', ..."
     )
     time_zone: str = Field(default="UTC", description="IANA time zone the cron fields are read in.")
-    source: SourceSpec
-    credentials: CredentialRef = Field(
-        description="A secret-store reference (kind 'secret'): a schedule never stores a password."
+    connection: ConnectionName = Field(
+        description="A registered connection (GET /connections): it brings the server and its credentials, so a "
+        "schedule never stores a password nor names a secret."
     )
-    connection_qualified_name: ConnectionQualifiedName | None = None
-    filters: FilterSpec = Field(default_factory=FilterSpec)
+    database: DatabaseName | None = Field(
+        default=None, description="With a connection registered for all databases: the one to extract."
+    )
+    filters: FilterSpec | None = Field(default=None, description="Default: the connection's filters, or everything.")
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
     overlap: Literal["skip", "queue"] = Field(
         default="skip",
@@ -103,13 +103,6 @@ class ScheduleSpec(BaseModel):
         default=0, ge=0, le=3600, description="Delay each tick by a stable pseudo-random 0..N s (spreads schedules)."
     )
     paused: bool = False
-
-    @field_validator("credentials")
-    @classmethod
-    def _secret_only(cls, value: CredentialRef) -> CredentialRef:
-        if value.kind != "secret":
-            raise ValueError("a schedule references its credentials in a secret store (kind 'secret'), never state")
-        return value
 
     @model_validator(mode="after")
     def _valid_timing(self) -> ScheduleSpec:
@@ -134,6 +127,7 @@ class ScheduleView(BaseModel):
     spec: ScheduleSpec
     paused: bool
     created_at: str
+    created_by: str | None = None
     next_due: str | None
     pending_job: str | None
     queued_due: str | None = None
@@ -194,17 +188,26 @@ class ScheduleService:
     """Schedules' definitions and history (artifacts store) and their pending jobs (scheduler)."""
 
     def __init__(
-        self, platform: Platform, jobs: Any, runs: RunService, settings: OrchestratorSettings, clock: Any = None
+        self,
+        platform: Platform,
+        jobs: Any,
+        runs: RunService,
+        settings: OrchestratorSettings,
+        sources: SourcePolicy,
+        clock: Any = None,
     ) -> None:
         self._platform = platform
         self._jobs = jobs
         self._runs = runs
+        self._sources = sources
         self._grace = timedelta(seconds=settings.schedule_misfire_grace_seconds)
         self._now = clock or (lambda: datetime.now(UTC))
 
     # -- definitions ------------------------------------------------------------------------------
 
-    def create(self, spec: ScheduleSpec) -> ScheduleView:
+    def create(self, spec: ScheduleSpec, created_by: str | None = None) -> ScheduleView:
+        """Raises InvalidRequestError when the connection is not registered (or refuses the filters)."""
+        self._resolve(spec)  # refused now, not at the first tick
         schedule_id = spec.schedule_id or _derived_id(spec)
         spec = spec.model_copy(update={"schedule_id": schedule_id})
         now = self._now()
@@ -212,6 +215,7 @@ class ScheduleService:
             "spec": spec.model_dump(mode="json"),
             "paused": spec.paused,
             "created_at": now.isoformat(),
+            "created_by": created_by,
             # @every ticks count from here (whole seconds: job due times are whole seconds).
             "anchor": now.replace(microsecond=0).isoformat(),
             "pending": None,
@@ -403,18 +407,40 @@ class ScheduleService:
 
         return self._update(schedule_id, claim) is not None and bool(won and won[0])
 
+    def _request(self, spec: ScheduleSpec, run_id: str | None = None) -> RunRequest:
+        return RunRequest(
+            request_id=run_id,
+            connection=spec.connection,
+            database=spec.database,
+            filters=spec.filters,
+            stage_timeout_seconds=spec.stage_timeout_seconds,
+        )
+
+    def _resolve(self, spec: ScheduleSpec, run_id: str | None = None) -> Any:
+        request = self._request(spec, run_id)
+        return self._sources.resolve(
+            connection=request.connection, source=None, database=request.database, filters=request.filters
+        )
+
     def _start(self, spec: ScheduleSpec, schedule_id: str, due: datetime) -> None:
         run_id = run_id_for(schedule_id, due)
-        self._runs.submit(
-            RunRequest(
-                request_id=run_id,
-                source=spec.source,
-                credentials=spec.credentials,
-                connection_qualified_name=spec.connection_qualified_name,
-                filters=spec.filters,
-                stage_timeout_seconds=spec.stage_timeout_seconds,
-            )
-        )
+        # Resolved at each tick: a connection changed (or deleted) by an admin applies to the next run.
+        try:
+            resolved = self._resolve(spec, run_id)
+        except InvalidRequestError as exc:  # the tick fails visibly; the schedule keeps ticking
+            reason = str(exc)
+            log.error("schedule %s: tick %s started nothing: %s", schedule_id, due.isoformat(), reason)
+
+            def failed(state: dict[str, Any]) -> dict[str, Any]:
+                history = [
+                    {**t, "status": "FAILED", "error": reason} if t.get("run_id") == run_id else t
+                    for t in state["history"]
+                ]
+                return {**state, "history": history}
+
+            self._update(schedule_id, failed)
+            return
+        self._runs.submit(self._request(spec, run_id), resolved, f"schedule:{schedule_id}")
         log.info("schedule %s: tick %s started run %s", schedule_id, due.isoformat(), run_id)
 
     def _active_run(self, state: dict[str, Any]) -> str | None:
@@ -444,6 +470,7 @@ class ScheduleService:
             spec=ScheduleSpec.model_validate(state["spec"]),
             paused=state["paused"],
             created_at=state["created_at"],
+            created_by=state.get("created_by"),
             next_due=None if state["paused"] or not pending else pending["fires_at"],
             pending_job=None if state["paused"] or not pending else pending["job"],
             queued_due=state.get("queued_due"),
@@ -454,12 +481,14 @@ class ScheduleService:
 class ScheduleConflictError(Exception):
     """A schedule id reused with a different definition."""
 
+    code = "schedule_conflict"
+
 
 def _derived_id(spec: ScheduleSpec) -> str:
     import hashlib
 
     digest = hashlib.sha256(spec.model_dump_json(exclude={"schedule_id", "paused"}).encode()).hexdigest()
-    return f"{re.sub(r'[^a-z0-9]+', '-', spec.source.host.lower()).strip('-')[:30] or 'source'}-{digest[:10]}"
+    return f"{spec.connection[:30]}-{digest[:10]}"
 
 
 # -- FastAPI wiring ---------------------------------------------------------------------------------
@@ -472,6 +501,17 @@ def schedules_of(request: Request) -> ScheduleService:
 
 Schedules = Annotated[ScheduleService, Depends(schedules_of)]
 router = APIRouter(tags=["schedules"])
+# Viewers read schedules; operators (who may start runs) create, pause, resume and delete them.
+ScheduleReader = Annotated[Principal, Depends(require(Role.VIEWER, "schedules.read"))]
+ScheduleWriter = Annotated[Principal, Depends(require(Role.OPERATOR, "schedules.manage"))]
+
+
+def _audit(
+    request: Request, action: str, caller: Principal, schedule_id: str | None, done: bool, reason: str | None = None
+) -> None:
+    audit: AuditLog = request.app.state.audit
+    outcome = AuditOutcome.ALLOWED if done else AuditOutcome.FAILED
+    audit.record(action, caller, client_address(request), outcome, target=f"schedule {schedule_id}", reason=reason)
 
 
 def _found(view: ScheduleView | None, schedule_id: str) -> ScheduleView:
@@ -481,38 +521,56 @@ def _found(view: ScheduleView | None, schedule_id: str) -> ScheduleView:
 
 
 @router.post("/schedules", status_code=status.HTTP_201_CREATED)
-async def create_schedule(body: ScheduleSpec, schedules: Schedules) -> ScheduleView:
+async def create_schedule(
+    body: ScheduleSpec, schedules: Schedules, caller: ScheduleWriter, request: Request
+) -> ScheduleView:
     """Creates a schedule (idempotent for an identical body; 409 when the id exists with another body)."""
     try:
-        return await run_in_threadpool(schedules.create, body)
+        view = await run_in_threadpool(schedules.create, body, caller.name)
     except ScheduleConflictError as exc:
+        _audit(request, "schedule.create", caller, body.schedule_id, False, exc.code)
         raise HTTPException(status_code=409, detail=str(exc)) from exc
+    except InvalidRequestError as exc:
+        _audit(request, "schedule.create", caller, body.schedule_id, False, str(exc))
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    _audit(request, "schedule.create", caller, view.schedule_id, True)
+    return view
 
 
 @router.get("/schedules")
-async def list_schedules(schedules: Schedules) -> list[ScheduleView]:
+async def list_schedules(schedules: Schedules, _: ScheduleReader) -> list[ScheduleView]:
     return await run_in_threadpool(schedules.list)
 
 
 @router.get("/schedules/{schedule_id}")
-async def get_schedule(schedule_id: str, schedules: Schedules) -> ScheduleView:
+async def get_schedule(schedule_id: str, schedules: Schedules, _: ScheduleReader) -> ScheduleView:
     """The definition, the next due time and the last runs with their outcomes."""
     return _found(await run_in_threadpool(schedules.get, schedule_id), schedule_id)
 
 
 @router.post("/schedules/{schedule_id}/pause")
-async def pause_schedule(schedule_id: str, schedules: Schedules) -> ScheduleView:
-    return _found(await run_in_threadpool(schedules.pause, schedule_id), schedule_id)
+async def pause_schedule(
+    schedule_id: str, schedules: Schedules, caller: ScheduleWriter, request: Request
+) -> ScheduleView:
+    view = await run_in_threadpool(schedules.pause, schedule_id)
+    _audit(request, "schedule.pause", caller, schedule_id, view is not None, None if view else "no such schedule")
+    return _found(view, schedule_id)
 
 
 @router.post("/schedules/{schedule_id}/resume")
-async def resume_schedule(schedule_id: str, schedules: Schedules) -> ScheduleView:
-    return _found(await run_in_threadpool(schedules.resume, schedule_id), schedule_id)
+async def resume_schedule(
+    schedule_id: str, schedules: Schedules, caller: ScheduleWriter, request: Request
+) -> ScheduleView:
+    view = await run_in_threadpool(schedules.resume, schedule_id)
+    _audit(request, "schedule.resume", caller, schedule_id, view is not None, None if view else "no such schedule")
+    return _found(view, schedule_id)
 
 
 @router.delete("/schedules/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_schedule(schedule_id: str, schedules: Schedules) -> None:
-    if not await run_in_threadpool(schedules.delete, schedule_id):
+async def delete_schedule(schedule_id: str, schedules: Schedules, caller: ScheduleWriter, request: Request) -> None:
+    deleted = await run_in_threadpool(schedules.delete, schedule_id)
+    _audit(request, "schedule.delete", caller, schedule_id, deleted, None if deleted else "no such schedule")
+    if not deleted:
         raise HTTPException(status_code=404, detail=f"no schedule with id {schedule_id!r}")
 
 
@@ -569,7 +627,7 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
             jobs = ScheduleJobs(settings)
             objects = ObjectStore(settings)
             workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
-            app.state.schedules = ScheduleService(platform, jobs, app.state.runs, settings)
+            app.state.schedules = ScheduleService(platform, jobs, app.state.runs, settings, app.state.source_policy)
             app.state.retention = RetentionService(platform, objects, workflows, settings)
             if settings.retention_gc_every:
                 jobs.schedule_recurring(GC_JOB, settings.retention_gc_every)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 
 from pgmeta_shared.settings import DaprSettings
 
@@ -34,3 +36,36 @@ class OrchestratorSettings(DaprSettings):
     retention_gc_every: str = Field(
         default="@every 1h", description="Dapr job schedule of the automatic `gc` (empty: only on request)."
     )
+    # -- access --------------------------------------------------------------------------------------
+    registry_store: str = Field(
+        default="registry", description="State store (orchestrator only) for API tokens and registered connections."
+    )
+    bootstrap_token_sha256: SecretStr | None = Field(
+        default=None, description="SHA-256 (hex) of an admin token accepted before any token exists."
+    )
+    bootstrap_token_sha256_file: Path | None = Field(
+        default=None, description="File holding that SHA-256 (e.g. a mounted Kubernetes secret)."
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer whose JWTs are accepted (iss claim).")
+    oidc_audience: str = Field(default="pgmeta", description="Required aud claim of OIDC JWTs.")
+    oidc_jwks_url: str | None = Field(default=None, description="JWKS URL; default <issuer>/.well-known/jwks.json.")
+    oidc_role_claim: str = Field(default="pgmeta_role", description="Claim holding viewer/operator/admin (or a list).")
+    oidc_username_claim: str = Field(default="sub", description="Claim naming the caller in the audit trail.")
+    adhoc_allowed_hosts: list[str] = Field(
+        default=["*"],
+        description="Hosts ad-hoc sources (inline password, no registered connection) may name: '*', host patterns "
+        "('*.db.internal') or CIDRs ('10.0.0.0/8'), as a JSON list. The chart sets [] (connections only).",
+    )
+    sslrootcert_dir: Path | None = Field(
+        default=None, description="Directory of CA bundles a source's sslrootcert may name; none: only 'system'."
+    )
+    audit_log_path: Path | None = Field(
+        default=None, description="Append audit records to this JSON Lines file; default: stdout ('audit' logger)."
+    )
+
+    def bootstrap_token_digest(self) -> str | None:
+        if self.bootstrap_token_sha256 is not None:
+            return self.bootstrap_token_sha256.get_secret_value().strip().lower() or None
+        if self.bootstrap_token_sha256_file is not None and self.bootstrap_token_sha256_file.exists():
+            return self.bootstrap_token_sha256_file.read_text().strip().lower() or None
+        return None

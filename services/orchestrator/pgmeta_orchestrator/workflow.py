@@ -30,10 +30,12 @@ from pgmeta_shared.events import (
     TopicName,
     TransformRequested,
     UnitChunks,
+    clip,
     stage_result_event,
     topic,
 )
 from pgmeta_shared.fencing import RunState, end_run
+from pgmeta_shared.keys import credentials_key
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.telemetry import mark_failed, pipeline_metrics
@@ -193,7 +195,7 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         published = PublishCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
     except StageFailedError as exc:
         ctx.set_custom_status(custom_status(stage.value, status["counts"], str(exc), databases=status["databases"]))
-        failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=status["counts"], error=str(exc))
+        failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=status["counts"], error=clip(str(exc)))
         yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(failed, request))
         raise
 
@@ -248,8 +250,7 @@ class Activities:
         result = ExtractionCompleted.model_validate(payload["result"])
         # First: from here on, late stage work for this run commits nothing (pgmeta_shared.fencing).
         end_run(self._platform, result.run_id, RunState(result.status), result.error)
-        credentials = payload["credentials"]
-        # A password given to the REST API is kept only for the run's lifetime.
-        if credentials["kind"] == "state" and credentials["store"] == self._credentials_store:
-            self._platform.delete_state(credentials["store"], credentials["key"])
+        # A password given to the REST API is kept only for the run's lifetime. Only the key derived from
+        # the run id is ever deleted: a key named in the request could be anyone's (runs/index, a baseline).
+        self._platform.delete_state(self._credentials_store, credentials_key(result.run_id))
         self._platform.publish(TopicName.EXTRACTION_COMPLETED, result)

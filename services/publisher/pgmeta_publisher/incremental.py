@@ -8,11 +8,13 @@ filtered out this time is out of scope, not deleted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2
 
 from pgmeta_shared.events import FilterSpec, UnitChunks
 from pgmeta_shared.fingerprints import Fingerprint
@@ -126,10 +128,18 @@ class Scope:
 
 
 def _matches(pattern: str, name: str) -> bool:
+    """Whole-name match (anchored, as the extractor's SQL anchors it) in linear time: filters are user input,
+    and a backtracking engine would let ``(a+)+c`` hold the GIL for minutes."""
+    compiled = _compiled(pattern)
+    return compiled is not None and compiled.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Any:
     try:
-        return re.fullmatch(pattern, name) is not None
-    except re.error:
-        return False
+        return re2.compile(pattern)
+    except re2.error:
+        return None
 
 
 @dataclass

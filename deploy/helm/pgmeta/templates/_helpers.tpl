@@ -27,14 +27,6 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .service }}
 {{- end -}}
 
-{{- define "pgmeta.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "pgmeta.fullname" .) .Values.serviceAccount.name -}}
-{{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
-{{- end -}}
-{{- end -}}
-
 {{/* Connection metadata every Redis-backed Dapr component shares. */}}
 {{- define "pgmeta.redisMetadata" -}}
 - name: redisHost

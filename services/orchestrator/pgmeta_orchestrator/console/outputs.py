@@ -52,13 +52,20 @@ class ObjectReader(Protocol):
 class BindingObjectReader:
     """Reads objects through the sidecar's output binding API (``get``); None when the object is absent."""
 
-    def __init__(self, dapr_host: str, dapr_http_port: int, binding: str = OBJECTSTORE_BINDING) -> None:
+    def __init__(
+        self,
+        dapr_host: str,
+        dapr_http_port: int,
+        binding: str = OBJECTSTORE_BINDING,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._url = f"http://{dapr_host}:{dapr_http_port}/v1.0/bindings/{binding}"
+        self._headers = headers or {}
 
     def read(self, path: str) -> bytes | None:
         # localstorage names the object `fileName`, aws.s3 `key`: give both, as the publisher does.
         body = {"operation": "get", "metadata": {"fileName": path, "key": path}}
-        response = httpx.post(self._url, json=body, timeout=60)
+        response = httpx.post(self._url, json=body, headers=self._headers, timeout=60)
         if response.status_code == 200:
             return response.content
         text = response.text.lower()

@@ -1,8 +1,10 @@
 """The console's HTTP surface: the page and its assets (no data, no auth), and the data routes it adds.
 
-``console_router`` holds every route that returns data; it is where the API's authentication belongs (the
-integrator adds ``dependencies=[Depends(require("viewer"))]``). ``console_assets_router`` only serves the
-static page, which holds no data: a browser navigating to /console cannot send a Bearer header.
+``console_router`` holds every route that returns data: each needs a viewer (or higher) API token, checked by
+the REST API's own auth (``require``), sent by the page as ``Authorization: Bearer`` on every fetch (its
+progress stream too: it reads server-sent events over fetch, not EventSource). ``console_assets_router``
+only serves the static page, which holds no data: a browser navigating to /console cannot send a Bearer
+header, and the page asks for a token before it shows anything.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator.auth import Principal, Role, require
 from pgmeta_orchestrator.console.outputs import (
     LINEAGE_SUFFIX,
     BindingObjectReader,
@@ -59,20 +62,15 @@ def include_console(app: FastAPI, settings: OrchestratorSettings) -> None:
     app.include_router(console_router)
 
 
-def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's API token.
-
-    TODO(integrator): the REST API's auth module replaces this check: include ``console_router`` with
-    ``Depends(require("viewer"))`` and drop this function. Until then a token is required but not checked.
-    """
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(status_code=401, detail="sign in: send an API token as 'Authorization: Bearer <token>'")
-    return token
-
-
 console_assets_router = APIRouter(tags=["console"])
-console_router = APIRouter(tags=["console"], dependencies=[Depends(bearer_token)])
+ConsoleViewer = Annotated[Principal, Depends(require(Role.VIEWER, "console.read"))]
+console_router = APIRouter(tags=["console"], dependencies=[Depends(require(Role.VIEWER, "console.read"))])
+
+
+@console_router.get("/console/api/whoami")
+def whoami(caller: ConsoleViewer) -> dict[str, str]:
+    """Who the token belongs to and its role: the page signs in with it, and hides what the role may not do."""
+    return {"name": caller.name, "role": caller.role.value}
 
 
 # -- the page ---------------------------------------------------------------------------------------
@@ -117,7 +115,10 @@ def _outputs(request: Request) -> RunOutputs:
     if outputs is None:
         settings: OrchestratorSettings = request.app.state.console_settings
         console = ConsoleSettings()
-        outputs = RunOutputs(BindingObjectReader(settings.dapr_host, settings.dapr_http_port), console.index_dir)
+        outputs = RunOutputs(
+            BindingObjectReader(settings.dapr_host, settings.dapr_http_port, headers=settings.sidecar_headers()),
+            console.index_dir,
+        )
         request.app.state.console_outputs = outputs
     return outputs
 

@@ -1,6 +1,25 @@
 // pgmeta console: one ES module, no dependencies. Hash routes; every API call carries the Bearer token.
 
 const TOKEN_KEY = "pgmeta.token";
+// Who the token belongs to and its role (GET /console/api/whoami): the page hides what the role may not do.
+// Only a convenience: the API checks every call itself and answers 403 to a viewer who tries anyway.
+const WHO_KEY = "pgmeta.who";
+const OPERATOR_ROLES = ["operator", "admin"];
+
+function who() {
+  try {
+    return JSON.parse(sessionStorage.getItem(WHO_KEY) || "null");
+  } catch {
+    return null;
+  }
+}
+
+const mayOperate = () => OPERATOR_ROLES.includes((who() || {}).role);
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(WHO_KEY);
+}
 const main = document.getElementById("main");
 let routeSerial = 0; // a page left behind stops updating (its live stream is aborted)
 let pageAbort = new AbortController();
@@ -99,7 +118,7 @@ async function api(path, { method = "GET", body, signal, raw = false } = {}) {
   if (response.status === 401 || response.status === 403) {
     const payload = await response.json().catch(() => null);
     if (response.status === 401) {
-      sessionStorage.removeItem(TOKEN_KEY);
+      signOut();
       location.hash = "#/sign-in";
     }
     throw new ApiError(response.status, detailText(payload, response.status), payload);
@@ -169,8 +188,19 @@ async function route() {
   const serial = ++routeSerial;
   const { parts, params } = parseHash();
   const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY));
+  if (signedIn && !who()) {
+    try {
+      sessionStorage.setItem(WHO_KEY, JSON.stringify(await api("/console/api/whoami")));
+    } catch {
+      return; // a 401 has signed out and gone to the sign-in page
+    }
+  }
   document.getElementById("nav").hidden = !signedIn;
   document.getElementById("sign-out").hidden = !signedIn;
+  document.querySelector('[data-nav="new"]').hidden = !mayOperate();
+  const whoami = document.getElementById("whoami");
+  whoami.hidden = !signedIn;
+  whoami.textContent = signedIn ? `${who().name} · ${who().role}` : "";
   if (!signedIn && parts[0] !== "sign-in") {
     location.hash = "#/sign-in";
     return;
@@ -199,7 +229,7 @@ async function route() {
 
 window.addEventListener("hashchange", route);
 document.getElementById("sign-out").addEventListener("click", () => {
-  sessionStorage.removeItem(TOKEN_KEY);
+  signOut();
   location.hash = "#/sign-in";
 });
 
@@ -217,16 +247,17 @@ async function signInPage(render) {
         event.preventDefault();
         sessionStorage.setItem(TOKEN_KEY, token.value.trim());
         try {
-          await api("/console/api/runs?limit=1");
+          // The API's own check of the token (the same code as every other route), and its role.
+          sessionStorage.setItem(WHO_KEY, JSON.stringify(await api("/console/api/whoami")));
           location.hash = "#/runs";
         } catch (err) {
-          sessionStorage.removeItem(TOKEN_KEY);
+          signOut();
           put(message, errorBox(err.status === 401 ? "That token was not accepted. Ask an admin for an API token." : err.message));
         }
       },
     },
     h("h1", {}, "Sign in"),
-    h("p", { class: "muted" }, "Paste an API token. It stays in this browser tab only and is sent with every request."),
+    h("p", { class: "muted" }, "Paste an API token (a local stack keeps its admin token in .pgmeta/stack/api-token). It stays in this browser tab only and is sent with every request."),
     h("div", { class: "field" }, h("label", { for: "token" }, "API token"), token),
     message,
     h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Sign in")),
@@ -256,7 +287,7 @@ async function runsPage(render) {
     "div",
     { class: "page-head" },
     h("div", {}, h("h1", {}, "Runs"), h("p", { class: "muted" }, "Every extraction, newest first.")),
-    h("a", { class: "button", href: "#/new" }, "New extraction"),
+    mayOperate() ? h("a", { class: "button", href: "#/new" }, "New extraction") : null,
   );
   render(head, h("p", { class: "muted" }, "Loading runs…"));
   const runs = await api("/console/api/runs?limit=100");
@@ -281,7 +312,7 @@ async function runsPage(render) {
     tableOf(
       headers,
       rows,
-      emptyState("No runs yet", "Register a PostgreSQL source, test the connection, pick what to extract and run it.", h("a", { class: "button", href: "#/new" }, "New extraction")),
+      emptyState("No runs yet", "Register a PostgreSQL source, test the connection, pick what to extract and run it.", mayOperate() ? h("a", { class: "button", href: "#/new" }, "New extraction") : null),
     ),
   );
 }
@@ -324,6 +355,13 @@ function regexLiteral(name) {
 
 async function newExtractionPage(render) {
   document.title = "New extraction · pgmeta";
+  if (!mayOperate()) {
+    render(
+      h("h1", {}, "New extraction"),
+      emptyState(`Your token's role (${(who() || {}).role}) may browse runs, not start them.`, "Ask an admin for an operator token to test connections and run extractions.", h("a", { class: "button", href: "#/runs" }, "All runs")),
+    );
+    return;
+  }
   const field = (label, input, cls = "", hint = "") =>
     h("div", { class: `field ${cls}` }, h("label", { for: input.id }, label, hint ? h("span", { class: "hint" }, ` ${hint}`) : null), input);
   const host = h("input", { type: "text", id: "host", name: "host", required: true, autocomplete: "off", placeholder: "db.example.internal" });
@@ -582,7 +620,7 @@ async function runPage(render, runId, tabName, params, signal) {
     render(h("h1", {}, "Run not found"), emptyState(`There is no run ${runId}.`, "It may have been started on another stack, or aged out of the runs index.", h("a", { class: "button", href: "#/runs" }, "All runs")));
     return;
   }
-  const cancellable = await apiHasRoute("/runs/{run_id}/cancel", "post");
+  const cancellable = mayOperate() && (await apiHasRoute("/runs/{run_id}/cancel", "post"));
   const head = () =>
     h(
       "div",
@@ -820,7 +858,7 @@ async function compareTab(render, head, tabs, run, params) {
   const sameConnection = runs.filter((r) => r.run_id !== runId && r.status === "COMPLETED" && r.connection_qualified_name === run.connection_qualified_name);
   const base = params.get("base") || run.previous_run_id || (sameConnection[0] && sameConnection[0].run_id) || "";
   if (!base) {
-    render(head, tabs, emptyState("Nothing to compare with", "This is the only completed run of its connection. Run the same source again, then compare.", h("a", { class: "button", href: "#/new" }, "New extraction")));
+    render(head, tabs, emptyState("Nothing to compare with", "This is the only completed run of its connection. Run the same source again, then compare.", mayOperate() ? h("a", { class: "button", href: "#/new" }, "New extraction") : null));
     return;
   }
   render(head, tabs, h("p", { class: "muted" }, "Comparing…"));

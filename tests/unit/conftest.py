@@ -1,0 +1,5 @@
+"""Unit-test fixtures shared by several modules."""
+
+from tests.unit.api_harness import api
+
+__all__ = ["api"]
