@@ -121,6 +121,9 @@ class RunView(BaseModel):
     )
     source: dict[str, Any] | None = Field(default=None, description="host, port and database of the request.")
     duration_seconds: float | None = Field(default=None, description="From the run's start to its last update.")
+    workflow_version: str | None = Field(
+        default=None, description="The workflow version the run started on, and finishes on."
+    )
 
 
 class RunService:
@@ -315,6 +318,7 @@ class RunService:
             updated_at=_iso(state.last_updated_at),
             source=_source_of(_loads(getattr(state, "serialized_input", None))),
             duration_seconds=_seconds_between(state.created_at, state.last_updated_at),
+            workflow_version=custom.get("workflow_version"),
         )
         if runtime == "COMPLETED":
             output = _loads(state.serialized_output) or {}

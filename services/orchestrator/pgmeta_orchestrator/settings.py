@@ -34,3 +34,11 @@ class OrchestratorSettings(DaprSettings):
     retention_gc_every: str = Field(
         default="@every 1h", description="Dapr job schedule of the automatic `gc` (empty: only on request)."
     )
+    workflow_version: str | None = Field(
+        default=None,
+        description=(
+            "The workflow version new runs start on (default: the newest). Runs in flight always finish on the "
+            "version they started on. Pin the previous version for the first step of a rolling upgrade of "
+            "several orchestrator replicas (docs/reliability.md, 'Changing the workflow')."
+        ),
+    )
