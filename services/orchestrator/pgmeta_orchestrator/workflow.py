@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from dapr.ext.workflow import when_all, when_any
 from pydantic import BaseModel
@@ -269,7 +269,7 @@ def run_fan_out(
             )
         )
 
-    by_unit: dict[str | None, BaseModel] = dict(commands)
+    by_unit = cast(dict[str | None, BaseModel], commands)  # every key a unit name; None only for single-unit stages
     results = yield from await_units(ctx, stage, topic, by_unit, timeout, show)
     return {str(unit): result for unit, result in results.items()}
 
