@@ -1,0 +1,18 @@
+"""The REST API as the fault suite's newer tests call it: one place for what every request carries (e.g. the
+API's credentials once the API requires them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from pgmeta_devstack.stack import LocalStack
+
+
+def api_get(stack: LocalStack, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(f"{stack.layout.api_url}{path}", timeout=kwargs.pop("timeout", 10), **kwargs)
+
+
+def api_post(stack: LocalStack, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{stack.layout.api_url}{path}", timeout=kwargs.pop("timeout", 30), **kwargs)
