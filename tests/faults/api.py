@@ -16,3 +16,9 @@ def api_get(stack: LocalStack, path: str, **kwargs: Any) -> httpx.Response:
 
 def api_post(stack: LocalStack, path: str, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{stack.layout.api_url}{path}", timeout=kwargs.pop("timeout", 30), **kwargs)
+
+
+def publish_event(stack: LocalStack, topic: str, event: dict[str, Any]) -> httpx.Response:
+    """Publishes ``event`` on ``topic`` through the orchestrator's sidecar, as any producer of the topic does."""
+    port = stack.layout.dapr_http_port("orchestrator")
+    return httpx.post(f"http://127.0.0.1:{port}/v1.0/publish/pubsub/{topic}", json=event, timeout=30)
