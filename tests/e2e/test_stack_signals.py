@@ -131,7 +131,7 @@ def test_ctrl_c_twice_and_sigterm_stop_everything_and_exit_cleanly(stack_home: t
     state, base = stack_home
     for how in ("ctrl-c", "ctrl-c twice", "sigterm"):
         run = stack_command("demo", state, base)
-        run.wait_for_line(READY)
+        run.wait_for_line(READY, timeout=300)  # a supervised start-up plus the demo run, on a loaded machine
         pids = _stack_pids(state)
         assert len(pids) >= 12, pids
         _interrupt(run, how)
@@ -175,7 +175,7 @@ def test_make_down_stops_a_stack_whose_pid_files_are_gone(stack_home: tuple[Path
 def test_make_down_from_another_terminal_ends_make_run(stack_home: tuple[Path, int]) -> None:
     state, base = stack_home
     run = stack_command("demo", state, base)
-    run.wait_for_line(READY)
+    run.wait_for_line(READY, timeout=300)  # a supervised start-up plus the demo run, on a loaded machine
     pids = _stack_pids(state)
     code, output = stack_command("down", state, base).finish()
     assert code == 0, output
