@@ -48,7 +48,7 @@ status:
 	@$(UV) run --frozen pgmeta-stack status
 
 run: setup dapr zipkin
-	@$(UV) run --frozen pgmeta-stack demo
+	@PGMETA_REPLICAS="$(REPLICAS)" $(UV) run --frozen pgmeta-stack demo
 
 lint: setup
 	@$(UV) run --frozen ruff check .

@@ -136,6 +136,12 @@ class FenceWatch:
             raise RunEndedError(f"run {self._run_id} ended ({state.value}) while this work ran; stopped")
 
 
+def lease_is_fresh(store: ArtifactStore, run_id: str, stage: StageName, unit: str | None) -> bool:
+    """Whether a live worker holds the unit's lease (heartbeated within ``LEASE_STALE_SECONDS``)."""
+    lease = store.get_json(work_lease_key(run_id, stage, unit))
+    return lease is not None and time.time() - lease["heartbeat"] < LEASE_STALE_SECONDS
+
+
 @contextmanager
 def work_lease(store: ArtifactStore, run_id: str, stage: StageName, unit: str | None) -> Iterator[None]:
     """Holds the lease on one stage unit while the body runs, heartbeating it from a thread."""

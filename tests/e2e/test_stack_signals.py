@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pgmeta_devstack.layout import free_port_block, repo_root
+from pgmeta_devstack.processes import recorded_pid
 from tests.plugins.servers import _assert_all_stopped, _require_dapr
 
 pytestmark = pytest.mark.e2e
@@ -130,7 +131,7 @@ def test_ctrl_c_twice_and_sigterm_stop_everything_and_exit_cleanly(stack_home: t
     state, base = stack_home
     for how in ("ctrl-c", "ctrl-c twice", "sigterm"):
         run = stack_command("demo", state, base)
-        run.wait_for_line(READY)
+        run.wait_for_line(READY, timeout=300)  # a supervised start-up plus the demo run, on a loaded machine
         pids = _stack_pids(state)
         assert len(pids) >= 12, pids
         _interrupt(run, how)
@@ -144,7 +145,11 @@ def test_ctrl_c_twice_and_sigterm_stop_everything_and_exit_cleanly(stack_home: t
 def test_ctrl_c_during_start_up_stops_what_was_started(stack_home: tuple[Path, int]) -> None:
     state, base = stack_home
     run = stack_command("demo", state, base)
-    run.wait_for_line("redis ready")
+    run.wait_for_line("starting, supervised")
+    deadline = time.monotonic() + 60  # the supervisor has started Redis: the stack is half up
+    while recorded_pid(state / "pids", "redis") is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert recorded_pid(state / "pids", "redis") is not None
     os.killpg(run.process.pid, signal.SIGINT)
     code, output = run.finish()
     assert code == 0, output
@@ -170,7 +175,7 @@ def test_make_down_stops_a_stack_whose_pid_files_are_gone(stack_home: tuple[Path
 def test_make_down_from_another_terminal_ends_make_run(stack_home: tuple[Path, int]) -> None:
     state, base = stack_home
     run = stack_command("demo", state, base)
-    run.wait_for_line(READY)
+    run.wait_for_line(READY, timeout=300)  # a supervised start-up plus the demo run, on a loaded machine
     pids = _stack_pids(state)
     code, output = stack_command("down", state, base).finish()
     assert code == 0, output

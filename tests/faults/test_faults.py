@@ -12,6 +12,7 @@ set it to 180 for the three-minute outage of the issue.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,14 +26,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from pgmeta_bench.catalog import CatalogShape, ensure_catalog
 from pgmeta_bench.common import BENCH_DATABASE
 from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import LocalStack
-from pgmeta_devstack.supervisor import HOLD_DIR, read_status, start_detached, stop_supervisor
+from pgmeta_devstack.supervisor import ENV_DIR, HOLD_DIR, read_status, start_detached, stop_supervisor
+from pgmeta_orchestrator.workflow import SILENCE_SECONDS, WORKFLOW_VERSIONS
 from pgmeta_shared.outputfiles import decode
+from tests.faults.api import api_get, api_post
 from tests.plugins.servers import api_headers, register_connection
 
 pytestmark = pytest.mark.faults
@@ -373,3 +377,112 @@ def test_retry_after_a_failure_resumes_and_completes_exactly(
     TIMINGS.append(Outcome("retry of the timed-out run", run["status"], seconds, baseline, "finished units reused"))
     assert_exact(stack, run, expected)
     assert seconds < baseline + 30
+
+
+# -- upgrades and lost commands (requests through tests/faults/api.py) ------------------------------------------
+
+
+def submit_via_api(stack: LocalStack, run_id: str, **overrides: Any) -> None:
+    response = api_post(stack, "/runs", json=request(stack, run_id, **overrides))
+    assert response.status_code == 202, response.text
+
+
+def run_view(stack: LocalStack, run_id: str) -> dict[str, Any] | None:
+    try:
+        response = api_get(stack, f"/runs/{run_id}", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def finished_via_api(stack: LocalStack, run_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = run_view(stack, run_id) or last
+        if last and last["status"] in {"COMPLETED", "FAILED"}:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} not finished within {timeout:.0f} s; last seen {last}")
+
+
+def restart_orchestrator(stack: LocalStack, env: dict[str, str] | None) -> None:
+    """kill -9 the orchestrator app; the supervisor starts it again with ``env`` added (None: its own env)."""
+    override = stack.state / ENV_DIR / "orchestrator"
+    override.parent.mkdir(exist_ok=True)
+    if env is None:
+        override.unlink(missing_ok=True)
+    else:
+        override.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    before = pid_of(stack, "orchestrator")
+    kill(stack, "orchestrator")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if pid_of(stack, "orchestrator") != before:
+            with contextlib.suppress(httpx.HTTPError):
+                if api_get(stack, "/healthz", timeout=2).status_code == 200:
+                    return
+        time.sleep(0.2)
+    raise AssertionError("the orchestrator did not come back within 120 s")
+
+
+def test_a_run_started_on_the_previous_workflow_version_finishes_on_it_after_an_upgrade(
+    stack: LocalStack, undisturbed: tuple[Counter[str], float]
+) -> None:
+    """An orchestrator starting runs on version N is replaced mid-run by one starting them on N+1 (whose
+    workflow has a new step: the silence timer): the run finishes exactly, on N; the next run is on N+1."""
+    expected, baseline = undisturbed
+    previous, newest = WORKFLOW_VERSIONS[-2].name, WORKFLOW_VERSIONS[-1].name
+    wait_healthy(stack)
+    restart_orchestrator(stack, {"PGMETA_WORKFLOW_VERSION": previous})
+    started = time.monotonic()
+    try:
+        submit_via_api(stack, "upgrade-mid-run")
+        wait_stage(stack, "upgrade-mid-run", "extract")
+    finally:
+        restart_orchestrator(stack, None)  # the upgrade: new runs start on the newest version
+    run = finished_via_api(stack, "upgrade-mid-run", RECOVERY_BOUND + baseline)
+    seconds = time.monotonic() - started
+    TIMINGS.append(Outcome(f"orchestrator upgraded {previous} → {newest} mid-run", run["status"], seconds, baseline))
+    assert_exact(stack, run, expected)
+    assert run["workflow_version"] == previous, run
+    submit_via_api(stack, "upgrade-next-run")
+    after = finished_via_api(stack, "upgrade-next-run", RECOVERY_BOUND + baseline)
+    assert_exact(stack, after, expected)
+    assert after["workflow_version"] == newest, after
+
+
+def test_a_command_lost_from_the_stream_is_sent_again(
+    stack: LocalStack, undisturbed: tuple[Counter[str], float]
+) -> None:
+    """The publish command is deleted from Redis before any publisher read it (as a Redis crash can lose the
+    last second): the workflow sees no sign of life from the publisher and sends the command again."""
+    expected, baseline = undisturbed
+    wait_healthy(stack)
+    held = [stack.state / HOLD_DIR / name for name in ("publisher", "publisher-daprd")]
+    held[0].parent.mkdir(exist_ok=True)
+    for hold in held:
+        hold.touch()
+    streams = redis.Redis(port=stack.layout.redis_port)
+    started = time.monotonic()
+    try:
+        kill(stack, "publisher-daprd")
+        kill(stack, "publisher")
+        submit_via_api(stack, "lost-command")
+        deadline = time.monotonic() + RECOVERY_BOUND + baseline
+        lost: list[Any] = []
+        while not lost and time.monotonic() < deadline:
+            entries: Any = streams.xrange("publish.requested")
+            lost = [entry_id for entry_id, fields in entries if any(b"lost-command" in v for v in fields.values())]
+            time.sleep(0.1)
+        assert lost, "the publish command never reached the stream"
+        assert streams.xdel("publish.requested", *lost) == len(lost)
+    finally:
+        for hold in held:
+            hold.unlink()
+    run = finished_via_api(stack, "lost-command", RECOVERY_BOUND + baseline + SILENCE_SECONDS)
+    seconds = time.monotonic() - started
+    TIMINGS.append(Outcome("publish command deleted from the stream", run["status"], seconds, baseline, "re-sent"))
+    assert_exact(stack, run, expected)
+    log = (stack.layout.logs / "orchestrator.log").read_text(errors="replace")
+    assert "run lost-command: publish of the run showed no sign of life" in log

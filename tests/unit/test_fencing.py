@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pgmeta_orchestrator.workflow import Activities
 from pgmeta_publisher import incremental, publishing
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared import fencing
@@ -118,3 +119,18 @@ def test_a_redelivery_waits_for_the_live_worker_and_takes_over_a_dead_one(monkey
     platform.save_json(work_lease_key("r1", Stage.EXTRACT, "db000"), {"holder": "dead:1:x", "heartbeat": 0})
     with work_lease(platform, "r1", Stage.EXTRACT, "db000"):
         pass
+
+
+def test_only_a_heartbeated_lease_is_a_sign_of_life_for_the_silence_check() -> None:
+    """What the workflow's re-send asks (Activities.find_silent_units): silent = no worker holds a fresh lease."""
+    platform = InMemoryPlatform()
+    activities = Activities(platform, "credentials")
+    query = {"run_id": "r1", "stage": "extract", "units": ["db000", "db001", "db002"]}
+    assert activities.find_silent_units(None, query) == ["db000", "db001", "db002"]  # never taken
+    with work_lease(platform, "r1", Stage.EXTRACT, "db000"):
+        platform.save_json(
+            work_lease_key("r1", Stage.EXTRACT, "db001"),
+            {"holder": "dead-worker", "heartbeat": time.time() - fencing.LEASE_STALE_SECONDS - 1},
+        )
+        assert activities.find_silent_units(None, query) == ["db001", "db002"]  # db001: its worker died
+    assert activities.find_silent_units(None, {"run_id": "r1", "stage": "publish", "units": [None]}) == [None]

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from dapr.ext.workflow._durabletask import task as dt
 
-from pgmeta_orchestrator.workflow import ACTIVITY_FINISH, ACTIVITY_PUBLISH, StageFailedError, extraction_workflow
+from pgmeta_orchestrator.workflow import (
+    ACTIVITY_FINISH,
+    ACTIVITY_PUBLISH,
+    ACTIVITY_SILENT_UNITS,
+    LATEST_VERSION,
+    MAX_RESENDS,
+    SILENCE_SECONDS,
+    WORKFLOW_NAME,
+    WORKFLOW_VERSIONS,
+    StageFailedError,
+    WorkflowVersion,
+    extraction_workflow,
+    register_workflow_versions,
+    workflow_version,
+)
+from pgmeta_shared.events import Stage, stage_result_event
 from pgmeta_shared.naming import default_connection_qualified_name
 
 REQUEST = {
@@ -20,6 +37,14 @@ REQUEST = {
 }
 
 
+@dataclass
+class Silent:
+    """A unit that answers only after its command was sent ``resends`` more times (a lost command)."""
+
+    resends: int
+    outcome: Any
+
+
 class ScriptedContext:
     """Hands out real tasks and remembers what each one is, so the driver can complete it."""
 
@@ -29,6 +54,7 @@ class ScriptedContext:
         self.statuses: list[str] = []
         self.meaning: dict[int, tuple[str, str, Any]] = {}
         self.log: list[tuple[str, str, Any]] = []
+        self.current_utc_datetime = datetime(2026, 1, 1, tzinfo=UTC)
 
     def _task(self, kind: str, name: str, payload: Any) -> dt.CompletableTask[Any]:
         task: dt.CompletableTask[Any] = dt.CompletableTask()  # type: ignore[no-untyped-call]
@@ -45,45 +71,103 @@ class ScriptedContext:
     def wait_for_external_event(self, name: str, *, timeout: Any) -> dt.CompletableTask[Any]:
         return self._task("event", name, timeout)
 
-
-def settle(ctx: ScriptedContext, task: dt.Task[Any], outcomes: dict[str, Any]) -> None:
-    assert isinstance(task, dt.CompletableTask), task  # every task ScriptedContext hands out is one
-    kind, name, _ = ctx.meaning[id(task)]
-    if kind == "activity":
-        task.complete(None)
-        return
-    outcome = outcomes[name]
-    if isinstance(outcome, Exception):
-        task.cancel(outcome)  # how a timed-out wait ends: completed with an exception
-    else:
-        task.complete(outcome)
+    def create_timer(self, fire_at: timedelta) -> dt.CompletableTask[Any]:
+        return self._task("timer", "", self.current_utc_datetime + fire_at)
 
 
-def drive(outcomes: dict[str, Any], ctx: ScriptedContext | None = None) -> tuple[ScriptedContext, Any]:
+class Driver:
+    """Runs the workflow generator to its end against scripted outcomes.
+
+    ``outcomes`` maps event names to payloads, exceptions (a timed-out wait), or ``Silent``: an event that
+    arrives only once its command was re-sent. The silence check answers with the units still silent.
+    """
+
+    def __init__(self, outcomes: dict[str, Any], ctx: ScriptedContext) -> None:
+        self.outcomes = outcomes
+        self.ctx = ctx
+        self.sent: dict[str, int] = {}  # event name → times its command was published
+
+    def _available(self, name: str) -> bool:
+        outcome = self.outcomes[name]
+        return not isinstance(outcome, Silent) or self.sent.get(name, 0) > outcome.resends
+
+    def _publish(self, payload: dict[str, Any]) -> None:
+        stage = payload["topic"].split(".")[0]
+        event = payload["event"]
+        unit = event.get("unit") or (event.get("selection") or {}).get("unit")
+        name = f"{stage}_result" if unit is None else f"{stage}_result_{unit}"
+        self.sent[name] = self.sent.get(name, 0) + 1
+
+    def settle(self, task: dt.Task[Any]) -> None:
+        assert isinstance(task, dt.CompletableTask), task  # every task ScriptedContext hands out is one
+        kind, name, payload = self.ctx.meaning[id(task)]
+        if kind == "timer":
+            self.ctx.current_utc_datetime = payload
+            task.complete(None)
+        elif kind == "activity" and name == ACTIVITY_SILENT_UNITS:
+            stage = payload["stage"]
+            task.complete([u for u in payload["units"] if not self._available(stage_result_event_name(stage, u))])
+        elif kind == "activity":
+            if name == ACTIVITY_PUBLISH:
+                self._publish(payload)
+            task.complete(None)
+        else:
+            outcome = self.outcomes[name]
+            outcome = outcome.outcome if isinstance(outcome, Silent) else outcome
+            if isinstance(outcome, Exception):
+                task.cancel(outcome)  # how a timed-out wait ends: completed with an exception
+            else:
+                task.complete(outcome)
+
+    def pick(self, step: dt.WhenAnyTask) -> dt.Task[Any]:
+        """What completes first: an event that has arrived, else the silence timer, else a wait times out."""
+        children = step._tasks
+        events = [c for c in children if self.ctx.meaning[id(c)][0] == "event"]
+        arrived = [c for c in events if self._available(self.ctx.meaning[id(c)][1])]
+        if arrived:
+            return arrived[0]
+        timers = [c for c in children if self.ctx.meaning[id(c)][0] == "timer"]
+        if timers:
+            return timers[0]
+        name = self.ctx.meaning[id(events[0])][1]
+        self.outcomes[name] = TimeoutError("timer fired")
+        return events[0]
+
+    def run(self, version: WorkflowVersion) -> Any:
+        generator: Generator[Any, Any, Any] = extraction_workflow(self.ctx, REQUEST, version)
+        reply: Any = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                step = generator.throw(throw) if throw else generator.send(reply)
+                throw, reply = None, None
+                if isinstance(step, dt.WhenAllTask):
+                    for child in step._tasks:
+                        self.settle(child)
+                    reply = step.get_result()
+                elif isinstance(step, dt.WhenAnyTask):
+                    self.settle(self.pick(step))
+                    reply = step.get_result()
+                else:
+                    self.settle(step)
+                    if step.is_failed:
+                        throw = step.get_exception()
+                    else:
+                        reply = step.get_result()
+        except StopIteration as stop:
+            return stop.value
+
+
+def stage_result_event_name(stage: str, unit: str | None) -> str:
+    return stage_result_event(Stage(stage), unit)
+
+
+def drive(
+    outcomes: dict[str, Any], ctx: ScriptedContext | None = None, version: WorkflowVersion = LATEST_VERSION
+) -> tuple[ScriptedContext, Any]:
     """Runs the workflow to its end; ``outcomes`` maps event names to payloads or exceptions."""
     ctx = ctx or ScriptedContext()
-    generator: Generator[Any, Any, Any] = extraction_workflow(ctx, REQUEST)
-    reply: Any = None
-    throw: BaseException | None = None
-    try:
-        while True:
-            step = generator.throw(throw) if throw else generator.send(reply)
-            throw, reply = None, None
-            if isinstance(step, dt.WhenAllTask):
-                for child in step._tasks:
-                    settle(ctx, child, outcomes)
-                reply = step.get_result()
-            elif isinstance(step, dt.WhenAnyTask):
-                settle(ctx, step._tasks[0], outcomes)
-                reply = step.get_result()
-            else:
-                settle(ctx, step, outcomes)
-                if step.is_failed:
-                    throw = step.get_exception()
-                else:
-                    reply = step.get_result()
-    except StopIteration as stop:
-        return ctx, stop.value
+    return ctx, Driver(outcomes, ctx).run(version)
 
 
 def ok(event: dict[str, Any]) -> dict[str, Any]:
@@ -187,3 +271,137 @@ def test_stage_timeout_names_the_unit_and_the_limit() -> None:
     outcomes["transform_result_db000"] = TimeoutError("timer fired")
     with pytest.raises(StageFailedError, match="transform of db000 did not finish within 60 s"):
         drive(outcomes)
+
+
+# -- versions: a released version's actions never change; a change is a new version ----------------------------
+
+
+class TimedContext(ScriptedContext):
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_start = self.current_utc_datetime
+
+
+def actions(ctx: TimedContext) -> list[list[Any]]:
+    """What the workflow yielded, in order, as the history records it: activities, waits (with their timeout
+    timer), timers."""
+    out: list[list[Any]] = []
+    for kind, name, payload in ctx.log:
+        if kind == "activity" and name == ACTIVITY_PUBLISH:
+            event = payload["event"]
+            out.append([kind, name, payload["topic"], event.get("unit") or (event.get("selection") or {}).get("unit")])
+        elif kind == "activity" and name == ACTIVITY_FINISH:
+            out.append([kind, name, payload["result"]["status"]])
+        elif kind == "timer":
+            out.append([kind, str(payload - ctx.log_start)])
+        else:
+            out.append([kind, name, str(payload)])
+    return out
+
+
+# v1 as released (recorded from the unversioned workflow it replaced): runs started on v1 replay these.
+V1_SUCCESS = [
+    ["activity", "publish_event", "preflight.requested", None],
+    ["event", "preflight_result", "0:01:00"],
+    ["activity", "publish_event", "extract.requested", "db000"],
+    ["activity", "publish_event", "extract.requested", "db001"],
+    ["event", "extract_result_db000", "0:01:00"],
+    ["event", "extract_result_db001", "0:01:00"],
+    ["activity", "publish_event", "transform.requested", "server"],
+    ["activity", "publish_event", "transform.requested", "db000"],
+    ["activity", "publish_event", "transform.requested", "db001"],
+    ["event", "transform_result_server", "0:01:00"],
+    ["event", "transform_result_db000", "0:01:00"],
+    ["event", "transform_result_db001", "0:01:00"],
+    ["activity", "publish_event", "publish.requested", None],
+    ["event", "publish_result", "0:01:00"],
+    ["activity", "finish_run", "COMPLETED"],
+]
+V1_FAILED_EXTRACT = [*V1_SUCCESS[:6], ["activity", "finish_run", "FAILED"]]
+
+
+def test_released_v1_yields_exactly_what_it_did_when_released() -> None:
+    """If this fails, a change reached a released version: put it in a new version instead."""
+    v1 = workflow_version("v1")
+    ctx = TimedContext()
+    drive(success("shop", "crm"), ctx, v1)
+    assert actions(ctx) == V1_SUCCESS
+    failing = success("shop", "crm") | {"extract_result_db001": {"ok": False, "error_code": "x", "error": "y"}}
+    ctx = TimedContext()
+    with pytest.raises(StageFailedError):
+        drive(failing, ctx, v1)
+    assert actions(ctx) == V1_FAILED_EXTRACT
+
+
+def test_v2_is_a_new_definition_with_a_silence_timer_per_stage() -> None:
+    ctx = TimedContext()
+    _, result = drive(success("shop", "crm"), ctx, workflow_version("v2"))
+    assert result["status"] == "COMPLETED"
+    got = actions(ctx)
+    assert got != V1_SUCCESS
+    assert [a for a in got if a[0] != "timer"] == V1_SUCCESS  # same commands and waits, nothing re-sent
+    assert got.count(["timer", f"0:00:{SILENCE_SECONDS}"]) == 4  # one per stage: nothing stayed silent
+
+
+def test_every_status_names_the_version_the_run_is_on() -> None:
+    for version in WORKFLOW_VERSIONS:
+        ctx, _ = drive(success("shop"), version=version)
+        assert all(f'"workflow_version": "{version.name}"' in status for status in ctx.statuses), version
+
+
+def test_a_lost_command_is_sent_again_and_the_stage_completes() -> None:
+    outcomes = success("shop", "crm")
+    outcomes["extract_result_db001"] = Silent(1, outcomes["extract_result_db001"])
+    outcomes["publish_result"] = Silent(2, outcomes["publish_result"])
+    ctx, result = drive(outcomes)
+    assert result["status"] == "COMPLETED"
+    sent = [(p["topic"], p["event"].get("selection", {}).get("unit")) for p in published(ctx)]
+    assert sent.count(("extract.requested", "db001")) == 2  # re-sent once
+    assert sent.count(("extract.requested", "db000")) == 1  # it answered: never re-sent
+    assert sent.count(("publish.requested", None)) == 3
+    checks = [payload for kind, name, payload in ctx.log if name == ACTIVITY_SILENT_UNITS]
+    assert {"run_id": "r1", "stage": "extract", "units": ["db001"]} in checks  # only the unit still waiting
+
+
+def test_re_sending_is_bounded_then_the_stage_times_out() -> None:
+    outcomes = success("shop")
+    outcomes["transform_result_db000"] = Silent(MAX_RESENDS + 5, outcomes["transform_result_db000"])
+    ctx = ScriptedContext()
+    with pytest.raises(StageFailedError, match="transform of db000 did not finish within 60 s"):
+        drive(outcomes, ctx)
+    sent = [(p["topic"], p["event"].get("unit")) for p in published(ctx)]
+    assert sent.count(("transform.requested", "db000")) == 1 + MAX_RESENDS
+    assert ctx.log[-1][2]["result"]["status"] == "FAILED"
+
+
+def test_v1_never_re_sends() -> None:
+    outcomes = success("shop")
+    outcomes["extract_result_db000"] = Silent(1, outcomes["extract_result_db000"])
+    ctx = ScriptedContext()
+    with pytest.raises(StageFailedError, match="extract of db000 did not finish"):
+        drive(outcomes, ctx, workflow_version("v1"))
+    assert not any(name == ACTIVITY_SILENT_UNITS for _, name, _ in ctx.log)
+
+
+class RecordingRuntime:
+    def __init__(self) -> None:
+        self.registered: list[tuple[str, str, bool]] = []
+
+    def register_versioned_workflow(self, fn: Any, *, name: str, version_name: str, is_latest: bool) -> None:
+        assert callable(fn)
+        self.registered.append((name, version_name, is_latest))
+
+
+def test_every_version_is_registered_and_new_runs_start_on_the_newest_unless_pinned() -> None:
+    runtime = RecordingRuntime()
+    assert register_workflow_versions(runtime, None) is LATEST_VERSION
+    assert runtime.registered == [(WORKFLOW_NAME, v.name, v is LATEST_VERSION) for v in WORKFLOW_VERSIONS]
+    pinned = RecordingRuntime()
+    assert register_workflow_versions(pinned, "v1").name == "v1"
+    assert [r for r in pinned.registered if r[2]] == [(WORKFLOW_NAME, "v1", True)]
+    assert len(pinned.registered) == len(WORKFLOW_VERSIONS)  # old runs of every version still replay
+
+
+def test_an_unknown_version_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"workflow version 'v9' does not exist \(known: v1, v2\)"):
+        workflow_version("v9")

@@ -13,7 +13,7 @@ import time
 from pgmeta_devstack import supervisor
 from pgmeta_devstack.layout import StackLayout
 from pgmeta_devstack.local_secrets import USER_FILE, SecretsFileError, set_user_secret
-from pgmeta_devstack.processes import StackError
+from pgmeta_devstack.processes import StackError, recorded_pid
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
 from pgmeta_devstack.tracing import print_trace_link
 
@@ -41,7 +41,8 @@ def _ignore_stop_signals() -> None:
 
 
 def demo(stack: LocalStack) -> int:
-    """Starts the stack, extracts the demo database through the CLI, keeps the stack up until Ctrl-C.
+    """Starts the supervised stack (as `make up`), extracts the demo database through the CLI, keeps the stack
+    up until Ctrl-C: a process that dies meanwhile is restarted.
 
     Ctrl-C (once or more) or SIGTERM at any point, start-up included, stops the whole stack and exits 0.
     """
@@ -54,15 +55,17 @@ def demo(stack: LocalStack) -> int:
         print(f"\n[stack] {exc} received", flush=True)
     finally:
         _ignore_stop_signals()
-        stopped = stack.down()
+        stopped = ["supervisor and its children"] if supervisor.stop_supervisor(stack.layout) else []
+        stopped += stack.down()
         print("[stack] stopped: " + (", ".join(stopped) if stopped else "nothing was running"), flush=True)
     return code
 
 
 def _demo_run(stack: LocalStack) -> int:
     started = time.monotonic()
-    stack.up()
-    print(f"[stack] up in {time.monotonic() - started:.1f} s")
+    print(f"[stack] starting, supervised (its log: {stack.layout.logs / 'supervisor.log'})", flush=True)
+    supervisor.start_detached(stack.layout, os.environ.get("PGMETA_REPLICAS"))
+    print(f"[stack] up in {time.monotonic() - started:.1f} s (supervised: crashed processes restart)")
     _print_layout(stack.layout)
     env = dict(
         os.environ,
@@ -102,8 +105,8 @@ def _demo_run(stack: LocalStack) -> int:
         return result.returncode
     print(f"\n[demo] the stack and the REST API ({stack.layout.api_url}) stay up until Ctrl-C.", flush=True)
     print(f"[demo] web console: {stack.layout.api_url}/console/ (sign in with the token in {stack.state}/api-token)")
-    # Until Ctrl-C, or until `make down` in another terminal stops the stack under us.
-    while stack.is_up():
+    # Until Ctrl-C, or until `make down` in another terminal stops the supervisor (and the stack) under us.
+    while recorded_pid(stack.layout.pids, supervisor.SUPERVISOR) is not None:
         time.sleep(1)
     print("\n[demo] the stack was stopped elsewhere (make down)", flush=True)
     return result.returncode

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pgmeta_devstack import tracing
@@ -36,6 +37,9 @@ log = logging.getLogger("pgmeta.supervisor")
 SUPERVISOR = "supervisor"
 STATUS_FILE = "supervisor.json"
 HOLD_DIR = "hold"  # a file <state>/hold/<name> keeps that process down after it exits (outages in tests)
+# KEY=VALUE lines in <state>/env/<name> are added to that process's environment at each (re)start: a changed
+# configuration rolls out with the next restart, as a changed Deployment does in a cluster.
+ENV_DIR = "env"
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 STABLE_AFTER_SECONDS = 30.0  # a child that ran this long restarts at the first backoff again
@@ -108,6 +112,19 @@ class Child:
     history: list[str] = field(default_factory=list)
 
 
+def env_overrides(state: Path, name: str) -> dict[str, str]:
+    """The KEY=VALUE lines of ``<state>/env/<name>`` (blank lines and ``#`` comments skipped)."""
+    path = state / ENV_DIR / name
+    if not path.exists():
+        return {}
+    overrides = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith("#"):
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
 def health_ok(health: str) -> bool:
     if health.startswith("tcp:"):
         return port_open(int(health.removeprefix("tcp:")))
@@ -157,7 +174,7 @@ class SupervisedStack(LocalStack):
             child.process = subprocess.Popen(
                 child.argv,
                 cwd=self.state,
-                env=child.env,
+                env=child.env | env_overrides(self.state, child.name),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

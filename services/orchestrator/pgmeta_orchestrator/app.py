@@ -43,9 +43,9 @@ from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import (
     ACTIVITY_FINISH,
     ACTIVITY_PUBLISH,
-    WORKFLOW_NAME,
+    ACTIVITY_SILENT_UNITS,
     Activities,
-    extraction_workflow,
+    register_workflow_versions,
 )
 from pgmeta_shared.app_token import require_app_token, sidecar_route
 from pgmeta_shared.errors import InvalidRequestError
@@ -130,14 +130,19 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         app.state.run_traces = RunTraces(platform)
         activities = Activities(platform, settings.credentials_store, app.state.run_traces)
         runtime = WorkflowRuntime(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
-        runtime.register_workflow(extraction_workflow, name=WORKFLOW_NAME)
+        start_on = register_workflow_versions(runtime, settings.workflow_version)
         runtime.register_activity(activities.publish_event, name=ACTIVITY_PUBLISH)
         runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
+        runtime.register_activity(activities.find_silent_units, name=ACTIVITY_SILENT_UNITS)
         runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         attach_workflow_log_traces(app.state.run_traces)
         wire(app, platform, workflows, settings)
-        log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
+        log.info(
+            "orchestrator ready (sidecar %s); new runs start on workflow %s",
+            settings.dapr_grpc_address,
+            start_on.name,
+        )
         try:
             yield
         finally:

@@ -117,6 +117,9 @@ class RunView(BaseModel):
     source: dict[str, Any] | None = Field(default=None, description="host, port and database of the request.")
     duration_seconds: float | None = Field(default=None, description="From the run's start to its last update.")
     started_by: str | None = Field(default=None, description="The API caller who started the run.")
+    workflow_version: str | None = Field(
+        default=None, description="The workflow version the run started on, and finishes on."
+    )
 
 
 class RunService:
@@ -320,6 +323,7 @@ class RunService:
             source=_source_of(_loads(getattr(state, "serialized_input", None))),
             duration_seconds=_seconds_between(state.created_at, state.last_updated_at),
             started_by=started_by,
+            workflow_version=custom.get("workflow_version"),
         )
         if runtime == "COMPLETED":
             output = _loads(state.serialized_output) or {}

@@ -69,3 +69,12 @@ class OrchestratorSettings(DaprSettings):
         if self.bootstrap_token_sha256_file is not None and self.bootstrap_token_sha256_file.exists():
             return self.bootstrap_token_sha256_file.read_text().strip().lower() or None
         return None
+
+    workflow_version: str | None = Field(
+        default=None,
+        description=(
+            "The workflow version new runs start on (default: the newest). Runs in flight always finish on the "
+            "version they started on. Pin the previous version for the first step of a rolling upgrade of "
+            "several orchestrator replicas (docs/reliability.md, 'Changing the workflow')."
+        ),
+    )

@@ -1,16 +1,22 @@
 """The extraction workflow: extract → transform → publish, each a command event and a completion event.
 
-Activities only publish commands; a stage's outcome arrives as an external event raised by the
-orchestrator's subscription handlers, raced against a timeout. Workflow inputs and outputs stay small
-(ids, counts): bulk data goes by claim-check.
+Activities only publish commands (and read small state); a stage's outcome arrives as an external event
+raised by the orchestrator's subscription handlers, raced against a timeout. Workflow inputs and outputs stay
+small (ids, counts): bulk data goes by claim-check.
+
+The workflow is versioned (``WORKFLOW_VERSIONS``): every run records the version it started on and is
+replayed on that version to its end, so an orchestrator upgraded mid-run finishes old runs on the old
+definition and starts new runs on the newest. How to change the workflow safely: docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from dapr.ext.workflow import when_all, when_any
 from pydantic import BaseModel
@@ -34,15 +40,78 @@ from pgmeta_shared.events import (
     stage_result_event,
     topic,
 )
-from pgmeta_shared.fencing import RunState, end_run
+from pgmeta_shared.fencing import RunState, end_run, lease_is_fresh
 from pgmeta_shared.keys import credentials_key
 from pgmeta_shared.naming import default_connection_qualified_name
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.telemetry import mark_failed, pipeline_metrics
 
+log = logging.getLogger(__name__)
+
 WORKFLOW_NAME = "extraction"
 ACTIVITY_PUBLISH = "publish_event"
 ACTIVITY_FINISH = "finish_run"
+ACTIVITY_SILENT_UNITS = "find_silent_units"
+
+# A command whose unit has shown no sign of life (no fresh work lease) this long after it was sent is sent
+# again. Longer than the pub/sub processingTimeout (20 s), so that the broker's own redelivery to a live
+# consumer is tried first; the re-send covers what redelivery cannot: a command lost with the last second of
+# Redis, deleted, or dead-lettered.
+SILENCE_SECONDS = 30
+MAX_RESENDS = 3  # per unit and stage; the stage timeout still bounds the wait
+
+
+@dataclass(frozen=True)
+class WorkflowVersion:
+    """One released definition of the extraction workflow.
+
+    What a released version yields (activities, timers, waits, in that order) never changes: runs started
+    on it are replayed on it. A change to what the workflow yields is a new version (docs/reliability.md).
+    """
+
+    name: str
+    resends_silent_commands: bool = False
+
+
+WORKFLOW_VERSIONS = (
+    WorkflowVersion("v1"),  # preflight → extract → transform → publish, each stage waited on with its timeout
+    WorkflowVersion("v2", resends_silent_commands=True),  # v1 + re-sending commands whose unit stays silent
+)
+LATEST_VERSION = WORKFLOW_VERSIONS[-1]
+
+
+def workflow_version(name: str | None) -> WorkflowVersion:
+    """The version new runs start on: ``name``, or the newest; a clear error for a name never released."""
+    if name is None:
+        return LATEST_VERSION
+    for version in WORKFLOW_VERSIONS:
+        if version.name == name:
+            return version
+    known = ", ".join(v.name for v in WORKFLOW_VERSIONS)
+    raise ValueError(f"workflow version {name!r} does not exist (known: {known})")
+
+
+def versioned_workflow(version: WorkflowVersion) -> Callable[[Any, dict[str, Any]], Generator[Any, Any, Any]]:
+    """The workflow function registered for ``version`` (a new function object per registration)."""
+
+    def run(ctx: Any, request_payload: dict[str, Any]) -> Generator[Any, Any, dict[str, Any]]:
+        return extraction_workflow(ctx, request_payload, version)
+
+    run.__name__ = f"extraction_{version.name}"
+    return run
+
+
+def register_workflow_versions(runtime: Any, default: str | None) -> WorkflowVersion:
+    """Registers every released version under ``WORKFLOW_NAME``; new runs start on ``default`` (or the newest).
+
+    Every version stays registered: a run is replayed on the version it started on, whatever the default.
+    """
+    start_on = workflow_version(default)
+    for version in WORKFLOW_VERSIONS:
+        runtime.register_versioned_workflow(
+            versioned_workflow(version), name=WORKFLOW_NAME, version_name=version.name, is_latest=version is start_on
+        )
+    return start_on
 
 
 class StageFailedError(Exception):
@@ -107,9 +176,104 @@ def fan_out(
                 units_done=len(results),
                 units_total=len(commands),
                 databases=status.get("databases"),
+                workflow_version=status.get("workflow_version"),
             )
         )
     return results
+
+
+def await_units(
+    ctx: Any,
+    stage: Stage,
+    topic: TopicName,
+    commands: dict[str | None, BaseModel],
+    timeout: timedelta,
+    on_result: Callable[[int], None] | None = None,
+) -> Generator[Any, Any, dict[str | None, dict[str, Any]]]:
+    """Publishes one command per unit (``None``: the stage has one) and waits for every outcome; the first
+    failure fails the stage. A unit that shows no sign of life for ``SILENCE_SECONDS`` gets its command
+    again (handlers are idempotent: a duplicate finds the work done or in progress), at most ``MAX_RESENDS``
+    times; the stage timeout bounds the wait as before.
+    """
+
+    def send(units: list[str | None]) -> Any:
+        return when_all([ctx.call_activity(ACTIVITY_PUBLISH, input=_command(topic, commands[u])) for u in units])
+
+    yield send(list(commands))
+    pending = {unit: ctx.wait_for_external_event(stage_result_event(stage, unit), timeout=timeout) for unit in commands}
+    sent_at = dict.fromkeys(commands, ctx.current_utc_datetime)
+    resends = dict.fromkeys(commands, 0)
+    silence = timedelta(seconds=SILENCE_SECONDS)
+    check = ctx.create_timer(silence)
+    results: dict[str | None, dict[str, Any]] = {}
+    while pending:
+        finished = yield when_any([*pending.values(), *([check] if check is not None else [])])
+        if finished is check:
+            now = ctx.current_utc_datetime
+            due = [u for u in pending if resends[u] < MAX_RESENDS and now - sent_at[u] >= silence]
+            if due:
+                query = {"run_id": ctx.instance_id, "stage": stage.value, "units": due}
+                silent: list[str | None] = yield ctx.call_activity(ACTIVITY_SILENT_UNITS, input=query)
+                again = [u for u in due if u in silent]
+                if again:
+                    yield send(again)
+                    for unit in again:
+                        sent_at[unit], resends[unit] = now, resends[unit] + 1
+            more = any(resends[u] < MAX_RESENDS for u in pending)
+            check = ctx.create_timer(silence) if more else None
+            continue
+        unit = next(u for u, task in pending.items() if task is finished)
+        del pending[unit]
+        if finished.is_failed:
+            if isinstance(finished.get_exception(), TimeoutError):
+                raise StageFailedError(_timeout_message(stage, unit, timeout))
+            where = stage.value if unit is None else f"{stage.value} of {unit}"
+            raise StageFailedError(f"{where} failed: {finished.get_exception()}")
+        results[unit] = _unwrap(stage, unit, finished.get_result())
+        if on_result is not None:
+            on_result(len(results))
+    return results
+
+
+def run_stage(
+    ctx: Any, version: WorkflowVersion, stage: Stage, topic: TopicName, command: BaseModel, timeout: timedelta
+) -> Generator[Any, Any, dict[str, Any]]:
+    """A single-unit stage (preflight, publish): its command, then its outcome."""
+    if version.resends_silent_commands:
+        results = yield from await_units(ctx, stage, topic, {None: command}, timeout)
+        return results[None]
+    yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(topic, command))
+    return (yield from await_stage(ctx, stage, timeout))
+
+
+def run_fan_out(
+    ctx: Any,
+    version: WorkflowVersion,
+    stage: Stage,
+    topic: TopicName,
+    commands: dict[str, BaseModel],
+    timeout: timedelta,
+    status: dict[str, Any],
+) -> Generator[Any, Any, dict[str, dict[str, Any]]]:
+    """A stage with one command per unit (extract, transform)."""
+    if not version.resends_silent_commands:
+        return (yield from fan_out(ctx, stage, topic, commands, timeout, status))
+
+    def show(done: int) -> None:
+        ctx.set_custom_status(
+            custom_status(
+                stage.value,
+                status["counts"],
+                units_done=done,
+                units_total=len(commands),
+                databases=status.get("databases"),
+                workflow_version=version.name,
+            )
+        )
+
+    by_unit = cast(dict[str | None, BaseModel], commands)  # every key a unit name; None only for single-unit stages
+    results = yield from await_units(ctx, stage, topic, by_unit, timeout, show)
+    return {str(unit): result for unit, result in results.items()}
 
 
 def _sum_counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -120,31 +284,37 @@ def _sum_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     return total
 
 
-def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[Any, Any, dict[str, Any]]:
+def extraction_workflow(
+    ctx: Any, request_payload: dict[str, Any], version: WorkflowVersion = LATEST_VERSION
+) -> Generator[Any, Any, dict[str, Any]]:
     request = ExtractionRequested.model_validate(request_payload)
     run_id: str = ctx.instance_id
     connection_qn = connection_qualified_name(request)
     timeout = timedelta(seconds=request.stage_timeout_seconds)
     stage = Stage.PREFLIGHT
-    status: dict[str, Any] = {"counts": {}, "databases": None}
+    # Custom status is not part of what a version yields (replay does not compare it): it may change freely.
+    status: dict[str, Any] = {"counts": {}, "databases": None, "workflow_version": version.name}
+
+    def show(stage_name: str, counts: dict[str, int], error: str | None = None, **extra: Any) -> None:
+        ctx.set_custom_status(custom_status(stage_name, counts, error, workflow_version=version.name, **extra))
+
     try:
-        ctx.set_custom_status(custom_status(stage.value, {}))
+        show(stage.value, {})
         command: Any = PreflightRequested(
             run_id=run_id, source=request.source, credentials=request.credentials, filters=request.filters
         )
-        yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.PREFLIGHT_REQUESTED, command))
-        checked = PreflightCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
+        checked = PreflightCompleted.model_validate(
+            (yield from run_stage(ctx, version, stage, TopicName.PREFLIGHT_REQUESTED, command, timeout))
+        )
 
         stage = Stage.EXTRACT
-        status = {"counts": checked.counts, "databases": [db.database for db in checked.databases]}
-        ctx.set_custom_status(
-            custom_status(
-                stage.value,
-                checked.counts,
-                units_done=0,
-                units_total=len(checked.databases),
-                databases=status["databases"],
-            )
+        status |= {"counts": checked.counts, "databases": [db.database for db in checked.databases]}
+        show(
+            stage.value,
+            checked.counts,
+            units_done=0,
+            units_total=len(checked.databases),
+            databases=status["databases"],
         )
         extract_commands: dict[str, BaseModel] = {
             db.unit: ExtractRequested(
@@ -157,7 +327,9 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
             )
             for db in checked.databases
         }
-        extracted = yield from fan_out(ctx, stage, TopicName.EXTRACT_REQUESTED, extract_commands, timeout, status)
+        extracted = yield from run_fan_out(
+            ctx, version, stage, TopicName.EXTRACT_REQUESTED, extract_commands, timeout, status
+        )
 
         stage = Stage.TRANSFORM
         units = [UnitChunks(unit=SERVER_UNIT, chunk_count=1)] + [
@@ -177,12 +349,14 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
             )
             for u in units
         }
-        transformed = yield from fan_out(ctx, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status)
+        transformed = yield from run_fan_out(
+            ctx, version, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status
+        )
 
         stage = Stage.PUBLISH
         counts = _sum_counts(list(transformed.values()))
         status["counts"] = counts
-        ctx.set_custom_status(custom_status(stage.value, counts, databases=status["databases"]))
+        show(stage.value, counts, databases=status["databases"])
         command = PublishRequested(
             run_id=run_id,
             connection_qualified_name=connection_qn,
@@ -191,15 +365,16 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
             filters=request.filters,
             database=request.source.database,
         )
-        yield ctx.call_activity(ACTIVITY_PUBLISH, input=_command(TopicName.PUBLISH_REQUESTED, command))
-        published = PublishCompleted.model_validate((yield from await_stage(ctx, stage, timeout)))
+        published = PublishCompleted.model_validate(
+            (yield from run_stage(ctx, version, stage, TopicName.PUBLISH_REQUESTED, command, timeout))
+        )
     except StageFailedError as exc:
-        ctx.set_custom_status(custom_status(stage.value, status["counts"], str(exc), databases=status["databases"]))
+        show(stage.value, status["counts"], str(exc), databases=status["databases"])
         failed = ExtractionCompleted(run_id=run_id, status="FAILED", counts=status["counts"], error=clip(str(exc)))
         yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(failed, request))
         raise
 
-    ctx.set_custom_status(custom_status("done", published.counts, databases=status["databases"]))
+    show("done", published.counts, databases=status["databases"])
     completed = ExtractionCompleted(
         run_id=run_id,
         status="COMPLETED",
@@ -237,6 +412,26 @@ class Activities:
             raise ValueError(f"the orchestrator does not publish {spec.name}")
         with self._traces.activity(ctx.workflow_id, f"publish {spec.name.value}", topic=spec.name.value):
             self._platform.publish(spec.name, spec.model.model_validate(command["event"]))
+
+    def find_silent_units(self, ctx: Any, query: dict[str, Any]) -> list[str | None]:
+        """The units of ``query`` whose work shows no sign of life: no worker holds a fresh lease on them.
+
+        A unit whose result is recorded but whose completion never reached the workflow is silent too: its
+        command sent again makes the stage re-announce the recorded result.
+        """
+        run_id, stage = query["run_id"], Stage(query["stage"])
+        silent: list[str | None] = [
+            unit for unit in query["units"] if not lease_is_fresh(self._platform, run_id, stage, unit)
+        ]
+        if silent:
+            log.warning(
+                "run %s: %s of %s showed no sign of life for %d s: command re-sent",
+                run_id,
+                stage.value,
+                ", ".join(unit or "the run" for unit in silent),
+                SILENCE_SECONDS,
+            )
+        return silent
 
     def finish_run(self, ctx: Any, payload: dict[str, Any]) -> None:
         result = payload["result"]
