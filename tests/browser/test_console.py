@@ -10,13 +10,16 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
-from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
+from pgmeta_devstack.stack import DEMO_DATABASE, DEMO_SECRET, LocalStack
+from tests.browser.session import api_client, open_sign_in, submit_token
 
 pytestmark = pytest.mark.browser
 
@@ -85,12 +88,9 @@ def new_extraction(page: Any) -> None:
 
 
 def test_sign_in(page: Any, full_stack: LocalStack) -> None:
-    page.goto(f"{full_stack.layout.api_url}/console")
-    page.get_by_role("heading", name="Sign in").wait_for()
+    open_sign_in(page, full_stack)
     shot(page, "sign-in")
-    page.get_by_label("API token").fill("local-dev-token")
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("heading", name="Runs").wait_for()
+    submit_token(page, full_stack)
     page.get_by_text("No runs yet").wait_for()
     shot(page, "runs-empty")
 
@@ -191,6 +191,85 @@ def test_an_altered_table_is_exactly_the_change_in_the_comparison(page: Any, ful
     shot(page, "compare")
     page.get_by_role("link", name="Created (1)").click()
     page.locator(f'#compare-items tr[data-qn$="/sales/customers/{ADDED_COLUMN}"]').wait_for()
+
+
+def next_three_am_in_paris() -> datetime:
+    """When "0 3 * * *" in Europe/Paris next fires, as UTC (03:00 exists on every day, DST included)."""
+    paris = ZoneInfo("Europe/Paris")
+    now = datetime.now(paris)
+    due = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    if due <= now:
+        due += timedelta(days=1)  # aware arithmetic keeps the wall time; the offset is that day's
+    return due.astimezone(UTC)
+
+
+def schedule_row(page: Any, schedule_id: str) -> Any:
+    return page.locator(f'#schedule-list tr[data-schedule="{schedule_id}"]')
+
+
+def test_a_schedule_is_created_shows_its_next_run_and_pauses(page: Any, full_stack: LocalStack) -> None:
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("heading", name="Schedules", exact=True).wait_for()
+    page.get_by_text("No schedules yet").wait_for()
+    shot(page, "schedules-empty")
+
+    # A cron the API cannot read is named next to its field while it is typed, before anything is sent.
+    cron = page.get_by_label("Cron expression")
+    cron.fill("every day")
+    page.locator("#sched-cron-error").get_by_text("is not a schedule").wait_for()
+    assert cron.get_attribute("aria-invalid") == "true"
+    cron.fill("0 3 * * *")
+    page.locator("#sched-preview").get_by_text("Next runs:").wait_for()
+    assert cron.get_attribute("aria-invalid") == "false"
+
+    page.get_by_label("Schedule id").fill("nightly-shop")
+    page.get_by_label("Host", exact=True).fill("127.0.0.1")
+    page.get_by_label("Port", exact=True).fill(str(full_stack.layout.postgres_port))
+    page.get_by_label("Username", exact=True).fill("postgres")
+    page.get_by_label("Database", exact=False).fill(DEMO_DATABASE)
+    page.get_by_label("Password secret").fill(DEMO_SECRET)
+    page.get_by_label("If the previous run is still going").select_option("queue")
+
+    # The server's refusal lands on the field it is about, too (here sent before the preview could answer).
+    zone = page.get_by_label("Time zone")
+    zone.fill("Mars/Olympus")
+    page.get_by_role("button", name="Create schedule").click()
+    page.locator("#sched-tz-error").get_by_text("unknown time zone").wait_for()
+    assert schedule_row(page, "nightly-shop").count() == 0
+    shot(page, "schedule-error")
+
+    zone.fill("Europe/Paris")
+    page.get_by_role("button", name="Create schedule").click()
+    row = schedule_row(page, "nightly-shop")
+    row.wait_for()
+    expected = next_three_am_in_paris()
+    with api_client(full_stack) as client:
+        stored = client.get("/schedules/nightly-shop").json()
+    assert datetime.fromisoformat(stored["next_due"]) == expected, stored
+    assert stored["spec"]["overlap"] == "queue" and stored["spec"]["credentials"]["key"] == DEMO_SECRET
+    next_run = row.locator("td.next-run")
+    assert datetime.fromisoformat(next_run.get_attribute("data-next") or "") == expected
+    assert "03:00" in next_run.inner_text() and "(in " in next_run.inner_text(), next_run.inner_text()
+    assert "never ran" in row.inner_text() and "Active" in row.inner_text()
+    shot(page, "schedules")
+
+    row.get_by_role("button", name="Pause").click()
+    row.locator("td.state").get_by_text("Paused", exact=True).wait_for()
+    assert "paused" in row.locator("td.next-run").inner_text()
+    with api_client(full_stack) as client:
+        paused = client.get("/schedules/nightly-shop").json()
+    assert paused["paused"] is True and paused["next_due"] is None, paused
+
+    row.get_by_role("button", name="Resume").click()
+    row.get_by_text("Active").wait_for()
+    assert datetime.fromisoformat(row.locator("td.next-run").get_attribute("data-next") or "") == expected
+
+    delete = row.get_by_role("button", name="Delete")
+    delete.click()
+    row.get_by_role("button", name="Confirm delete").click()
+    page.get_by_text("No schedules yet").wait_for()
+    with api_client(full_stack) as client:
+        assert client.get("/schedules/nightly-shop").status_code == 404
 
 
 def test_pages_fit_a_narrow_screen(page: Any) -> None:

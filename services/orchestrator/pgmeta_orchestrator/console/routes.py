@@ -11,6 +11,7 @@ import asyncio
 import json
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator import schedule_timing
 from pgmeta_orchestrator.console.outputs import (
     LINEAGE_SUFFIX,
     BindingObjectReader,
@@ -349,3 +351,28 @@ async def compare_with(
         "limit": limit,
         "items": items,
     }
+
+
+# -- schedules --------------------------------------------------------------------------------------
+
+
+@console_router.get("/console/api/schedule-preview")
+def schedule_preview(
+    schedule: Annotated[str, Query(min_length=1, max_length=100, description="Cron, '@every 15m', '@daily', ...")],
+    time_zone: Annotated[str, Query(max_length=100, description="IANA time zone the cron fields are read in.")] = "UTC",
+    count: Annotated[int, Query(ge=1, le=10)] = 3,
+) -> dict[str, Any]:
+    """The next ticks of a schedule expression, or a 422 naming what is wrong with it: the schedule form checks
+    the expression as it is typed, with the same rules ``POST /schedules`` applies."""
+    try:
+        schedule_timing.validate(schedule, time_zone)
+    except schedule_timing.ScheduleSpecError as exc:
+        field = "time_zone" if "time zone" in str(exc) else "schedule"
+        raise HTTPException(status_code=422, detail=[{"loc": ["query", field], "msg": str(exc)}]) from exc
+    now = datetime.now(UTC).replace(microsecond=0)
+    ticks: list[str] = []
+    after = now
+    for _ in range(count):
+        after = schedule_timing.next_due(schedule, time_zone, now, after)
+        ticks.append(after.isoformat())
+    return {"schedule": schedule, "time_zone": time_zone, "next": ticks}

@@ -187,6 +187,7 @@ async function route() {
   try {
     if (parts[0] === "sign-in") await signInPage(render);
     else if (parts[0] === "new") await newExtractionPage(render);
+    else if (parts[0] === "schedules") await schedulesPage(render);
     else if (parts[0] === "runs" && parts[1] && parts[2] === "entity") await entityPage(render, parts[1], params);
     else if (parts[0] === "runs" && parts[1]) await runPage(render, parts[1], parts[2] || "overview", params, pageAbort.signal);
     else await runsPage(render);
@@ -858,5 +859,305 @@ async function compareTab(render, head, tabs, run, params) {
 }
 
 const sameTotal = (result, kind) => result.totals[kind];
+
+// -- schedules -------------------------------------------------------------------------------------
+
+// A labelled input with a slot for its own error message (announced, and tied to the input for readers).
+function fieldOf(label, input, { cls = "", hint = "" } = {}) {
+  const error = h("p", { class: "field-error", id: `${input.id}-error`, "aria-live": "polite" });
+  input.setAttribute("aria-describedby", error.id);
+  input.fieldError = error;
+  return h("div", { class: `field ${cls}` }, h("label", { for: input.id }, label, hint ? h("span", { class: "hint" }, ` ${hint}`) : null), input, error);
+}
+
+function setFieldError(input, message) {
+  input.setAttribute("aria-invalid", message ? "true" : "false");
+  if (input.fieldError) input.fieldError.textContent = message || "";
+}
+
+function fmtIn(iso, timeZone) {
+  if (!iso) return "—";
+  const when = new Date(iso);
+  let text;
+  try {
+    text = when.toLocaleString([], { timeZone, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short" });
+  } catch {
+    text = fmtTime(iso);
+  }
+  const minutes = Math.round((when - new Date()) / 60000);
+  const rel = minutes < 1 ? "due now" : minutes < 90 ? `in ${minutes} min` : minutes < 48 * 60 ? `in ${Math.round(minutes / 60)} h` : `in ${Math.round(minutes / 1440)} days`;
+  return `${text} (${rel})`;
+}
+
+// The schedule's source: what to read and where its password is. The only part of the schedule form that
+// knows how a schedule names its source, so that naming a registered connection instead changes this alone.
+function scheduleSourcePart() {
+  const text = (id, attrs = {}) => h("input", { type: "text", id, name: id, autocomplete: "off", ...attrs });
+  const host = text("sched-host", { required: true, placeholder: "db.example.internal" });
+  const port = h("input", { type: "number", id: "sched-port", name: "sched-port", value: "5432", min: "1", max: "65535", required: true });
+  const username = text("sched-username", { required: true });
+  const database = text("sched-database", { placeholder: "all databases" });
+  const sslmode = h("select", { id: "sched-sslmode" }, ["prefer", "disable", "require", "verify-ca", "verify-full"].map((mode) => h("option", { value: mode }, mode)));
+  const secret = text("sched-secret", { required: true, placeholder: "e.g. sales-reader" });
+  const required = [[host, "Host"], [port, "Port"], [username, "Username"], [secret, "Password secret"]];
+  const element = h(
+    "fieldset",
+    { class: "subpanel" },
+    h("legend", {}, "Source"),
+    h("p", { class: "hint" }, "A schedule never stores a password: name the secret-store entry that holds it (keys password, and optionally username)."),
+    h(
+      "div",
+      { class: "fields" },
+      fieldOf("Host", host, { cls: "wide" }),
+      fieldOf("Port", port, { cls: "narrow" }),
+      fieldOf("Database", database, { hint: "(empty: every database)" }),
+      fieldOf("Username", username),
+      fieldOf("Password secret", secret, { hint: "(in the secretstore)" }),
+      fieldOf("TLS mode", sslmode, { cls: "wide" }),
+    ),
+  );
+  return {
+    element,
+    // The body fields this part contributes to POST /schedules.
+    value() {
+      const source = { host: host.value.trim(), port: Number(port.value), username: username.value.trim(), sslmode: sslmode.value };
+      if (database.value.trim()) source.database = database.value.trim();
+      return { source, credentials: { kind: "secret", store: "secretstore", key: secret.value.trim() } };
+    },
+    // Marks empty required fields; returns their labels.
+    missing() {
+      const labels = [];
+      for (const [input, label] of required) {
+        const bad = !input.value.trim();
+        setFieldError(input, bad ? `${label} is required.` : "");
+        if (bad) labels.push(label);
+      }
+      return labels;
+    },
+    // The input an API error location (after "body") points at, if it is one of ours.
+    inputFor(loc) {
+      if (loc[0] === "credentials") return secret;
+      if (loc[0] !== "source") return null;
+      return { host, port, username, database, sslmode }[loc[1]] || host;
+    },
+    focus() {
+      host.focus();
+    },
+  };
+}
+
+function lastRunCell(schedule) {
+  const tick = (schedule.last_runs || [])[0];
+  if (!tick) return h("span", { class: "muted" }, "never ran");
+  const when = h("div", { class: "muted" }, fmtTime(tick.due));
+  if (!tick.run_id) return h("div", {}, badge(tick.outcome.replace(/_/g, " "), "QUEUED"), when);
+  return h("div", {}, h("a", { href: link(["runs", tick.run_id]) }, tick.run_id), " ", badge(tick.status || "QUEUED"), when);
+}
+
+async function schedulesPage(render) {
+  document.title = "Schedules · pgmeta";
+  const head = h(
+    "div",
+    { class: "page-head" },
+    h("div", {}, h("h1", {}, "Schedules"), h("p", { class: "muted" }, "Extractions that start on a timetable (cron), in a time zone.")),
+  );
+  if (!(await apiHasRoute("/schedules", "get"))) {
+    render(head, emptyState("Schedules are not available", "This orchestrator's API has no /schedules routes. Upgrade it, or use the CLI."));
+    return;
+  }
+  const listBox = h("div", { id: "schedule-list", "aria-live": "polite" }, h("p", { class: "muted" }, "Loading schedules…"));
+  const message = h("div", { id: "schedule-message", "aria-live": "polite" });
+  const form = scheduleForm(async (created) => {
+    put(message, h("div", { class: "alert ok" }, `Schedule ${created.schedule_id} created. Next run: ${fmtIn(created.next_due, created.spec.time_zone)}.`));
+    await refresh();
+  });
+
+  async function act(button, path, method, done) {
+    button.disabled = true;
+    try {
+      await api(path, { method });
+      put(message, h("div", { class: "alert ok" }, done));
+      await refresh();
+    } catch (err) {
+      put(message, errorBox(err.message));
+      button.disabled = false;
+    }
+  }
+
+  function row(schedule) {
+    const id = schedule.schedule_id;
+    const path = `/schedules/${encodeURIComponent(id)}`;
+    const spec = schedule.spec;
+    const toggle = schedule.paused
+      ? h("button", { type: "button", onclick: (e) => act(e.currentTarget, `${path}/resume`, "POST", `Schedule ${id} resumed.`) }, "Resume")
+      : h("button", { type: "button", onclick: (e) => act(e.currentTarget, `${path}/pause`, "POST", `Schedule ${id} paused: no run starts until it is resumed.`) }, "Pause");
+    // Two steps instead of a modal dialog: the second press confirms, Escape or leaving the button cancels.
+    const remove = h("button", { type: "button", class: "danger" }, "Delete");
+    const disarm = () => {
+      remove.textContent = "Delete";
+      delete remove.dataset.armed;
+    };
+    remove.addEventListener("click", (e) => {
+      if (remove.dataset.armed) act(e.currentTarget, path, "DELETE", `Schedule ${id} deleted.`);
+      else {
+        remove.dataset.armed = "1";
+        remove.textContent = "Confirm delete";
+      }
+    });
+    remove.addEventListener("blur", disarm);
+    remove.addEventListener("keydown", (e) => e.key === "Escape" && disarm());
+    const source = `${spec.source.username}@${spec.source.host}:${spec.source.port}/${spec.source.database || "*"}`;
+    return h(
+      "tr",
+      { "data-schedule": id },
+      h("td", {}, h("strong", {}, id), h("div", { class: "muted source" }, source)),
+      h("td", {}, h("span", { class: "mono" }, spec.schedule), h("div", { class: "muted" }, spec.time_zone), h("div", { class: "muted" }, `overlap: ${spec.overlap}`)),
+      h("td", { class: "next-run", "data-next": schedule.next_due || "" }, schedule.paused ? h("span", { class: "muted" }, "— (paused)") : fmtIn(schedule.next_due, spec.time_zone)),
+      h("td", {}, lastRunCell(schedule)),
+      h("td", { class: "state" }, schedule.paused ? badge("Paused", "QUEUED") : badge("Active", "COMPLETED")),
+      h("td", {}, h("div", { class: "row-actions" }, toggle, remove)),
+    );
+  }
+
+  async function refresh() {
+    let schedules;
+    try {
+      schedules = await api("/schedules");
+    } catch (err) {
+      put(listBox, errorBox(`Could not list the schedules: ${err.message}`, " ", h("button", { type: "button", class: "link", onclick: refresh }, "Try again")));
+      return;
+    }
+    put(
+      listBox,
+      tableOf(
+        ["Schedule", "When", "Next run", "Last run", "State", ""],
+        schedules.map(row),
+        emptyState(
+          "No schedules yet",
+          "A schedule starts an extraction on a timetable. Fill in the form below: a cron expression, a time zone and the source.",
+          h("button", { type: "button", onclick: () => form.focus() }, "Create a schedule"),
+        ),
+      ),
+    );
+  }
+
+  render(head, listBox, message, form.element);
+  await refresh();
+}
+
+function scheduleForm(onCreated) {
+  const scheduleId = h("input", { type: "text", id: "sched-id", autocomplete: "off", placeholder: "e.g. nightly-sales", pattern: "[a-z0-9][a-z0-9-]{0,62}" });
+  const cron = h("input", { type: "text", id: "sched-cron", autocomplete: "off", required: true, placeholder: "0 2 * * *", class: "mono-input" });
+  const zoneList = h("datalist", { id: "time-zones" }, (Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : ["UTC"]).map((z) => h("option", { value: z })));
+  const timeZone = h("input", { type: "text", id: "sched-tz", autocomplete: "off", list: zoneList.id, value: "UTC", required: true });
+  const overlap = h(
+    "select",
+    { id: "sched-overlap" },
+    h("option", { value: "skip" }, "skip the tick"),
+    h("option", { value: "queue" }, "queue one run for when it ends"),
+  );
+  const missed = h(
+    "select",
+    { id: "sched-missed" },
+    h("option", { value: "run_once" }, "run once at start-up"),
+    h("option", { value: "skip" }, "skip the missed tick"),
+  );
+  const preview = h("p", { class: "hint", id: "sched-preview", "aria-live": "polite" }, "Five fields (minute hour day month weekday), six with seconds first, or @every 15m, @hourly, @daily.");
+  const source = scheduleSourcePart();
+  const message = h("div", { "aria-live": "polite", id: "schedule-form-message" });
+  const submit = h("button", { type: "submit", class: "primary" }, "Create schedule");
+  let previewSerial = 0;
+  let timer = null;
+
+  async function checkTiming() {
+    const serial = ++previewSerial;
+    if (!cron.value.trim()) {
+      setFieldError(cron, "");
+      return;
+    }
+    try {
+      const answer = await api(`/console/api/schedule-preview?${new URLSearchParams({ schedule: cron.value.trim(), time_zone: timeZone.value.trim() || "UTC" })}`);
+      if (serial !== previewSerial) return;
+      setFieldError(cron, "");
+      setFieldError(timeZone, "");
+      preview.textContent = `Next runs: ${answer.next.map((iso) => fmtIn(iso, answer.time_zone).replace(/ \(.*\)$/, "")).join(" · ")}`;
+    } catch (err) {
+      if (serial !== previewSerial) return;
+      const problem = Array.isArray(err.body && err.body.detail) ? err.body.detail[0] : null;
+      if (problem && problem.loc[1] === "time_zone") setFieldError(timeZone, problem.msg);
+      else setFieldError(cron, problem ? problem.msg : err.message);
+    }
+  }
+  const schedulePreview = () => {
+    clearTimeout(timer);
+    timer = setTimeout(checkTiming, 300);
+  };
+  cron.addEventListener("input", schedulePreview);
+  timeZone.addEventListener("input", schedulePreview);
+
+  function showApiErrors(err) {
+    const details = Array.isArray(err.body && err.body.detail) ? err.body.detail : [];
+    const loose = [];
+    for (const detail of details) {
+      const loc = (detail.loc || []).filter((part) => part !== "body");
+      const msg = String(detail.msg || "").replace(/^Value error, /, "");
+      const input = loc[0] === "schedule" || (!loc.length && /cron|schedule|@every/i.test(msg)) ? cron
+        : loc[0] === "time_zone" || (!loc.length && /time zone/i.test(msg)) ? timeZone
+        : loc[0] === "schedule_id" ? scheduleId
+        : source.inputFor(loc);
+      if (input) setFieldError(input, msg);
+      else loose.push(msg);
+    }
+    if (err.status === 409) setFieldError(scheduleId, err.message);
+    put(message, errorBox(details.length ? `The schedule was not created: ${details.length} field(s) need a change (marked above).${loose.length ? ` ${loose.join("; ")}` : ""}` : err.message));
+  }
+
+  async function create(event) {
+    event.preventDefault();
+    put(message);
+    for (const input of [scheduleId, cron, timeZone]) setFieldError(input, "");
+    const missing = source.missing();
+    if (!cron.value.trim()) {
+      setFieldError(cron, "A cron expression is required.");
+      missing.unshift("Cron expression");
+    }
+    if (missing.length) {
+      put(message, errorBox(`Fill in ${missing.join(", ")}.`));
+      return;
+    }
+    const body = { schedule: cron.value.trim(), time_zone: timeZone.value.trim() || "UTC", overlap: overlap.value, missed: missed.value, ...source.value() };
+    if (scheduleId.value.trim()) body.schedule_id = scheduleId.value.trim();
+    submit.disabled = true;
+    try {
+      const created = await api("/schedules", { method: "POST", body });
+      await onCreated(created);
+    } catch (err) {
+      showApiErrors(err);
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  const element = h(
+    "form",
+    { class: "panel", id: "new-schedule", onsubmit: create, novalidate: true, "aria-labelledby": "new-schedule-title" },
+    h("h2", { id: "new-schedule-title" }, "New schedule"),
+    h(
+      "div",
+      { class: "fields" },
+      fieldOf("Cron expression", cron, { cls: "wide" }),
+      fieldOf("Time zone", timeZone, { cls: "wide" }),
+      fieldOf("Schedule id", scheduleId, { cls: "wide", hint: "(optional)" }),
+      h("div", { class: "field full" }, preview),
+      fieldOf("If the previous run is still going", overlap),
+      fieldOf("After downtime", missed),
+    ),
+    zoneList,
+    source.element,
+    message,
+    h("div", { class: "actions" }, submit),
+  );
+  return { element, focus: () => cron.focus() };
+}
 
 route();
