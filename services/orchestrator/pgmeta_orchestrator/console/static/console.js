@@ -693,15 +693,25 @@ function overview(run) {
 
 const PAGE = 50;
 
-function pager(total, offset, limit, go) {
-  const end = Math.min(offset + limit, total);
+// Pages are cursors (the API seeks to them), so the URL of a page says where it starts, not how far in.
+function pager(page, go) {
+  const first = page.position + 1;
+  const end = page.position + page.items.length;
   return h(
-    "div",
-    { class: "pager" },
-    h("span", { class: "muted" }, total ? `${fmtInt(offset + 1)}–${fmtInt(end)} of ${fmtInt(total)}` : "0 results"),
-    h("button", { type: "button", disabled: offset === 0, onclick: () => go(Math.max(0, offset - limit)) }, "Previous"),
-    h("button", { type: "button", disabled: end >= total, onclick: () => go(offset + limit) }, "Next"),
+    "nav",
+    { class: "pager", "aria-label": "Pages" },
+    h("span", { class: "muted" }, page.total ? `${fmtInt(first)}–${fmtInt(end)} of ${fmtInt(page.total)}` : "0 results"),
+    h("button", { type: "button", disabled: !page.prev, onclick: () => go({ before: page.prev }) }, "Previous"),
+    h("button", { type: "button", disabled: !page.next, onclick: () => go({ after: page.next }) }, "Next"),
   );
+}
+
+// The cursor a page URL carries, as API query parameters.
+function cursorOf(params) {
+  const cursor = {};
+  if (params.get("after")) cursor.after = params.get("after");
+  else if (params.get("before")) cursor.before = params.get("before");
+  return cursor;
 }
 
 function entityLink(runId, qn, text) {
@@ -711,9 +721,8 @@ function entityLink(runId, qn, text) {
 async function entitiesTab(render, head, tabs, runId, params) {
   const q = params.get("q") || "";
   const type = params.get("type") || "";
-  const offset = Number(params.get("offset") || 0);
-  render(head, tabs, h("p", { class: "muted" }, "Loading entities… (the first visit of a large run builds its index)"));
-  const query = new URLSearchParams({ q, offset, limit: PAGE });
+  render(head, tabs, h("p", { class: "muted" }, "Loading entities…"));
+  const query = new URLSearchParams({ q, limit: PAGE, ...cursorOf(params) });
   if (type) query.set("type", type);
   const page = await api(`/runs/${encodeURIComponent(runId)}/entities?${query}`);
   const search = h("input", { type: "search", id: "entity-search", value: q, placeholder: "name or qualifiedName", "aria-label": "Search entities" });
@@ -723,19 +732,19 @@ async function entitiesTab(render, head, tabs, runId, params) {
     h("option", { value: "" }, "All types"),
     Object.entries(page.types).map(([name, count]) => h("option", { value: name, selected: name === type }, `${name} (${fmtInt(count)})`)),
   );
-  const go = (newOffset, newQ = q, newType = type) => {
-    const next = { q: newQ, offset: newOffset };
+  const go = (cursor, newQ = q, newType = type) => {
+    const next = { q: newQ, ...cursor };
     if (newType) next.type = newType;
     location.hash = link(["runs", runId, "entities"], next);
   };
   const form = h(
     "form",
-    { class: "toolbar", role: "search", onsubmit: (e) => { e.preventDefault(); go(0, search.value.trim(), typeSelect.value); } },
+    { class: "toolbar", role: "search", onsubmit: (e) => { e.preventDefault(); go({}, search.value.trim(), typeSelect.value); } },
     h("div", { class: "grow" }, search),
     typeSelect,
     h("button", { type: "submit" }, "Search"),
   );
-  typeSelect.addEventListener("change", () => go(0, search.value.trim(), typeSelect.value));
+  typeSelect.addEventListener("change", () => go({}, search.value.trim(), typeSelect.value));
   const rows = page.items.map((item) =>
     h("tr", { class: "clickable" }, h("td", {}, entityLink(runId, item.qualifiedName, item.name)), h("td", {}, item.typeName), h("td", { class: "mono" }, item.qualifiedName)),
   );
@@ -744,7 +753,7 @@ async function entitiesTab(render, head, tabs, runId, params) {
     tabs,
     form,
     tableOf(["Name", "Type", "qualifiedName"], rows, emptyState("No entity matches", q ? `Nothing named like “${q}”${type ? ` of type ${type}` : ""}. Try part of a name.` : "This run published no entities of this type.")),
-    pager(page.total, page.offset, page.limit, (o) => go(o)),
+    pager(page, (cursor) => go(cursor)),
   );
   if (q || type) search.focus();
 }
@@ -760,9 +769,8 @@ function renderValue(runId, value) {
 
 async function entityPage(render, runId, params) {
   const qn = params.get("qn") || "";
-  const offset = Number(params.get("offset") || 0);
   document.title = `${qn.split("/").pop()} · pgmeta`;
-  const data = await api(`/runs/${encodeURIComponent(runId)}/entity?${new URLSearchParams({ qualified_name: qn, offset, limit: 100 })}`).catch((err) => {
+  const data = await api(`/runs/${encodeURIComponent(runId)}/entity?${new URLSearchParams({ qualified_name: qn, limit: 100, ...cursorOf(params) })}`).catch((err) => {
     if (err.status === 404) return null;
     throw err;
   });
@@ -776,7 +784,7 @@ async function entityPage(render, runId, params) {
   const rows = Object.keys(attributes).sort().map((key) => h("tr", {}, h("th", { scope: "row" }, key), h("td", {}, renderValue(runId, attributes[key]))));
   const children = data.children;
   const childRows = children.items.map((c) => h("tr", {}, h("td", {}, entityLink(runId, c.qualifiedName, c.name)), h("td", {}, c.typeName)));
-  const childGo = (o) => { location.hash = link(["runs", runId, "entity"], { qn, offset: o }); };
+  const childGo = (cursor) => { location.hash = link(["runs", runId, "entity"], { qn, ...cursor }); };
   render(
     crumbs,
     h("div", { class: "page-head" }, h("div", {}, h("h1", {}, attributes.name || qn), h("p", { class: "muted" }, badge(entity.typeName, "QUEUED"), " ", h("span", { class: "mono" }, qn)))),
@@ -799,7 +807,7 @@ async function entityPage(render, runId, params) {
           : null,
         h("h2", {}, `Children (${fmtInt(children.total)})`),
         h("div", { id: "children" }, tableOf(["Name", "Type"], childRows, emptyState("No children", "Columns, tables and schemas list their parts here."))),
-        children.total > children.limit ? pager(children.total, children.offset, children.limit, childGo) : null,
+        children.next || children.prev ? pager(children, childGo) : null,
       ),
     ),
   );
@@ -816,7 +824,6 @@ function shortValue(value) {
 async function compareTab(render, head, tabs, run, params) {
   const runId = run.run_id;
   const kind = params.get("kind") || "updated";
-  const offset = Number(params.get("offset") || 0);
   const runs = await api("/console/api/runs?limit=200");
   const sameConnection = runs.filter((r) => r.run_id !== runId && r.status === "COMPLETED" && r.connection_qualified_name === run.connection_qualified_name);
   const base = params.get("base") || run.previous_run_id || (sameConnection[0] && sameConnection[0].run_id) || "";
@@ -825,9 +832,9 @@ async function compareTab(render, head, tabs, run, params) {
     return;
   }
   render(head, tabs, h("p", { class: "muted" }, "Comparing…"));
-  const query = new URLSearchParams({ base, kind, offset, limit: PAGE });
+  const query = new URLSearchParams({ base, kind, limit: PAGE, ...cursorOf(params) });
   const result = await api(`/runs/${encodeURIComponent(runId)}/compare?${query}`);
-  const go = (next) => { location.hash = link(["runs", runId, "compare"], { base, kind, offset: 0, ...next }); };
+  const go = (next) => { location.hash = link(["runs", runId, "compare"], { base, kind, ...next }); };
   const baseSelect = h(
     "select",
     { id: "compare-base", "aria-label": "Compare with run" },
@@ -854,11 +861,9 @@ async function compareTab(render, head, tabs, run, params) {
     h("div", { class: "toolbar" }, h("div", {}, h("label", { for: baseSelect.id }, "Compare with"), baseSelect), h("p", { class: "muted grow" }, `What changed from ${base} to ${runId}.`)),
     h("nav", { class: "tabs", "aria-label": "Change kind", id: "compare-kinds" }, kindTab("created"), kindTab("updated"), kindTab("deleted")),
     h("div", { id: "compare-items" }, tableOf(headers, rows, emptyState(`Nothing ${kind}`, `No entity was ${kind} between these two runs.`))),
-    pager(sameTotal(result, kind), result.offset, result.limit, (o) => go({ kind, offset: o })),
+    pager(result, (cursor) => go(cursor)),
   );
 }
-
-const sameTotal = (result, kind) => result.totals[kind];
 
 // -- schedules -------------------------------------------------------------------------------------
 
