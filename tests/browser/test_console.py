@@ -272,18 +272,84 @@ def test_a_schedule_is_created_shows_its_next_run_and_pauses(page: Any, full_sta
         assert client.get("/schedules/nightly-shop").status_code == 404
 
 
+def focus_path(page: Any, stop: str, presses: int = 60) -> list[str]:
+    """What the Tab key visits, by accessible name (label, text or aria-label), until ``stop`` is reached."""
+    names: list[str] = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        name = page.evaluate(
+            """() => {
+                const el = document.activeElement;
+                if (!el || el === document.body) return "";
+                const label = el.labels && el.labels.length ? el.labels[0].textContent : "";
+                return (el.getAttribute("aria-label") || label || el.textContent || "").trim().split("\\n")[0];
+            }"""
+        )
+        names.append(name)
+        if name == stop:
+            break
+    return names
+
+
+def visited_in_order(path: list[str], names: list[str]) -> bool:
+    """Each of ``names`` was focused (by its name's start), in this order."""
+    positions = [next((i for i, name in enumerate(path) if name.startswith(each)), -1) for each in names]
+    return -1 not in positions and positions == sorted(positions)
+
+
+def test_the_keyboard_reaches_every_control_in_reading_order(page: Any) -> None:
+    new_extraction(page)
+    page.get_by_label("Host", exact=True).wait_for()
+    first = "a[href], button:not([hidden]), input, select, textarea, [tabindex]:not([tabindex='-1'])"
+    assert page.evaluate(f"document.querySelector({first!r}).textContent") == "Skip to content"
+    page.locator("a.skip").focus()
+    path = focus_path(page, "Run extraction")
+    assert path[-1] == "Run extraction", f"Tab never reached Run extraction: {path}"
+    order = ["Runs", "New extraction", "Schedules", "Host", "Port", "Database", "Username", "Password"]
+    positions = [
+        next(i for i, name in enumerate(path) if name.startswith(each)) for each in [*order, "Test connection"]
+    ]
+    assert positions == sorted(positions), path
+    # The skip link jumps over the navigation (without leaving the page: routes live in the URL's hash).
+    page.locator("a.skip").focus()
+    page.keyboard.press("Enter")
+    assert focus_path(page, "Host", presses=1) == ["Host"]
+    assert "#/new" in page.url
+
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("heading", name="New schedule").wait_for()
+    page.locator("a.skip").focus()
+    path = focus_path(page, "Create schedule")
+    assert path[-1] == "Create schedule", path
+    form = ["Cron expression", "Time zone", "Schedule id", "Host", "Port", "Password secret", "Create schedule"]
+    assert visited_in_order(path, form), path
+
+
 def test_pages_fit_a_narrow_screen(page: Any) -> None:
-    """At phone width nothing scrolls sideways except wide tables inside their own scroll box."""
-    page.set_viewport_size({"width": 390, "height": 844})
+    """At 400 px nothing scrolls sideways except wide tables inside their own scroll box."""
+    page.get_by_role("link", name="Runs").first.click()
+    run_link = page.get_by_role("link", name=re.compile(r"^run-")).first
+    run_link.wait_for()
+    run = run_link.get_attribute("href") or ""
+    page.set_viewport_size({"width": 400, "height": 844})
     try:
-        for name, open_page in (
-            ("narrow-runs", lambda: page.get_by_role("link", name="Runs").first.click()),
-            ("narrow-new-extraction", lambda: new_extraction(page)),
+        for name, fragment, ready in (
+            ("narrow-runs", "#/runs", "main table"),
+            ("narrow-new-extraction", "#/new", "main form .panel"),
+            ("narrow-schedules", "#/schedules", "#new-schedule"),
+            ("narrow-run", run, "#changes"),
+            ("narrow-entities", f"{run}/entities?type=Table", "main table"),
+            ("narrow-compare", f"{run}/compare", "#compare-kinds"),
         ):
-            open_page()
-            page.locator("main table, main form .panel").first.wait_for()
+            page.evaluate(f"location.hash = {fragment!r}")
+            page.locator(ready).first.wait_for()
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, f"{name}: the page is {overflow} px wider than the screen"
-            shot(page, name)
+            if name in ("narrow-runs", "narrow-new-extraction", "narrow-schedules"):
+                shot(page, name)
+        page.locator("main table a").first.click()  # an entity page, at the same width
+        page.locator("#attributes").wait_for()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"entity page: the page is {overflow} px wider than the screen"
     finally:
         page.set_viewport_size({"width": 1280, "height": 860})

@@ -193,12 +193,22 @@ async function route() {
     else await runsPage(render);
   } catch (err) {
     if (err.name === "AbortError") return;
-    render(h("h1", {}, "Something went wrong"), errorBox(err.message), h("p", {}, h("a", { href: "#/runs" }, "Back to runs")));
+    render(
+      h("h1", {}, "Something went wrong"),
+      errorBox(err.message),
+      h("p", { class: "muted" }, err.status >= 500 ? "The API failed on this request; its log (make logs, or the orchestrator pod's) says why." : "Check the address, or try again."),
+      h("div", { class: "actions" }, h("button", { type: "button", onclick: route }, "Try again"), h("a", { class: "button", href: "#/runs" }, "All runs")),
+    );
   }
   if (serial === routeSerial && document.activeElement === document.body) main.focus({ preventScroll: true });
 }
 
 window.addEventListener("hashchange", route);
+// The skip link's own "#main" would be read as a route: move the focus instead of the URL.
+document.querySelector("a.skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
 document.getElementById("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   location.hash = "#/sign-in";
@@ -649,7 +659,15 @@ function overview(run) {
       ),
     ),
   );
-  if (run.status === "FAILED") sections.push(errorBox(`The run failed: ${run.error || "no reason recorded"}`));
+  if (run.status === "FAILED") {
+    sections.push(
+      errorBox(
+        `The run failed: ${run.error || "no reason recorded"}. `,
+        h("a", { href: "#/new" }, "Check the source with Test connection"),
+        " and run it again.",
+      ),
+    );
+  }
   if (m) {
     sections.push(h("h2", {}, "Entities"), stats(Object.entries(m.counts || {}).sort()), h("p", {}, ""));
     const changes = m.changes || {};
