@@ -138,6 +138,11 @@ def run_and_watch(page: Any, name: str) -> str:
 
 def test_run_reaches_completed_live(page: Any) -> None:
     run_id = run_and_watch(page, "run")
+    page.set_viewport_size({"width": 1024, "height": 600})
+    try:  # the README's picture: one small screen of the run page, not the whole page
+        page.screenshot(path=str(SCREENSHOTS / "readme.png"))
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 860})
     counts = page.locator(".stats").first.inner_text()
     assert "Table" in counts and "Column" in counts
     assert page.get_by_role("button", name="Download").count() > 2
