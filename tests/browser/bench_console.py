@@ -166,7 +166,7 @@ def main() -> None:
     # named like the middle one. Pages are cursors; this is the cursor the Next button would carry there.
     middle_name = f"c{args.columns // 2 - 1:02d}"
     last_qn = f"{CONN}/bench/s{args.schemas - 1:03d}/t{args.tables - 1:04d}/{middle_name}"
-    middle = encode_cursor((middle_name, last_qn))
+    middle = encode_cursor((middle_name, last_qn), args.schemas * args.tables * (args.columns // 2))
     table = f"{CONN}/bench/s{args.schemas // 2:03d}/t{args.tables // 2:04d}"
     view_qn = f"{CONN}/bench/s{args.schemas // 2:03d}/v{args.tables // 20 * 10:04d}"
     pages = [

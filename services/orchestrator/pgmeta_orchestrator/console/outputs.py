@@ -113,7 +113,7 @@ CREATE INDEX entity_parent ON entity (parent, type, name_lower);
 @dataclass(frozen=True)
 class Page:
     """One page of a list in its sort order: the position of its first row, and the cursors of its neighbours
-    (None at either end). A cursor is the sort key of the row next to the page, so the next page is a seek."""
+    (None at either end)."""
 
     total: int
     position: int
@@ -136,18 +136,25 @@ class CursorError(ValueError):
     """A page cursor that this list did not hand out."""
 
 
-def encode_cursor(key: tuple[Any, ...]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(key))).decode().rstrip("=")
+def encode_cursor(key: tuple[Any, ...], position: int) -> str:
+    """The sort key of the row next to a page, and how many rows of the list come before the page's edge.
+
+    The position rides along because counting it would be linear in the depth; a run's index never changes,
+    so it stays true (a forged one can only mislabel the page, never select other rows)."""
+    return base64.urlsafe_b64encode(orjson.dumps([*key, position])).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, width: int) -> tuple[Any, ...]:
+def decode_cursor(cursor: str, width: int) -> tuple[tuple[str, ...], int]:
     try:
-        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise CursorError(f"not a page cursor: {cursor[:40]!r}") from exc
-    if not isinstance(key, list) or len(key) != width or not all(isinstance(part, str) for part in key):
+    if not isinstance(parts, list) or len(parts) != width + 1:
         raise CursorError(f"not a page cursor of this list: {cursor[:40]!r}")
-    return tuple(key)
+    *key, position = parts
+    if not all(isinstance(part, str) for part in key) or not isinstance(position, int) or position < 0:
+        raise CursorError(f"not a page cursor of this list: {cursor[:40]!r}")
+    return tuple(key), position
 
 
 def keyset_page(
@@ -157,52 +164,39 @@ def keyset_page(
     where: str,
     params: list[Any],
     order: tuple[str, ...],
-    total: int,
     after: str | None,
     before: str | None,
     limit: int,
 ) -> tuple[int, list[tuple[Any, ...]], str | None, str | None]:
-    """A page of ``SELECT select FROM table WHERE where ORDER BY order`` (``order`` ends with a unique column) after or
-    before a cursor, by seeking, never by counting rows off: constant time at any depth. The selected columns
-    end with the ``order`` columns (they make the cursors). Returns (position, rows, next, prev)."""
+    """A page of ``SELECT select FROM table WHERE where ORDER BY order`` (``order`` ends with a unique column)
+    after or before a cursor, by seeking, never by stepping over rows: the same cost at any depth. The
+    selected columns end with the ``order`` columns (they make the cursors). Returns (position, rows, next,
+    prev), position being the number of rows before the page."""
     keys = ", ".join(order)
     marks = ", ".join("?" * len(order))
     width = len(order)
     if before is not None:
-        seek = list(decode_cursor(before, width))
+        seek, edge = decode_cursor(before, width)
+        descending = ", ".join(f"{key} DESC" for key in order)
         rows = db.execute(
-            f"SELECT {select} FROM {table} WHERE {where} AND ({keys}) < ({marks}) "
-            f"ORDER BY {', '.join(f'{key} DESC' for key in order)} LIMIT ?",
-            [*params, *seek, limit + 1],
-        ).fetchall()
-        more_before = len(rows) > limit
-        rows = rows[:limit][::-1]
-        more_after = True
+            f"SELECT {select} FROM {table} WHERE {where} AND ({keys}) < ({marks}) ORDER BY {descending} LIMIT ?",
+            [*params, *seek, limit],
+        ).fetchall()[::-1]
+        position = max(0, edge - len(rows))
+        has_next = True
     else:
-        seek = list(decode_cursor(after, width)) if after is not None else []
+        seek, position = decode_cursor(after, width) if after is not None else ((), 0)
         bound = f" AND ({keys}) > ({marks})" if after is not None else ""
         rows = db.execute(
             f"SELECT {select} FROM {table} WHERE {where}{bound} ORDER BY {keys} LIMIT ?", [*params, *seek, limit + 1]
         ).fetchall()
-        more_after = len(rows) > limit
+        has_next = len(rows) > limit
         rows = rows[:limit]
-        more_before = after is not None
     if not rows:
-        return (total if before is None and after is not None else 0), [], None, None
-    first, last = rows[0][-width:], rows[-1][-width:]
-    # Where the page starts, for "51–100 of 212,052": an index range count (no row is read), done only when
-    # the page is not the first.
-    position = 0
-    if more_before:
-        position = db.execute(
-            f"SELECT count(*) FROM {table} WHERE {where} AND ({keys}) < ({marks})", [*params, *first]
-        ).fetchone()[0]
-    return (
-        position,
-        rows,
-        encode_cursor(last) if more_after else None,
-        encode_cursor(first) if more_before else None,
-    )
+        return position, [], None, None
+    following = encode_cursor(rows[-1][-width:], position + len(rows)) if has_next else None
+    preceding = encode_cursor(rows[0][-width:], position) if position > 0 else None
+    return position, rows, following, preceding
 
 
 def parent_of(attributes: dict[str, Any]) -> str | None:
@@ -290,7 +284,6 @@ class RunIndex:
                 clause,
                 params,
                 ("name_lower", "qn"),
-                total,
                 after,
                 before,
                 limit,
@@ -322,7 +315,6 @@ class RunIndex:
                 "parent = ?",
                 [qualified_name],
                 ("type", "name_lower", "qn"),
-                total,
                 after,
                 before,
                 limit,
@@ -498,7 +490,7 @@ def compare_runs(base: RunIndex, head: RunIndex, kind: str, after: str | None, b
     try:
         total = conn.execute("SELECT count(*) FROM change WHERE kind = ?", [kind]).fetchone()[0]
         position, rows, following, preceding = keyset_page(
-            conn, "change", "type, name, parent, qn", "kind = ?", [kind], ("qn",), total, after, before, limit
+            conn, "change", "type, name, parent, qn", "kind = ?", [kind], ("qn",), after, before, limit
         )
     finally:
         conn.close()
