@@ -138,7 +138,7 @@ def run_and_watch(page: Any, name: str) -> str:
 
 def test_run_reaches_completed_live(page: Any) -> None:
     run_id = run_and_watch(page, "run")
-    page.set_viewport_size({"width": 1024, "height": 600})
+    page.set_viewport_size({"width": 1024, "height": 760})
     try:  # the README's picture: one small screen of the run page, not the whole page
         page.screenshot(path=str(SCREENSHOTS / "readme.png"))
     finally:

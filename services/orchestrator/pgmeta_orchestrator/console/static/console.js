@@ -1161,6 +1161,10 @@ function scheduleForm(onCreated) {
     }
   }
 
+  // The next runs (or the problem) right under the expression, and read out with it.
+  const cronField = fieldOf("Cron expression", cron);
+  cronField.append(preview);
+  cron.setAttribute("aria-describedby", `${cron.fieldError.id} ${preview.id}`);
   const element = h(
     "form",
     { class: "panel", id: "new-schedule", onsubmit: create, novalidate: true, "aria-labelledby": "new-schedule-title" },
@@ -1168,12 +1172,11 @@ function scheduleForm(onCreated) {
     h(
       "div",
       { class: "fields" },
-      fieldOf("Cron expression", cron, { cls: "wide" }),
-      fieldOf("Time zone", timeZone, { cls: "wide" }),
+      cronField,
+      fieldOf("Time zone", timeZone),
       fieldOf("Schedule id", scheduleId, { cls: "wide", hint: "(optional)" }),
-      h("div", { class: "field full" }, preview),
-      fieldOf("If the previous run is still going", overlap),
-      fieldOf("After downtime", missed),
+      fieldOf("If the previous run is still going", overlap, { cls: "wide" }),
+      fieldOf("After downtime", missed, { cls: "wide" }),
     ),
     zoneList,
     source.element,
