@@ -335,6 +335,7 @@ class RunOutputs:
         self._files: OrderedDict[str, list[bytes]] = OrderedDict()
         self._manifests: dict[str, dict[str, Any]] = {}
         self._warming: set[str] = set()
+        self._background = threading.Semaphore(1)
         self.compare_totals: dict[tuple[str, str], dict[str, int]] = {}  # (base, head) run ids -> change counts
         self.requests: dict[str, dict[str, Any] | None] = {}  # run id -> its request, once the run has ended
         self._max_open_files = max_open_files
@@ -392,7 +393,10 @@ class RunOutputs:
 
         def build() -> None:
             try:
-                self.index(run_id, location)
+                # One background build at a time: ten runs completing together must not parse ten runs at
+                # once in the process that also serves the API (a page that needs an index builds it itself).
+                with self._background:
+                    self.index(run_id, location)
             except Exception:  # the foreground request that needs the index reports the problem
                 log.warning("console: background index of run %s failed", run_id, exc_info=True)
             finally:
