@@ -1106,6 +1106,7 @@ function scheduleForm(onCreated) {
       preview.textContent = `Next runs: ${answer.next.map((iso) => fmtIn(iso, answer.time_zone).replace(/ \(.*\)$/, "")).join(" · ")}`;
     } catch (err) {
       if (serial !== previewSerial) return;
+      preview.textContent = ""; // no next runs to show for what is there now; the error says why
       const problem = Array.isArray(err.body && err.body.detail) ? err.body.detail[0] : null;
       if (problem && problem.loc[1] === "time_zone") setFieldError(timeZone, problem.msg);
       else setFieldError(cron, problem ? problem.msg : err.message);
@@ -1132,7 +1133,9 @@ function scheduleForm(onCreated) {
       else loose.push(msg);
     }
     if (err.status === 409) setFieldError(scheduleId, err.message);
-    put(message, errorBox(details.length ? `The schedule was not created: ${details.length} field(s) need a change (marked above).${loose.length ? ` ${loose.join("; ")}` : ""}` : err.message));
+    const fields = details.length === 1 ? "one field needs a change" : `${details.length} fields need a change`;
+    const extra = loose.length ? ` ${loose.join("; ")}` : "";
+    put(message, errorBox(details.length ? `The schedule was not created: ${fields} (marked above).${extra}` : err.message));
   }
 
   async function create(event) {
