@@ -11,6 +11,7 @@ is printed (median and worst of three), with the one-off index build.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import tempfile
@@ -148,7 +149,8 @@ def main() -> None:
     app = FastAPI()
     include_console(app, OrchestratorSettings())
     app.state.runs = StaticRuns(views)
-    outputs = RunOutputs(reader, Path(tempfile.mkdtemp(prefix="pgmeta-console-bench-")))
+    index_dir = Path(tempfile.mkdtemp(prefix="pgmeta-console-bench-"))  # ~170 MB: removed at the end
+    outputs = RunOutputs(reader, index_dir)
     app.state.console_outputs = outputs
     for run_id, view in views.items():
         started = time.perf_counter()
@@ -166,6 +168,7 @@ def main() -> None:
     # named like the middle one. Pages are cursors; this is the cursor the Next button would carry there.
     middle_name = f"c{args.columns // 2 - 1:02d}"
     last_qn = f"{CONN}/bench/s{args.schemas - 1:03d}/t{args.tables - 1:04d}/{middle_name}"
+    term = f"t{min(15, args.tables - 1):04d}"  # a table name in every schema (t0015 at full size)
     middle = encode_cursor((middle_name, last_qn), args.schemas * args.tables * (args.columns // 2))
     table = f"{CONN}/bench/s{args.schemas // 2:03d}/t{args.tables // 2:04d}"
     view_qn = f"{CONN}/bench/s{args.schemas // 2:03d}/v{args.tables // 20 * 10:04d}"
@@ -173,7 +176,7 @@ def main() -> None:
         ("runs list", "#/runs", "main table"),
         ("run overview", "#/runs/run-head", "#changes"),
         ("entities, first page", "#/runs/run-head/entities", "main table"),
-        ("entities, search 't0015'", "#/runs/run-head/entities?q=t0015&offset=0", "main table"),
+        (f"entities, search '{term}'", f"#/runs/run-head/entities?q={term}", "main table"),
         ("entities, Columns, middle page", f"#/runs/run-head/entities?q=&type=Column&after={middle}", "main table"),
         ("table with 20 columns", f"#/runs/run-head/entity?qn={table}", "#children table"),
         ("view with lineage", f"#/runs/run-head/entity?qn={view_qn}", "#lineage"),
@@ -184,7 +187,7 @@ def main() -> None:
         ("runs list", "console/api/runs"),
         ("run", "console/api/runs/run-head"),
         ("entities, first page", "runs/run-head/entities"),
-        ("entities, search", "runs/run-head/entities?q=t0015"),
+        ("entities, search", f"runs/run-head/entities?q={term}"),
         ("entities, Columns, middle page", f"runs/run-head/entities?type=Column&after={middle}"),
         ("table with its columns", f"runs/run-head/entity?qualified_name={table}"),
         ("compare, updated", "runs/run-head/compare?base=run-base&kind=updated"),
@@ -223,6 +226,7 @@ def main() -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        shutil.rmtree(index_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
