@@ -10,15 +10,17 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
 import pytest
 
-from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
-from tests.plugins.servers import api_headers
+from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, LocalStack
+from tests.browser.session import api_client, api_headers, open_sign_in, submit_token
 
 pytestmark = pytest.mark.browser
 
@@ -87,13 +89,9 @@ def new_extraction(page: Any) -> None:
 
 
 def test_sign_in(page: Any, full_stack: LocalStack) -> None:
-    page.goto(f"{full_stack.layout.api_url}/console")
-    page.get_by_role("heading", name="Sign in").wait_for()
+    open_sign_in(page, full_stack)
     shot(page, "sign-in")
-    page.get_by_label("API token").fill(full_stack.api_token())  # the stack's admin token, as `make up` writes it
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("heading", name="Runs").wait_for()
-    assert page.locator("#whoami").inner_text() == "bootstrap-admin · admin"
+    submit_token(page, full_stack)
     page.get_by_text("No runs yet").wait_for()
     shot(page, "runs-empty")
 
@@ -141,6 +139,11 @@ def run_and_watch(page: Any, name: str) -> str:
 
 def test_run_reaches_completed_live(page: Any) -> None:
     run_id = run_and_watch(page, "run")
+    page.set_viewport_size({"width": 1024, "height": 760})
+    try:  # the README's picture: one small screen of the run page, not the whole page
+        page.screenshot(path=str(SCREENSHOTS / "readme.png"))
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 860})
     counts = page.locator(".stats").first.inner_text()
     assert "Table" in counts and "Column" in counts
     assert page.get_by_role("button", name="Download").count() > 2
@@ -196,19 +199,162 @@ def test_an_altered_table_is_exactly_the_change_in_the_comparison(page: Any, ful
     page.locator(f'#compare-items tr[data-qn$="/sales/customers/{ADDED_COLUMN}"]').wait_for()
 
 
+def next_three_am_in_paris() -> datetime:
+    """When "0 3 * * *" in Europe/Paris next fires, as UTC (03:00 exists on every day, DST included)."""
+    paris = ZoneInfo("Europe/Paris")
+    now = datetime.now(paris)
+    due = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    if due <= now:
+        due += timedelta(days=1)  # aware arithmetic keeps the wall time; the offset is that day's
+    return due.astimezone(UTC)
+
+
+def schedule_row(page: Any, schedule_id: str) -> Any:
+    return page.locator(f'#schedule-list tr[data-schedule="{schedule_id}"]')
+
+
+def test_a_schedule_is_created_shows_its_next_run_and_pauses(page: Any, full_stack: LocalStack) -> None:
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("heading", name="Schedules", exact=True).wait_for()
+    page.get_by_text("No schedules yet").wait_for()
+    shot(page, "schedules-empty")
+
+    # A cron the API cannot read is named next to its field while it is typed, before anything is sent.
+    cron = page.get_by_label("Cron expression")
+    cron.fill("every day")
+    page.locator("#sched-cron-error").get_by_text("is not a schedule").wait_for()
+    assert cron.get_attribute("aria-invalid") == "true"
+    cron.fill("0 3 * * *")
+    page.locator("#sched-preview").get_by_text("Next runs:").wait_for()
+    assert cron.get_attribute("aria-invalid") == "false"
+
+    page.get_by_label("Schedule id").fill("nightly-shop")
+    # The stack registers the demo server as the connection "demo"; the picker lists what is registered.
+    page.locator(f'#sched-connection option[value="{DEMO_CONNECTION}"]').wait_for(state="attached")
+    page.get_by_label("Connection").select_option(DEMO_CONNECTION)
+    page.get_by_label("If the previous run is still going").select_option("queue")
+
+    # The server's refusal lands on the field it is about, too (here sent before the preview could answer).
+    zone = page.get_by_label("Time zone")
+    zone.fill("Mars/Olympus")
+    page.get_by_role("button", name="Create schedule").click()
+    page.locator("#sched-tz-error").get_by_text("unknown time zone").wait_for()
+    assert schedule_row(page, "nightly-shop").count() == 0
+    shot(page, "schedule-error")
+
+    zone.fill("Europe/Paris")
+    page.get_by_role("button", name="Create schedule").click()
+    row = schedule_row(page, "nightly-shop")
+    row.wait_for()
+    expected = next_three_am_in_paris()
+    with api_client(full_stack) as client:
+        stored = client.get("/schedules/nightly-shop").json()
+    assert datetime.fromisoformat(stored["next_due"]) == expected, stored
+    assert stored["spec"]["overlap"] == "queue" and stored["spec"]["connection"] == DEMO_CONNECTION
+    next_run = row.locator("td.next-run")
+    assert datetime.fromisoformat(next_run.get_attribute("data-next") or "") == expected
+    assert "03:00" in next_run.inner_text() and "(in " in next_run.inner_text(), next_run.inner_text()
+    assert "never ran" in row.inner_text() and "Active" in row.inner_text()
+    shot(page, "schedules")
+
+    row.get_by_role("button", name="Pause").click()
+    row.locator("td.state").get_by_text("Paused", exact=True).wait_for()
+    assert "paused" in row.locator("td.next-run").inner_text()
+    with api_client(full_stack) as client:
+        paused = client.get("/schedules/nightly-shop").json()
+    assert paused["paused"] is True and paused["next_due"] is None, paused
+
+    row.get_by_role("button", name="Resume").click()
+    row.get_by_text("Active").wait_for()
+    assert datetime.fromisoformat(row.locator("td.next-run").get_attribute("data-next") or "") == expected
+
+    delete = row.get_by_role("button", name="Delete")
+    delete.click()
+    row.get_by_role("button", name="Confirm delete").click()
+    page.get_by_text("No schedules yet").wait_for()
+    with api_client(full_stack) as client:
+        assert client.get("/schedules/nightly-shop").status_code == 404
+
+
+def focus_path(page: Any, stop: str, presses: int = 60) -> list[str]:
+    """What the Tab key visits, by accessible name (label, text or aria-label), until ``stop`` is reached."""
+    names: list[str] = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        name = page.evaluate(
+            """() => {
+                const el = document.activeElement;
+                if (!el || el === document.body) return "";
+                const label = el.labels && el.labels.length ? el.labels[0].textContent : "";
+                return (el.getAttribute("aria-label") || label || el.textContent || "").trim().split("\\n")[0];
+            }"""
+        )
+        names.append(name)
+        if name == stop:
+            break
+    return names
+
+
+def visited_in_order(path: list[str], names: list[str]) -> bool:
+    """Each of ``names`` was focused (by its name's start), in this order."""
+    positions = [next((i for i, name in enumerate(path) if name.startswith(each)), -1) for each in names]
+    return -1 not in positions and positions == sorted(positions)
+
+
+def test_the_keyboard_reaches_every_control_in_reading_order(page: Any) -> None:
+    new_extraction(page)
+    page.get_by_label("Host", exact=True).wait_for()
+    first = "a[href], button:not([hidden]), input, select, textarea, [tabindex]:not([tabindex='-1'])"
+    assert page.evaluate(f"document.querySelector({first!r}).textContent") == "Skip to content"
+    page.locator("a.skip").focus()
+    path = focus_path(page, "Run extraction")
+    assert path[-1] == "Run extraction", f"Tab never reached Run extraction: {path}"
+    order = ["Runs", "New extraction", "Schedules", "Host", "Port", "Database", "Username", "Password"]
+    positions = [
+        next(i for i, name in enumerate(path) if name.startswith(each)) for each in [*order, "Test connection"]
+    ]
+    assert positions == sorted(positions), path
+    # The skip link jumps over the navigation (without leaving the page: routes live in the URL's hash).
+    page.locator("a.skip").focus()
+    page.keyboard.press("Enter")
+    assert focus_path(page, "Host", presses=1) == ["Host"]
+    assert "#/new" in page.url
+
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("heading", name="New schedule").wait_for()
+    page.locator("a.skip").focus()
+    path = focus_path(page, "Create schedule")
+    assert path[-1] == "Create schedule", path
+    form = ["Cron expression", "Time zone", "Schedule id", "Connection", "Create schedule"]
+    assert visited_in_order(path, form), path
+
+
 def test_pages_fit_a_narrow_screen(page: Any) -> None:
-    """At phone width nothing scrolls sideways except wide tables inside their own scroll box."""
-    page.set_viewport_size({"width": 390, "height": 844})
+    """At 400 px nothing scrolls sideways except wide tables inside their own scroll box."""
+    page.get_by_role("link", name="Runs").first.click()
+    run_link = page.get_by_role("link", name=re.compile(r"^run-")).first
+    run_link.wait_for()
+    run = run_link.get_attribute("href") or ""
+    page.set_viewport_size({"width": 400, "height": 844})
     try:
-        for name, open_page in (
-            ("narrow-runs", lambda: page.get_by_role("link", name="Runs").first.click()),
-            ("narrow-new-extraction", lambda: new_extraction(page)),
+        for name, fragment, ready in (
+            ("narrow-runs", "#/runs", "main table"),
+            ("narrow-new-extraction", "#/new", "main form .panel"),
+            ("narrow-schedules", "#/schedules", "#new-schedule"),
+            ("narrow-run", run, "#changes"),
+            ("narrow-entities", f"{run}/entities?type=Table", "main table"),
+            ("narrow-compare", f"{run}/compare", "#compare-kinds"),
         ):
-            open_page()
-            page.locator("main table, main form .panel").first.wait_for()
+            page.evaluate(f"location.hash = {fragment!r}")
+            page.locator(ready).first.wait_for()
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, f"{name}: the page is {overflow} px wider than the screen"
-            shot(page, name)
+            if name in ("narrow-runs", "narrow-new-extraction", "narrow-schedules"):
+                shot(page, name)
+        page.locator("main table a").first.click()  # an entity page, at the same width
+        page.locator("#attributes").wait_for()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"entity page: the page is {overflow} px wider than the screen"
     finally:
         page.set_viewport_size({"width": 1280, "height": 860})
 

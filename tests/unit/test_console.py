@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -15,6 +17,7 @@ from pgmeta_orchestrator.console import include_console
 from pgmeta_orchestrator.console.outputs import RunOutputs, attribute_diff
 from pgmeta_orchestrator.runs import RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
+from pgmeta_shared.events import ExtractionCompleted
 from tests.unit.api_harness import BOOTSTRAP, admit_bootstrap_admin
 
 CONN = "default/postgres/0000000001"
@@ -162,9 +165,22 @@ def test_search_is_paginated_server_side_by_name_qualified_name_and_type(
     client, _, reader = console
     page = client.get("/runs/run-a/entities", params={"type": "Table", "limit": 50}, headers=AUTH).json()
     assert page["total"] == 121 and len(page["items"]) == 50
+    assert page["position"] == 0 and page["prev"] is None and page["next"]
     assert page["types"]["Column"] == 2
-    last = client.get("/runs/run-a/entities", params={"type": "Table", "offset": 100}, headers=AUTH).json()
-    assert [i["name"] for i in last["items"]][-1] == "t119" and len(last["items"]) == 21
+    pages, names = [page], [i["name"] for i in page["items"]]
+    while pages[-1]["next"]:
+        params = {"type": "Table", "limit": 50, "after": pages[-1]["next"]}
+        pages.append(client.get("/runs/run-a/entities", params=params, headers=AUTH).json())
+        names += [i["name"] for i in pages[-1]["items"]]
+    assert names == sorted(names) and len(names) == len(set(names)) == 121, "every table once, in order"
+    last = pages[-1]
+    assert [p["position"] for p in pages] == [0, 50, 100] and last["items"][-1]["name"] == "t119"
+    back = client.get("/runs/run-a/entities", params={"type": "Table", "before": last["prev"]}, headers=AUTH).json()
+    assert back["items"] == pages[1]["items"] and back["position"] == 50 and back["next"] and back["prev"]
+    first = client.get("/runs/run-a/entities", params={"type": "Table", "before": back["prev"]}, headers=AUTH).json()
+    assert first["items"] == page["items"] and first["prev"] is None
+    forged = client.get("/runs/run-a/entities", params={"after": "bm90LWEtY3Vyc29y"}, headers=AUTH)
+    assert forged.status_code == 422 and "cursor" in forged.json()["detail"]
     reads = reader.reads
     found = client.get("/runs/run-a/entities", params={"q": "SALES/CUST"}, headers=AUTH).json()
     assert {i["name"] for i in found["items"]} == {"customers", "id", "email"}
@@ -259,3 +275,37 @@ def test_a_run_page_brings_manifest_report_and_warms_the_index(console: tuple[Te
     assert reader.reads == reads, "the index was built in the background when the run page opened"
     listed = client.get("/console/api/runs", headers=AUTH).json()
     assert {r["run_id"] for r in listed} == {"run-a", "run-b"}
+
+
+def test_schedule_preview_names_the_next_ticks_or_the_problem(console: tuple[TestClient, Any, Any]) -> None:
+    client, _, _ = console
+    answer = client.get(
+        "/console/api/schedule-preview", params={"schedule": "0 3 * * *", "time_zone": "Europe/Paris"}, headers=AUTH
+    ).json()
+    ticks = [datetime.fromisoformat(t).astimezone(ZoneInfo("Europe/Paris")) for t in answer["next"]]
+    assert len(ticks) == 3 and all(t.hour == 3 and t.minute == 0 for t in ticks)
+    assert ticks[1].date() - ticks[0].date() == timedelta(days=1)
+    bad_cron = client.get("/console/api/schedule-preview", params={"schedule": "every day"}, headers=AUTH)
+    assert bad_cron.status_code == 422 and bad_cron.json()["detail"][0]["loc"] == ["query", "schedule"]
+    bad_zone = client.get(
+        "/console/api/schedule-preview", params={"schedule": "@daily", "time_zone": "Mars/Olympus"}, headers=AUTH
+    )
+    assert bad_zone.status_code == 422 and bad_zone.json()["detail"][0]["loc"] == ["query", "time_zone"]
+
+
+def test_a_completed_run_is_indexed_when_it_completes(console: tuple[TestClient, FakeRuns, DictReader]) -> None:
+    client, runs, reader = console
+    app: Any = client.app
+    location = runs.views["run-b"][0].location
+    failed = ExtractionCompleted(run_id="run-x", status="FAILED", error="boom")
+    for listener in app.state.run_finished_listeners:
+        listener(failed)  # nothing to index
+        listener(ExtractionCompleted(run_id="run-b", status="COMPLETED", location=location))
+    outputs: RunOutputs = app.state.console_outputs
+    deadline = time.monotonic() + 10
+    while "run-b" not in outputs._indexes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(outputs._indexes) == {"run-b"}
+    reads = reader.reads
+    client.get("/runs/run-b/entities", headers=AUTH).raise_for_status()
+    assert reader.reads == reads, "nobody had to open the run for its index to be there"

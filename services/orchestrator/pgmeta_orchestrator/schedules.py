@@ -608,6 +608,8 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
     def on_extraction_completed(event: ExtractionCompleted) -> None:
         app.state.schedules.on_run_finished(event)
         app.state.retention.record_finished(event)
+        for listener in getattr(app.state, "run_finished_listeners", []):  # e.g. the console's index
+            listener(event)
 
     register_subscription(
         app,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,11 +24,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
+from pgmeta_orchestrator import schedule_timing
 from pgmeta_orchestrator.auth import Principal, Role, require
 from pgmeta_orchestrator.console.outputs import (
     LINEAGE_SUFFIX,
     BindingObjectReader,
+    CursorError,
     OutputMissingError,
+    Page,
     RunIndex,
     RunOutputs,
     attribute_diff,
@@ -35,6 +39,7 @@ from pgmeta_orchestrator.console.outputs import (
 )
 from pgmeta_orchestrator.runs import RunService, RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
+from pgmeta_shared.events import ExtractionCompleted
 
 TERMINAL = {"COMPLETED", "FAILED"}
 ASSET_TYPES = {
@@ -60,6 +65,15 @@ def include_console(app: FastAPI, settings: OrchestratorSettings) -> None:
     app.state.console_settings = settings
     app.include_router(console_assets_router)
     app.include_router(console_router)
+
+    def index_completed_run(event: ExtractionCompleted) -> None:
+        # Built now, in the background, so that nobody opening the run waits for it (each replica that
+        # serves the run builds its own copy: this one now, the others when the run is first opened there).
+        if event.status == "COMPLETED" and event.location:
+            outputs_of(app).warm(event.run_id, event.location)
+
+    listeners: list[Callable[[ExtractionCompleted], None]] = getattr(app.state, "run_finished_listeners", [])
+    app.state.run_finished_listeners = [*listeners, index_completed_run]
 
 
 console_assets_router = APIRouter(tags=["console"])
@@ -109,23 +123,28 @@ def _runs(request: Request) -> RunService:
     return runs
 
 
-def _outputs(request: Request) -> RunOutputs:
+def outputs_of(app: FastAPI) -> RunOutputs:
     """The run output reader, made at first use (nothing at import or before the sidecar is up)."""
-    outputs: RunOutputs | None = getattr(request.app.state, "console_outputs", None)
+    outputs: RunOutputs | None = getattr(app.state, "console_outputs", None)
     if outputs is None:
-        settings: OrchestratorSettings = request.app.state.console_settings
+        settings: OrchestratorSettings = app.state.console_settings
         console = ConsoleSettings()
         outputs = RunOutputs(
             BindingObjectReader(settings.dapr_host, settings.dapr_http_port, headers=settings.sidecar_headers()),
             console.index_dir,
         )
-        request.app.state.console_outputs = outputs
+        app.state.console_outputs = outputs
     return outputs
+
+
+def _outputs(request: Request) -> RunOutputs:
+    return outputs_of(request.app)
 
 
 Runs = Annotated[RunService, Depends(_runs)]
 Outputs = Annotated[RunOutputs, Depends(_outputs)]
-Offset = Annotated[int, Query(ge=0)]
+After = Annotated[str | None, Query(max_length=4000, description="Cursor: the page after this one ('next').")]
+Before = Annotated[str | None, Query(max_length=4000, description="Cursor: the page before this one ('prev').")]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
@@ -261,14 +280,24 @@ async def run_entities(
     outputs: Outputs,
     q: Annotated[str, Query(max_length=500, description="Part of the name or qualifiedName.")] = "",
     type: Annotated[str | None, Query(max_length=100, description="Atlas type name, e.g. Table.")] = None,
-    offset: Offset = 0,
+    after: After = None,
+    before: Before = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
-    """Entities of a completed run, searched and paginated in the run's index."""
+    """Entities of a completed run, searched in the run's index; pages are seeks (``next`` / ``prev``
+    cursors), so the ten-thousandth page costs what the first does."""
     index = await _index(runs, outputs, run_id)
-    total, rows = await run_in_threadpool(index.search, q.strip(), type or None, offset, limit)
+    page = await _paged(index.search, q.strip(), type or None, after, before, limit)
     types = await run_in_threadpool(index.types)
-    return {"total": total, "offset": offset, "limit": limit, "types": types, "items": [r.as_json() for r in rows]}
+    return {**page.as_json(limit), "types": types}
+
+
+async def _paged(query: Any, *args: Any) -> Page:
+    try:
+        page: Page = await run_in_threadpool(query, *args)
+    except CursorError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    return page
 
 
 @console_router.get("/runs/{run_id}/entity")
@@ -277,7 +306,8 @@ async def run_entity(
     runs: Runs,
     outputs: Outputs,
     qualified_name: Annotated[str, Query(min_length=1, max_length=2000)],
-    offset: Offset = 0,
+    after: After = None,
+    before: Before = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     """One entity as published, its parent, a page of its children and (views) the lineage inputs."""
@@ -289,13 +319,13 @@ async def run_entity(
     assert found is not None
     row = found[0]
     parent = await run_in_threadpool(index.row, row.parent_qualified_name) if row.parent_qualified_name else None
-    total, children = await run_in_threadpool(index.children, qualified_name, offset, limit)
+    children = await _paged(index.children, qualified_name, after, before, limit)
     lineage = await run_in_threadpool(outputs.entity, index, qualified_name + LINEAGE_SUFFIX)
     inputs = (lineage or {}).get("attributes", {}).get("inputs") or []
     return {
         "entity": entity,
         "parent": parent[0].as_json() if parent else None,
-        "children": {"total": total, "offset": offset, "limit": limit, "items": [c.as_json() for c in children]},
+        "children": children.as_json(limit),
         "lineage_inputs": [
             {"typeName": ref.get("typeName"), "qualifiedName": (ref.get("uniqueAttributes") or {}).get("qualifiedName")}
             for ref in inputs
@@ -310,7 +340,8 @@ async def compare_with(
     outputs: Outputs,
     base: Annotated[str | None, Query(description="The earlier run; default: this run's baseline.")] = None,
     kind: Literal["created", "updated", "deleted"] = "updated",
-    offset: Offset = 0,
+    after: After = None,
+    before: Before = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
     """What changed from ``base`` to this run: counts of each kind, and a page of one kind (updated: with
@@ -319,24 +350,24 @@ async def compare_with(
     base_id = base or head.manifest.get("previous_run_id")
     if not base_id:
         raise HTTPException(status_code=422, detail=f"run {run_id!r} has no baseline: name a run to compare with")
-    before = await _index(runs, outputs, base_id)
+    base_index = await _index(runs, outputs, base_id)
     head_connection = head.manifest.get("connection_qualified_name")
-    if before.manifest.get("connection_qualified_name") != head_connection:
+    if base_index.manifest.get("connection_qualified_name") != head_connection:
         raise HTTPException(
             status_code=422, detail=f"run {base_id!r} is of another connection than {run_id!r} ({head_connection})"
         )
-    totals = outputs.compare_totals.get((before.run_id, head.run_id))
+    totals = outputs.compare_totals.get((base_index.run_id, head.run_id))
     if totals is None:  # two published runs never change: count once, then page through them
         totals = {}
         for each in ("created", "updated", "deleted"):
-            totals[each] = (await run_in_threadpool(compare_runs, before, head, each, 0, 1))[0]
-        outputs.compare_totals[(before.run_id, head.run_id)] = totals
-    _, rows = await run_in_threadpool(compare_runs, before, head, kind, offset, limit)
+            totals[each] = (await run_in_threadpool(compare_runs, base_index, head, each, None, None, 1)).total
+        outputs.compare_totals[(base_index.run_id, head.run_id)] = totals
+    page = await _paged(compare_runs, base_index, head, kind, after, before, limit)
     items = []
-    for row in rows:
+    for row in page.items:
         item = row.as_json()
         if kind == "updated":
-            old = await run_in_threadpool(outputs.entity, before, row.qualified_name)
+            old = await run_in_threadpool(outputs.entity, base_index, row.qualified_name)
             new = await run_in_threadpool(outputs.entity, head, row.qualified_name)
             item["diff"] = attribute_diff(old or {}, new or {})
         items.append(item)
@@ -346,7 +377,31 @@ async def compare_with(
         "connection_qualified_name": head_connection,
         "totals": totals,
         "kind": kind,
-        "offset": offset,
-        "limit": limit,
+        **page.as_json(limit),
         "items": items,
     }
+
+
+# -- schedules --------------------------------------------------------------------------------------
+
+
+@console_router.get("/console/api/schedule-preview")
+def schedule_preview(
+    schedule: Annotated[str, Query(min_length=1, max_length=100, description="Cron, '@every 15m', '@daily', ...")],
+    time_zone: Annotated[str, Query(max_length=100, description="IANA time zone the cron fields are read in.")] = "UTC",
+    count: Annotated[int, Query(ge=1, le=10)] = 3,
+) -> dict[str, Any]:
+    """The next ticks of a schedule expression, or a 422 naming what is wrong with it: the schedule form checks
+    the expression as it is typed, with the same rules ``POST /schedules`` applies."""
+    try:
+        schedule_timing.validate(schedule, time_zone)
+    except schedule_timing.ScheduleSpecError as exc:
+        field = "time_zone" if "time zone" in str(exc) else "schedule"
+        raise HTTPException(status_code=422, detail=[{"loc": ["query", field], "msg": str(exc)}]) from exc
+    now = datetime.now(UTC).replace(microsecond=0)
+    ticks: list[str] = []
+    after = now
+    for _ in range(count):
+        after = schedule_timing.next_due(schedule, time_zone, now, after)
+        ticks.append(after.isoformat())
+    return {"schedule": schedule, "time_zone": time_zone, "next": ticks}

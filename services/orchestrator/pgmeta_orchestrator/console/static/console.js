@@ -217,17 +217,28 @@ async function route() {
   try {
     if (parts[0] === "sign-in") await signInPage(render);
     else if (parts[0] === "new") await newExtractionPage(render);
+    else if (parts[0] === "schedules") await schedulesPage(render);
     else if (parts[0] === "runs" && parts[1] && parts[2] === "entity") await entityPage(render, parts[1], params);
     else if (parts[0] === "runs" && parts[1]) await runPage(render, parts[1], parts[2] || "overview", params, pageAbort.signal);
     else await runsPage(render);
   } catch (err) {
     if (err.name === "AbortError") return;
-    render(h("h1", {}, "Something went wrong"), errorBox(err.message), h("p", {}, h("a", { href: "#/runs" }, "Back to runs")));
+    render(
+      h("h1", {}, "Something went wrong"),
+      errorBox(err.message),
+      h("p", { class: "muted" }, err.status >= 500 ? "The API failed on this request; its log (make logs, or the orchestrator pod's) says why." : "Check the address, or try again."),
+      h("div", { class: "actions" }, h("button", { type: "button", onclick: route }, "Try again"), h("a", { class: "button", href: "#/runs" }, "All runs")),
+    );
   }
   if (serial === routeSerial && document.activeElement === document.body) main.focus({ preventScroll: true });
 }
 
 window.addEventListener("hashchange", route);
+// The skip link's own "#main" would be read as a route: move the focus instead of the URL.
+document.querySelector("a.skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
 document.getElementById("sign-out").addEventListener("click", () => {
   signOut();
   location.hash = "#/sign-in";
@@ -686,7 +697,15 @@ function overview(run) {
       ),
     ),
   );
-  if (run.status === "FAILED") sections.push(errorBox(`The run failed: ${run.error || "no reason recorded"}`));
+  if (run.status === "FAILED") {
+    sections.push(
+      errorBox(
+        `The run failed: ${run.error || "no reason recorded"}. `,
+        h("a", { href: "#/new" }, "Check the source with Test connection"),
+        " and run it again.",
+      ),
+    );
+  }
   if (m) {
     sections.push(h("h2", {}, "Entities"), stats(Object.entries(m.counts || {}).sort()), h("p", {}, ""));
     const changes = m.changes || {};
@@ -730,15 +749,25 @@ function overview(run) {
 
 const PAGE = 50;
 
-function pager(total, offset, limit, go) {
-  const end = Math.min(offset + limit, total);
+// Pages are cursors (the API seeks to them), so the URL of a page says where it starts, not how far in.
+function pager(page, go) {
+  const first = page.position + 1;
+  const end = page.position + page.items.length;
   return h(
-    "div",
-    { class: "pager" },
-    h("span", { class: "muted" }, total ? `${fmtInt(offset + 1)}–${fmtInt(end)} of ${fmtInt(total)}` : "0 results"),
-    h("button", { type: "button", disabled: offset === 0, onclick: () => go(Math.max(0, offset - limit)) }, "Previous"),
-    h("button", { type: "button", disabled: end >= total, onclick: () => go(offset + limit) }, "Next"),
+    "nav",
+    { class: "pager", "aria-label": "Pages" },
+    h("span", { class: "muted" }, page.total ? `${fmtInt(first)}–${fmtInt(end)} of ${fmtInt(page.total)}` : "0 results"),
+    h("button", { type: "button", disabled: !page.prev, onclick: () => go({ before: page.prev }) }, "Previous"),
+    h("button", { type: "button", disabled: !page.next, onclick: () => go({ after: page.next }) }, "Next"),
   );
+}
+
+// The cursor a page URL carries, as API query parameters.
+function cursorOf(params) {
+  const cursor = {};
+  if (params.get("after")) cursor.after = params.get("after");
+  else if (params.get("before")) cursor.before = params.get("before");
+  return cursor;
 }
 
 function entityLink(runId, qn, text) {
@@ -748,9 +777,8 @@ function entityLink(runId, qn, text) {
 async function entitiesTab(render, head, tabs, runId, params) {
   const q = params.get("q") || "";
   const type = params.get("type") || "";
-  const offset = Number(params.get("offset") || 0);
-  render(head, tabs, h("p", { class: "muted" }, "Loading entities… (the first visit of a large run builds its index)"));
-  const query = new URLSearchParams({ q, offset, limit: PAGE });
+  render(head, tabs, h("p", { class: "muted" }, "Loading entities…"));
+  const query = new URLSearchParams({ q, limit: PAGE, ...cursorOf(params) });
   if (type) query.set("type", type);
   const page = await api(`/runs/${encodeURIComponent(runId)}/entities?${query}`);
   const search = h("input", { type: "search", id: "entity-search", value: q, placeholder: "name or qualifiedName", "aria-label": "Search entities" });
@@ -760,19 +788,19 @@ async function entitiesTab(render, head, tabs, runId, params) {
     h("option", { value: "" }, "All types"),
     Object.entries(page.types).map(([name, count]) => h("option", { value: name, selected: name === type }, `${name} (${fmtInt(count)})`)),
   );
-  const go = (newOffset, newQ = q, newType = type) => {
-    const next = { q: newQ, offset: newOffset };
+  const go = (cursor, newQ = q, newType = type) => {
+    const next = { q: newQ, ...cursor };
     if (newType) next.type = newType;
     location.hash = link(["runs", runId, "entities"], next);
   };
   const form = h(
     "form",
-    { class: "toolbar", role: "search", onsubmit: (e) => { e.preventDefault(); go(0, search.value.trim(), typeSelect.value); } },
+    { class: "toolbar", role: "search", onsubmit: (e) => { e.preventDefault(); go({}, search.value.trim(), typeSelect.value); } },
     h("div", { class: "grow" }, search),
     typeSelect,
     h("button", { type: "submit" }, "Search"),
   );
-  typeSelect.addEventListener("change", () => go(0, search.value.trim(), typeSelect.value));
+  typeSelect.addEventListener("change", () => go({}, search.value.trim(), typeSelect.value));
   const rows = page.items.map((item) =>
     h("tr", { class: "clickable" }, h("td", {}, entityLink(runId, item.qualifiedName, item.name)), h("td", {}, item.typeName), h("td", { class: "mono" }, item.qualifiedName)),
   );
@@ -781,7 +809,7 @@ async function entitiesTab(render, head, tabs, runId, params) {
     tabs,
     form,
     tableOf(["Name", "Type", "qualifiedName"], rows, emptyState("No entity matches", q ? `Nothing named like “${q}”${type ? ` of type ${type}` : ""}. Try part of a name.` : "This run published no entities of this type.")),
-    pager(page.total, page.offset, page.limit, (o) => go(o)),
+    pager(page, (cursor) => go(cursor)),
   );
   if (q || type) search.focus();
 }
@@ -797,9 +825,8 @@ function renderValue(runId, value) {
 
 async function entityPage(render, runId, params) {
   const qn = params.get("qn") || "";
-  const offset = Number(params.get("offset") || 0);
   document.title = `${qn.split("/").pop()} · pgmeta`;
-  const data = await api(`/runs/${encodeURIComponent(runId)}/entity?${new URLSearchParams({ qualified_name: qn, offset, limit: 100 })}`).catch((err) => {
+  const data = await api(`/runs/${encodeURIComponent(runId)}/entity?${new URLSearchParams({ qualified_name: qn, limit: 100, ...cursorOf(params) })}`).catch((err) => {
     if (err.status === 404) return null;
     throw err;
   });
@@ -813,7 +840,7 @@ async function entityPage(render, runId, params) {
   const rows = Object.keys(attributes).sort().map((key) => h("tr", {}, h("th", { scope: "row" }, key), h("td", {}, renderValue(runId, attributes[key]))));
   const children = data.children;
   const childRows = children.items.map((c) => h("tr", {}, h("td", {}, entityLink(runId, c.qualifiedName, c.name)), h("td", {}, c.typeName)));
-  const childGo = (o) => { location.hash = link(["runs", runId, "entity"], { qn, offset: o }); };
+  const childGo = (cursor) => { location.hash = link(["runs", runId, "entity"], { qn, ...cursor }); };
   render(
     crumbs,
     h("div", { class: "page-head" }, h("div", {}, h("h1", {}, attributes.name || qn), h("p", { class: "muted" }, badge(entity.typeName, "QUEUED"), " ", h("span", { class: "mono" }, qn)))),
@@ -836,7 +863,7 @@ async function entityPage(render, runId, params) {
           : null,
         h("h2", {}, `Children (${fmtInt(children.total)})`),
         h("div", { id: "children" }, tableOf(["Name", "Type"], childRows, emptyState("No children", "Columns, tables and schemas list their parts here."))),
-        children.total > children.limit ? pager(children.total, children.offset, children.limit, childGo) : null,
+        children.next || children.prev ? pager(children, childGo) : null,
       ),
     ),
   );
@@ -853,7 +880,6 @@ function shortValue(value) {
 async function compareTab(render, head, tabs, run, params) {
   const runId = run.run_id;
   const kind = params.get("kind") || "updated";
-  const offset = Number(params.get("offset") || 0);
   const runs = await api("/console/api/runs?limit=200");
   const sameConnection = runs.filter((r) => r.run_id !== runId && r.status === "COMPLETED" && r.connection_qualified_name === run.connection_qualified_name);
   const base = params.get("base") || run.previous_run_id || (sameConnection[0] && sameConnection[0].run_id) || "";
@@ -862,9 +888,9 @@ async function compareTab(render, head, tabs, run, params) {
     return;
   }
   render(head, tabs, h("p", { class: "muted" }, "Comparing…"));
-  const query = new URLSearchParams({ base, kind, offset, limit: PAGE });
+  const query = new URLSearchParams({ base, kind, limit: PAGE, ...cursorOf(params) });
   const result = await api(`/runs/${encodeURIComponent(runId)}/compare?${query}`);
-  const go = (next) => { location.hash = link(["runs", runId, "compare"], { base, kind, offset: 0, ...next }); };
+  const go = (next) => { location.hash = link(["runs", runId, "compare"], { base, kind, ...next }); };
   const baseSelect = h(
     "select",
     { id: "compare-base", "aria-label": "Compare with run" },
@@ -891,10 +917,308 @@ async function compareTab(render, head, tabs, run, params) {
     h("div", { class: "toolbar" }, h("div", {}, h("label", { for: baseSelect.id }, "Compare with"), baseSelect), h("p", { class: "muted grow" }, `What changed from ${base} to ${runId}.`)),
     h("nav", { class: "tabs", "aria-label": "Change kind", id: "compare-kinds" }, kindTab("created"), kindTab("updated"), kindTab("deleted")),
     h("div", { id: "compare-items" }, tableOf(headers, rows, emptyState(`Nothing ${kind}`, `No entity was ${kind} between these two runs.`))),
-    pager(sameTotal(result, kind), result.offset, result.limit, (o) => go({ kind, offset: o })),
+    pager(result, (cursor) => go(cursor)),
   );
 }
 
-const sameTotal = (result, kind) => result.totals[kind];
+// -- schedules -------------------------------------------------------------------------------------
+
+// A labelled input with a slot for its own error message (announced, and tied to the input for readers).
+function fieldOf(label, input, { cls = "", hint = "" } = {}) {
+  const error = h("p", { class: "field-error", id: `${input.id}-error`, "aria-live": "polite" });
+  input.setAttribute("aria-describedby", error.id);
+  input.fieldError = error;
+  return h("div", { class: `field ${cls}` }, h("label", { for: input.id }, label, hint ? h("span", { class: "hint" }, ` ${hint}`) : null), input, error);
+}
+
+function setFieldError(input, message) {
+  input.setAttribute("aria-invalid", message ? "true" : "false");
+  if (input.fieldError) input.fieldError.textContent = message || "";
+}
+
+function fmtIn(iso, timeZone) {
+  if (!iso) return "—";
+  const when = new Date(iso);
+  let text;
+  try {
+    text = when.toLocaleString([], { timeZone, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short" });
+  } catch {
+    text = fmtTime(iso);
+  }
+  const minutes = Math.round((when - new Date()) / 60000);
+  const rel = minutes < 1 ? "due now" : minutes < 90 ? `in ${minutes} min` : minutes < 48 * 60 ? `in ${Math.round(minutes / 60)} h` : `in ${Math.round(minutes / 1440)} days`;
+  return `${text} (${rel})`;
+}
+
+// The schedule's source: what to read and where its password is. The only part of the schedule form that
+// knows how a schedule names its source, so that naming a registered connection instead changes this alone.
+function scheduleSourcePart() {
+  // A schedule names a registered connection (an admin registers it: `pgmeta connections add`); the
+  // connection brings the server and its credentials, so a schedule stores no password and names no secret.
+  const connection = h("select", { id: "sched-connection", name: "sched-connection", required: true }, h("option", { value: "" }, "Loading connections…"));
+  const database = h("input", { type: "text", id: "sched-database", name: "sched-database", autocomplete: "off", placeholder: "the connection's" });
+  const hint = h("p", { class: "hint" }, "A schedule runs a registered connection: the server and its credentials stay with the connection.");
+  api("/connections")
+    .then((items) => {
+      connection.replaceChildren(
+        h("option", { value: "" }, items.length ? "Choose a connection" : "No connections registered"),
+        ...items.map((item) => h("option", { value: item.name }, `${item.name} — ${item.username}@${item.host}:${item.port}/${item.database || "*"}`)),
+      );
+      if (!items.length) hint.textContent = "No connection is registered yet: an admin registers one with `pgmeta connections add` (docs/security.md).";
+    })
+    .catch((err) => {
+      connection.replaceChildren(h("option", { value: "" }, "Connections could not be listed"));
+      setFieldError(connection, err.message);
+    });
+  const element = h(
+    "fieldset",
+    { class: "subpanel" },
+    h("legend", {}, "Source"),
+    hint,
+    h("div", { class: "fields" }, fieldOf("Connection", connection, { cls: "wide" }), fieldOf("Database", database, { hint: "(empty: the connection's)" })),
+  );
+  return {
+    element,
+    // The body fields this part contributes to POST /schedules.
+    value() {
+      const body = { connection: connection.value };
+      if (database.value.trim()) body.database = database.value.trim();
+      return body;
+    },
+    // Marks empty required fields; returns their labels.
+    missing() {
+      const bad = !connection.value;
+      setFieldError(connection, bad ? "Connection is required." : "");
+      return bad ? ["Connection"] : [];
+    },
+    // The input an API error location (after "body") points at, if it is one of ours.
+    inputFor(loc) {
+      return { connection, database }[loc[0]] || null;
+    },
+    focus() {
+      connection.focus();
+    },
+  };
+}
+
+function lastRunCell(schedule) {
+  const tick = (schedule.last_runs || [])[0];
+  if (!tick) return h("span", { class: "muted" }, "never ran");
+  const when = h("div", { class: "muted" }, fmtTime(tick.due));
+  if (!tick.run_id) return h("div", {}, badge(tick.outcome.replace(/_/g, " "), "QUEUED"), when);
+  return h("div", {}, h("a", { href: link(["runs", tick.run_id]) }, tick.run_id), " ", badge(tick.status || "QUEUED"), when);
+}
+
+async function schedulesPage(render) {
+  document.title = "Schedules · pgmeta";
+  const head = h(
+    "div",
+    { class: "page-head" },
+    h("div", {}, h("h1", {}, "Schedules"), h("p", { class: "muted" }, "Extractions that start on a timetable (cron), in a time zone.")),
+  );
+  if (!(await apiHasRoute("/schedules", "get"))) {
+    render(head, emptyState("Schedules are not available", "This orchestrator's API has no /schedules routes. Upgrade it, or use the CLI."));
+    return;
+  }
+  const listBox = h("div", { id: "schedule-list", "aria-live": "polite" }, h("p", { class: "muted" }, "Loading schedules…"));
+  const message = h("div", { id: "schedule-message", "aria-live": "polite" });
+  const form = scheduleForm(async (created) => {
+    put(message, h("div", { class: "alert ok" }, `Schedule ${created.schedule_id} created. Next run: ${fmtIn(created.next_due, created.spec.time_zone)}.`));
+    await refresh();
+  });
+
+  async function act(button, path, method, done) {
+    button.disabled = true;
+    try {
+      await api(path, { method });
+      put(message, h("div", { class: "alert ok" }, done));
+      await refresh();
+    } catch (err) {
+      put(message, errorBox(err.message));
+      button.disabled = false;
+    }
+  }
+
+  function row(schedule) {
+    const id = schedule.schedule_id;
+    const path = `/schedules/${encodeURIComponent(id)}`;
+    const spec = schedule.spec;
+    const toggle = schedule.paused
+      ? h("button", { type: "button", onclick: (e) => act(e.currentTarget, `${path}/resume`, "POST", `Schedule ${id} resumed.`) }, "Resume")
+      : h("button", { type: "button", onclick: (e) => act(e.currentTarget, `${path}/pause`, "POST", `Schedule ${id} paused: no run starts until it is resumed.`) }, "Pause");
+    // Two steps instead of a modal dialog: the second press confirms, Escape or leaving the button cancels.
+    const remove = h("button", { type: "button", class: "danger" }, "Delete");
+    const disarm = () => {
+      remove.textContent = "Delete";
+      delete remove.dataset.armed;
+    };
+    remove.addEventListener("click", (e) => {
+      if (remove.dataset.armed) act(e.currentTarget, path, "DELETE", `Schedule ${id} deleted.`);
+      else {
+        remove.dataset.armed = "1";
+        remove.textContent = "Confirm delete";
+      }
+    });
+    remove.addEventListener("blur", disarm);
+    remove.addEventListener("keydown", (e) => e.key === "Escape" && disarm());
+    const source = `connection ${spec.connection}${spec.database ? ` / ${spec.database}` : ""}`;
+    return h(
+      "tr",
+      { "data-schedule": id },
+      h("td", {}, h("strong", {}, id), h("div", { class: "muted source" }, source)),
+      h("td", {}, h("span", { class: "mono" }, spec.schedule), h("div", { class: "muted" }, spec.time_zone), h("div", { class: "muted" }, `overlap: ${spec.overlap}`)),
+      h("td", { class: "next-run", "data-next": schedule.next_due || "" }, schedule.paused ? h("span", { class: "muted" }, "— (paused)") : fmtIn(schedule.next_due, spec.time_zone)),
+      h("td", {}, lastRunCell(schedule)),
+      h("td", { class: "state" }, schedule.paused ? badge("Paused", "QUEUED") : badge("Active", "COMPLETED")),
+      h("td", {}, h("div", { class: "row-actions" }, toggle, remove)),
+    );
+  }
+
+  async function refresh() {
+    let schedules;
+    try {
+      schedules = await api("/schedules");
+    } catch (err) {
+      put(listBox, errorBox(`Could not list the schedules: ${err.message}`, " ", h("button", { type: "button", class: "link", onclick: refresh }, "Try again")));
+      return;
+    }
+    put(
+      listBox,
+      tableOf(
+        ["Schedule", "When", "Next run", "Last run", "State", ""],
+        schedules.map(row),
+        emptyState(
+          "No schedules yet",
+          "A schedule starts an extraction on a timetable. Fill in the form below: a cron expression, a time zone and the source.",
+          h("button", { type: "button", onclick: () => form.focus() }, "Create a schedule"),
+        ),
+      ),
+    );
+  }
+
+  render(head, listBox, message, form.element);
+  await refresh();
+}
+
+function scheduleForm(onCreated) {
+  const scheduleId = h("input", { type: "text", id: "sched-id", autocomplete: "off", placeholder: "e.g. nightly-sales", pattern: "[a-z0-9][a-z0-9-]{0,62}" });
+  const cron = h("input", { type: "text", id: "sched-cron", autocomplete: "off", required: true, placeholder: "0 2 * * *", class: "mono-input" });
+  const zoneList = h("datalist", { id: "time-zones" }, (Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : ["UTC"]).map((z) => h("option", { value: z })));
+  const timeZone = h("input", { type: "text", id: "sched-tz", autocomplete: "off", list: zoneList.id, value: "UTC", required: true });
+  const overlap = h(
+    "select",
+    { id: "sched-overlap" },
+    h("option", { value: "skip" }, "skip the tick"),
+    h("option", { value: "queue" }, "queue one run for when it ends"),
+  );
+  const missed = h(
+    "select",
+    { id: "sched-missed" },
+    h("option", { value: "run_once" }, "run once at start-up"),
+    h("option", { value: "skip" }, "skip the missed tick"),
+  );
+  const preview = h("p", { class: "hint", id: "sched-preview", "aria-live": "polite" }, "Five fields (minute hour day month weekday), six with seconds first, or @every 15m, @hourly, @daily.");
+  const source = scheduleSourcePart();
+  const message = h("div", { "aria-live": "polite", id: "schedule-form-message" });
+  const submit = h("button", { type: "submit", class: "primary" }, "Create schedule");
+  let previewSerial = 0;
+  let timer = null;
+
+  async function checkTiming() {
+    const serial = ++previewSerial;
+    if (!cron.value.trim()) {
+      setFieldError(cron, "");
+      return;
+    }
+    try {
+      const answer = await api(`/console/api/schedule-preview?${new URLSearchParams({ schedule: cron.value.trim(), time_zone: timeZone.value.trim() || "UTC" })}`);
+      if (serial !== previewSerial) return;
+      setFieldError(cron, "");
+      setFieldError(timeZone, "");
+      preview.textContent = `Next runs: ${answer.next.map((iso) => fmtIn(iso, answer.time_zone).replace(/ \(.*\)$/, "")).join(" · ")}`;
+    } catch (err) {
+      if (serial !== previewSerial) return;
+      preview.textContent = ""; // no next runs to show for what is there now; the error says why
+      const problem = Array.isArray(err.body && err.body.detail) ? err.body.detail[0] : null;
+      if (problem && problem.loc[1] === "time_zone") setFieldError(timeZone, problem.msg);
+      else setFieldError(cron, problem ? problem.msg : err.message);
+    }
+  }
+  const schedulePreview = () => {
+    clearTimeout(timer);
+    timer = setTimeout(checkTiming, 300);
+  };
+  cron.addEventListener("input", schedulePreview);
+  timeZone.addEventListener("input", schedulePreview);
+
+  function showApiErrors(err) {
+    const details = Array.isArray(err.body && err.body.detail) ? err.body.detail : [];
+    const loose = [];
+    for (const detail of details) {
+      const loc = (detail.loc || []).filter((part) => part !== "body");
+      const msg = String(detail.msg || "").replace(/^Value error, /, "");
+      const input = loc[0] === "schedule" || (!loc.length && /cron|schedule|@every/i.test(msg)) ? cron
+        : loc[0] === "time_zone" || (!loc.length && /time zone/i.test(msg)) ? timeZone
+        : loc[0] === "schedule_id" ? scheduleId
+        : source.inputFor(loc);
+      if (input) setFieldError(input, msg);
+      else loose.push(msg);
+    }
+    if (err.status === 409) setFieldError(scheduleId, err.message);
+    const fields = details.length === 1 ? "one field needs a change" : `${details.length} fields need a change`;
+    const extra = loose.length ? ` ${loose.join("; ")}` : "";
+    put(message, errorBox(details.length ? `The schedule was not created: ${fields} (marked above).${extra}` : err.message));
+  }
+
+  async function create(event) {
+    event.preventDefault();
+    put(message);
+    for (const input of [scheduleId, cron, timeZone]) setFieldError(input, "");
+    const missing = source.missing();
+    if (!cron.value.trim()) {
+      setFieldError(cron, "A cron expression is required.");
+      missing.unshift("Cron expression");
+    }
+    if (missing.length) {
+      put(message, errorBox(`Fill in ${missing.join(", ")}.`));
+      return;
+    }
+    const body = { schedule: cron.value.trim(), time_zone: timeZone.value.trim() || "UTC", overlap: overlap.value, missed: missed.value, ...source.value() };
+    if (scheduleId.value.trim()) body.schedule_id = scheduleId.value.trim();
+    submit.disabled = true;
+    try {
+      const created = await api("/schedules", { method: "POST", body });
+      await onCreated(created);
+    } catch (err) {
+      showApiErrors(err);
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  // The next runs (or the problem) right under the expression, and read out with it.
+  const cronField = fieldOf("Cron expression", cron);
+  cronField.append(preview);
+  cron.setAttribute("aria-describedby", `${cron.fieldError.id} ${preview.id}`);
+  const element = h(
+    "form",
+    { class: "panel", id: "new-schedule", onsubmit: create, novalidate: true, "aria-labelledby": "new-schedule-title" },
+    h("h2", { id: "new-schedule-title" }, "New schedule"),
+    h(
+      "div",
+      { class: "fields" },
+      cronField,
+      fieldOf("Time zone", timeZone),
+      fieldOf("Schedule id", scheduleId, { cls: "wide", hint: "(optional)" }),
+      fieldOf("If the previous run is still going", overlap, { cls: "wide" }),
+      fieldOf("After downtime", missed, { cls: "wide" }),
+    ),
+    zoneList,
+    source.element,
+    message,
+    h("div", { class: "actions" }, submit),
+  );
+  return { element, focus: () => cron.focus() };
+}
 
 route();
