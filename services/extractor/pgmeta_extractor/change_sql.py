@@ -6,18 +6,14 @@ Statistics are updated in place (no new ``xmin``), so ``reltuples`` / ``relpages
 where a table was never analysed) are hashed by value. Names of other schemas' objects appear in a schema's
 output (foreign keys, view definitions, partitions, column types, defaults): every schema joined to another by
 a ``pg_depend`` edge, either way, folds the other's own part into its fingerprint. Role names (owners) and the
-server version go into every fingerprint. Index rows are not read: every index DDL creates, drops or rewrites the index's pg_class row. The filter
-selects which schemas are reported; dependencies are
-followed into every user schema.
+server version go into every fingerprint. Index rows are not read: every index DDL creates, drops or rewrites
+the index's pg_class row. The filter selects which schemas are reported; dependencies are followed into every
+user schema.
 
 Sums of 64-bit hashes need no sort and no per-row text; a rename, drop or create of any row changes them.
 """
 
 from __future__ import annotations
-
-# Bump when the extractor's queries or the transformer's mapping change what an unchanged catalog
-# produces: a baseline of another format is never carried over (the run is a full one).
-INCREMENTAL_FORMAT = 1
 
 SCHEMA_FINGERPRINTS_QUERY = """
 WITH user_ns AS (

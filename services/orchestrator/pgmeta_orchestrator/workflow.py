@@ -152,6 +152,7 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
                 connection_qualified_name=connection_qn,
                 selection=db,
                 filters=request.filters,
+                full=request.full,
             )
             for db in checked.databases
         }
@@ -165,6 +166,10 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
             for unit in extract_commands
         ]
         status["counts"] = _sum_counts(list(extracted.values()))
+        schemas = {
+            "extracted": sum(e.get("schemas_extracted", 0) for e in extracted.values()),
+            "skipped": sum(e.get("schemas_skipped", 0) for e in extracted.values()),
+        }
         transform_commands: dict[str, BaseModel] = {
             u.unit: TransformRequested(
                 run_id=run_id,
@@ -205,6 +210,7 @@ def extraction_workflow(ctx: Any, request_payload: dict[str, Any]) -> Generator[
         location=published.location,
         problems=published.problems,
         changes=published.changes,
+        schemas=schemas,
     )
     yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(completed, request))
     return completed.model_dump(mode="json")
