@@ -4,11 +4,12 @@ A schema's own part sums a hash of (identity, ``xmin``) over every catalog row t
 any DDL that changes what is extracted inserts, deletes or rewrites (new ``xmin``) one of those rows.
 Statistics are updated in place (no new ``xmin``), so ``reltuples`` / ``relpages`` (and the live-tuple count
 where a table was never analysed) are hashed by value. Names of other schemas' objects appear in a schema's
-output (foreign keys, view definitions, partitions, column types, defaults): every schema joined to another by
-a ``pg_depend`` edge, either way, folds the other's own part into its fingerprint. Role names (owners) and the
-server version go into every fingerprint. Index rows are not read: every index DDL creates, drops or rewrites
-the index's pg_class row. The filter selects which schemas are reported; dependencies are followed into every
-user schema.
+output (foreign keys, view definitions, partitions, column types, defaults): a schema folds in the own part of
+every schema it names that way (found through ``pg_depend``, ``pg_constraint``, ``pg_inherits``, column types),
+so a change there is a change here too; the other direction only for partitions (a parent sums its
+partitions). Role names (owners) and the server version go into every fingerprint. Index rows are not read:
+every index DDL creates, drops or rewrites the index's pg_class row. The filter selects which schemas are
+reported; dependencies are followed into every user schema.
 
 Sums of 64-bit hashes need no sort and no per-row text; a rename, drop or create of any row changes them.
 """
@@ -93,6 +94,7 @@ own AS (
           UNION ALL SELECT nsp, n, h FROM att) u
     GROUP BY u.nsp
 ),
+-- Edges (a, b): schema a's output names objects of schema b, so a change in b may change a's output.
 -- What views, defaults and routines name in other schemas (column level collapsed).
 named AS (
     SELECT DISTINCT d.classid, d.objid, d.refclassid, d.refobjid
@@ -116,16 +118,18 @@ edges(a, b) AS (
     UNION ALL  -- foreign keys
     SELECT k.connamespace, c.relnamespace FROM pg_constraint k JOIN pg_class c ON c.oid = k.confrelid
     WHERE k.contype = 'f'
-    UNION ALL  -- partitions and inheritance, both ways (a parent counts its partitions)
-    SELECT c.relnamespace, pc.relnamespace FROM pg_inherits i
+    UNION ALL  -- partitions and inheritance, both ways (a partition names its parent, a parent counts and
+               -- sums its partitions)
+    SELECT x.a, x.b FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class pc ON pc.oid = i.inhparent
+    CROSS JOIN LATERAL (VALUES (c.relnamespace, pc.relnamespace), (pc.relnamespace, c.relnamespace)) AS x(a, b)
     UNION ALL  -- column types (user types only: oids from 16384 on)
     SELECT c.relnamespace, t.typnamespace FROM pg_attribute a
     JOIN pg_type t ON t.oid = a.atttypid JOIN pg_class c ON c.oid = a.attrelid
     WHERE a.atttypid >= 16384 AND a.attnum > 0
 ),
 neighbours AS (
-    SELECT a AS nsp, b AS other FROM edges WHERE a <> b UNION SELECT b, a FROM edges WHERE a <> b
+    SELECT DISTINCT a AS nsp, b AS other FROM edges WHERE a <> b
 ),
 global AS (
     SELECT md5(current_setting('server_version_num') || ':'
