@@ -133,8 +133,11 @@ DDLS = [
     ddl("add unique constraint", "ALTER TABLE e.lonely ADD CONSTRAINT one_label UNIQUE (id, label)", "e"),
     ddl("drop foreign key", "ALTER TABLE a.orders DROP CONSTRAINT orders_customer_id_fkey", *A),
     ddl("create sequence", "CREATE SEQUENCE e.numbers", "e", visible=False),
-    ddl("attach partition", "ALTER TABLE d.events ATTACH PARTITION d.events_2026 FOR VALUES FROM ('2026-01-01') "
-        "TO ('2027-01-01')", "d"),  # fmt: skip
+    ddl(
+        "attach partition",
+        "ALTER TABLE d.events ATTACH PARTITION d.events_2026 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+        "d",
+    ),  # fmt: skip
     ddl("detach partition", "ALTER TABLE d.events DETACH PARTITION d.events_2025", "d"),
     ddl("alter foreign table", "ALTER FOREIGN TABLE d.remote_rates OPTIONS (SET table_name 'rates_2')", "d"),
     ddl("add foreign table column", "ALTER FOREIGN TABLE d.remote_rates ADD COLUMN since date", "d"),
@@ -151,8 +154,11 @@ DDLS = [
     ddl("rename schema", "ALTER SCHEMA e RENAME TO e2", "e2"),
     ddl("create schema", "CREATE SCHEMA f; CREATE TABLE f.t (id int)", "f"),
     ddl("drop schema", "DROP SCHEMA e CASCADE"),
-    ddl("statistics: rows added and analysed", "INSERT INTO e.lonely SELECT g, 'y' FROM generate_series(11, 500) g;"
-        " ANALYZE e.lonely", "e"),  # fmt: skip
+    ddl(
+        "statistics: rows added and analysed",
+        "INSERT INTO e.lonely SELECT g, 'y' FROM generate_series(11, 500) g; ANALYZE e.lonely",
+        "e",
+    ),  # fmt: skip
 ]
 
 
@@ -203,19 +209,16 @@ def run_pipeline(server: PostgresServer, platform: InMemoryPlatform, database: s
             ),
             platform,
         )
-    publish(
-        PublishRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, units=units, counts={}, database=database),
-        platform,
+    command = PublishRequested(
+        run_id=run_id, connection_qualified_name=CONNECTION_QN, units=units, counts={}, database=database
     )
+    publish(command, platform)
     prefix = f"{CONNECTION_QN}/{run_id}"
     manifest = json.loads(platform.objects[("objectstore", f"{prefix}/manifest.json")])
 
     def lines_of(selected: list[dict[str, Any]]) -> list[bytes]:
-        return sorted(
-            line
-            for entry in selected
-            for line in decode(entry["name"], platform.objects[("objectstore", f"{prefix}/{entry['name']}")]).splitlines()
-        )
+        stored = {entry["name"]: platform.objects[("objectstore", f"{prefix}/{entry['name']}")] for entry in selected}
+        return sorted(line for name, blob in stored.items() for line in decode(name, blob).splitlines())
 
     files = manifest["files"]
     return Published(
