@@ -142,7 +142,7 @@ SELECT n.nspname AS schema_name,
                                         ORDER BY x.nspname)
                       FROM neighbours nb JOIN pg_namespace x ON x.oid = nb.other
                       LEFT JOIN own xo ON xo.nsp = nb.other
-                      WHERE nb.nsp = n.oid))) AS fingerprint
+                      WHERE nb.nsp = n.oid))) AS change_fingerprint
 FROM user_ns n
 LEFT JOIN own o ON o.nsp = n.oid
 WHERE (cardinality(CAST(:schema_include AS text[])) = 0
