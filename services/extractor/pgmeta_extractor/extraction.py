@@ -390,7 +390,8 @@ def _extract_once(
         params = relation_params(selection, command.filters)
         schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
         fingerprints = {
-            r["schema_name"]: r["change_fingerprint"] for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
+            r["schema_name"]: r["change_fingerprint"]
+            for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
         }
         plan = plan_scopes(command, platform, fingerprints)
         log.info(
