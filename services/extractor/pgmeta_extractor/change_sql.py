@@ -3,7 +3,8 @@
 A schema's own part sums a hash of (identity, ``xmin``) over every catalog row the extractor reads for it:
 any DDL that changes what is extracted inserts, deletes or rewrites (new ``xmin``) one of those rows.
 Statistics are updated in place (no new ``xmin``), so ``reltuples`` / ``relpages`` (and the live-tuple count
-where a table was never analysed) are hashed by value. Names of other schemas' objects appear in a schema's
+where ``reltuples`` says nothing or zero: the row count falls back to it, and ``exclude_empty_tables`` reads it)
+are hashed by value. Names of other schemas' objects appear in a schema's
 output (foreign keys, view definitions, partitions, column types, defaults): a schema folds in the own part of
 every schema it names that way (found through ``pg_depend``, ``pg_constraint``, ``pg_inherits``, column types),
 so a change there is a change here too; the other direction only for partitions (a parent sums its
@@ -44,7 +45,7 @@ rows_of(nsp, h) AS (
     SELECT r.nsp, hashint8extended((r.oid::int8 << 32) | r.xmin::text::int8, 2)
                   # hashfloat8extended(r.reltuples::float8, r.relpages::int8)
                   # coalesce(hashint8extended(t.relpages::int8, r.oid::int8), 0)
-                  # CASE WHEN r.reltuples < 0 AND r.relkind IN ('r', 'p', 'm')
+                  # CASE WHEN r.reltuples <= 0 AND r.relkind IN ('r', 'p', 'm')
                          THEN hashint8extended(pg_stat_get_live_tuples(r.oid), r.oid::int8) ELSE 0 END
     FROM rel r LEFT JOIN pg_class t ON t.oid = r.reltoastrelid
     UNION ALL
