@@ -88,3 +88,6 @@ class InMemoryPlatform:
     def write_object(self, binding: str, path: str, content: bytes) -> None:
         self.object_writes += 1
         self.objects[(binding, path)] = content
+
+    def read_object(self, binding: str, path: str) -> bytes:
+        return self.objects[(binding, path)]

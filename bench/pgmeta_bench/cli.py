@@ -32,6 +32,7 @@ from pgmeta_bench.report import (
     render_table,
     update_doc,
 )
+from pgmeta_bench.rerun import render_reruns, run_reruns
 from pgmeta_bench.runners import (
     check_counts,
     ensure_datahub,
@@ -99,6 +100,11 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     )
     parser.add_argument("--stage-timeout", type=int, default=3600, help="per-stage limit given to pgmeta (s)")
     parser.add_argument("--keep-state", action="store_true", help="keep each stack's state, logs and output")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="measure incremental re-runs (nothing changed, one table changed) against a --full run, CLI included",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         shape, repeat, datahub = CatalogShape(2, 10, 5), 1, False
@@ -118,6 +124,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         stage_timeout=args.stage_timeout,
         timeout=4 * args.stage_timeout,
         keep_state=args.keep_state,
+        rerun=args.rerun,
     )
 
 
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"[bench] ERROR: {exc}", file=sys.stderr)
         return 2
+    if config.rerun:
+        return rerun_main(config)
     try:
         report = run_benchmark(config)
     except (BenchError, StackError, subprocess.CalledProcessError) as exc:
@@ -147,6 +156,24 @@ def main(argv: list[str] | None = None) -> int:
         update_doc(config.output, config.shape.key, render_section(report, table))
         say(f"results written to {config.output}")
     return 0 if report.correct else 1
+
+
+def rerun_main(config: BenchConfig) -> int:
+    try:
+        with bench_postgres(config.shape, config.cache_dir, config.base_port + 1000) as server:
+            catalog = catalog_counts(server)
+            machine = describe_machine(server)
+            results = run_reruns(server, config.shape, config, catalog)
+    except (BenchError, StackError, subprocess.CalledProcessError) as exc:
+        print(f"[bench] FAILED: {exc}", file=sys.stderr)
+        return 1
+    section = render_reruns(config.shape, results, machine)
+    print()
+    print(section)
+    if config.output is not None:
+        update_doc(config.output, f"rerun-{config.shape.key}", section)
+        say(f"results written to {config.output}")
+    return 0
 
 
 def run() -> None:

@@ -20,3 +20,4 @@ class BenchConfig:
     stage_timeout: int = 3600
     timeout: float = 4 * 3600
     keep_state: bool = False
+    rerun: bool = False  # incremental re-runs against a full run instead of the comparison with DataHub

@@ -170,6 +170,10 @@ class ExtractionRequested(EventModel):
     )
     filters: FilterSpec = Field(default_factory=FilterSpec)
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400, description="Per-stage time limit.")
+    full: bool = Field(
+        default=False,
+        description="Read every schema even when its catalog fingerprint equals the last successful run's.",
+    )
 
 
 class StageCommand(EventModel):
@@ -231,6 +235,7 @@ class ExtractRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
     selection: DatabaseSelection
     filters: FilterSpec = Field(default_factory=FilterSpec)
+    full: bool = Field(default=False, description="Read every schema, whatever the baseline says.")
 
     def work_unit(self) -> str | None:
         return self.selection.unit
@@ -243,6 +248,8 @@ class ExtractCompleted(EventModel):
     chunk_count: int = Field(ge=0)
     counts: Counts
     problems: int = Field(default=0, ge=0, description="Per-object problems recorded in the run report.")
+    schemas_extracted: int = Field(default=0, ge=0, description="Schemas read from the catalog.")
+    schemas_skipped: int = Field(default=0, ge=0, description="Unchanged schemas carried over from the baseline.")
 
 
 class TransformRequested(StageCommand):
@@ -329,6 +336,9 @@ class ExtractionCompleted(EventModel):
     error: MessageText | None = None
     problems: int = Field(default=0, ge=0)
     changes: Counts = Field(default_factory=dict)
+    schemas: Counts = Field(
+        default_factory=dict, description="Schemas 'extracted' from the catalog and 'skipped' (carried over)."
+    )
 
 
 class ServiceName(StrEnum):

@@ -6,6 +6,7 @@ anywhere else. Keys are scoped by run id first, so everything of one run shares 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -122,6 +123,23 @@ def snapshot_key(connection_qn: str) -> str:
     return f"snapshot/{connection_qn}"
 
 
+def extract_scopes_key(run_id: str, unit: str) -> str:
+    """The extractor's plan for one database unit: each schema's change fingerprint, read or carried over."""
+    return f"{run_id}/extract/{unit}/scopes"
+
+
+def baseline_scopes_key(run_id: str, database: str) -> str:
+    """A published run's files per schema of one database, with the fingerprints they were read at: what the
+    next run carries over for schemas that did not change (kept while the run is the baseline)."""
+    digest = hashlib.blake2b(database.encode(), digest_size=8).hexdigest()
+    return f"scopes/{run_id}/{digest}"
+
+
+def scope_id(schema: str) -> str:
+    """A schema's token in published file names (schema names may hold any character)."""
+    return hashlib.blake2b(schema.encode(), digest_size=6).hexdigest()
+
+
 def fingerprint_parts_key(run_id: str) -> str:
     return f"{run_id}/fpb/parts"
 
@@ -135,31 +153,37 @@ def fingerprint_part_key(run_id: str, bucket: int, part: int) -> str:
 FINGERPRINTS_PART = "fingerprints"
 
 
-def entity_part(type_name: str) -> str:
-    """The JSON Lines of one Atlas type in a transformed chunk."""
-    return f"entity:{type_name}"
+SCOPE_SEPARATOR = "@"  # never in a type name or an extra kind; a schema name may follow it whatever it holds
 
 
-def extra_part(extra_kind: str) -> str:
-    """The JSON Lines of one kind of catalog extra (constraints, indexes) in a transformed chunk."""
-    return f"extra:{extra_kind}"
+def entity_part(type_name: str, schema: str | None = None) -> str:
+    """The JSON Lines of one Atlas type (of one schema, for entities that belong to one) in a transformed chunk."""
+    return f"entity:{type_name}" if schema is None else f"entity:{type_name}{SCOPE_SEPARATOR}{schema}"
+
+
+def extra_part(extra_kind: str, schema: str | None = None) -> str:
+    """The JSON Lines of one kind of catalog extra (constraints, indexes) of one schema in a transformed chunk."""
+    return f"extra:{extra_kind}" if schema is None else f"extra:{extra_kind}{SCOPE_SEPARATOR}{schema}"
 
 
 @dataclass(frozen=True)
 class PartName:
-    """A transformed chunk's part name, parsed: entity lines of a type, extra lines of a kind, or fingerprints."""
+    """A transformed chunk's part name, parsed: entity lines of a type, extra lines of a kind, or fingerprints;
+    with the schema the lines belong to (files are per schema, so an unchanged schema's files carry over)."""
 
     kind: Literal["entity", "extra", "fingerprints"]
     name: str
+    schema: str | None = None
 
     @classmethod
     def parse(cls, part: str) -> PartName:
         if part == FINGERPRINTS_PART:
             return cls("fingerprints", part)
-        kind, sep, name = part.partition(":")
+        kind, sep, rest = part.partition(":")
+        name, scoped, schema = rest.partition(SCOPE_SEPARATOR)
         if not sep or kind not in {"entity", "extra"} or not name:
             raise ValueError(f"not a transformed-chunk part name: {part!r}")
-        return cls("entity" if kind == "entity" else "extra", name)
+        return cls("entity" if kind == "entity" else "extra", name, schema if scoped else None)
 
     @property
     def count_key(self) -> str:

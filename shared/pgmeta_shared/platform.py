@@ -72,6 +72,8 @@ class Secrets(Protocol):
 class ObjectStore(Protocol):
     def write_object(self, binding: str, path: str, content: bytes) -> None: ...
 
+    def read_object(self, binding: str, path: str) -> bytes: ...
+
 
 class Platform(PubSub, ArtifactStore, StateStore, Secrets, ObjectStore, Protocol):
     """Everything a service's sidecar offers; opened in the app's lifespan and closed with it."""
@@ -237,3 +239,12 @@ class DaprPlatform:
             path,
             lambda: self._client.invoke_binding(binding, "create", data, binding_metadata=metadata),
         )
+
+    def read_object(self, binding: str, path: str) -> bytes:
+        # localstorage names the object `fileName`, aws.s3 `key`: give both, as writes do.
+        metadata = {"fileName": path, "key": path}
+        response = retry_storage(
+            binding, path, lambda: self._client.invoke_binding(binding, "get", b"", binding_metadata=metadata)
+        )
+        data: bytes = response.data
+        return data

@@ -34,6 +34,7 @@ def test_summary_has_exactly_the_documented_keys() -> None:
         "status": "FAILED",
         "counts": {},
         "changes": {},
+        "schemas": {},
         "output": None,
         "error": "boom",
     }

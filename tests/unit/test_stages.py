@@ -18,7 +18,7 @@ from pgmeta_shared.events import (
     TransformRequested,
     UnitChunks,
 )
-from pgmeta_shared.keys import ArtifactStage
+from pgmeta_shared.keys import ArtifactStage, scope_id
 from pgmeta_shared.outputfiles import decode
 from pgmeta_shared.stages import stage_handler
 from pgmeta_transformer.transformation import transform
@@ -105,8 +105,12 @@ def test_publish_writes_jsonl_per_type_extras_report_and_manifest_last() -> None
         lines = decode(entry["name"], stored).splitlines()
         assert len(lines) == entry["entities"]
         assert {json.loads(line)["typeName"] for line in lines} == {entry["type"]}
-    extras = {f["name"] for f in manifest["files"] if "extra" in f}
-    assert extras == {"extras/constraint-db000-00001.jsonl.zst", "extras/index-db000-00001.jsonl.zst"}
+    extras = {(f["name"], f["schema"]) for f in manifest["files"] if "extra" in f}
+    sales = scope_id("sales")  # files are per schema, named by a token of the schema's name
+    assert extras == {
+        (f"extras/constraint-db000-00001-{sales}.jsonl.zst", "sales"),
+        (f"extras/index-db000-00001-{sales}.jsonl.zst", "sales"),
+    }
     assert f"{CONNECTION_QN}/r1/report.json" in paths
 
 

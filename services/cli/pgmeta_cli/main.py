@@ -120,6 +120,7 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
         "status": run["status"],
         "counts": run.get("counts") or {},
         "changes": run.get("changes") or {},
+        "schemas": run.get("schemas") or {},
         "output": run.get("output"),
         "error": run.get("error"),
     }
@@ -133,6 +134,12 @@ def print_human(run: dict[str, Any]) -> None:
         out.print(f"  {type_name:<18} {count:>8}")
     if run.get("changes"):
         out.print("changes since the last run: " + describe_changes(run["changes"]))
+    schemas = run.get("schemas") or {}
+    if schemas:
+        out.print(
+            f"schemas: {schemas.get('extracted', 0)} read from the catalog, "
+            f"{schemas.get('skipped', 0)} unchanged (carried over from the last run)"
+        )
     if run.get("output"):
         out.print(f"entities (JSON Lines, zstd-compressed; manifest.json lists the files): {run['output']}")
     if run.get("error"):
@@ -251,6 +258,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     except UsageError as exc:
         return _fail(str(exc))
     body["stage_timeout_seconds"] = args.stage_timeout
+    if args.full:
+        body["full"] = True
     if args.request_id:
         body["request_id"] = args.request_id
     with api_client(30) as client:
@@ -462,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="idempotency key: the same request again returns its run; a different request under it is refused",
     )
     extract.add_argument("--stage-timeout", type=int, default=900, help="seconds each stage may take")
+    extract.add_argument(
+        "--full", action="store_true", help="read every schema, even those unchanged since the last successful run"
+    )
     extract.add_argument("--wait", action="store_true", help="show progress and wait for the run to end")
     extract.add_argument("--json", action="store_true", help="print one JSON document")
     extract.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")

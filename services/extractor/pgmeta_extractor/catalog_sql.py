@@ -4,7 +4,8 @@ Straight from pg_catalog (information_schema is ~6x slower and hides objects the
 on). Every relation is identified by schema AND name. Filters arrive as bind parameters only:
 
 - ``schema_include`` / ``schema_exclude``: text[] of anchored regexes (empty include = every schema);
-- ``temp_re``: text or NULL; ``exclude_views``, ``exclude_empty``: booleans.
+- ``temp_re``: text or NULL; ``exclude_views``, ``exclude_empty``: booleans;
+- ``only_schemas``: text[] of exact schema names an incremental run reads, or NULL for every selected schema.
 
 Nothing here takes a lock on a user table: sizes and row counts come from pg_class / pg_stat (as of the
 last VACUUM / ANALYZE / stats flush), never from pg_relation_size(), which would queue behind DDL.
@@ -27,6 +28,7 @@ WITH sel_ns AS (
       AND (cardinality(CAST(:schema_include AS text[])) = 0
            OR n.nspname ~ ANY (CAST(:schema_include AS text[])))
       AND NOT (n.nspname ~ ANY (CAST(:schema_exclude AS text[])))
+      AND (CAST(:only_schemas AS text[]) IS NULL OR n.nspname = ANY (CAST(:only_schemas AS text[])))
       AND NOT EXISTS (SELECT 1 FROM pg_depend e
                       WHERE e.classid = 'pg_namespace'::regclass AND e.objid = n.oid AND e.deptype = 'e')
 ),

@@ -22,6 +22,7 @@ from pgmeta_extractor.catalog_sql import (
     SYSTEM_SCHEMA_FILTER,
     VIEW_DEFINITIONS_QUERY,
 )
+from pgmeta_extractor.change_sql import SCHEMA_FINGERPRINTS_QUERY
 from pgmeta_extractor.selection import (
     FilterPatterns,
     choose_databases,
@@ -51,9 +52,18 @@ from pgmeta_shared.events import (
     Stage,
     TopicName,
 )
-from pgmeta_shared.keys import credentials_key, extract_chunk_unit, stage_report_key, stage_result_key
+from pgmeta_shared.keys import (
+    baseline_scopes_key,
+    credentials_key,
+    extract_chunk_unit,
+    extract_scopes_key,
+    snapshot_key,
+    stage_report_key,
+    stage_result_key,
+)
 from pgmeta_shared.platform import Platform
 from pgmeta_shared.progress import ProgressReporter
+from pgmeta_shared.scopes import INCREMENTAL_FORMAT, Baseline, ScopeIndex, ScopePlan, request_scope
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +223,19 @@ def list_metadata(command: MetadataRequested, platform: Platform) -> dict[str, A
 
 
 def iter_catalog(
-    connection: Connection, selection: DatabaseSelection, filters: FilterSpec, report: list[dict[str, str]]
+    connection: Connection,
+    selection: DatabaseSelection,
+    filters: FilterSpec,
+    report: list[dict[str, str]],
+    only_schemas: list[str] | None = None,
 ) -> Iterator[Record]:
-    """Every catalog record of the connected database, tagged with its kind, streamed query by query.
+    """Every catalog record of the connected database (of ``only_schemas``, when given), tagged with its kind,
+    streamed query by query.
 
     A query that fails on the server (other than by losing the connection) is recorded in the run report
     and the other kinds are still extracted: one bad object kind does not abort the database.
     """
-    params = relation_params(selection, filters)
+    params = relation_params(selection, filters) | {"only_schemas": only_schemas}
     for kind, sql in CATALOG_QUERIES.items():
         try:
             with connection.begin_nested():
@@ -336,6 +351,52 @@ def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCo
     return completed
 
 
+def plan_scopes(command: ExtractRequested, platform: Platform, fingerprints: dict[str, str]) -> ScopePlan:
+    """Which schemas to read: those whose fingerprint differs from the baseline's, or all of them when the
+    request says ``full``, there is no usable baseline, or it was taken under other filters."""
+    selection = command.selection
+
+    def read_all(reason: str) -> ScopePlan:
+        return ScopePlan(
+            database=selection.database,
+            unit=selection.unit,
+            fingerprints=fingerprints,
+            extracted=sorted(fingerprints),
+            reason=reason,
+        )
+
+    if command.full:
+        return read_all("full run requested")
+    recorded = platform.get_json(snapshot_key(command.connection_qualified_name))
+    if recorded is None:
+        return read_all("no baseline")
+    baseline = Baseline.model_validate(recorded)
+    if baseline.format != INCREMENTAL_FORMAT:
+        return read_all("the baseline was written by another version")
+    if baseline.scope != request_scope(command.filters, command.source.database):
+        return read_all("the filters differ from the baseline's")
+    stored = platform.get_json(baseline_scopes_key(baseline.run_id, selection.database))
+    if stored is None:
+        return read_all("the baseline has no schemas of this database")
+    index = ScopeIndex.model_validate(stored)
+    if index.unit != selection.unit:
+        return read_all("the database's unit differs from the baseline's")
+    carried = sorted(
+        schema
+        for schema, fingerprint in fingerprints.items()
+        if schema in index.schemas and index.schemas[schema].fingerprint == fingerprint
+    )
+    return ScopePlan(
+        database=selection.database,
+        unit=selection.unit,
+        fingerprints=fingerprints,
+        extracted=sorted(set(fingerprints) - set(carried)),
+        carried=carried,
+        baseline_run_id=baseline.run_id,
+        reason="incremental",
+    )
+
+
 def _extract_once(
     command: ExtractRequested, platform: Platform, password: PasswordProvider, generation: int
 ) -> ExtractCompleted:
@@ -345,30 +406,50 @@ def _extract_once(
     counts: dict[str, int] = {}
     chunk_count = 0
     with connect(command.source, password, selection.database) as connection:
-        totals = fetch_one(connection, COUNT_QUERY, relation_params(selection, command.filters))
-        total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
-        records = iter_catalog(connection, selection, command.filters, report)
-        progress = ProgressReporter(platform)
-        for chunk_count, batch in enumerate(batch_records(records), start=1):
-            platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
-            platform.publish(
-                TopicName.EXTRACT_CHUNK_READY,
-                ChunkReady(
-                    run_id=command.run_id,
-                    unit=selection.unit,
-                    generation=generation,
-                    index=chunk_count - 1,
-                    connection_qualified_name=command.connection_qualified_name,
-                ),
-            )
-            for record in batch:
-                counts[record["kind"]] = counts.get(record["kind"], 0) + 1
-            done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
-            progress.report(
-                ExtractionProgress(
-                    run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
+        # Before the catalog is read: a change made meanwhile leaves a fingerprint older than what was read,
+        # so the next run reads the schema again (never the other way round).
+        params = relation_params(selection, command.filters)
+        schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
+        fingerprints = {
+            r["schema_name"]: r["change_fingerprint"]
+            for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
+        }
+        plan = plan_scopes(command, platform, fingerprints)
+        log.info(
+            "run %s: %s: %d schema(s) to read, %d carried over (%s)",
+            command.run_id,
+            selection.unit,
+            len(plan.extracted),
+            len(plan.carried),
+            plan.reason,
+        )
+        platform.save_json(extract_scopes_key(command.run_id, selection.unit), plan.model_dump(mode="json"))
+        only = plan.extracted if plan.carried else None
+        if plan.extracted:
+            totals = fetch_one(connection, COUNT_QUERY, params | {"only_schemas": only})
+            total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
+            records = iter_catalog(connection, selection, command.filters, report, only)
+            progress = ProgressReporter(platform)
+            for chunk_count, batch in enumerate(batch_records(records), start=1):
+                platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
+                platform.publish(
+                    TopicName.EXTRACT_CHUNK_READY,
+                    ChunkReady(
+                        run_id=command.run_id,
+                        unit=selection.unit,
+                        generation=generation,
+                        index=chunk_count - 1,
+                        connection_qualified_name=command.connection_qualified_name,
+                    ),
                 )
-            )
+                for record in batch:
+                    counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+                done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
+                progress.report(
+                    ExtractionProgress(
+                        run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
+                    )
+                )
     platform.save_json(stage_report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
         run_id=command.run_id,
@@ -377,4 +458,6 @@ def _extract_once(
         chunk_count=chunk_count,
         counts=counts,
         problems=len(report),
+        schemas_extracted=len(plan.extracted),
+        schemas_skipped=len(plan.carried),
     )

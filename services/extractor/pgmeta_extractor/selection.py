@@ -143,4 +143,5 @@ def relation_params(selection: DatabaseSelection, filters: FilterSpec) -> dict[s
         "temp_re": anchor(filters.temp_table_regex) if filters.temp_table_regex else None,
         "exclude_views": filters.exclude_views,
         "exclude_empty": filters.exclude_empty_tables,
+        "only_schemas": None,
     }

@@ -84,6 +84,7 @@ class RunRequest(SourceChoice):
 
     request_id: RunId | None = Field(default=None, description="Idempotency key; generated when absent.")
     stage_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
+    full: bool = Field(default=False, description="Read every schema, even those unchanged since the last run.")
 
 
 class SourceRequest(SourceChoice):
@@ -113,6 +114,9 @@ class RunView(BaseModel):
     updated_at: str | None = None
     changes: dict[str, int] = Field(
         default_factory=dict, description="Entities created / updated / unchanged / deleted since the last run."
+    )
+    schemas: dict[str, int] = Field(
+        default_factory=dict, description="Schemas 'extracted' from the catalog and 'skipped' as unchanged."
     )
     source: dict[str, Any] | None = Field(default=None, description="host, port and database of the request.")
     duration_seconds: float | None = Field(default=None, description="From the run's start to its last update.")
@@ -176,6 +180,7 @@ class RunService:
             connection_qualified_name=resolved.connection_qualified_name,
             filters=resolved.filters,
             stage_timeout_seconds=body.stage_timeout_seconds,
+            full=body.full,
         )
         self._platform.publish(TopicName.EXTRACTION_REQUESTED, event)
         return run_id
@@ -331,6 +336,7 @@ class RunService:
             view.counts = output.get("counts", view.counts)
             view.location = output.get("location")
             view.changes = output.get("changes") or {}
+            view.schemas = output.get("schemas") or {}
             view.output = self._local_path(view.location)
         elif runtime in {"FAILED", "TERMINATED"}:
             view.status = "FAILED"

@@ -324,6 +324,7 @@ def extraction_workflow(
                 connection_qualified_name=connection_qn,
                 selection=db,
                 filters=request.filters,
+                full=request.full,
             )
             for db in checked.databases
         }
@@ -339,6 +340,10 @@ def extraction_workflow(
             for unit in extract_commands
         ]
         status["counts"] = _sum_counts(list(extracted.values()))
+        schemas = {
+            "extracted": sum(e.get("schemas_extracted", 0) for e in extracted.values()),
+            "skipped": sum(e.get("schemas_skipped", 0) for e in extracted.values()),
+        }
         transform_commands: dict[str, BaseModel] = {
             u.unit: TransformRequested(
                 run_id=run_id,
@@ -382,6 +387,7 @@ def extraction_workflow(
         location=published.location,
         problems=published.problems,
         changes=published.changes,
+        schemas=schemas,
     )
     yield ctx.call_activity(ACTIVITY_FINISH, input=_finish(completed, request))
     return completed.model_dump(mode="json")

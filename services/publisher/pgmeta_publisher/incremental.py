@@ -68,6 +68,24 @@ def load_bucket(platform: Platform, run_id: str, bucket: int, parts: int) -> dic
     return records
 
 
+REWRITE_PART = 5_000  # fingerprints per part when a bucket is rewritten whole (well under Dapr's body limit)
+
+
+def _rewrite_bucket(
+    platform: Platform, run_id: str, bucket: int, parts: list[int], records: dict[str, Fingerprint]
+) -> None:
+    """One bucket of this run, written again in whole parts; ``parts`` is updated (the caller saves it)."""
+    rows = [list(r) for r in records.values()]
+    written = 0
+    for written, start in enumerate(range(0, len(rows), REWRITE_PART), start=1):
+        platform.save_json(
+            fingerprint_part_key(run_id, bucket, written - 1), rows[start : start + REWRITE_PART], ttl_seconds=NO_TTL
+        )
+    for part in range(written, parts[bucket]):
+        platform.delete_json(fingerprint_part_key(run_id, bucket, part))
+    parts[bucket] = written
+
+
 def forget_run(platform: Platform, run_id: str) -> None:
     """Removes a superseded run's fingerprint buckets (they carry no TTL: a snapshot may be old)."""
     parts = platform.get_json(fingerprint_parts_key(run_id)) or []
@@ -163,12 +181,16 @@ def compare(
     scope: Scope,
     emit: Callable[[str, dict[str, Any]], None],
     keep_changed: bool,
+    carried: set[tuple[str, str]] | None = None,
 ) -> Changes:
     """Marks every entity created / updated / unchanged and lists deletions, one bucket at a time.
 
     ``emit(kind, line)`` receives ``("change", {...})`` and ``("deleted", {...})`` lines as they are found.
+    ``carried`` names the (database, schema) scopes this run took from the previous one unread: their
+    fingerprints are the previous run's, added to this run's buckets (rewritten) for the run after.
     """
     changes = Changes()
+    rewritten = False
     previous_run: str | None = previous["run_id"] if previous else None
     previous_parts: list[int] = (platform.get_json(fingerprint_parts_key(previous_run)) or []) if previous_run else []
     for bucket in range(BUCKETS):
@@ -178,6 +200,12 @@ def compare(
             if previous_run and previous_parts
             else {}
         )
+        if carried:
+            kept = {qn: r for qn, r in before.items() if (r.database or "", r.schema or "") in carried}
+            if kept:
+                current.update(kept)
+                _rewrite_bucket(platform, run_id, bucket, parts, current)
+                rewritten = True
         for qn, record in current.items():
             old = before.get(qn)
             kind = "created" if old is None else ("unchanged" if old.digest == record.digest else "updated")
@@ -189,4 +217,6 @@ def compare(
             if qn not in current and scope.selects(old):
                 changes.add(old.type_name, "deleted")
                 emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
+    if rewritten:
+        platform.save_json(fingerprint_parts_key(run_id), parts, ttl_seconds=NO_TTL)
     return changes

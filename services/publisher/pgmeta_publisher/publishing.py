@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from more_itertools import constrained_batches
 from pydantic import BaseModel, ConfigDict
 
 from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run
+from pgmeta_shared.errors import ArtifactMissingError
 from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
 from pgmeta_shared.fencing import RunState, claim_commit, run_state
 from pgmeta_shared.fingerprints import Fingerprint
@@ -30,9 +32,12 @@ from pgmeta_shared.keys import (
     OBJECTSTORE_BINDING,
     ArtifactStage,
     PartName,
+    baseline_scopes_key,
     chunk_done_key,
     entity_part,
     extract_chunk_unit,
+    extract_scopes_key,
+    scope_id,
     snapshot_key,
     stage_report_key,
     stage_result_key,
@@ -40,6 +45,7 @@ from pgmeta_shared.keys import (
 from pgmeta_shared.outputfiles import ZSTD, ZSTD_SUFFIX, compress
 from pgmeta_shared.platform import NO_TTL, Platform
 from pgmeta_shared.progress import ProgressReporter
+from pgmeta_shared.scopes import INCREMENTAL_FORMAT, Baseline, ScopeFiles, ScopeIndex, ScopePlan, request_scope
 from pgmeta_shared.stages import once_per_chunk
 
 log = logging.getLogger(__name__)
@@ -82,16 +88,30 @@ class RunWriter:
     def write(self, name: str, content: bytes, **facts: Any) -> None:
         # The same names on redelivery: a rewrite replaces, it never adds a second copy.
         self.files.append({"name": name, **facts, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+        self._submit(f"{self.prefix}/{name}", content)
+
+    def _submit(self, path: str, content: bytes) -> None:
         # In the caller's context, so each write's spans and log lines stay in the run's trace.
         self._pending.append(
             self._pool.submit(
-                contextvars.copy_context().run,
-                self.platform.write_object,
-                OBJECTSTORE_BINDING,
-                f"{self.prefix}/{name}",
-                content,
+                contextvars.copy_context().run, self.platform.write_object, OBJECTSTORE_BINDING, path, content
             )
         )
+        if len(self._pending) >= 2 * WRITERS:
+            self._pending.pop(0).result()
+
+    def copy(self, entry: dict[str, Any], source: str, **facts: Any) -> None:
+        """Another run's file, listed as its manifest listed it, read and written by the pool (checked against
+        the digest that manifest recorded)."""
+        self.files.append({**entry, **facts})
+
+        def copy_one() -> None:
+            content = self.platform.read_object(OBJECTSTORE_BINDING, source)
+            if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+                raise ArtifactMissingError(f"{source} differs from what its run's manifest says")
+            self.platform.write_object(OBJECTSTORE_BINDING, f"{self.prefix}/{entry['name']}", content)
+
+        self._pending.append(self._pool.submit(contextvars.copy_context().run, copy_one))
         if len(self._pending) >= 2 * WRITERS:
             self._pending.pop(0).result()
 
@@ -173,12 +193,15 @@ def publish_chunk(
             writer = RunWriter(platform, run_prefix(connection_qn, run_id), pool)
             for part_name, blob in rendered.items():
                 part = PartName.parse(part_name)
+                # File names carry the unit, not the attempt: a reader sees one set of names per run. A schema's
+                # lines have files of their own (named by a token of the schema), which a later run may copy.
+                stem = f"{part.name}-{unit}-{index:05d}" + ("" if part.schema is None else f"-{scope_id(part.schema)}")
+                scope = {} if part.schema is None else {"schema": part.schema}
                 if part.kind == "entity":
-                    # File names carry the unit, not the attempt: a reader sees one set of names per run.
-                    writer.write_lines(f"{part.name}-{unit}-{index:05d}", blob, type=part.name, entities=None)
+                    writer.write_lines(stem, blob, type=part.name, **scope, entities=None)
                     counts[part.name] = counts.get(part.name, 0) + blob.count(b"\n")
                 else:
-                    writer.write_lines(f"extras/{part.name}-{unit}-{index:05d}", blob, extra=part.name, records=None)
+                    writer.write_lines(f"extras/{stem}", blob, extra=part.name, **scope, records=None)
             writer.wait()
         return PublishedChunk(files=writer.files, counts=counts)
 
@@ -241,10 +264,16 @@ def _publish(
                 ExtractionProgress(run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks")
             )
 
-    # 2. Compare with the previous successful run of this connection, bucket by bucket.
+    # 2. Schemas the extractor found unchanged: the baseline's files, copied byte for byte.
     previous = platform.get_json(snapshot_key(command.connection_qualified_name))
     if previous is not None and previous.get("run_id") == command.run_id:
         previous = None
+    plans = scope_plans(platform, command)
+    carried = carry_over(platform, command, plans, previous, writer)
+    for name, count in carried.counts.items():
+        counts[name] = counts.get(name, 0) + count
+
+    # 3. Compare with the previous successful run of this connection, bucket by bucket.
     parts = bucketize(platform, command.run_id, command.units)
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
     deleted: list[tuple[str, str]] = []
@@ -255,12 +284,19 @@ def _publish(
             deleted.append((line["typeName"], line["qualifiedName"]))
 
     changes = compare(
-        platform, command.run_id, parts, previous, Scope(command.filters, command.database), emit, sink is not None
+        platform,
+        command.run_id,
+        parts,
+        previous,
+        Scope(command.filters, command.database),
+        emit,
+        sink is not None,
+        carried.scopes,
     )
     for spool in spools.values():
         spool.flush()
 
-    # 3. When a tenant is configured: created and updated entities to it, deleted ones archived.
+    # 4. When a tenant is configured: created and updated entities to it, deleted ones archived.
     sink_results: list[dict[str, Any]] = []
     if sink is not None:
         claim_commit(platform, command.run_id)  # nothing goes to Atlan for a run that ended
@@ -274,7 +310,7 @@ def _publish(
         if deleted:
             sink_results += [r.to_report() for r in sink.archive(deleted)]
 
-    # 4. Report, then the manifest, last — only if the run has not ended meanwhile (fencing.claim_commit).
+    # 5. Report, then the manifest, last — only if the run has not ended meanwhile (fencing.claim_commit).
     claim_commit(platform, command.run_id)
     problems = collect_report(command, platform)
     writer.write(
@@ -293,6 +329,7 @@ def _publish(
         "changes": change_totals,
         "changes_by_type": changes.counts,
         "problems": len(problems),
+        "schemas": schema_totals(plans),
         "files": writer.files,
     }
     writer.wait()  # every file is in place before the manifest that lists them
@@ -307,6 +344,8 @@ def _publish(
         problems=len(problems),
         changes=change_totals,
     )
+    # What the next run may carry over: written before the snapshot names this run as the baseline.
+    save_scope_indexes(platform, command, plans, writer.files, problems)
     platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
     claim_commit(platform, command.run_id)  # a run that ended during the last writes never becomes the baseline
     _advance_snapshot(platform, command, previous)
@@ -317,17 +356,17 @@ def _send_changes(
     sink: EntitySink, parts: dict[str, bytes], fingerprints: list[Fingerprint], changed: set[str]
 ) -> list[dict[str, Any]]:
     """Created and updated entities of one chunk to the sink; a Connection on its own, first (Atlan wants it
-    to exist before anything under it). Lines and fingerprints of a type are in the same order."""
-    by_type: dict[str, list[Fingerprint]] = {}
+    to exist before anything under it). Lines and fingerprints of a part (type and schema) are in the same order."""
+    by_part: dict[str, list[Fingerprint]] = {}
     for record in fingerprints:
-        by_type.setdefault(record.type_name, []).append(record)
+        by_part.setdefault(entity_part(record.type_name, record.schema), []).append(record)
     connections: list[dict[str, Any]] = []
     others: list[dict[str, Any]] = []
-    for type_name, records in by_type.items():
-        lines = parts[entity_part(type_name)].splitlines()
+    for part, records in by_part.items():
+        lines = parts[part].splitlines()
         for record, line in zip(records, lines, strict=True):
             if record.qualified_name in changed:
-                (connections if type_name == "Connection" else others).append(orjson.loads(line))
+                (connections if record.type_name == "Connection" else others).append(orjson.loads(line))
     results: list[dict[str, Any]] = []
     for group in (connections, others):
         if group:
@@ -336,14 +375,122 @@ def _send_changes(
 
 
 def _advance_snapshot(platform: Platform, command: PublishRequested, previous: dict[str, Any] | None = None) -> None:
-    """This run becomes the baseline of the next one; the superseded baseline's fingerprints go."""
+    """This run becomes the baseline of the next one; the superseded baseline's fingerprints and scopes go."""
     key = snapshot_key(command.connection_qualified_name)
     current = platform.get_json(key)
     if current is not None and current.get("run_id") == command.run_id:
         return
-    platform.save_json(key, {"run_id": command.run_id, "at": datetime.now(UTC).isoformat()}, ttl_seconds=NO_TTL)
+    baseline = Baseline(
+        run_id=command.run_id,
+        at=datetime.now(UTC).isoformat(),
+        format=INCREMENTAL_FORMAT,
+        scope=request_scope(command.filters, command.database),
+        databases=[plan.database for plan in scope_plans(platform, command)],
+    )
+    platform.save_json(key, baseline.model_dump(mode="json"), ttl_seconds=NO_TTL)
     if previous is not None:
         forget_run(platform, previous["run_id"])
+        for database in Baseline.model_validate(previous).databases:
+            platform.delete_json(baseline_scopes_key(previous["run_id"], database))
+
+
+# -- incremental runs: schemas carried over from the baseline ------------------------------------------------
+
+
+def scope_plans(platform: Platform, command: PublishRequested) -> list[ScopePlan]:
+    """The extractor's plan of every database unit (the server unit has none)."""
+    plans: list[ScopePlan] = []
+    for unit in command.units:
+        recorded = platform.get_json(extract_scopes_key(command.run_id, unit.unit))
+        if recorded is not None:
+            plans.append(ScopePlan.model_validate(recorded))
+    return plans
+
+
+@dataclass
+class CarriedOver:
+    """What came from the baseline: entities per type, and the (database, schema) scopes."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    scopes: set[tuple[str, str]] = field(default_factory=set)
+    files: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def carry_over(
+    platform: Platform,
+    command: PublishRequested,
+    plans: list[ScopePlan],
+    previous: dict[str, Any] | None,
+    writer: RunWriter,
+) -> CarriedOver:
+    """Copies the carried schemas' files from the baseline's folder into this run's (each run stays complete
+    and self-contained: retention deletes a run's folder without looking at other runs)."""
+    carried = CarriedOver()
+    for plan in plans:
+        if not plan.carried:
+            continue
+        baseline_run = plan.baseline_run_id
+        if baseline_run is None or previous is None or previous.get("run_id") != baseline_run:
+            # Another run of the connection became the baseline meanwhile; the files planned on may be gone.
+            raise ArtifactMissingError(
+                f"the baseline changed while run {command.run_id} ran (planned on {plan.baseline_run_id}, now "
+                f"{previous.get('run_id') if previous else 'none'}): run again, or with --full"
+            )
+        stored = platform.get_json(baseline_scopes_key(baseline_run, plan.database))
+        if stored is None:
+            raise ArtifactMissingError(f"the baseline's schemas of database {plan.database!r} are gone: run again")
+        index = ScopeIndex.model_validate(stored)
+        source = run_prefix(command.connection_qualified_name, baseline_run)
+        for schema in plan.carried:
+            scope = index.schemas[schema]
+            for entry in scope.files:
+                writer.copy(entry, f"{source}/{entry['name']}", copied_from=baseline_run)
+            for name, count in scope.counts.items():
+                carried.counts[name] = carried.counts.get(name, 0) + count
+            carried.scopes.add((plan.database, schema))
+    return carried
+
+
+def schema_totals(plans: list[ScopePlan]) -> dict[str, int]:
+    return {
+        "extracted": sum(len(plan.extracted) for plan in plans),
+        "skipped": sum(len(plan.carried) for plan in plans),
+    }
+
+
+def save_scope_indexes(
+    platform: Platform,
+    command: PublishRequested,
+    plans: list[ScopePlan],
+    files: list[dict[str, Any]],
+    problems: list[dict[str, str]],
+) -> None:
+    """Each database's schemas with their files and fingerprints, for the next run. A unit with problems in
+    the run report leaves no schemas: what it published may be incomplete, so the next run reads it again."""
+    troubled = {problem["unit"] for problem in problems}
+    by_schema: dict[str, list[dict[str, Any]]] = {}
+    for entry in files:
+        if "schema" in entry:
+            by_schema.setdefault(entry["schema"], []).append(entry)
+    for plan in plans:
+        schemas: dict[str, ScopeFiles] = {}
+        if plan.unit not in troubled:
+            unit_token = f"-{plan.unit}-"  # file names are <Type>-<unit>-<chunk>-<schema token>
+            for schema, fingerprint in plan.fingerprints.items():
+                own = [
+                    {k: v for k, v in entry.items() if k != "copied_from"}
+                    for entry in by_schema.get(schema, [])
+                    if unit_token in entry["name"]
+                ]
+                counts: dict[str, int] = {}
+                for entry in own:
+                    if "type" in entry:
+                        counts[entry["type"]] = counts.get(entry["type"], 0) + entry["entities"]
+                schemas[schema] = ScopeFiles(fingerprint=fingerprint, files=own, counts=counts)
+        index = ScopeIndex(database=plan.database, unit=plan.unit, schemas=schemas)
+        platform.save_json(
+            baseline_scopes_key(command.run_id, plan.database), index.model_dump(mode="json"), ttl_seconds=NO_TTL
+        )
 
 
 def collect_report(command: PublishRequested, platform: Platform) -> list[dict[str, str]]:

@@ -335,20 +335,26 @@ def relation_type_of(record: Record) -> str:
 def render_chunk(
     connection_qn: str, records: list[Record], problems: list[dict[str, str]]
 ) -> tuple[dict[str, bytes], list[list[Any]]]:
-    """One chunk's output, serialized once: JSON Lines per entity type and per extra kind; and the fingerprint
-    rows, returned as rows (they go to a claim-check chunk of their own: serializing them here would be undone)."""
+    """One chunk's output, serialized once: JSON Lines per entity type and per extra kind, per schema; and the
+    fingerprint rows, returned as rows (they go to a claim-check chunk of their own: serializing them here would
+    be undone)."""
     lines: dict[str, list[bytes]] = {}
     fingerprints: list[Fingerprint] = []
-    part_names: dict[tuple[bool, str], str] = {}  # (entity?, type or extra kind) → part name, once per chunk
+    # (entity?, type or extra kind, schema) → part name, once per chunk. Parts are per schema: the publisher
+    # writes a file per part, and an incremental run carries an unchanged schema's files over.
+    part_names: dict[tuple[bool, str, str | None], str] = {}
     for record, item in map_records(connection_qn, records, problems):
         line = orjson.dumps(item)
         type_name = item.get("typeName")
+        schema = record.get("schema_name")
         if type_name is not None:
-            part = part_names.get((True, type_name)) or part_names.setdefault((True, type_name), entity_part(type_name))
+            key = (True, type_name, schema)
+            part = part_names.get(key) or part_names.setdefault(key, entity_part(type_name, schema))
             fingerprints.append(fingerprint(record, item, line))
         else:
             kind = item["extra"]
-            part = part_names.get((False, kind)) or part_names.setdefault((False, kind), extra_part(kind))
+            key = (False, kind, schema)
+            part = part_names.get(key) or part_names.setdefault(key, extra_part(kind, schema))
         group = lines.get(part)
         if group is None:
             group = lines[part] = []

@@ -1,0 +1,153 @@
+"""The catalog change fingerprint of every schema, in one query: what an incremental run compares.
+
+A schema's own part sums a hash of (identity, ``xmin``) over every catalog row the extractor reads for it:
+any DDL that changes what is extracted inserts, deletes or rewrites (new ``xmin``) one of those rows.
+Statistics are updated in place (no new ``xmin``), so ``reltuples`` / ``relpages`` (and the live-tuple count
+where ``reltuples`` says nothing or zero: the row count falls back to it, and ``exclude_empty_tables`` reads it)
+are hashed by value. Names of other schemas' objects appear in a schema's
+output (foreign keys, view definitions, partitions, column types, defaults): a schema folds in the own part of
+every schema it names that way (found through ``pg_depend``, ``pg_constraint``, ``pg_inherits``, column types),
+so a change there is a change here too; the other direction only for partitions (a parent sums its
+partitions). Role names (owners) and the server version go into every fingerprint. Index rows are not read:
+every index DDL creates, drops or rewrites the index's pg_class row. The filter selects which schemas are
+reported; dependencies are followed into every user schema.
+
+Sums of 64-bit hashes need no sort and no per-row text; a rename, drop or create of any row changes them.
+"""
+
+from __future__ import annotations
+
+SCHEMA_FINGERPRINTS_QUERY = """
+WITH user_ns AS (
+    SELECT n.oid, n.nspname, n.xmin
+    FROM pg_namespace n
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%'
+      AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+),
+rel AS MATERIALIZED (
+    SELECT c.oid, c.relnamespace AS nsp, c.xmin, c.reltuples, c.relpages, c.relkind, c.reltoastrelid
+    FROM pg_class c JOIN user_ns n ON n.oid = c.relnamespace
+),
+-- Columns, summed per relation first (a hash aggregate over the biggest catalog, then a small join).
+att AS (
+    SELECT r.nsp, sum(s.n) AS n, sum(s.h) AS h
+    FROM (SELECT a.attrelid, count(*) AS n,
+                 sum(hashint8extended((a.attrelid::int8 << 32) | a.xmin::text::int8, a.attnum)) AS h
+          FROM pg_attribute a WHERE a.attnum > 0 GROUP BY a.attrelid) s
+    JOIN rel r ON r.oid = s.attrelid
+    GROUP BY r.nsp
+),
+rows_of(nsp, h) AS (
+    SELECT n.oid, hashint8extended((n.oid::int8 << 32) | n.xmin::text::int8, 1) FROM user_ns n
+    UNION ALL
+    -- Statistics change in place, without a new xmin: hashed by value.
+    SELECT r.nsp, hashint8extended((r.oid::int8 << 32) | r.xmin::text::int8, 2)
+                  # hashfloat8extended(r.reltuples::float8, r.relpages::int8)
+                  # coalesce(hashint8extended(t.relpages::int8, r.oid::int8), 0)
+                  # CASE WHEN r.reltuples <= 0 AND r.relkind IN ('r', 'p', 'm')
+                         THEN hashint8extended(pg_stat_get_live_tuples(r.oid), r.oid::int8) ELSE 0 END
+    FROM rel r LEFT JOIN pg_class t ON t.oid = r.reltoastrelid
+    UNION ALL
+    SELECT r.nsp, hashint8extended((d.oid::int8 << 32) | d.xmin::text::int8, 4)
+    FROM pg_attrdef d JOIN rel r ON r.oid = d.adrelid
+    UNION ALL
+    SELECT k.connamespace, hashint8extended((k.oid::int8 << 32) | k.xmin::text::int8, 5)
+    FROM pg_constraint k JOIN user_ns n ON n.oid = k.connamespace
+    UNION ALL
+    SELECT p.pronamespace, hashint8extended((p.oid::int8 << 32) | p.xmin::text::int8, 7)
+    FROM pg_proc p JOIN user_ns n ON n.oid = p.pronamespace
+    UNION ALL
+    SELECT r.nsp, hashint8extended((w.oid::int8 << 32) | w.xmin::text::int8, 8)
+    FROM pg_rewrite w JOIN rel r ON r.oid = w.ev_class
+    UNION ALL
+    SELECT r.nsp, hashint8extended((i.inhrelid::int8 << 32) | i.xmin::text::int8, 9 + i.inhparent::int8)
+    FROM pg_inherits i JOIN rel r ON r.oid = i.inhrelid
+    UNION ALL
+    SELECT r.nsp, hashint8extended((f.ftrelid::int8 << 32) | f.xmin::text::int8, 10)
+                  # hashint8extended((s.oid::int8 << 32) | s.xmin::text::int8, 11)
+    FROM pg_foreign_table f JOIN rel r ON r.oid = f.ftrelid JOIN pg_foreign_server s ON s.oid = f.ftserver
+    UNION ALL
+    SELECT r.nsp, hashint8extended((pt.partrelid::int8 << 32) | pt.xmin::text::int8, 12)
+    FROM pg_partitioned_table pt JOIN rel r ON r.oid = pt.partrelid
+    UNION ALL
+    SELECT t.typnamespace, hashint8extended((t.oid::int8 << 32) | t.xmin::text::int8, 13)
+    FROM pg_type t JOIN user_ns n ON n.oid = t.typnamespace
+    UNION ALL
+    -- Comments: on relations and their columns, routines, constraints, the schema itself.
+    SELECT o.nsp, hashint8extended((d.objoid::int8 << 32) | d.xmin::text::int8, 14 + d.objsubid)
+    FROM pg_description d
+    JOIN (SELECT r.oid, r.nsp, 'pg_class'::regclass::oid AS cls FROM rel r
+          UNION ALL SELECT p.oid, p.pronamespace, 'pg_proc'::regclass::oid FROM pg_proc p
+          UNION ALL SELECT k.oid, k.connamespace, 'pg_constraint'::regclass::oid FROM pg_constraint k
+          UNION ALL SELECT n.oid, n.oid, 'pg_namespace'::regclass::oid FROM user_ns n) o
+      ON o.oid = d.objoid AND o.cls = d.classoid
+    WHERE d.objoid >= 16384
+    UNION ALL
+    -- Extension membership hides routines: ALTER EXTENSION ADD / DROP touches only pg_depend.
+    SELECT p.pronamespace, hashint8extended((e.objid::int8 << 32) | e.xmin::text::int8, 15)
+    FROM pg_depend e JOIN pg_proc p ON p.oid = e.objid
+    WHERE e.classid = 'pg_proc'::regclass AND e.deptype = 'e'
+),
+own AS (
+    SELECT u.nsp, sum(u.n) AS n, sum(u.h) AS h
+    FROM (SELECT nsp, count(*) AS n, sum(h) AS h FROM rows_of GROUP BY nsp
+          UNION ALL SELECT nsp, n, h FROM att) u
+    GROUP BY u.nsp
+),
+-- Edges (a, b): schema a's output names objects of schema b, so a change in b may change a's output.
+-- What views, defaults and routines name in other schemas (column level collapsed).
+named AS (
+    SELECT DISTINCT d.classid, d.objid, d.refclassid, d.refobjid
+    FROM pg_depend d
+    WHERE d.classid IN ('pg_rewrite'::regclass, 'pg_attrdef'::regclass, 'pg_proc'::regclass)
+      AND d.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_type'::regclass)
+      AND d.refobjid >= 16384 AND d.deptype = 'n'
+),
+edges(a, b) AS (
+    SELECT CASE n.classid
+               WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite w
+                                                 JOIN pg_class c ON c.oid = w.ev_class WHERE w.oid = n.objid)
+               WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef d
+                                                 JOIN pg_class c ON c.oid = d.adrelid WHERE d.oid = n.objid)
+               ELSE (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = n.objid) END,
+           CASE n.refclassid
+               WHEN 'pg_class'::regclass THEN (SELECT c.relnamespace FROM pg_class c WHERE c.oid = n.refobjid)
+               WHEN 'pg_proc'::regclass THEN (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = n.refobjid)
+               ELSE (SELECT t.typnamespace FROM pg_type t WHERE t.oid = n.refobjid) END
+    FROM named n
+    UNION ALL  -- foreign keys
+    SELECT k.connamespace, c.relnamespace FROM pg_constraint k JOIN pg_class c ON c.oid = k.confrelid
+    WHERE k.contype = 'f'
+    UNION ALL  -- partitions and inheritance, both ways (a partition names its parent, a parent counts and
+               -- sums its partitions)
+    SELECT x.a, x.b FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class pc ON pc.oid = i.inhparent
+    CROSS JOIN LATERAL (VALUES (c.relnamespace, pc.relnamespace), (pc.relnamespace, c.relnamespace)) AS x(a, b)
+    UNION ALL  -- column types (user types only: oids from 16384 on)
+    SELECT c.relnamespace, t.typnamespace FROM pg_attribute a
+    JOIN pg_type t ON t.oid = a.atttypid JOIN pg_class c ON c.oid = a.attrelid
+    WHERE a.atttypid >= 16384 AND a.attnum > 0
+),
+neighbours AS (
+    SELECT DISTINCT a AS nsp, b AS other FROM edges WHERE a <> b
+),
+global AS (
+    SELECT md5(current_setting('server_version_num') || ':'
+               || coalesce((SELECT string_agg(r.oid::text || '=' || r.rolname, ',' ORDER BY r.oid)
+                            FROM pg_roles r), '')) AS h
+)
+SELECT n.nspname AS schema_name,
+       md5(concat_ws(':', (SELECT h FROM global), o.n, o.h,
+                     (SELECT string_agg(x.nspname || '=' || coalesce(xo.n, 0) || '/' || coalesce(xo.h, 0), ','
+                                        ORDER BY x.nspname)
+                      FROM neighbours nb JOIN pg_namespace x ON x.oid = nb.other
+                      LEFT JOIN own xo ON xo.nsp = nb.other
+                      WHERE nb.nsp = n.oid))) AS change_fingerprint
+FROM user_ns n
+LEFT JOIN own o ON o.nsp = n.oid
+WHERE (cardinality(CAST(:schema_include AS text[])) = 0
+       OR n.nspname ~ ANY (CAST(:schema_include AS text[])))
+  AND NOT (n.nspname ~ ANY (CAST(:schema_exclude AS text[])))
+ORDER BY n.nspname
+"""
