@@ -38,7 +38,8 @@ from pgmeta_shared.events import (
     stage_result_event,
 )
 from pgmeta_shared.platform import DaprPlatform
-from pgmeta_shared.service import ServerSettings
+from pgmeta_shared.service import ServerSettings, register_readiness
+from pgmeta_shared.shutdown import process_drain, serve_draining
 from pgmeta_shared.subscriptions import register_subscription
 from pgmeta_shared.telemetry import instrument_app
 
@@ -69,6 +70,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         attach_workflow_log_traces(app.state.run_traces)
         app.state.runs = RunService(platform, workflows, settings)
+        app.state.platform = platform
         log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
         try:
             yield
@@ -77,6 +79,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
             platform.close()
 
     app = FastAPI(title="pgmeta orchestrator", lifespan=lifespan)
+    # On SIGTERM new deliveries are answered RETRY and requests in flight finish (pgmeta_shared.shutdown);
+    # the workflows themselves are durable in the Dapr Workflow runtime and resume on the next orchestrator.
+    app.state.drain = process_drain()
     instrument_app(app)
     install_schedules(app, settings)
 
@@ -180,17 +185,16 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "service": "orchestrator"}
 
+    register_readiness(app, "orchestrator", settings, app.state.drain, lambda: app.state.platform)
     app.include_router(dapr_router(settings))
 
     return app
 
 
 def main() -> None:
-    import uvicorn
-
     from pgmeta_shared.telemetry import configure_telemetry
 
     settings = OrchestratorSettings()
     server = ServerSettings()
     configure_telemetry("orchestrator", settings.log_level)
-    uvicorn.run(create_app(settings), host=server.app_host, port=server.app_port, log_level="warning")
+    serve_draining(create_app(settings), server.app_host, server.app_port)
