@@ -228,6 +228,7 @@ SERVER = textwrap.dedent(
         with drain.delivery() as admitted:
             if not admitted:
                 return {"status": "RETRY"}
+            print("working", flush=True)
             time.sleep(1.5)
             return {"status": "SUCCESS"}
 
@@ -240,7 +241,10 @@ def test_sigterm_lets_the_delivery_in_flight_finish_then_the_process_exits_0() -
     """A real uvicorn process: without the drain it would exit "killed by SIGTERM" (uvicorn re-raises it)."""
     port = free_port_block(29100, 1)
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port)], env=dict(os.environ, PGMETA_DRAIN_SECONDS="10")
+        [sys.executable, "-c", SERVER, str(port)],
+        env=dict(os.environ, PGMETA_DRAIN_SECONDS="10"),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -256,7 +260,7 @@ def test_sigterm_lets_the_delivery_in_flight_finish_then_the_process_exits_0() -
             target=lambda: answers.append(httpx.get(f"http://127.0.0.1:{port}/work", timeout=10).json()["status"])
         )
         caller.start()
-        time.sleep(0.5)
+        assert server.stdout is not None and server.stdout.readline().strip() == "working"
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         time.sleep(0.2)
