@@ -4,6 +4,8 @@ One run on the local stack (one replica per service) against the synthetic catal
 its span on the streams and throughput (tables/s, entities/s, output bytes/s), per process the CPU seconds the
 run took (/proc utime+stime, after minus before) and peak RSS, and what the run left in Redis (memory used, stream
 entries and bytes). Prints a Markdown table and a JSON line; extrapolations are left to docs/capacity.md.
+With ``--replicas 1,2,3``: instead, a multi-run workload per replica count and each replica's share of it
+(``pgmeta_bench.replicas``).
 """
 
 from __future__ import annotations
