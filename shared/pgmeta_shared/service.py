@@ -109,7 +109,7 @@ def create_stage_app(
     return app
 
 
-READINESS_TIMEOUT_SECONDS = 2.0
+READINESS_TIMEOUT_SECONDS = 1.0  # both checks answer within the probe's 3 s timeout
 READINESS_PROBE_KEY = "pgmeta-readiness-probe"
 
 
