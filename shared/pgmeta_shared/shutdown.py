@@ -3,13 +3,15 @@
 The order, as Kubernetes and the local supervisor send it:
 
 1. SIGTERM → the drain begins: ``/readyz`` answers 503 (the Service and the sidecar stop counting on this
-   replica) and every new delivery is answered RETRY without being looked at.
+   replica) and no new delivery is worked on: it is handed back as below (RETRY if that fails). Redis
+   Streams keeps a RETRY-answered message pending on this replica's consumer until ``processingTimeout``.
 2. Work in flight stops at its next progress point (one chunk): the unit's lease is released at once and
    its command is handed back to the consumer group (re-published, then this delivery acknowledged), so
    another replica takes it now — not after the lease goes stale or Redis reclaims the pending message.
    Work that cannot resume part-way (one database's extraction) keeps going while it has time, and is
    handed back only if it would outlast ``PGMETA_DRAIN_SECONDS``.
-3. Once nothing is in flight (or the drain time is up), uvicorn shuts down as usual and the process exits 0.
+3. Once nothing has been in flight for ``LINGER_SECONDS`` (or the drain time is up), uvicorn shuts down as
+   usual and the process exits 0.
 
 The sidecar keeps serving state and publish calls during the drain: Dapr's ``block-shutdown-duration``
 (deploy/helm, docs/deploy.md); the local supervisor stops the apps before their sidecars.
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 # Work that cannot resume part-way is handed back this long before the drain time ends, so that the
 # hand-back itself (a publish, a lease delete) still fits in it.
 HANDBACK_MARGIN_SECONDS = 3.0
+# Idle this long before exiting: a command handed back can come straight back to this replica's own sidecar
+# (locally it still reads the topic; in Kubernetes block-shutdown has stopped it) and is handed back again.
+LINGER_SECONDS = 1.0
 
 
 class DrainSettings(BaseSettings):
@@ -109,16 +114,24 @@ class Drain:
         if resumable or self._clock() >= deadline - HANDBACK_MARGIN_SECONDS:
             raise ShuttingDownError("this replica is shutting down: the unit goes to another replica")
 
-    def wait_idle(self) -> bool:
-        """Blocks until nothing is in flight or the drain time is up; True when idle."""
+    def wait_idle(self, linger: float = 0.0) -> bool:
+        """Blocks until nothing has been in flight for ``linger`` seconds, or the drain time is up; True when
+        idle. The linger catches deliveries that arrive just after the last one ended (handed back too)."""
         with self._lock:
-            while self._in_flight:
-                assert self._deadline is not None
-                left = self._deadline - self._clock()
+            assert self._deadline is not None
+            idle_since: float | None = None
+            while True:
+                now = self._clock()
+                if self._in_flight:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= linger:
+                    return True
+                left = self._deadline - now
                 if left <= 0:
-                    return False
-                self._lock.wait(min(left, 0.5))
-            return True
+                    return self._in_flight == 0
+                self._lock.wait(min(left, 0.1 if idle_since is not None else 0.5))
 
 
 @cache
@@ -150,7 +163,7 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=self._exit_when_idle, name="drain", daemon=True).start()
 
     def _exit_when_idle(self) -> None:
-        if self._drain.wait_idle():
+        if self._drain.wait_idle(linger=LINGER_SECONDS):
             log.warning("drained: exiting")
         else:
             log.warning("drain time up with %d deliveries in flight: exiting", self._drain.in_flight)

@@ -47,16 +47,25 @@ def deliver(
 ) -> Delivery:
     """Runs ``handler`` on one delivery and decides its fate. Blocking; call from a worker thread.
 
-    While the process drains (``pgmeta_shared.shutdown``) a new delivery is answered RETRY unread: it stays
-    with the sidecar, for this app's successor or another replica."""
+    While the process drains (``pgmeta_shared.shutdown``) a new delivery is not worked on: it is handed back
+    to the consumer group like released work (this replica's own sidecar may still be reading the topic, and
+    may have read the very command this replica just handed back), or answered RETRY when it cannot be."""
     if drain is None:
         return _deliver(model, handler, cloud_event, topic, None)
     with drain.delivery() as admitted:
         if admitted:
             return _deliver(model, handler, cloud_event, topic, drain)
-    log.info("shutting down: %s delivery id=%s answered RETRY", topic, cloud_event.get("id"))
-    record_delivery(topic, Delivery.RETRY)
-    return Delivery.RETRY
+    outcome = Delivery.RETRY
+    try:
+        event = parse_event(model, cloud_event)
+    except ValidationError:
+        event = None  # another replica drops it, with the reason logged
+    if event is not None and drain.handback is not None:
+        outcome = _hand_back(event, topic, getattr(event, "run_id", None), drain)
+    else:
+        log.info("shutting down: %s delivery id=%s answered RETRY", topic, cloud_event.get("id"))
+    record_delivery(topic, outcome)
+    return outcome
 
 
 def _deliver(

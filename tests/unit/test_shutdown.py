@@ -79,12 +79,19 @@ def replica(platform: InMemoryPlatform, drain: Drain, monkeypatch: pytest.Monkey
     return on
 
 
-def test_a_new_delivery_while_draining_is_answered_retry_unread() -> None:
+def test_a_new_delivery_while_draining_is_handed_back_unworked_or_answered_retry() -> None:
     drain = Drain()
     drain.begin(20)
     seen: list[TransformRequested] = []
-    assert deliver(TransformRequested, seen.append, cloud_event(command()), "t", drain) == Delivery.RETRY
+    topic = TopicName.TRANSFORM_REQUESTED.value
+    assert deliver(TransformRequested, seen.append, cloud_event(command()), topic, drain) == Delivery.RETRY
+    platform = InMemoryPlatform()
+    drain.handback = platform.publish
+    assert deliver(TransformRequested, seen.append, cloud_event(command()), topic, drain) == Delivery.SUCCESS
     assert seen == []
+    assert platform.published == [(TopicName.TRANSFORM_REQUESTED, command())]
+    malformed = {"id": "e9", "data": {"run_id": "r1"}}
+    assert deliver(TransformRequested, seen.append, malformed, topic, drain) == Delivery.RETRY
 
 
 def test_sigterm_mid_unit_releases_the_lease_and_hands_the_unit_to_another_replica(
@@ -164,6 +171,12 @@ def test_the_drain_waits_for_deliveries_in_flight_and_gives_up_at_its_deadline()
     release.set()
     worker.join()
     assert drain.wait_idle() is True
+
+    lingering = Drain()
+    lingering.begin(5)
+    started = time.monotonic()
+    assert lingering.wait_idle(linger=0.3) is True
+    assert time.monotonic() - started >= 0.3  # idle for the whole linger before it says so
 
 
 class OutboundHealth(BaseHTTPRequestHandler):
