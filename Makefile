@@ -102,10 +102,17 @@ bench: setup dapr
 	@$(UV) run --frozen pgmeta-bench --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS) \
 		--repeat $(REPEAT) --datahub $(DATAHUB)
 
-# Per-stage cost of one run on the local stack (docs/capacity.md): CPU-s, peak RSS, throughput, Redis bytes.
+# Per-stage cost of one run on the local stack (docs/capacity.md): CPU-s, peak RSS, throughput, Redis bytes;
+# then the same multi-run workload (CAPACITY_RUNS runs over CAPACITY_DATABASES copies of the catalog) with
+# 1, 2 and 3 replicas per stage, and each replica's share of the units and chunks.
 .PHONY: capacity
+CAPACITY_REPLICAS ?= 1,2,3
+CAPACITY_DATABASES ?= 3
+CAPACITY_RUNS ?= 2
 capacity: setup dapr
 	@$(UV) run --frozen pgmeta-capacity --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS)
+	@$(UV) run --frozen pgmeta-capacity --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS) \
+		--replicas $(CAPACITY_REPLICAS) --databases $(CAPACITY_DATABASES) --runs $(CAPACITY_RUNS)
 
 bench-quick: setup dapr
 	@$(UV) run --frozen pgmeta-bench --quick

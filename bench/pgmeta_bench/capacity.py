@@ -4,6 +4,8 @@ One run on the local stack (one replica per service) against the synthetic catal
 its span on the streams and throughput (tables/s, entities/s, output bytes/s), per process the CPU seconds the
 run took (/proc utime+stime, after minus before) and peak RSS, and what the run left in Redis (memory used, stream
 entries and bytes). Prints a Markdown table and a JSON line; extrapolations are left to docs/capacity.md.
+With ``--replicas 1,2,3``: instead, a multi-run workload per replica count and each replica's share of it
+(``pgmeta_bench.replicas``).
 """
 
 from __future__ import annotations
@@ -158,7 +160,22 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--columns", type=int, default=20, help="columns per table")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pgmeta" / "bench")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    parser.add_argument(
+        "--replicas",
+        default="",
+        help="instead of one run: the multi-run workload with these replica counts per stage, e.g. 1,2,3",
+    )
+    parser.add_argument("--databases", type=int, default=3, help="with --replicas: copies of the catalog")
+    parser.add_argument("--runs", type=int, default=2, help="with --replicas: runs submitted at once")
     args = parser.parse_args(argv)
     shape = CatalogShape(args.schemas, args.tables, args.columns)
-    result = measure(shape, args.cache_dir.expanduser().resolve(), args.base_port)
+    cache_dir = args.cache_dir.expanduser().resolve()
+    if args.replicas:
+        from pgmeta_bench.replicas import measure_series, render_series, series_json
+
+        counts = [int(n) for n in args.replicas.split(",")]
+        points = measure_series(shape, cache_dir, args.base_port, counts, args.databases, args.runs)
+        sys.stdout.write(render_series(points) + "\n\n" + series_json(points) + "\n")
+        return
+    result = measure(shape, cache_dir, args.base_port)
     sys.stdout.write(render(result) + "\n\n" + json.dumps(asdict(result)) + "\n")

@@ -50,9 +50,13 @@ class BenchStack(LocalStack):
 
     def write_secretstore(self) -> None:
         super().write_secretstore()
-        path = self.state / "secrets.json"
+        self.add_bench_secret(self.state, self._bench_password)
+
+    @staticmethod
+    def add_bench_secret(state: Path, bench_password: str) -> None:
+        path = state / "secrets.json"
         entries = json.loads(path.read_text())
-        entries[BENCH_SECRET] = {"username": "postgres", "password": self._bench_password}
+        entries[BENCH_SECRET] = {"username": "postgres", "password": bench_password}
         path.write_text(json.dumps(entries, indent=2))
 
 

@@ -24,7 +24,8 @@ def sidecar_route(path: str) -> bool:
 
 
 def every_route_but_health(path: str) -> bool:
-    return path != "/healthz"
+    # The kubelet's liveness and readiness probes carry no token.
+    return path not in {"/healthz", "/readyz"}
 
 
 class AppTokenCheck:

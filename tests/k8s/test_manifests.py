@@ -98,13 +98,34 @@ def test_hpa_is_the_alternative_without_keda() -> None:
 
 
 def test_graceful_shutdown_fits_in_the_termination_grace_period() -> None:
+    """The app drains while its sidecar still serves it (block-shutdown), and both end before SIGKILL."""
     for doc in helm_template():
         if doc["kind"] != "Deployment":
             continue
+        name = doc["metadata"]["name"]
         pod = doc["spec"]["template"]
-        sidecar_seconds = int(pod["metadata"]["annotations"]["dapr.io/graceful-shutdown-seconds"])
-        assert 0 < sidecar_seconds < pod["spec"]["terminationGracePeriodSeconds"], doc["metadata"]["name"]
+        annotations = pod["metadata"]["annotations"]
+        app = pod["spec"]["containers"][0]
+        drain_seconds = float(next(e["value"] for e in app["env"] if e["name"] == "PGMETA_DRAIN_SECONDS"))
+        block_seconds = int(annotations["dapr.io/block-shutdown-duration"].removesuffix("s"))
+        sidecar_seconds = int(annotations["dapr.io/graceful-shutdown-seconds"])
+        assert 0 < drain_seconds < block_seconds, name
+        assert block_seconds + sidecar_seconds < pod["spec"]["terminationGracePeriodSeconds"], name
+        # The sidecar learns that its app has exited (and ends its block) from the app's liveness endpoint.
+        assert annotations["dapr.io/enable-app-health-check"] == "true", name
+        assert annotations["dapr.io/app-health-check-path"] == app["livenessProbe"]["httpGet"]["path"], name
+        assert app["readinessProbe"]["httpGet"]["path"] == "/readyz", name
         assert pod["spec"]["topologySpreadConstraints"], doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [("drainSeconds=30",), ("dapr.gracefulShutdownSeconds=40",), ("terminationGracePeriodSeconds=30",)],
+)
+def test_the_chart_refuses_shutdown_times_that_do_not_nest(values: tuple[str, ...]) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        helm_template(*(arg for value in values for arg in ("--set", value)))
+    assert "must be below" in refused.value.stderr
 
 
 def test_every_service_has_a_disruption_budget() -> None:

@@ -420,7 +420,7 @@ class LocalStack:
             terminate(supervisors, timeout=60)
             stopped.append("supervisor")
         for service in SERVICES:
-            for name in (f"{service}-daprd", service):
+            for name in (service, f"{service}-daprd"):  # the app drains through its sidecar
                 if stop(self.layout.pids, name):
                     stopped.append(name)
         for name in ("scheduler", "placement", "redis", tracing.ZIPKIN):

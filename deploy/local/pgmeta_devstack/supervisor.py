@@ -42,7 +42,9 @@ HOLD_DIR = "hold"  # a file <state>/hold/<name> keeps that process down after it
 ENV_DIR = "env"
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
-STABLE_AFTER_SECONDS = 30.0  # a child that ran this long restarts at the first backoff again
+STABLE_AFTER_SECONDS = 30.0
+# An app with work in flight drains for up to PGMETA_DRAIN_SECONDS (25 by default) before it exits by itself.
+APP_STOP_SECONDS = 35.0  # a child that ran this long restarts at the first backoff again
 # Ports base+82..base+99 of the stack's block (base+70..73 are the apps' metrics, base+80 the trace viewer):
 # 6 per extra replica.
 REPLICA_PORT_OFFSET = 82
@@ -295,7 +297,17 @@ class SupervisedStack(LocalStack):
         self.phase = "stopping"
         stopped = []
         infrastructure = {"redis", "placement", "scheduler"}
-        # Apps and sidecars all at once (each may take seconds to drain), then the infrastructure they use.
+        apps = [c for c in self.children.values() if c.name not in infrastructure and not c.name.endswith("-daprd")]
+        # The apps first, all at once: each drains (pgmeta_shared.shutdown) through its sidecar, which must
+        # still serve it — in Kubernetes Dapr's block-shutdown-duration keeps it; here the order does. Then
+        # the sidecars, then the infrastructure they use.
+        for child in apps:
+            if child.process is not None and child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGTERM)
+        for child in apps:
+            if stop(self.layout.pids, child.name, timeout=APP_STOP_SECONDS):
+                stopped.append(child.name)
         for child in self.children.values():
             if child.name not in infrastructure and child.process is not None and child.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -429,7 +429,8 @@ def _extract_once(
             totals = fetch_one(connection, COUNT_QUERY, params | {"only_schemas": only})
             total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
             records = iter_catalog(connection, selection, command.filters, report, only)
-            progress = ProgressReporter(platform)
+            # A database is read again from the start on another replica: finish it if the drain allows.
+            progress = ProgressReporter(platform, resumable=False)
             for chunk_count, batch in enumerate(batch_records(records), start=1):
                 platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
                 platform.publish(

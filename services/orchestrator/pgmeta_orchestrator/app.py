@@ -61,7 +61,8 @@ from pgmeta_shared.events import (
 )
 from pgmeta_shared.limits import apply_request_limits
 from pgmeta_shared.platform import DaprPlatform, Platform
-from pgmeta_shared.service import ServerSettings
+from pgmeta_shared.service import ServerSettings, register_readiness
+from pgmeta_shared.shutdown import process_drain, serve_draining
 from pgmeta_shared.subscriptions import register_subscription
 from pgmeta_shared.telemetry import instrument_app
 
@@ -111,6 +112,7 @@ def resolve_source(request: Request, body: SourceRequest | RunRequest) -> Resolv
 
 def wire(app: FastAPI, platform: Platform, workflows: Any, settings: OrchestratorSettings) -> None:
     """What the routes use, on ``app.state``: the lifespan wires Dapr's, unit tests in-memory ones."""
+    app.state.platform = platform
     app.state.runs = RunService(platform, workflows, settings)
     app.state.tokens = TokenStore(platform, settings.registry_store)
     app.state.connections = ConnectionStore(platform, settings.registry_store)
@@ -156,6 +158,9 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         description="Every route but /healthz and the console's page needs `Authorization: Bearer <API token or "
         "OIDC JWT>`.",
     )
+    # On SIGTERM new deliveries are answered RETRY and requests in flight finish (pgmeta_shared.shutdown);
+    # the workflows themselves are durable in the Dapr Workflow runtime and resume on the next orchestrator.
+    app.state.drain = process_drain()
     instrument_app(app)
     # Subscriptions and Dapr's job triggers share the port with the REST API: only the sidecar (its
     # dapr-api-token) may call them.
@@ -384,6 +389,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "service": "orchestrator"}
 
+    register_readiness(app, "orchestrator", settings, app.state.drain, lambda: app.state.platform)
     app.include_router(dapr_router(settings))
 
     return app
@@ -398,11 +404,9 @@ def _asked(body: SourceRequest | RunRequest) -> str:
 
 
 def main() -> None:
-    import uvicorn
-
     from pgmeta_shared.telemetry import configure_telemetry
 
     settings = OrchestratorSettings()
     server = ServerSettings()
     configure_telemetry("orchestrator", settings.log_level)
-    uvicorn.run(create_app(settings), host=server.app_host, port=server.app_port, log_level="warning")
+    serve_draining(create_app(settings), server.app_host, server.app_port)
