@@ -22,6 +22,7 @@ from pgmeta_bench.common import (
 )
 from pgmeta_bench.config import BenchConfig
 from pgmeta_bench.floor import run_floor
+from pgmeta_bench.overhead import render_overhead, run_overhead
 from pgmeta_bench.report import (
     BenchReport,
     Repetition,
@@ -99,6 +100,13 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     )
     parser.add_argument("--stage-timeout", type=int, default=3600, help="per-stage limit given to pgmeta (s)")
     parser.add_argument("--keep-state", action="store_true", help="keep each stack's state, logs and output")
+    parser.add_argument(
+        "--telemetry-ab",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of the comparison: PAIRS runs with telemetry on and off, interleaved; prints the cost",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         shape, repeat, datahub = CatalogShape(2, 10, 5), 1, False
@@ -118,6 +126,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         stage_timeout=args.stage_timeout,
         timeout=4 * args.stage_timeout,
         keep_state=args.keep_state,
+        telemetry_pairs=args.telemetry_ab,
     )
 
 
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"[bench] ERROR: {exc}", file=sys.stderr)
         return 2
+    if config.telemetry_pairs:
+        return telemetry_ab(config)
     try:
         report = run_benchmark(config)
     except (BenchError, StackError, subprocess.CalledProcessError) as exc:
@@ -147,6 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         update_doc(config.output, config.shape.key, render_section(report, table))
         say(f"results written to {config.output}")
     return 0 if report.correct else 1
+
+
+def telemetry_ab(config: BenchConfig) -> int:
+    """The --telemetry-ab mode: prints the table and the on/off ratios; documents nothing by itself."""
+    try:
+        results = run_overhead(config, config.telemetry_pairs)
+    except (BenchError, StackError, subprocess.CalledProcessError) as exc:
+        print(f"[bench] FAILED: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(render_overhead(config, results))
+    return 0
 
 
 def run() -> None:

@@ -20,3 +20,4 @@ class BenchConfig:
     stage_timeout: int = 3600
     timeout: float = 4 * 3600
     keep_state: bool = False
+    telemetry_pairs: int = 0  # --telemetry-ab: on/off pairs instead of the comparison
