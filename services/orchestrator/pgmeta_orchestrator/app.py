@@ -40,7 +40,7 @@ from pgmeta_shared.events import (
 from pgmeta_shared.platform import DaprPlatform
 from pgmeta_shared.service import ServerSettings
 from pgmeta_shared.subscriptions import register_subscription
-from pgmeta_shared.telemetry import instrument_app
+from pgmeta_shared.telemetry import instrument_app, trace_workflow_calls
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         runtime.register_activity(activities.finish_run, name=ACTIVITY_FINISH)
         runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+        trace_workflow_calls(workflows)
         attach_workflow_log_traces(app.state.run_traces)
         app.state.runs = RunService(platform, workflows, settings)
         log.info("orchestrator ready (sidecar %s)", settings.dapr_grpc_address)
