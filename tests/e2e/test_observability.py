@@ -42,30 +42,8 @@ def traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 
 def extract(stack: LocalStack, run_id: str, database: str = DEMO_DATABASE) -> dict[str, Any]:
     """`pgmeta extract --wait --json`, as a user runs it: REST call, then the run's progress."""
-    env = dict(os.environ, PGPASSWORD=stack.demo_password(), PGMETA_API_URL=stack.layout.api_url)
-    argv = [
-        sys.executable,
-        "-m",
-        "pgmeta_cli.main",
-        "extract",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(stack.layout.postgres_port),
-        "--user",
-        "postgres",
-        "--database",
-        database,
-        "--request-id",
-        run_id,
-        "--stage-timeout",
-        "60",
-        "--wait",
-        "--json",
-        "--timeout",
-        "120",
-    ]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
+    argv = stack.extract_argv(run_id, "--stage-timeout", "60", "--json", "--timeout", "120", database=database)
+    done = subprocess.run(argv, env=stack.cli_env(), capture_output=True, text=True, timeout=180, check=False)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -238,26 +237,9 @@ def test_bad_source_fails_fast_with_a_clear_error(
 
 
 def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
-    env = dict(os.environ, PGPASSWORD=full_stack.demo_password(), PGMETA_API_URL=full_stack.layout.api_url)
+    env = full_stack.cli_env()
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgmeta_cli.main",
-            "extract",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(full_stack.layout.postgres_port),
-            "--user",
-            "postgres",
-            "--database",
-            DEMO_DATABASE,
-            "--request-id",
-            "e2e-cli",
-            "--wait",
-            "--json",
-        ],
+        full_stack.extract_argv("e2e-cli", "--json"),
         env=env,
         capture_output=True,
         text=True,
