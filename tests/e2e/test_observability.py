@@ -6,38 +6,19 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from pgmeta_devstack import tracing
 from pgmeta_devstack.layout import SERVICES
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
-from pgmeta_devstack.tracing import zipkin_unavailable
-from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack
+from pgmeta_devstack.tracing import Trace
 
 pytestmark = pytest.mark.e2e
 
 PYTHON_SERVICES = set(SERVICES)
-
-
-@pytest.fixture(scope="module")
-def traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The whole stack with its Zipkin, as `make up` starts it when Java and the Zipkin jar are there."""
-    why_not = zipkin_unavailable()
-    if why_not:
-        pytest.skip(f"no trace viewer here: {why_not}")
-    stack = _stack(tmp_path_factory, "traced", 28600)
-    try:
-        stack.up()
-        assert stack.exports_traces()
-        yield stack
-    finally:
-        pids = _recorded_pids(stack)
-        stack.down()
-        _assert_all_stopped(pids)
 
 
 def extract(stack: LocalStack, run_id: str, database: str = DEMO_DATABASE) -> dict[str, Any]:
@@ -48,24 +29,8 @@ def extract(stack: LocalStack, run_id: str, database: str = DEMO_DATABASE) -> di
     return result
 
 
-def run_traces(
-    stack: LocalStack, run_id: str, settle: float = 8.0, timeout: float = 60.0
-) -> list[list[dict[str, Any]]]:
-    """The run's traces once Zipkin's answer stops growing (spans arrive in batches, from nine processes)."""
-    deadline = time.monotonic() + timeout
-    query: dict[str, str | int] = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 100}
-    last: list[list[dict[str, Any]]] = []
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        traces: list[list[dict[str, Any]]] = httpx.get(
-            f"{stack.layout.zipkin_url}/api/v2/traces", params=query, timeout=10
-        ).json()
-        if sum(map(len, traces)) != sum(map(len, last)):
-            last, stable_since = traces, time.monotonic()
-        elif traces and time.monotonic() - stable_since > settle:
-            return traces
-        time.sleep(1)
-    return last
+def run_traces(stack: LocalStack, run_id: str, settle: float = 8.0) -> list[Trace]:
+    return tracing.run_traces(stack.layout, run_id, settle=settle, timeout=60.0)
 
 
 def services_of(spans: list[dict[str, Any]]) -> set[str]:
