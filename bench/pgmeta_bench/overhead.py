@@ -54,6 +54,7 @@ class Sample:
     cpu: float  # pgmeta's processes, over the run
     zipkin_cpu: float
     load: float
+    per_process: dict[str, float]  # CPU seconds over the run, by process (where the difference sits)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def measure_one(
         result = run_pgmeta(server, config.shape, config, pair * 10 + int(telemetry))
     check_counts(result.counts, catalog, config.shape)
     cpu = sum(seconds for name, seconds in result.cpu_seconds.items() if name not in NOT_PGMETA)
-    sample = Sample(telemetry, result.seconds, cpu, result.cpu_seconds.get(ZIPKIN, 0.0), os.getloadavg()[0])
+    sample = Sample(
+        telemetry, result.seconds, cpu, result.cpu_seconds.get(ZIPKIN, 0.0), os.getloadavg()[0], result.cpu_seconds
+    )
     say(f"pair {pair} {label}: {sample.wall:.2f} s wall, {sample.cpu:.2f} CPU-s (Zipkin {sample.zipkin_cpu:.2f})")
     return sample
 
@@ -123,6 +126,12 @@ def render_overhead(config: BenchConfig, results: list[tuple[Sample, Sample]]) -
             f"95 % CI of the mean {s.ci95[0]:.3f}–{s.ci95[1]:.3f}"
         )
 
+    processes = sorted({name for on, off in results for name in on.per_process | off.per_process} - NOT_PGMETA)
+    by_process = ["| process | CPU-s on (median) | CPU-s off (median) |", "|---|---|---|"]
+    for name in processes:
+        on_cpu = statistics.median(on.per_process.get(name, 0.0) for on, _ in results)
+        off_cpu = statistics.median(off.per_process.get(name, 0.0) for _, off in results)
+        by_process.append(f"| {name} | {on_cpu:.2f} | {off_cpu:.2f} |")
     verdict = "within" if cpu.ci95[1] <= 1 + OVERHEAD_TARGET else "NOT shown within"
     return "\n".join(
         [
@@ -132,6 +141,9 @@ def render_overhead(config: BenchConfig, results: list[tuple[Sample, Sample]]) -
             "",
             line("CPU (pgmeta's processes)", cpu),
             line("wall", wall),
+            "",
+            *by_process,
+            "",
             f"telemetry overhead {verdict} the {OVERHEAD_TARGET:.0%} target (CPU, upper end of the 95 % CI)",
         ]
     )
