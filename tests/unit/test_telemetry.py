@@ -278,3 +278,24 @@ def test_scheduling_a_workflow_sends_the_callers_trace_context(spans: InMemorySp
         trace.format_trace_id(call.context.trace_id),
         trace.format_span_id(call.context.span_id),
     ]
+
+
+def test_a_work_leases_heartbeat_stays_in_the_runs_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat thread's state calls were each a trace of their own (an orphan per beat in Zipkin)."""
+    import time
+
+    from pgmeta_shared import fencing
+    from pgmeta_shared.keys import ArtifactStage
+
+    monkeypatch.setattr(fencing, "LEASE_HEARTBEAT_SECONDS", 0.05)
+    seen: list[int] = []
+
+    class Recording(InMemoryPlatform):
+        def update_json(self, key: str, mutate: Any, *, run_scoped: bool = False) -> Any:
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+            return super().update_json(key, mutate, run_scoped=run_scoped)
+
+    with run_span("extract db", "r1") as span, fencing.work_lease(Recording(), "r1", ArtifactStage.EXTRACT, "db"):
+        time.sleep(0.3)
+    assert len(seen) >= 2  # the lease taken, then heartbeats from the thread
+    assert set(seen) == {span.get_span_context().trace_id}
