@@ -114,5 +114,11 @@ capacity: setup dapr
 	@$(UV) run --frozen pgmeta-capacity --schemas $(SCHEMAS) --tables $(TABLES) --columns $(COLUMNS) \
 		--replicas $(CAPACITY_REPLICAS) --databases $(CAPACITY_DATABASES) --runs $(CAPACITY_RUNS)
 
+# What tracing and metrics cost a run (docs/observability.md#cost): PAIRS interleaved on/off runs.
+.PHONY: bench-telemetry
+PAIRS ?= 5
+bench-telemetry: setup dapr zipkin
+	@$(UV) run --frozen pgmeta-bench --schemas 10 --tables 100 --columns 20 --telemetry-ab $(PAIRS)
+
 bench-quick: setup dapr
 	@$(UV) run --frozen pgmeta-bench --quick

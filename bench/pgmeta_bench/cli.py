@@ -22,6 +22,7 @@ from pgmeta_bench.common import (
 )
 from pgmeta_bench.config import BenchConfig
 from pgmeta_bench.floor import run_floor
+from pgmeta_bench.overhead import render_overhead, run_overhead
 from pgmeta_bench.report import (
     BenchReport,
     Repetition,
@@ -105,6 +106,13 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         action="store_true",
         help="measure incremental re-runs (nothing changed, one table changed) against a --full run, CLI included",
     )
+    parser.add_argument(
+        "--telemetry-ab",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of the comparison: PAIRS runs with telemetry on and off, interleaved; prints the cost",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         shape, repeat, datahub = CatalogShape(2, 10, 5), 1, False
@@ -125,6 +133,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         timeout=4 * args.stage_timeout,
         keep_state=args.keep_state,
         rerun=args.rerun,
+        telemetry_pairs=args.telemetry_ab,
     )
 
 
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.rerun:
         return rerun_main(config)
+    if config.telemetry_pairs:
+        return telemetry_ab(config)
     try:
         report = run_benchmark(config)
     except (BenchError, StackError, subprocess.CalledProcessError) as exc:
@@ -173,6 +184,18 @@ def rerun_main(config: BenchConfig) -> int:
     if config.output is not None:
         update_doc(config.output, f"rerun-{config.shape.key}", section)
         say(f"results written to {config.output}")
+    return 0
+
+
+def telemetry_ab(config: BenchConfig) -> int:
+    """The --telemetry-ab mode: prints the table and the on/off ratios; documents nothing by itself."""
+    try:
+        results = run_overhead(config, config.telemetry_pairs)
+    except (BenchError, StackError, subprocess.CalledProcessError) as exc:
+        print(f"[bench] FAILED: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(render_overhead(config, results))
     return 0
 
 

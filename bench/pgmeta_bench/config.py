@@ -21,3 +21,4 @@ class BenchConfig:
     timeout: float = 4 * 3600
     keep_state: bool = False
     rerun: bool = False  # incremental re-runs against a full run instead of the comparison with DataHub
+    telemetry_pairs: int = 0  # --telemetry-ab: on/off pairs instead of the comparison

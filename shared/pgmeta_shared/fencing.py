@@ -15,6 +15,7 @@ result and re-announces it. A lease not heartbeated for
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -180,7 +181,9 @@ def work_lease(store: ArtifactStore, run_id: str, stage: StageName, unit: str | 
             except Exception:
                 log.warning("run %s: heartbeat of %s failed; retrying", run_id, key, exc_info=True)
 
-    beat = threading.Thread(target=heartbeat, name=f"lease-{key}", daemon=True)
+    # The heartbeat's state calls (and log lines) belong to the run's trace: a thread starts with an empty
+    # context, so it runs in a copy of this one.
+    beat = threading.Thread(target=contextvars.copy_context().run, args=(heartbeat,), name=f"lease-{key}", daemon=True)
     beat.start()
     try:
         yield

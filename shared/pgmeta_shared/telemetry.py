@@ -395,6 +395,30 @@ class DaprCallTracing(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             return outcome
 
 
+def trace_workflow_calls(workflow_client: Any) -> None:
+    """Sends the caller's trace context with every call of a ``DaprWorkflowClient`` (schedule, raise event, …).
+
+    dapr-ext-workflow 1.19 builds its gRPC channel itself, with fixed interceptors, and sends no trace context:
+    daprd then starts the Workflow engine's spans (``create_orchestration||…``, ``orchestration||…``,
+    ``activity||…``) in a trace of their own. daprd's gRPC tracing middleware continues a ``traceparent`` it
+    receives on ``/TaskHubSidecarService/StartInstance`` (dapr ``pkg/diagnostics/grpc_tracing.go``), and
+    durabletask-go's ``StartInstance`` starts ``create_orchestration`` under that context and hands it on to the
+    orchestration and its activities (``backend/executor.go``): so the client's calls go through
+    ``DaprCallTracing`` too, laid over the SDK's own channel.
+    """
+    from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2_grpc as stubs
+
+    task_hub = getattr(workflow_client, "_DaprWorkflowClient__obj", None)
+    channel = getattr(task_hub, "_channel", None)
+    if task_hub is None or channel is None:
+        # A later SDK that moved these would send no context again: say so instead of failing the service.
+        logging.getLogger(__name__).warning("workflow client internals changed: its calls carry no trace context")
+        return
+    task_hub._stub = stubs.TaskHubSidecarServiceStub(  # type: ignore[no-untyped-call]
+        grpc.intercept_channel(channel, DaprCallTracing())
+    )
+
+
 # -- metrics -------------------------------------------------------------------------------------------
 
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)

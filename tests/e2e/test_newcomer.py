@@ -85,32 +85,10 @@ def test_reusing_a_request_id_after_a_failure_is_a_conflict_and_stores_nothing(f
 
 
 def test_change_counts_show_in_the_api_and_the_cli(full_stack: LocalStack) -> None:
-    env = dict(
-        os.environ,
-        PGPASSWORD=full_stack.demo_password(),
-        PGMETA_API_URL=full_stack.layout.api_url,
-        PGMETA_API_TOKEN=full_stack.api_token(),
-    )
+    env = full_stack.cli_env()
     for run_id in ("e2e-changes-1", "e2e-changes-2"):
         extract = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pgmeta_cli.main",
-                "extract",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(full_stack.layout.postgres_port),
-                "--user",
-                "postgres",
-                "--database",
-                DEMO_DATABASE,
-                "--request-id",
-                run_id,
-                "--wait",
-                "--json",
-            ],
+            full_stack.extract_argv(run_id, "--json"),
             env=env,
             capture_output=True,
             text=True,

@@ -6,93 +6,32 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from pgmeta_devstack import tracing
 from pgmeta_devstack.layout import SERVICES
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
-from pgmeta_devstack.tracing import zipkin_unavailable
-from tests.plugins.servers import _assert_all_stopped, _recorded_pids, _stack, api_headers
+from pgmeta_devstack.tracing import Trace
+from tests.plugins.servers import api_headers
 
 pytestmark = pytest.mark.e2e
 
 PYTHON_SERVICES = set(SERVICES)
 
 
-@pytest.fixture(scope="module")
-def traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The whole stack with its Zipkin, as `make up` starts it when Java and the Zipkin jar are there."""
-    why_not = zipkin_unavailable()
-    if why_not:
-        pytest.skip(f"no trace viewer here: {why_not}")
-    stack = _stack(tmp_path_factory, "traced", 28600)
-    try:
-        stack.up()
-        assert stack.exports_traces()
-        yield stack
-    finally:
-        pids = _recorded_pids(stack)
-        stack.down()
-        _assert_all_stopped(pids)
-
-
 def extract(stack: LocalStack, run_id: str, database: str = DEMO_DATABASE) -> dict[str, Any]:
     """`pgmeta extract --wait --json`, as a user runs it: REST call, then the run's progress."""
-    env = dict(
-        os.environ,
-        PGPASSWORD=stack.demo_password(),
-        PGMETA_API_URL=stack.layout.api_url,
-        PGMETA_API_TOKEN=stack.api_token(),
-    )
-    argv = [
-        sys.executable,
-        "-m",
-        "pgmeta_cli.main",
-        "extract",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(stack.layout.postgres_port),
-        "--user",
-        "postgres",
-        "--database",
-        database,
-        "--request-id",
-        run_id,
-        "--stage-timeout",
-        "60",
-        "--wait",
-        "--json",
-        "--timeout",
-        "120",
-    ]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
+    argv = stack.extract_argv(run_id, "--stage-timeout", "60", "--json", "--timeout", "120", database=database)
+    done = subprocess.run(argv, env=stack.cli_env(), capture_output=True, text=True, timeout=180, check=False)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def run_traces(
-    stack: LocalStack, run_id: str, settle: float = 8.0, timeout: float = 60.0
-) -> list[list[dict[str, Any]]]:
-    """The run's traces once Zipkin's answer stops growing (spans arrive in batches, from nine processes)."""
-    deadline = time.monotonic() + timeout
-    query: dict[str, str | int] = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 100}
-    last: list[list[dict[str, Any]]] = []
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        traces: list[list[dict[str, Any]]] = httpx.get(
-            f"{stack.layout.zipkin_url}/api/v2/traces", params=query, timeout=10
-        ).json()
-        if sum(map(len, traces)) != sum(map(len, last)):
-            last, stable_since = traces, time.monotonic()
-        elif traces and time.monotonic() - stable_since > settle:
-            return traces
-        time.sleep(1)
-    return last
+def run_traces(stack: LocalStack, run_id: str, settle: float = 8.0) -> list[Trace]:
+    return tracing.run_traces(stack.layout, run_id, settle=settle, timeout=60.0)
 
 
 def services_of(spans: list[dict[str, Any]]) -> set[str]:
@@ -117,11 +56,14 @@ def test_one_trace_per_run_through_every_service_and_sidecar(traced_stack: Local
     sidecar_spans = [s for s in spans if s.get("tags", {}).get("otel.scope.name") == "dapr-diagnostics"]
     assert services_of(sidecar_spans) >= PYTHON_SERVICES, sorted(services_of(sidecar_spans))
     assert {s["name"] for s in sidecar_spans} >= {"pubsub/extract.requested", "pubsub/transform.requested"}
+    # The Workflow engine's own account of the workflow is part of it: daprd's create_orchestration,
+    # orchestration and activity spans (the workflow client sends the run's context when it schedules it), and
+    # the Python worker's `activity:` spans under them.
+    engine = {s["name"] for s in spans if s.get("tags", {}).get("durabletask.task.instance_id") == "obs-ok"}
+    assert {"create_orchestration||extraction", "orchestration||extraction", "activity||publish_event"} <= engine
+    assert any(s["name"] == "activity: publish_event" for s in spans)
     # No part of the run went off into a trace of its own. The other traces naming the run are the user's reads
-    # of it (GET /runs/obs-ok while waiting), each a request of its own, and the Workflow engine's own account of
-    # the workflow (daprd's create_orchestration / orchestration / activity spans tagged durabletask.*, the
-    # sidecar calls they make, the Python worker's `activity:` spans): the workflow client sends no trace context
-    # when it schedules a workflow, so daprd starts that trace itself.
+    # of it (GET /runs/obs-ok while waiting), each a request of its own.
     everything = httpx.get(
         f"{traced_stack.layout.zipkin_url}/api/v2/traces", params={"lookback": 3_600_000, "limit": 10_000}, timeout=30
     ).json()
@@ -131,7 +73,6 @@ def test_one_trace_per_run_through_every_service_and_sidecar(traced_stack: Local
         if t[0]["traceId"] != spans[0]["traceId"]
         and "obs-ok" in json.dumps(t)
         and not any(not s.get("parentId") and s["name"].startswith("get /runs") for s in t)
-        and not any(any("durabletask" in key for key in s.get("tags", {})) for s in t)
     ]
     assert not strays, [[(s["name"], s.get("tags")) for s in t] for t in strays]
     catalog = [s for s in spans if s["name"].startswith("catalog ")]

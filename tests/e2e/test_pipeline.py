@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -242,31 +241,10 @@ def test_bad_source_fails_fast_with_a_clear_error(
 
 def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
     # The CLI finds the stack's admin token in its state directory, as after `make up`.
-    env = dict(
-        os.environ,
-        PGPASSWORD=full_stack.demo_password(),
-        PGMETA_API_URL=full_stack.layout.api_url,
-        PGMETA_STATE_DIR=str(full_stack.state),
-    )
+    env = {k: v for k, v in full_stack.cli_env().items() if k != "PGMETA_API_TOKEN"}
+    env["PGMETA_STATE_DIR"] = str(full_stack.state)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgmeta_cli.main",
-            "extract",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(full_stack.layout.postgres_port),
-            "--user",
-            "postgres",
-            "--database",
-            DEMO_DATABASE,
-            "--request-id",
-            "e2e-cli",
-            "--wait",
-            "--json",
-        ],
+        full_stack.extract_argv("e2e-cli", "--json"),
         env=env,
         capture_output=True,
         text=True,

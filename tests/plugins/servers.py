@@ -14,6 +14,7 @@ from pgmeta_devstack.layout import SERVICES, StackLayout, dapr_bin_dir, free_por
 from pgmeta_devstack.postgres import PostgresServer, embedded_bin_dir
 from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import DEMO_SECRET, LocalStack
+from pgmeta_devstack.tracing import zipkin_unavailable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -134,3 +135,20 @@ def api_headers(stack: LocalStack) -> dict[str, str]:
 def register_connection(stack: LocalStack, name: str, database: str, secret: str = DEMO_SECRET) -> None:
     """Registers a connection to the stack's PostgreSQL (as an admin would, `pgmeta connections add`)."""
     stack.register_connection(name, database, secret)
+
+
+@pytest.fixture(scope="module")
+def traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole stack with its Zipkin, as `make up` starts it when Java and the Zipkin jar are there."""
+    why_not = zipkin_unavailable()
+    if why_not:
+        pytest.skip(f"no trace viewer here: {why_not}")
+    stack = _stack(tmp_path_factory, "traced", 28600)
+    try:
+        stack.up()
+        assert stack.exports_traces()
+        yield stack
+    finally:
+        pids = _recorded_pids(stack)
+        stack.down()
+        _assert_all_stopped(pids)

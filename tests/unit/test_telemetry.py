@@ -32,6 +32,7 @@ from pgmeta_shared.telemetry import (
     run_span,
     trace_carrier,
     trace_exporter_names,
+    trace_workflow_calls,
 )
 from tests.fakes import InMemoryPlatform
 
@@ -233,3 +234,68 @@ def test_workflow_runtime_lines_about_a_run_carry_its_trace(spans: InMemorySpanE
     other = logging.LogRecord("durabletask-worker", logging.INFO, __file__, 1, "Successfully connected", None, None)
     assert WorkflowLogTraces(traces).filter(other)
     assert "trace_id" not in json.loads(JsonLogFormatter("orchestrator").format(other))
+
+
+def test_scheduling_a_workflow_sends_the_callers_trace_context(spans: InMemorySpanExporter) -> None:
+    """daprd continues this `traceparent` into the Workflow engine's spans; the SDK itself sends none."""
+    from concurrent import futures
+
+    import grpc
+    from dapr.ext.workflow import DaprWorkflowClient
+    from dapr.ext.workflow._durabletask.internal import orchestrator_service_pb2 as pb
+
+    received: list[dict[str, str]] = []
+
+    def start_instance(request: Any, context: grpc.ServicerContext) -> Any:
+        received.append({key: value for key, value in context.invocation_metadata() if isinstance(value, str)})
+        return pb.CreateInstanceResponse(instanceId=request.instanceId)
+
+    handler = grpc.method_handlers_generic_handler(
+        "TaskHubSidecarService",
+        {
+            "StartInstance": grpc.unary_unary_rpc_method_handler(
+                start_instance,
+                request_deserializer=pb.CreateInstanceRequest.FromString,
+                response_serializer=pb.CreateInstanceResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = DaprWorkflowClient(host="127.0.0.1", port=str(port))
+        trace_workflow_calls(client)
+        with run_span("handle extraction.requested", "r1"):
+            client.schedule_new_workflow("extraction", input={}, instance_id="r1")
+        client.close()  # type: ignore[no-untyped-call]
+    finally:
+        server.stop(None)
+    call = _by_name(spans.get_finished_spans(), "dapr StartInstance")
+    assert call.context is not None and call.parent is not None
+    assert received[0]["traceparent"].split("-")[1:3] == [
+        trace.format_trace_id(call.context.trace_id),
+        trace.format_span_id(call.context.span_id),
+    ]
+
+
+def test_a_work_leases_heartbeat_stays_in_the_runs_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat thread's state calls were each a trace of their own (an orphan per beat in Zipkin)."""
+    import time
+
+    from pgmeta_shared import fencing
+    from pgmeta_shared.keys import ArtifactStage
+
+    monkeypatch.setattr(fencing, "LEASE_HEARTBEAT_SECONDS", 0.05)
+    seen: list[int] = []
+
+    class Recording(InMemoryPlatform):
+        def update_json(self, key: str, mutate: Any, *, run_scoped: bool = False) -> Any:
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+            return super().update_json(key, mutate, run_scoped=run_scoped)
+
+    with run_span("extract db", "r1") as span, fencing.work_lease(Recording(), "r1", ArtifactStage.EXTRACT, "db"):
+        time.sleep(0.3)
+    assert len(seen) >= 2  # the lease taken, then heartbeats from the thread
+    assert set(seen) == {span.get_span_context().trace_id}

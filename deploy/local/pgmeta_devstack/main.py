@@ -67,33 +67,11 @@ def _demo_run(stack: LocalStack) -> int:
     supervisor.start_detached(stack.layout, os.environ.get("PGMETA_REPLICAS"))
     print(f"[stack] up in {time.monotonic() - started:.1f} s (supervised: crashed processes restart)")
     _print_layout(stack.layout)
-    env = dict(
-        os.environ,
-        PGPASSWORD=stack.demo_password(),
-        PGMETA_API_URL=stack.layout.api_url,
-        PGMETA_API_TOKEN=stack.api_token(),
-    )
     print(f"\n[demo] extracting database {DEMO_DATABASE!r} from the demo PostgreSQL\n", flush=True)
     request_id = f"demo-{int(time.time())}"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgmeta_cli.main",
-            "extract",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(stack.layout.postgres_port),
-            "--user",
-            "postgres",
-            "--database",
-            DEMO_DATABASE,
-            "--request-id",
-            request_id,
-            "--wait",
-        ],
-        env=env,
+        stack.extract_argv(request_id),
+        env=stack.cli_env(),
         check=False,
         # Its own session: Ctrl-C is ours to handle (subprocess.run kills the CLI when we are interrupted).
         start_new_session=True,

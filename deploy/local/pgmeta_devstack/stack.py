@@ -77,6 +77,39 @@ class LocalStack:
     def encryption_key(self) -> str:
         return self._secret_file("state-encryption.key", secrets.token_hex(32))
 
+    # -- the CLI against this stack (`make run`'s demo extraction; the tests drive the stack the same way) ----
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment `pgmeta` runs in against this stack: its REST API, its admin token and the demo
+        database's password."""
+        return dict(
+            os.environ,
+            PGPASSWORD=self.demo_password(),
+            PGMETA_API_URL=self.layout.api_url,
+            PGMETA_API_TOKEN=self.api_token(),
+        )
+
+    def extract_argv(self, run_id: str, *options: str, database: str = DEMO_DATABASE) -> list[str]:
+        """`pgmeta extract --wait` of ``database`` on the stack's own PostgreSQL, as `make run` runs it."""
+        return [
+            sys.executable,
+            "-m",
+            "pgmeta_cli.main",
+            "extract",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.layout.postgres_port),
+            "--user",
+            "postgres",
+            "--database",
+            database,
+            "--request-id",
+            run_id,
+            "--wait",
+            *options,
+        ]
+
     def write_secretstore(self) -> None:
         """The demo's secret merged with the user's own file (local_secrets.py)."""
         demo = {

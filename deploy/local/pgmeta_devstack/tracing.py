@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,28 +96,50 @@ def sidecar_config(layout: StackLayout, *, export: bool) -> Path:
     return path
 
 
-def print_trace_link(stack: LocalStack, run_id: str, timeout: float = 20.0) -> None:
-    """Prints where the run's trace is: the Zipkin UI link once its spans arrived, and `pgmeta trace`."""
-    import time
+Trace = list[dict[str, Any]]
 
+
+def trace_link(layout: StackLayout, trace_id: str) -> str:
+    """The trace's page in the Zipkin UI."""
+    return f"{layout.zipkin_url}/zipkin/traces/{trace_id}"
+
+
+def run_traces(layout: StackLayout, run_id: str, *, settle: float = 0.0, timeout: float = 20.0) -> list[Trace]:
+    """The traces in Zipkin whose spans are tagged with the run, as soon as there are any, or with ``settle``,
+    once their span count has not grown for that long (spans arrive in batches from nine processes).
+
+    Empty when none arrived within ``timeout``.
+    """
     import httpx
 
+    deadline = time.monotonic() + timeout
+    query: dict[str, str | int] = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 100}
+    last: list[Trace] = []
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            traces: list[Trace] = httpx.get(f"{layout.zipkin_url}/api/v2/traces", params=query, timeout=10).json()
+        except httpx.HTTPError:
+            traces = []
+        if sum(map(len, traces)) != sum(map(len, last)):
+            last, stable_since = traces, time.monotonic()
+        if last and time.monotonic() - stable_since >= settle:
+            return last
+        time.sleep(1)  # the exporters send their batches every few seconds
+    return last
+
+
+def print_trace_link(stack: LocalStack, run_id: str, timeout: float = 20.0) -> None:
+    """Prints where the run's trace is: the Zipkin UI link once its spans arrived, and `pgmeta trace`."""
     if not stack.exports_traces():
         print(f"[demo] no trace viewer running ({zipkin_unavailable() or 'Zipkin is down'}): no trace link")
         return
-    deadline = time.monotonic() + timeout
-    query: dict[str, str | int] = {"annotationQuery": f"pgmeta.run_id={run_id}", "lookback": 3_600_000, "limit": 5}
-    while time.monotonic() < deadline:
-        try:
-            traces = httpx.get(f"{stack.layout.zipkin_url}/api/v2/traces", params=query, timeout=5).json()
-        except httpx.HTTPError:
-            traces = []
-        if traces:
-            links = ", ".join(f"{stack.layout.zipkin_url}/zipkin/traces/{spans[0]['traceId']}" for spans in traces)
-            print(f"[demo] the run's trace: {links}")
-            print(f"[demo] as a tree: PGMETA_ZIPKIN_URL={stack.layout.zipkin_url} uv run pgmeta trace {run_id}")
-            return
-        time.sleep(1)  # spans are exported in batches, every few seconds
+    traces = run_traces(stack.layout, run_id, timeout=timeout)
+    if traces:
+        links = ", ".join(trace_link(stack.layout, spans[0]["traceId"]) for spans in traces)
+        print(f"[demo] the run's trace: {links}")
+        print(f"[demo] as a tree: PGMETA_ZIPKIN_URL={stack.layout.zipkin_url} uv run pgmeta trace {run_id}")
+        return
     print(
         f"[demo] no trace of {run_id} reached Zipkin within {timeout:.0f} s; look at {stack.layout.zipkin_url}/zipkin/"
     )

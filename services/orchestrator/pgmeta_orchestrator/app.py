@@ -64,7 +64,7 @@ from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.service import ServerSettings, register_readiness
 from pgmeta_shared.shutdown import process_drain, serve_draining
 from pgmeta_shared.subscriptions import register_subscription
-from pgmeta_shared.telemetry import instrument_app
+from pgmeta_shared.telemetry import instrument_app, trace_workflow_calls
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         runtime.register_activity(activities.find_silent_units, name=ACTIVITY_SILENT_UNITS)
         runtime.start()  # type: ignore[no-untyped-call]
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+        trace_workflow_calls(workflows)
         attach_workflow_log_traces(app.state.run_traces)
         wire(app, platform, workflows, settings)
         log.info(

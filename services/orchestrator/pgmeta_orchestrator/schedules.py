@@ -43,6 +43,7 @@ from pgmeta_shared.events import DatabaseName, ExtractionCompleted, FilterSpec, 
 from pgmeta_shared.keys import SCHEDULES_INDEX_KEY, schedule_key
 from pgmeta_shared.platform import DaprPlatform, Platform
 from pgmeta_shared.subscriptions import register_subscription
+from pgmeta_shared.telemetry import trace_workflow_calls
 
 log = logging.getLogger(__name__)
 
@@ -629,6 +630,7 @@ def install_schedules(app: FastAPI, settings: OrchestratorSettings) -> None:
             jobs = ScheduleJobs(settings)
             objects = ObjectStore(settings)
             workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
+            trace_workflow_calls(workflows)
             app.state.schedules = ScheduleService(platform, jobs, app.state.runs, settings, app.state.source_policy)
             app.state.retention = RetentionService(platform, objects, workflows, settings)
             if settings.retention_gc_every:
