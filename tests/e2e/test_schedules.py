@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from pgmeta_devstack.layout import StackLayout, free_port_block
+from pgmeta_devstack.local_secrets import read_user_secrets, set_user_secret
 from pgmeta_devstack.processes import http_ok, recorded_pid, wait_until
 from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET, LocalStack
 from pgmeta_orchestrator.connections import connection_qualified_name
@@ -237,10 +238,17 @@ class BlackHole:
 def test_overlap_policy_with_a_slow_source(stack: LocalStack, policy: str) -> None:
     hole = BlackHole()
     schedule_id = f"slow-{policy}"
-    body = schedule_body(stack, schedule_id, "@every 3s", overlap=policy)
-    body["source"] |= {"port": hole.port, "connect_timeout_seconds": 10}
+    body = schedule_body(stack, schedule_id, "@every 3s", overlap=policy, connection=schedule_id)
+    # A connection to a port that accepts and never answers. Its secret names no server: the demo's is bound to
+    # the demo port, and the extractor would refuse it here at once instead of hanging.
+    if "slow-source" not in read_user_secrets(stack.state):
+        set_user_secret(stack.state, "slow-source", {"username": "postgres", "password": "unused"})
+        stack.reload_secretstore()
+    source = {"host": "127.0.0.1", "port": hole.port, "username": "postgres", "connect_timeout_seconds": 10}
     try:
         with api(stack) as client:
+            connection = {"source": source, "secret": {"store": "secretstore", "key": "slow-source"}}
+            client.put(f"/connections/{schedule_id}", json=connection).raise_for_status()
             client.post("/schedules", json=body).raise_for_status()
             time.sleep(11)
             if policy == "skip":
