@@ -103,6 +103,14 @@ CLUSTER_TYPES = {"objectstore": "bindings.aws.s3", "secretstore": "secretstores.
 LOCAL_ONLY = {"envstore"}
 
 
+def app_configuration_prefix(name: str) -> str:
+    """``pgmeta-extractor`` → ``pgmeta``: the chart's per-app Configuration names end in their app id."""
+    for service in ("orchestrator", "extractor", "transformer", "publisher"):
+        if name.endswith(f"-{service}"):
+            return name.removesuffix(f"-{service}")
+    return name
+
+
 def component_drift(chart_documents: list[dict[str, Any]], local: list[dict[str, Any]]) -> list[str]:
     """Differences between the chart's Dapr resources and components/ beyond the documented ones."""
     chart_components = component_summary(chart_documents)
@@ -124,7 +132,13 @@ def component_drift(chart_documents: list[dict[str, Any]], local: list[dict[str,
                 f"component {name!r}: chart scopes {sorted(chart_scopes)}, components/ {sorted(local_scopes)}"
             )
     for kind in ("Configuration", "Resiliency"):
-        chart_names = {d["metadata"]["name"] for d in chart_documents if d.get("kind") == kind}
+        # The chart's Configurations are one per app (<name>-<service>: the secrets each may read); a laptop
+        # shares one (its secret store holds the user's own, unnamed in advance, secrets).
+        chart_names = {
+            app_configuration_prefix(d["metadata"]["name"]) if kind == "Configuration" else d["metadata"]["name"]
+            for d in chart_documents
+            if d.get("kind") == kind
+        }
         local_names = {d["metadata"]["name"] for d in local if d.get("kind") == kind}
         if chart_names != local_names:
             problems.append(f"{kind}: chart {sorted(chart_names)}, components/ {sorted(local_names)}")

@@ -100,7 +100,7 @@ def deployment_problems(plane: ControlPlane, namespace: str) -> list[str]:
         if not pods:
             problems.append(f"{service}: no pods")
         for pod in pods:
-            problems += sidecar_problems(pod, service, values["dapr"]["config"], values["appPort"])
+            problems += sidecar_problems(pod, service, f"{values['dapr']['config']}-{service}", values["appPort"])
             problems += pod_ready_problems(pod, KWOK_NODE_NAMES)
     return problems
 
@@ -178,8 +178,12 @@ def test_dapr_resources_are_stored_and_scoped(plane: ControlPlane, release: str)
     stored = plane.get_json("components.dapr.io", "-n", RELEASE_NAMESPACE)["items"]
     scopes = {name: set(found) for name, (_, found) in component_summary(stored).items()}
     assert scopes == EXPECTED_SCOPES
-    configuration = plane.get_json("configurations.dapr.io", chart_values()["dapr"]["config"], "-n", RELEASE_NAMESPACE)
-    assert configuration["spec"]["metric"]["enabled"] is True
+    for service in SERVICES:  # one Configuration per app: the secrets each may read
+        name = f"{chart_values()['dapr']['config']}-{service}"
+        configuration = plane.get_json("configurations.dapr.io", name, "-n", RELEASE_NAMESPACE)
+        assert configuration["spec"]["metric"]["enabled"] is True
+        secret_scopes = {s["storeName"]: s for s in configuration["spec"]["secrets"]["scopes"]}
+        assert secret_scopes["secretstore"]["defaultAccess"] == "deny", name
     resiliency = plane.get_json("resiliencies.dapr.io", "pgmeta", "-n", RELEASE_NAMESPACE)
     assert set(resiliency["spec"]["targets"]["components"]) <= set(EXPECTED_SCOPES)
 

@@ -47,6 +47,35 @@ def test_chart_dapr_resources_match_local_components() -> None:
     assert component_drift(helm_template(), local_documents()) == []
 
 
+def allowed_secrets(documents: list[dict[str, Any]]) -> dict[str, list[str] | None]:
+    """Per app: the secretstore secrets its sidecar may read (None: every one the component can reach)."""
+    found: dict[str, list[str] | None] = {}
+    for doc in documents:
+        if doc.get("kind") == "Configuration":
+            scopes = {s["storeName"]: s for s in doc["spec"]["secrets"]["scopes"]}
+            store = scopes.get("secretstore", {"defaultAccess": "allow"})
+            app = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+            found[app] = store.get("allowedSecrets", []) if store["defaultAccess"] == "deny" else None
+    return found
+
+
+def test_each_app_may_read_only_its_own_secrets() -> None:
+    """The extractor the sources' secrets (never the Atlan key, even when it is listed for RBAC), the publisher
+    the Atlan key when Atlan is on, the others none; nothing by default."""
+    assert allowed_secrets(helm_template()) == {
+        s: [] for s in ("orchestrator", "extractor", "transformer", "publisher")
+    }
+    sources = "secretstore.sourceSecretNames={sales-db,hr-db,atlan-api-key}"
+    atlan_on = allowed_secrets(helm_template("--set", sources, "--set", "atlan.baseUrl=https://tenant.atlan.com"))
+    assert atlan_on == {
+        "orchestrator": [],
+        "extractor": ["sales-db", "hr-db"],
+        "transformer": [],
+        "publisher": ["atlan-api-key"],
+    }
+    assert allowed_secrets(helm_template("--set", sources))["publisher"] == []
+
+
 def test_component_drift_is_detected() -> None:
     chart = helm_template()
     for doc in chart:

@@ -61,9 +61,17 @@ def test_each_app_publishes_only_its_own_topics() -> None:
         assert {app for app, topics in subscribing.items() if topic.name.value in topics} == consumers
 
 
-@pytest.mark.parametrize(("where", "infrastructure_store"), [("components", "envstore"), ("chart", "kubernetes")])
-def test_service_invocation_and_the_infrastructure_secrets_are_denied(where: str, infrastructure_store: str) -> None:
-    spec = _documents("Configuration", "pgmeta")[where]["spec"]
+APP_CONFIGURATIONS = [("components", "pgmeta", "envstore")] + [
+    ("chart", f"pgmeta-{service.value}", "kubernetes") for service in ServiceName if service is not ServiceName.USER
+]
+
+
+@pytest.mark.parametrize(("where", "name", "infrastructure_store"), APP_CONFIGURATIONS)
+def test_service_invocation_and_the_infrastructure_secrets_are_denied(
+    where: str, name: str, infrastructure_store: str
+) -> None:
+    """Locally one Configuration for every sidecar; in the chart one per app (the secrets each may read)."""
+    spec = (_local(name) if where == "components" else _chart("Configuration", name))["spec"]
     assert spec["accessControl"]["defaultAction"] == "deny"
     assert spec["accessControl"].get("policies") in (None, [])
     scopes = {s["storeName"]: s for s in spec["secrets"]["scopes"]}
