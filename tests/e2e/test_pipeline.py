@@ -253,8 +253,9 @@ def test_cli_extract_wait_json(full_stack: LocalStack) -> None:
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"run_id", "status", "counts", "changes", "output", "error"}
+    assert set(document) == {"run_id", "status", "counts", "changes", "schemas", "output", "error"}
     assert set(document["changes"]) == {"created", "updated", "unchanged", "deleted"}
+    assert set(document["schemas"]) == {"extracted", "skipped"}
     assert document["status"] == "COMPLETED" and document["error"] is None
     output = Path(document["output"])
     manifest = json.loads((output / "manifest.json").read_text())
