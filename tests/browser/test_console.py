@@ -231,7 +231,7 @@ def test_a_schedule_is_created_shows_its_next_run_and_pauses(page: Any, full_sta
     page.get_by_label("Schedule id").fill("nightly-shop")
     # The stack registers the demo server as the connection "demo"; the picker lists what is registered.
     page.locator(f'#sched-connection option[value="{DEMO_CONNECTION}"]').wait_for(state="attached")
-    page.get_by_label("Connection").select_option(DEMO_CONNECTION)
+    page.get_by_label("Connection", exact=True).select_option(DEMO_CONNECTION)
     page.get_by_label("If the previous run is still going").select_option("queue")
 
     # The server's refusal lands on the field it is about, too (here sent before the preview could answer).
