@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -410,7 +411,10 @@ class RunOutputs:
                 with self._guard:
                     self._warming.discard(run_id)
 
-        threading.Thread(target=build, name=f"console-index-{run_id}", daemon=True).start()
+        # In the caller's context: the build's log lines and spans belong to the trace that asked for it (the
+        # run's, when its completion event did).
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(build,), name=f"console-index-{run_id}", daemon=True).start()
 
     def _build(self, location: str, manifest: dict[str, Any], path: Path) -> None:
         self._cache_dir.mkdir(parents=True, exist_ok=True)
