@@ -39,7 +39,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("scale")
     os.chmod(state, 0o755)
     layout = StackLayout(free_port_block(27400), state)
-    # 19 processes on a 2-core machine: no trace viewer (a JVM), and time to start on a loaded machine.
+    # 17 processes on a 2-core machine: no trace viewer (a JVM), and time to start on a loaded machine.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PGMETA_TRACING", "off")
         start_detached(layout, REPLICAS, timeout=900)
