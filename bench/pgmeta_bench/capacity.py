@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import redis
 
 from pgmeta_bench.catalog import CatalogShape, bench_postgres, catalog_counts
@@ -92,10 +91,9 @@ def measure(shape: CatalogShape, cache_dir: Path, base_port: int) -> CapacityRes
                 },
                 "credentials": {"kind": "secret", "store": "secretstore", "key": BENCH_SECRET},
             }
-            url = f"http://127.0.0.1:{layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/extraction.requested"
             with redis.Redis(port=layout.redis_port) as client:
                 before = cpu_seconds(layout)
-                response = httpx.post(url, json=document, timeout=30)
+                response = stack.publish_request(document)
                 response.raise_for_status()
                 completed_ms, completed = wait_for_completion(client, layout, run_id, 3600)
                 after = cpu_seconds(layout)

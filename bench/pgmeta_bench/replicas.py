@@ -108,7 +108,6 @@ def measure_point(
     try:
         stack.up()
         stack.start_replicas()
-        url = f"http://127.0.0.1:{layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/extraction.requested"
         run_ids = [f"x{replicas}-run{n}-{int(time.time())}" for n in range(1, runs + 1)]
         with redis.Redis(port=layout.redis_port) as client:
             before = cpu_seconds(layout)
@@ -121,7 +120,7 @@ def measure_point(
                     "credentials": {"kind": "secret", "store": "secretstore", "key": BENCH_SECRET},
                     "filters": {"include": {f"{BENCH_DATABASE}.*": "*"}},
                 }
-                httpx.post(url, json=document, timeout=30).raise_for_status()
+                stack.publish_request(document).raise_for_status()
             for run_id in run_ids:
                 _, completed = wait_for_completion(client, layout, run_id, 3600)
                 if completed.get("status") != "COMPLETED":

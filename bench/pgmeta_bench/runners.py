@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import redis
 
 from pgmeta_bench.catalog import CatalogShape
@@ -239,11 +238,10 @@ def run_pgmeta(server: PostgresServer, shape: CatalogShape, config: BenchConfig,
             "credentials": {"kind": "secret", "store": "secretstore", "key": BENCH_SECRET},
             "stage_timeout_seconds": config.stage_timeout,
         }
-        url = f"http://127.0.0.1:{layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/extraction.requested"
         with redis.Redis(port=layout.redis_port) as client:
             postgres_pid = postmaster_pid(server)
             cpu_before = cpu_snapshot(layout, postgres_pid)
-            response = httpx.post(url, json=document, timeout=30)
+            response = stack.publish_request(document)
             if response.status_code != 204:
                 raise BenchError(f"publishing extraction.requested: HTTP {response.status_code} {response.text}")
             completed_ms, completed = wait_for_completion(client, layout, run_id, config.timeout)

@@ -21,13 +21,15 @@ import pytest
 import redis
 
 from pgmeta_bench.catalog import CatalogShape, ensure_catalog
+from pgmeta_bench.common import BENCH_DATABASE
 from pgmeta_devstack.layout import StackLayout, free_port_block
 from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import LocalStack
 from pgmeta_devstack.supervisor import read_status, start_detached, stop_supervisor
 from pgmeta_shared.shutdown import DrainSettings
+from tests.plugins.servers import register_connection
 
-from .test_faults import assert_exact, output_of, submit, wait_finished
+from .test_faults import BENCH_CONNECTION, assert_exact, output_of, submit, wait_finished
 
 pytestmark = pytest.mark.faults
 
@@ -46,6 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(layout)
     try:
         ensure_catalog(local.postgres, SHAPE)
+        register_connection(local, BENCH_CONNECTION, BENCH_DATABASE)
         yield local
     finally:
         if RESULTS:

@@ -41,6 +41,7 @@ EXPECTED_SCOPES = {
     "workflowstate": {"orchestrator"},
     "artifacts": set(SERVICES),
     "credentials": {"orchestrator", "extractor"},
+    "registry": {"orchestrator"},  # API tokens and registered connections
     "objectstore": {
         "publisher",
         "orchestrator",

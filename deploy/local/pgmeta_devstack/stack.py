@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -423,6 +424,12 @@ class LocalStack:
         newcomer's schedules and `pgmeta extract --connection demo` name. Again on every start (the port may
         have moved)."""
         self.register_connection(DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET)
+
+    def publish_request(self, document: Mapping[str, object]) -> httpx.Response:
+        """Publishes ``extraction.requested`` through the orchestrator's sidecar, as any producer of the topic
+        does (with the sidecar's API token: its API is not open). 204: accepted."""
+        url = f"http://127.0.0.1:{self.layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/extraction.requested"
+        return httpx.post(url, json=document, headers={"dapr-api-token": self.dapr_api_token()}, timeout=30)
 
     def register_connection(self, name: str, database: str, secret: str) -> None:
         """A connection to the stack's PostgreSQL, registered with the stack's admin token as an admin would."""
