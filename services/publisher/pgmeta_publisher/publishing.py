@@ -269,7 +269,7 @@ def _publish(
     if previous is not None and previous.get("run_id") == command.run_id:
         previous = None
     plans = scope_plans(platform, command)
-    carried = carry_over(platform, command, plans, previous, writer)
+    carried = carry_over(platform, command, plans, writer)
     for name, count in carried.counts.items():
         counts[name] = counts.get(name, 0) + count
 
@@ -390,11 +390,19 @@ def _advance_snapshot(platform: Platform, command: PublishRequested, previous: d
     platform.save_json(key, baseline.model_dump(mode="json"), ttl_seconds=NO_TTL)
     if previous is not None:
         forget_run(platform, previous["run_id"])
+        # Not deleted yet: a run of the same connection planned on the superseded baseline may still be
+        # publishing, and copies its carried schemas' files from there. They expire instead.
         for database in Baseline.model_validate(previous).databases:
-            platform.delete_json(baseline_scopes_key(previous["run_id"], database))
+            superseded = baseline_scopes_key(previous["run_id"], database)
+            stored = platform.get_json(superseded)
+            if stored is not None:
+                platform.save_json(superseded, stored, ttl_seconds=SUPERSEDED_SCOPES_TTL_SECONDS)
 
 
 # -- incremental runs: schemas carried over from the baseline ------------------------------------------------
+
+# How long a superseded baseline's schemas stay readable for runs planned on it that are still publishing.
+SUPERSEDED_SCOPES_TTL_SECONDS = 24 * 3600
 
 
 def scope_plans(platform: Platform, command: PublishRequested) -> list[ScopePlan]:
@@ -420,7 +428,6 @@ def carry_over(
     platform: Platform,
     command: PublishRequested,
     plans: list[ScopePlan],
-    previous: dict[str, Any] | None,
     writer: RunWriter,
 ) -> CarriedOver:
     """Copies the carried schemas' files from the baseline's folder into this run's (each run stays complete
@@ -430,15 +437,16 @@ def carry_over(
         if not plan.carried:
             continue
         baseline_run = plan.baseline_run_id
-        if baseline_run is None or previous is None or previous.get("run_id") != baseline_run:
-            # Another run of the connection became the baseline meanwhile; the files planned on may be gone.
-            raise ArtifactMissingError(
-                f"the baseline changed while run {command.run_id} ran (planned on {plan.baseline_run_id}, now "
-                f"{previous.get('run_id') if previous else 'none'}): run again, or with --full"
-            )
+        if baseline_run is None:
+            raise ArtifactMissingError(f"run {command.run_id}: database {plan.database!r} carries schemas from no run")
+        # The run planned on may have been superseded meanwhile by another run of the connection (runs of one
+        # connection may overlap): its schemas are still there, with a TTL, and so are its files.
         stored = platform.get_json(baseline_scopes_key(baseline_run, plan.database))
         if stored is None:
-            raise ArtifactMissingError(f"the baseline's schemas of database {plan.database!r} are gone: run again")
+            raise ArtifactMissingError(
+                f"the baseline's schemas of database {plan.database!r} (run {baseline_run}) are gone: run again, "
+                "or with --full"
+            )
         index = ScopeIndex.model_validate(stored)
         source = run_prefix(command.connection_qualified_name, baseline_run)
         for schema in plan.carried:
