@@ -391,18 +391,16 @@ def _advance_snapshot(platform: Platform, command: PublishRequested, previous: d
     if previous is not None:
         forget_run(platform, previous["run_id"])
         # Not deleted yet: a run of the same connection planned on the superseded baseline may still be
-        # publishing, and copies its carried schemas' files from there. They expire instead.
+        # publishing, and copies its carried schemas' files from there. They expire with the run artifacts
+        # (the default TTL), as that run's own chunks do.
         for database in Baseline.model_validate(previous).databases:
             superseded = baseline_scopes_key(previous["run_id"], database)
             stored = platform.get_json(superseded)
             if stored is not None:
-                platform.save_json(superseded, stored, ttl_seconds=SUPERSEDED_SCOPES_TTL_SECONDS)
+                platform.save_json(superseded, stored)
 
 
 # -- incremental runs: schemas carried over from the baseline ------------------------------------------------
-
-# How long a superseded baseline's schemas stay readable for runs planned on it that are still publishing.
-SUPERSEDED_SCOPES_TTL_SECONDS = 24 * 3600
 
 
 def scope_plans(platform: Platform, command: PublishRequested) -> list[ScopePlan]:
@@ -440,7 +438,7 @@ def carry_over(
         if baseline_run is None:
             raise ArtifactMissingError(f"run {command.run_id}: database {plan.database!r} carries schemas from no run")
         # The run planned on may have been superseded meanwhile by another run of the connection (runs of one
-        # connection may overlap): its schemas are still there, with a TTL, and so are its files.
+        # connection may overlap): its schemas stay until the run artifacts' TTL, and its files until retention.
         stored = platform.get_json(baseline_scopes_key(baseline_run, plan.database))
         if stored is None:
             raise ArtifactMissingError(
