@@ -111,16 +111,14 @@ def request(stack: LocalStack, run_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 def submit(stack: LocalStack, run_id: str, **overrides: Any) -> None:
-    response = httpx.post(
-        f"{stack.layout.api_url}/runs", headers=api_headers(stack), json=request(stack, run_id, **overrides), timeout=30
-    )
+    response = api_post(stack, "/runs", json=request(stack, run_id, **overrides))
     assert response.status_code == 202, response.text
 
 
 def view(stack: LocalStack, run_id: str) -> dict[str, Any] | None:
     """The run as the API shows it; None while the API does not answer (a process restarting)."""
     try:
-        response = httpx.get(f"{stack.layout.api_url}/runs/{run_id}", headers=api_headers(stack), timeout=5)
+        response = api_get(stack, f"/runs/{run_id}", timeout=5)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -383,31 +381,7 @@ def test_retry_after_a_failure_resumes_and_completes_exactly(
     assert seconds < baseline + 30
 
 
-# -- upgrades and lost commands (requests through tests/faults/api.py) ------------------------------------------
-
-
-def submit_via_api(stack: LocalStack, run_id: str, **overrides: Any) -> None:
-    response = api_post(stack, "/runs", json=request(stack, run_id, **overrides))
-    assert response.status_code == 202, response.text
-
-
-def run_view(stack: LocalStack, run_id: str) -> dict[str, Any] | None:
-    try:
-        response = api_get(stack, f"/runs/{run_id}", timeout=5)
-    except httpx.HTTPError:
-        return None
-    return response.json() if response.status_code == 200 else None
-
-
-def finished_via_api(stack: LocalStack, run_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = run_view(stack, run_id) or last
-        if last and last["status"] in {"COMPLETED", "FAILED"}:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} not finished within {timeout:.0f} s; last seen {last}")
+# -- upgrades and lost commands --------------------------------------------------------------------------------------
 
 
 def restart_orchestrator(stack: LocalStack, env: dict[str, str] | None) -> None:
@@ -441,17 +415,17 @@ def test_a_run_started_on_the_previous_workflow_version_finishes_on_it_after_an_
     restart_orchestrator(stack, {"PGMETA_WORKFLOW_VERSION": previous})
     started = time.monotonic()
     try:
-        submit_via_api(stack, "upgrade-mid-run")
+        submit(stack, "upgrade-mid-run")
         wait_stage(stack, "upgrade-mid-run", "extract")
     finally:
         restart_orchestrator(stack, None)  # the upgrade: new runs start on the newest version
-    run = finished_via_api(stack, "upgrade-mid-run", RECOVERY_BOUND + baseline)
+    run = wait_finished(stack, "upgrade-mid-run", RECOVERY_BOUND + baseline)
     seconds = time.monotonic() - started
     TIMINGS.append(Outcome(f"orchestrator upgraded {previous} → {newest} mid-run", run["status"], seconds, baseline))
     assert_exact(stack, run, expected)
     assert run["workflow_version"] == previous, run
-    submit_via_api(stack, "upgrade-next-run")
-    after = finished_via_api(stack, "upgrade-next-run", RECOVERY_BOUND + baseline)
+    submit(stack, "upgrade-next-run")
+    after = wait_finished(stack, "upgrade-next-run", RECOVERY_BOUND + baseline)
     assert_exact(stack, after, expected)
     assert after["workflow_version"] == newest, after
 
@@ -472,7 +446,7 @@ def test_a_command_lost_from_the_stream_is_sent_again(
     try:
         kill(stack, "publisher-daprd")
         kill(stack, "publisher")
-        submit_via_api(stack, "lost-command")
+        submit(stack, "lost-command")
         deadline = time.monotonic() + RECOVERY_BOUND + baseline
         lost: list[Any] = []
         while not lost and time.monotonic() < deadline:
@@ -484,7 +458,7 @@ def test_a_command_lost_from_the_stream_is_sent_again(
     finally:
         for hold in held:
             hold.unlink()
-    run = finished_via_api(stack, "lost-command", RECOVERY_BOUND + baseline + SILENCE_SECONDS)
+    run = wait_finished(stack, "lost-command", RECOVERY_BOUND + baseline + SILENCE_SECONDS)
     seconds = time.monotonic() - started
     TIMINGS.append(Outcome("publish command deleted from the stream", run["status"], seconds, baseline, "re-sent"))
     assert_exact(stack, run, expected)
