@@ -4,6 +4,7 @@ from __future__ import annotations
 
 BENCH_DATABASE = "bench"
 BENCH_SECRET = "bench-postgres"
+BENCH_CONNECTION = "bench"  # registered in the bench's stack, as a user registers a source
 # Bumped whenever the generated catalog changes, so that a cached cluster built by older code is rebuilt.
 CATALOG_VERSION = 1
 DATAHUB_SPEC = "acryl-datahub[postgres]==1.7.0.17"

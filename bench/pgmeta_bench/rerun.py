@@ -11,7 +11,6 @@ comment is put back afterwards (the cached catalog is shared by every bench).
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 import psycopg
 
 from pgmeta_bench.catalog import CatalogShape
-from pgmeta_bench.common import BENCH_DATABASE, BENCH_SECRET, BenchError, say
+from pgmeta_bench.common import BENCH_CONNECTION, BENCH_DATABASE, BENCH_SECRET, BenchError, say
 from pgmeta_bench.config import BenchConfig
 from pgmeta_bench.runners import BenchStack, check_counts, cpu_delta, cpu_snapshot, postmaster_pid
 from pgmeta_devstack.layout import StackLayout, free_port_block
@@ -66,15 +65,15 @@ def _comment(server: PostgresServer, table: str, comment: str | None) -> None:
 
 
 def _cli_run(
-    layout: StackLayout, server: PostgresServer, name: str, request_id: str, full: bool, timeout: float
+    stack: BenchStack, server: PostgresServer, name: str, request_id: str, full: bool, timeout: float
 ) -> RerunResult:
+    layout = stack.layout
     cli = Path(sys.executable).parent / "pgmeta"
     command = [
-        str(cli), "extract", "--host", "127.0.0.1", "--port", str(server.port), "--user", "postgres",
-        "--database", BENCH_DATABASE, "--credentials-secret", BENCH_SECRET, "--request-id", request_id,
+        str(cli), "extract", "--connection", BENCH_CONNECTION, "--request-id", request_id,
         "--wait", "--json", "--timeout", str(timeout),
     ] + (["--full"] if full else [])  # fmt: skip
-    env = os.environ | {"PGMETA_API_URL": layout.api_url}
+    env = stack.cli_env()
     postgres_pid = postmaster_pid(server)
     before = cpu_snapshot(layout, postgres_pid)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -106,10 +105,12 @@ def run_reruns(
     succeeded = False
     try:
         stack.up()
+        # A user runs a registered connection (`pgmeta connections add`): the bench server and its secret.
+        stack.register_connection(BENCH_CONNECTION, BENCH_DATABASE, BENCH_SECRET, port=server.port)
         say(f"stack up on ports {layout.base_port}+ (state in {state})")
 
         def measured(name: str, full: bool = False) -> RerunResult:
-            result = _cli_run(layout, server, name, f"rerun-{shape.key}-{stamp}-{len(results)}", full, config.timeout)
+            result = _cli_run(stack, server, name, f"rerun-{shape.key}-{stamp}-{len(results)}", full, config.timeout)
             check_counts(result.summary["counts"], catalog, shape)
             say(
                 f"{name}: {result.wall_seconds:.2f} s wall, {result.cpu_total:.2f} CPU-s; "

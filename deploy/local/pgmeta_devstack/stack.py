@@ -431,12 +431,13 @@ class LocalStack:
         url = f"http://127.0.0.1:{self.layout.dapr_http_port('orchestrator')}/v1.0/publish/pubsub/extraction.requested"
         return httpx.post(url, json=document, headers={"dapr-api-token": self.dapr_api_token()}, timeout=30)
 
-    def register_connection(self, name: str, database: str, secret: str) -> None:
-        """A connection to the stack's PostgreSQL, registered with the stack's admin token as an admin would."""
+    def register_connection(self, name: str, database: str, secret: str, port: int | None = None) -> None:
+        """A connection to the stack's PostgreSQL (or another local server's ``port``), registered with the
+        stack's admin token as an admin would."""
         spec = {
             "source": {
                 "host": "127.0.0.1",
-                "port": self.layout.postgres_port,
+                "port": port or self.layout.postgres_port,
                 "username": "postgres",
                 "database": database,
             },
