@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from pgmeta_orchestrator.console import include_console
-from pgmeta_orchestrator.console.outputs import RunOutputs, attribute_diff
+from pgmeta_orchestrator.console.outputs import OutputMissingError, RunOutputs, attribute_diff
 from pgmeta_orchestrator.runs import RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.events import ExtractionCompleted
@@ -309,3 +310,23 @@ def test_a_completed_run_is_indexed_when_it_completes(console: tuple[TestClient,
     reads = reader.reads
     client.get("/runs/run-b/entities", headers=AUTH).raise_for_status()
     assert reader.reads == reads, "nobody had to open the run for its index to be there"
+
+
+def test_an_index_built_in_a_child_process_equals_one_built_in_process(tmp_path: Path) -> None:
+    """The service builds indexes in a process of its own (the API keeps its GIL): same rows, same errors."""
+    reader = DictReader()
+    location = reader.publish("run-a", catalog(False), None)
+    rows: list[list[tuple[Any, ...]]] = []
+    for isolate in (False, True):
+        outputs = RunOutputs(reader, tmp_path / f"index-{isolate}", isolate_builds=isolate)
+        index = outputs.index("run-a", location)
+        with sqlite3.connect(index.path) as db:
+            rows.append(db.execute("SELECT * FROM entity ORDER BY qn").fetchall())
+    assert rows[0] and rows[0] == rows[1]
+
+    location_b = reader.publish("run-b", catalog(True), "run-a")
+    del reader.objects[next(path for path in reader.objects if path.startswith(location_b) and ".jsonl" in path)]
+    isolated = RunOutputs(reader, tmp_path / "index-broken", isolate_builds=True)
+    with pytest.raises(OutputMissingError, match="listed in the manifest but missing"):
+        isolated.index("run-b", location_b)
+    assert not list((tmp_path / "index-broken").iterdir()), "a failed build leaves no file behind"

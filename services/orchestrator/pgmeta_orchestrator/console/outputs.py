@@ -19,12 +19,14 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import multiprocessing
 import os
 import sqlite3
 import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -331,11 +333,48 @@ class RunIndex:
         return Page(total, position, items, following, preceding)
 
 
-class RunOutputs:
-    """Finds runs' output, builds each run's index once (per process), and reads entities back."""
+def build_index(reader: ObjectReader, location: str, manifest: dict[str, Any], path: Path) -> None:
+    """Writes the SQLite index of a published run to ``path`` (atomically: readers see all of it or nothing)."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    os.close(fd)
+    conn = sqlite3.connect(partial)
+    try:
+        conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
+        entity_files = [f["name"] for f in manifest.get("files", []) if f.get("type")]
+        for name in entity_files:
+            stored = reader.read(f"{location}/{name}")
+            if stored is None:
+                raise OutputMissingError(f"{location}/{name} is listed in the manifest but missing")
+            conn.executemany(
+                "INSERT INTO entity_load VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows(name, decode(name, stored))
+            )
+        conn.executescript(INDEXES)
+        conn.execute("INSERT INTO meta VALUES ('location', ?)", [location])
+        conn.commit()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    finally:
+        conn.close()
+    os.replace(partial, path)
 
-    def __init__(self, reader: ObjectReader, cache_dir: Path, max_open_files: int = 8) -> None:
+
+# The priority of an index build that nobody waits for (a run just completed): below the runs' own work.
+BACKGROUND_NICE = 10
+
+
+class RunOutputs:
+    """Finds runs' output, builds each run's index once (per process), and reads entities back.
+
+    ``isolate_builds``: build indexes in a child process (the service does; the reader must then be picklable,
+    as BindingObjectReader is)."""
+
+    def __init__(
+        self, reader: ObjectReader, cache_dir: Path, max_open_files: int = 8, *, isolate_builds: bool = False
+    ) -> None:
         self._reader = reader
+        self._isolate_builds = isolate_builds
         self._cache_dir = cache_dir
         self._indexes: dict[str, RunIndex] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -371,7 +410,7 @@ class RunOutputs:
             self._manifests[location] = manifest
         return manifest
 
-    def index(self, run_id: str, location: str) -> RunIndex:
+    def index(self, run_id: str, location: str, *, background: bool = False) -> RunIndex:
         """The run's index, built at first access (concurrent first accesses build it once)."""
         with self._guard:
             if run_id in self._indexes:
@@ -385,7 +424,7 @@ class RunOutputs:
                 raise OutputMissingError(f"run {run_id!r} has no manifest at {location!r}")
             path = self._cache_dir / f"{hashlib.sha256(location.encode()).hexdigest()[:24]}-v{INDEX_VERSION}.sqlite"
             if not path.exists():
-                self._build(location, manifest, path)
+                self._build(location, manifest, path, background=background)
             index = RunIndex(run_id, location, manifest, path)
             with self._guard:
                 self._indexes[run_id] = index
@@ -404,7 +443,7 @@ class RunOutputs:
                 # One background build at a time: ten runs completing together must not parse ten runs at
                 # once in the process that also serves the API (a page that needs an index builds it itself).
                 with self._background:
-                    self.index(run_id, location)
+                    self.index(run_id, location, background=True)
             except Exception:  # the foreground request that needs the index reports the problem
                 log.warning("console: background index of run %s failed", run_id, exc_info=True)
             finally:
@@ -416,25 +455,18 @@ class RunOutputs:
         context = contextvars.copy_context()
         threading.Thread(target=context.run, args=(build,), name=f"console-index-{run_id}", daemon=True).start()
 
-    def _build(self, location: str, manifest: dict[str, Any], path: Path) -> None:
+    def _build(self, location: str, manifest: dict[str, Any], path: Path, *, background: bool) -> None:
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=self._cache_dir, suffix=".partial")
-        os.close(fd)
-        conn = sqlite3.connect(partial)
-        try:
-            conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
-            entity_files = [f["name"] for f in manifest.get("files", []) if f.get("type")]
-            for name in entity_files:
-                blob = self.read_content(location, name)
-                if blob is None:
-                    raise OutputMissingError(f"{location}/{name} is listed in the manifest but missing")
-                conn.executemany("INSERT INTO entity_load VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows(name, blob))
-            conn.executescript(INDEXES)
-            conn.execute("INSERT INTO meta VALUES ('location', ?)", [location])
-            conn.commit()
-        finally:
-            conn.close()
-        os.replace(partial, path)  # readers only ever see a complete index
+        if not self._isolate_builds:
+            build_index(self._reader, location, manifest, path)
+        else:
+            # Parsing ~220,000 entities takes seconds of CPU: in a process of its own, it holds neither the
+            # orchestrator's GIL (the API and the workflow runtime keep answering) nor, when nobody waits for
+            # it, more than the CPU left over by the runs themselves (nice 10).
+            nice = BACKGROUND_NICE if background else 0
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(1, mp_context=spawn, initializer=os.nice, initargs=(nice,)) as pool:
+                pool.submit(build_index, self._reader, location, manifest, path).result()
         log.info("console: indexed %s (%d files)", location, len(manifest.get("files", [])))
 
     def entity(self, index: RunIndex, qualified_name: str) -> dict[str, Any] | None:

@@ -132,6 +132,7 @@ def outputs_of(app: FastAPI) -> RunOutputs:
         outputs = RunOutputs(
             BindingObjectReader(settings.dapr_host, settings.dapr_http_port, headers=settings.sidecar_headers()),
             console.index_dir,
+            isolate_builds=True,
         )
         app.state.console_outputs = outputs
     return outputs
