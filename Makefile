@@ -116,7 +116,7 @@ capacity: setup dapr
 
 # What tracing and metrics cost a run (docs/observability.md#cost): PAIRS interleaved on/off runs.
 .PHONY: bench-telemetry
-PAIRS ?= 5
+PAIRS ?= 10
 bench-telemetry: setup dapr zipkin
 	@$(UV) run --frozen pgmeta-bench --schemas 10 --tables 100 --columns 20 --telemetry-ab $(PAIRS)
 
