@@ -36,7 +36,7 @@ from pgmeta_devstack.stack import LocalStack
 from pgmeta_devstack.supervisor import ENV_DIR, HOLD_DIR, read_status, start_detached, stop_supervisor
 from pgmeta_orchestrator.workflow import SILENCE_SECONDS, WORKFLOW_VERSIONS
 from pgmeta_shared.outputfiles import decode
-from tests.faults.api import api_get, api_post
+from tests.faults.api import api_get, api_post, assert_completed, wait_finished
 from tests.plugins.servers import api_headers, register_connection
 
 pytestmark = pytest.mark.faults
@@ -127,17 +127,6 @@ def view(stack: LocalStack, run_id: str) -> dict[str, Any] | None:
     return run
 
 
-def wait_finished(stack: LocalStack, run_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = view(stack, run_id) or last
-        if last and last["status"] in {"COMPLETED", "FAILED"}:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} not finished within {timeout:.0f} s; last seen {last}")
-
-
 def wait_stage(stack: LocalStack, run_id: str, stage: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -199,7 +188,7 @@ def undisturbed(stack: LocalStack) -> tuple[Counter[str], float]:
     submit(stack, "undisturbed")
     run = wait_finished(stack, "undisturbed", 180)
     seconds = time.monotonic() - started
-    assert run["status"] == "COMPLETED", run
+    assert_completed(stack, run)
     names = output_of(stack, run)
     assert names and max(names.values()) == 1, "duplicate qualifiedNames in an undisturbed run"
     assert sum(1 for qn in names if qn.count("/") == 5) == SHAPE.schemas * SHAPE.tables + SHAPE.schemas * (
@@ -210,7 +199,7 @@ def undisturbed(stack: LocalStack) -> tuple[Counter[str], float]:
 
 
 def assert_exact(stack: LocalStack, run: dict[str, Any], expected: Counter[str]) -> None:
-    assert run["status"] == "COMPLETED", run
+    assert_completed(stack, run)
     got = output_of(stack, run)
     assert max(got.values()) == 1, [qn for qn, n in got.items() if n > 1][:5]
     assert set(got) == set(expected), (len(set(expected) - set(got)), len(set(got) - set(expected)))

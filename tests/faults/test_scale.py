@@ -24,7 +24,7 @@ from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET, LocalStack
 from pgmeta_devstack.supervisor import read_status, start_detached, stop_supervisor
 from pgmeta_shared.outputfiles import decode
-from tests.faults.api import api_get, api_post, publish_event
+from tests.faults.api import api_get, api_post, assert_completed, publish_event, wait_finished
 
 pytestmark = pytest.mark.faults
 
@@ -78,20 +78,6 @@ def submit(stack: LocalStack, run_id: str) -> None:
     assert response.status_code == 202, response.text
 
 
-def wait_finished(stack: LocalStack, run_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        response = api_get(stack, f"/runs/{run_id}", params={"wait": 10}, timeout=20)
-        if response.status_code == 200:
-            last = response.json()
-            if last and last["status"] in {"COMPLETED", "FAILED"}:
-                return last
-        else:
-            time.sleep(0.5)
-    raise AssertionError(f"run {run_id} not finished within {timeout:.0f} s; last seen {last}")
-
-
 def output_of(stack: LocalStack, run: dict[str, Any]) -> Counter[str]:
     """qualifiedNames of every entity the run published, after checking the files against the manifest."""
     run_dir = stack.layout.objects / run["location"]
@@ -119,7 +105,7 @@ def completions_in(stack: LocalStack, instance: str, run_ids: list[str]) -> int:
 def test_twenty_concurrent_runs_on_two_replicas_per_stage_all_complete_exactly(stack: LocalStack) -> None:
     submit(stack, "scale-reference")
     reference = wait_finished(stack, "scale-reference", RUN_TIMEOUT)
-    assert reference["status"] == "COMPLETED", reference
+    assert_completed(stack, reference)
     expected = output_of(stack, reference)
     assert expected and max(expected.values()) == 1
 
@@ -131,7 +117,7 @@ def test_twenty_concurrent_runs_on_two_replicas_per_stage_all_complete_exactly(s
     seconds = time.monotonic() - started
     sys.stderr.write(f"\n{CONCURRENT_RUNS} concurrent runs ({REPLICAS}): all finished in {seconds:.1f} s\n")
     for run in runs:
-        assert run["status"] == "COMPLETED", run
+        assert_completed(stack, run)
         got = output_of(stack, run)
         assert max(got.values()) == 1, (run["run_id"], [qn for qn, n in got.items() if n > 1][:5])
         assert set(got) == set(expected), run["run_id"]
@@ -163,7 +149,7 @@ def test_a_thousand_duplicate_requests_and_events_make_one_run_each(stack: Local
     assert set(codes) <= {202, 204}, codes  # 202: POST /runs; 204: the sidecar accepted the event
     for run_id in run_ids.values():
         run = wait_finished(stack, run_id, RUN_TIMEOUT)
-        assert run["status"] == "COMPLETED", run
+        assert_completed(stack, run)
         listed = api_get(stack, "/runs", params={"limit": 500}).json()
         assert [r["run_id"] for r in listed].count(run_id) == 1
         outputs = list(stack.layout.objects.glob(f"*/*/*/{run_id}/manifest.json"))

@@ -27,9 +27,10 @@ from pgmeta_devstack.processes import alive
 from pgmeta_devstack.stack import LocalStack
 from pgmeta_devstack.supervisor import read_status, start_detached, stop_supervisor
 from pgmeta_shared.shutdown import DrainSettings
+from tests.faults.api import wait_finished
 from tests.plugins.servers import register_connection
 
-from .test_faults import BENCH_CONNECTION, assert_exact, output_of, submit, wait_finished
+from .test_faults import BENCH_CONNECTION, assert_exact, output_of, submit
 
 pytestmark = pytest.mark.faults
 
