@@ -309,3 +309,16 @@ def test_a_completed_run_is_indexed_when_it_completes(console: tuple[TestClient,
     reads = reader.reads
     client.get("/runs/run-b/entities", headers=AUTH).raise_for_status()
     assert reader.reads == reads, "nobody had to open the run for its index to be there"
+
+
+def test_ca_bundles_offer_what_sslrootcert_may_name(console: tuple[TestClient, Any, Any], tmp_path: Path) -> None:
+    client, _, _ = console
+    app: Any = client.app
+    assert client.get("/console/api/ca-bundles", headers=AUTH).json() == {"directory_configured": False, "files": []}
+    cas = tmp_path / "cas"
+    (cas / "nested").mkdir(parents=True)
+    for name in ("rds-global.pem", "internal-ca.crt", ".hidden.pem"):
+        (cas / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    app.state.console_settings = OrchestratorSettings(sslrootcert_dir=cas)
+    answer = client.get("/console/api/ca-bundles", headers=AUTH).json()
+    assert answer == {"directory_configured": True, "files": ["internal-ca.crt", "rds-global.pem"]}
