@@ -775,6 +775,14 @@ async function newExtractionPage(render, params) {
   });
   testButton.addEventListener("click", testConnection);
   saveButton.addEventListener("click", saveConnection);
+  // Enter in the save fields saves; it must not submit the form around them (that is Run extraction).
+  for (const input of [connectionName, secretStore, secretKey]) {
+    input.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter") return;
+      event.preventDefault();
+      saveConnection();
+    });
+  }
   for (const input of [tempRegex, excludeViews, excludeEmpty]) input.addEventListener("input", showFilters);
   for (const input of [excludeViews, excludeEmpty]) input.addEventListener("change", showFilters);
   resetTree();
