@@ -562,6 +562,8 @@ def test_iam_role_shows_its_fields_and_the_servers_error(page: Any, full_stack: 
     assert sent(asked) == {"connection": IAM_CONNECTION, "database": DEMO_DATABASE}
     page.get_by_role("heading", name="A check failed").wait_for()
     assert page.locator('#checks li[data-check="auth"]').get_attribute("data-state") == "failed"
+    # The secret is read before any connection: the server was not reached, and the page does not say it was.
+    assert page.locator('#checks li[data-check="reach"]').get_attribute("data-state") == "skipped"
     error = page.locator("#form-message .alert.error").inner_text()
     assert IAM_SECRET in error, error
     shot(page, "iam-error")

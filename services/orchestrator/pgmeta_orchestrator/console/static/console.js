@@ -353,10 +353,12 @@ function checksOf(answer) {
   let failed = CHECKS.findIndex((check) => check.match && check.match.test(answer.error || ""));
   if (failed < 0) failed = CHECKS.findIndex((check) => check.codes.includes(answer.error_code));
   if (failed < 0) failed = 0;
+  // A secret that cannot be read fails before any connection is tried: the checks before it did not run either.
+  const before = answer.error_code === "credentials_not_found" ? "skipped" : "passed";
   return CHECKS.map((check, i) => ({
     ...check,
-    state: i < failed ? "passed" : i === failed ? "failed" : "skipped",
-    detail: i < failed ? "" : i === failed ? answer.error : "not checked",
+    state: i < failed ? before : i === failed ? "failed" : "skipped",
+    detail: i < failed ? (before === "passed" ? "" : "not checked") : i === failed ? answer.error : "not checked",
   }));
 }
 
@@ -431,16 +433,17 @@ async function newExtractionPage(render, params) {
   let registered = []; // GET /connections
   let replaceArmed = ""; // a connection name the admin pressed Save for once: the second press replaces it
 
+  const third = admin ? "wide" : ""; // Username, Authentication, Password in a row (operators: no Authentication)
   const fields = {
-    connection: fieldOf("Connection", connection, { cls: "wide" }),
+    connection: fieldOf("Connection", connection),
     host: fieldOf("Host", host, { cls: "wide" }),
     port: fieldOf("Port", port, { cls: "narrow" }),
     database: fieldOf("Database", database, { hint: "(empty: every database)" }),
-    username: fieldOf("Username", username),
-    auth: fieldOf("Authentication", auth),
-    password: fieldOf("Password", password),
-    awsRegion: fieldOf("AWS region", awsRegion),
-    roleArn: fieldOf("Role ARN", roleArn, { cls: "wide" }),
+    username: fieldOf("Username", username, { cls: third }),
+    auth: fieldOf("Authentication", auth, { cls: third }),
+    password: fieldOf("Password", password, { cls: third }),
+    awsRegion: fieldOf("AWS region", awsRegion, { cls: third }),
+    roleArn: fieldOf("Role ARN", roleArn),
     externalId: fieldOf("External id", externalId, { hint: "(optional)" }),
     sslmode: fieldOf("TLS mode", sslmode),
     sslrootcert: fieldOf("CA bundle", sslrootcert),
