@@ -511,6 +511,12 @@ def test_an_operator_picks_a_registered_connection_and_cannot_save_one(
         assert states == ["passed"] * 5, states
         tab.get_by_label("inventory", exact=True).wait_for()  # the schema tree, listed through the connection
         shot(tab, "registered-connection")
+        # A link can open the form on a connection.
+        tab.evaluate(f"location.hash = '#/runs'; location.hash = '#/new?connection={DEMO_CONNECTION}'")
+        tab.locator(f'#connection option[value="{DEMO_CONNECTION}"]').wait_for(state="attached")
+        tab.wait_for_function(f"document.getElementById('connection').value === {DEMO_CONNECTION!r}")
+        assert tab.get_by_label("A registered connection").is_checked()
+        assert tab.get_by_label("Host", exact=True).is_hidden()
     finally:
         tab.close()
     # The page only hides what the API itself refuses.
