@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, LocalStack
+from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET, LocalStack
 from tests.browser.session import api_client, api_headers, open_sign_in, submit_token
 
 pytestmark = pytest.mark.browser
@@ -121,19 +121,21 @@ def test_connection_checks_pass_and_two_schemas_are_picked(page: Any, full_stack
     shot(page, "new-extraction")
 
 
-def run_and_watch(page: Any, name: str) -> str:
-    """Starts the run from the filled form and watches it reach COMPLETED on the same page (no reload)."""
+def run_and_watch(page: Any, name: str | None) -> str:
+    """Starts the run from the filled form and watches it reach COMPLETED on the same page (no reload);
+    screenshots of it as ``name`` (None: none)."""
     page.evaluate("window.__noReload = true")
     page.get_by_role("button", name="Run extraction").click()
     page.wait_for_url(re.compile(r".*#/runs/run-[0-9a-f]+$"))
     run_id: str = page.url.rsplit("/", 1)[-1]
     page.locator("#run-status .badge.RUNNING, #run-status .badge.QUEUED, #run-status .badge.COMPLETED").first.wait_for()
-    if page.locator("#progress").count():
+    if name and page.locator("#progress").count():
         shot(page, f"{name}-progress")
     page.locator("#run-status .badge.COMPLETED").wait_for(timeout=120_000)
     assert page.evaluate("window.__noReload") is True, "the page reloaded"
     page.locator("#changes").wait_for()
-    shot(page, name)
+    if name:
+        shot(page, name)
     return run_id
 
 
@@ -309,7 +311,7 @@ def test_the_keyboard_reaches_every_control_in_reading_order(page: Any) -> None:
     page.locator("a.skip").focus()
     path = focus_path(page, "Run extraction")
     assert path[-1] == "Run extraction", f"Tab never reached Run extraction: {path}"
-    order = ["Runs", "New extraction", "Schedules", "Host", "Port", "Database", "Username", "Password"]
+    order = ["Runs", "New extraction", "Schedules", "A new source", "Host", "Port", "Database", "Username", "Password"]
     positions = [
         next(i for i, name in enumerate(path) if name.startswith(each)) for each in [*order, "Test connection"]
     ]
@@ -317,7 +319,7 @@ def test_the_keyboard_reaches_every_control_in_reading_order(page: Any) -> None:
     # The skip link jumps over the navigation (without leaving the page: routes live in the URL's hash).
     page.locator("a.skip").focus()
     page.keyboard.press("Enter")
-    assert focus_path(page, "Host", presses=1) == ["Host"]
+    assert focus_path(page, "A new source", presses=1) == ["A new source"]  # the form's first control
     assert "#/new" in page.url
 
     page.get_by_role("link", name="Schedules").click()
@@ -418,3 +420,156 @@ def test_a_viewer_browses_but_cannot_run_or_cancel(browser_context: Any, full_st
     assert httpx.post(f"{api}/runs", json=run | {"password": "x"}, headers=viewer, timeout=10).status_code == 403
     assert httpx.post(f"{api}/runs/{run_id}/cancel", headers=viewer, timeout=10).status_code == 403
     assert httpx.post(f"{api}/preflight", json=run | {"password": "x"}, headers=viewer, timeout=10).status_code == 403
+
+
+# -- sources: registered connections, IAM ------------------------------------------------------------
+
+FORM_CONNECTION = "shop-form"
+IAM_CONNECTION = "rds-iam"
+IAM_SECRET = "rds-iam-reader"  # not in the local secret store: the extractor names it, with no call to AWS
+ROLE_ARN = "arn:aws:iam::123456789012:role/pgmeta-reader"
+
+
+def fill_server(page: Any, stack: LocalStack) -> None:
+    page.get_by_label("Host", exact=True).fill("127.0.0.1")
+    page.get_by_label("Port", exact=True).fill(str(stack.layout.postgres_port))
+    page.get_by_label("Username", exact=True).fill("postgres")
+    page.get_by_label("Database", exact=False).fill(DEMO_DATABASE)
+
+
+def sent(request_info: Any) -> Any:
+    return request_info.value.post_data_json
+
+
+def test_an_admin_saves_the_source_as_a_connection_and_runs_it(page: Any, full_stack: LocalStack) -> None:
+    new_extraction(page)
+    fill_server(page, full_stack)
+    page.get_by_label("Connection name").fill(FORM_CONNECTION)
+    page.get_by_label("Secret name").fill(DEMO_SECRET)
+    with page.expect_request(lambda r: r.method == "PUT" and "/connections/" in r.url) as saved:
+        page.get_by_role("button", name="Save as connection").click()
+    port = full_stack.layout.postgres_port
+    assert sent(saved) == {
+        "source": {"host": "127.0.0.1", "port": port, "username": "postgres", "sslmode": "prefer", "database": "shop"},
+        "secret": {"store": "secretstore", "key": DEMO_SECRET},
+    }
+    page.locator("#form-message .alert.ok").get_by_text(f"Connection {FORM_CONNECTION} saved").wait_for()
+    # From now on the form names the connection: no password field, the connection picked.
+    assert page.get_by_label("Connection", exact=True).input_value() == FORM_CONNECTION
+    assert page.get_by_label("Password", exact=True).is_hidden()
+    with api_client(full_stack) as client:
+        stored = client.get(f"/connections/{FORM_CONNECTION}").json()
+    assert stored["created_by"] == "bootstrap-admin" and stored["secret"]["key"] == DEMO_SECRET, stored
+
+    page.get_by_role("button", name="Test connection").click()
+    page.get_by_role("heading", name="Every check passed").wait_for()
+    page.get_by_label("sales", exact=True).check()
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/runs")) as started:
+        run_id = run_and_watch(page, None)
+    assert sent(started) == {
+        "connection": FORM_CONNECTION,
+        "database": DEMO_DATABASE,
+        "filters": {"include": {DEMO_DATABASE: ["sales"]}},
+    }
+    with api_client(full_stack) as client:
+        run = client.get(f"/console/api/runs/{run_id}").json()
+    assert run["status"] == "COMPLETED"
+    assert run["connection_qualified_name"] == f"default/postgres/{FORM_CONNECTION}", run
+
+
+def test_an_operator_picks_a_registered_connection_and_cannot_save_one(
+    browser_context: Any, full_stack: LocalStack
+) -> None:
+    api = full_stack.layout.api_url
+    created = httpx.post(
+        f"{api}/tokens", json={"name": "ingest", "role": "operator"}, headers=api_headers(full_stack), timeout=10
+    )
+    assert created.status_code == 201, created.text
+    operator_token = created.json()["token"]
+    tab = browser_context.new_page()
+    try:
+        tab.set_default_timeout(30_000)
+        tab.goto(f"{api}/console/#/new")
+        tab.get_by_label("API token").fill(operator_token)
+        tab.get_by_role("button", name="Sign in").click()
+        tab.get_by_role("heading", name="Runs").wait_for()
+        new_extraction(tab)
+        tab.get_by_label("Host", exact=True).wait_for()
+        # An operator types a password (ad hoc) or picks a connection: nothing to register, no IAM to set up.
+        assert tab.get_by_role("button", name="Save as connection").count() == 0
+        assert tab.get_by_label("Authentication").is_hidden()
+        tab.get_by_label("A registered connection").check()
+        tab.locator(f'#connection option[value="{DEMO_CONNECTION}"]').wait_for(state="attached")
+        tab.get_by_label("Connection", exact=True).select_option(DEMO_CONNECTION)
+        assert tab.get_by_label("Host", exact=True).is_hidden()
+        assert tab.get_by_label("Password", exact=True).is_hidden()
+        with tab.expect_request(lambda r: r.url.endswith("/preflight")) as asked:
+            tab.get_by_role("button", name="Test connection").click()
+        assert sent(asked) == {"connection": DEMO_CONNECTION}
+        tab.get_by_role("heading", name="Every check passed").wait_for()
+        states = tab.locator("#checks li").evaluate_all("items => items.map(i => i.dataset.state)")
+        assert states == ["passed"] * 5, states
+        tab.get_by_label("inventory", exact=True).wait_for()  # the schema tree, listed through the connection
+        shot(tab, "registered-connection")
+        # A link can open the form on a connection.
+        tab.evaluate(f"location.hash = '#/runs'; location.hash = '#/new?connection={DEMO_CONNECTION}'")
+        tab.locator(f'#connection option[value="{DEMO_CONNECTION}"]').wait_for(state="attached")
+        tab.wait_for_function(f"document.getElementById('connection').value === {DEMO_CONNECTION!r}")
+        assert tab.get_by_label("A registered connection").is_checked()
+        assert tab.get_by_label("Host", exact=True).is_hidden()
+    finally:
+        tab.close()
+    # The page only hides what the API itself refuses.
+    operator = {"Authorization": f"Bearer {operator_token}"}
+    spec = {"source": {"host": "127.0.0.1", "username": "postgres"}, "secret": {"key": DEMO_SECRET}}
+    assert httpx.put(f"{api}/connections/sneaky", json=spec, headers=operator, timeout=10).status_code == 403
+    assert httpx.get(f"{api}/connections", headers=operator, timeout=10).status_code == 200
+
+
+def test_iam_role_shows_its_fields_and_the_servers_error(page: Any, full_stack: LocalStack) -> None:
+    new_extraction(page)
+    assert page.get_by_label("Role ARN").is_hidden() and page.get_by_label("AWS region").is_hidden()
+    fill_server(page, full_stack)
+    page.get_by_label("Authentication").select_option(label="IAM role")
+    # The extractor sends an IAM token only over verify-full: the form switches to it; no password to type.
+    assert page.get_by_label("TLS mode").input_value() == "verify-full"
+    assert page.get_by_label("Password", exact=True).is_hidden()
+    page.get_by_label("AWS region").fill("eu-west-1")
+    page.get_by_label("Role ARN").fill(ROLE_ARN)
+    page.get_by_label("External id").fill("pgmeta-test")
+    page.get_by_label("CA bundle").select_option("system")
+    # IAM keys live in a secret-store entry, which an ad-hoc request cannot name: the form says so, sends nothing.
+    page.get_by_role("button", name="Test connection").click()
+    assert "only a registered connection" in page.locator("#form-message .alert.error").inner_text()
+    page.get_by_label("Connection name").fill(IAM_CONNECTION)
+    page.get_by_label("Secret name").fill(IAM_SECRET)
+    shot(page, "new-connection-iam")
+    with page.expect_request(lambda r: r.method == "PUT" and "/connections/" in r.url) as saved:
+        page.get_by_role("button", name="Save as connection").click()
+    auth = {"method": "iam_role", "aws_region": "eu-west-1", "role_arn": ROLE_ARN, "external_id": "pgmeta-test"}
+    source = {
+        "host": "127.0.0.1",
+        "port": full_stack.layout.postgres_port,
+        "username": "postgres",
+        "sslmode": "verify-full",
+        "database": DEMO_DATABASE,
+        "sslrootcert": "system",
+        "auth": auth,
+    }
+    assert sent(saved) == {"source": source, "secret": {"store": "secretstore", "key": IAM_SECRET}}
+    page.locator("#form-message .alert.ok").get_by_text(f"Connection {IAM_CONNECTION} saved").wait_for()
+    with api_client(full_stack) as client:
+        stored = client.get(f"/connections/{IAM_CONNECTION}").json()
+    assert stored["source"]["auth"] == auth and stored["source"]["sslmode"] == "verify-full", stored
+
+    # Not a fake success: the extractor's own refusal, named on the form.
+    with page.expect_request(lambda r: r.url.endswith("/preflight")) as asked:
+        page.get_by_role("button", name="Test connection").click()
+    assert sent(asked) == {"connection": IAM_CONNECTION, "database": DEMO_DATABASE}
+    page.get_by_role("heading", name="A check failed").wait_for()
+    assert page.locator('#checks li[data-check="auth"]').get_attribute("data-state") == "failed"
+    # The secret is read before any connection: the server was not reached, and the page does not say it was.
+    assert page.locator('#checks li[data-check="reach"]').get_attribute("data-state") == "skipped"
+    error = page.locator("#form-message .alert.error").inner_text()
+    assert IAM_SECRET in error, error
+    shot(page, "iam-error")

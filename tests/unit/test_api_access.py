@@ -58,6 +58,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, Role | None]] = [
     ("GET", "/console/api/whoami", None, Role.VIEWER),
     ("GET", "/console/api/runs", None, Role.VIEWER),
     ("GET", "/console/api/schedule-preview?schedule=@daily", None, Role.VIEWER),
+    # The CA files a source may name: for those who may test and run sources.
+    ("GET", "/console/api/ca-bundles", None, Role.OPERATOR),
     ("GET", "/console/api/runs/run-existing", None, Role.VIEWER),
     ("GET", "/runs/no-such-run/events", None, Role.VIEWER),
     ("GET", "/runs/no-such-run/files/manifest.json", None, Role.VIEWER),

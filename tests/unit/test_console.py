@@ -330,3 +330,16 @@ def test_an_index_built_in_a_child_process_equals_one_built_in_process(tmp_path:
     with pytest.raises(OutputMissingError, match="listed in the manifest but missing"):
         isolated.index("run-b", location_b)
     assert not list((tmp_path / "index-broken").iterdir()), "a failed build leaves no file behind"
+
+
+def test_ca_bundles_offer_what_sslrootcert_may_name(console: tuple[TestClient, Any, Any], tmp_path: Path) -> None:
+    client, _, _ = console
+    app: Any = client.app
+    assert client.get("/console/api/ca-bundles", headers=AUTH).json() == {"directory_configured": False, "files": []}
+    cas = tmp_path / "cas"
+    (cas / "nested").mkdir(parents=True)
+    for name in ("rds-global.pem", "internal-ca.crt", ".hidden.pem"):
+        (cas / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    app.state.console_settings = OrchestratorSettings(sslrootcert_dir=cas)
+    answer = client.get("/console/api/ca-bundles", headers=AUTH).json()
+    assert answer == {"directory_configured": True, "files": ["internal-ca.crt", "rds-global.pem"]}

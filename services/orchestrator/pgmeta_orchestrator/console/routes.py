@@ -406,3 +406,21 @@ def schedule_preview(
         after = schedule_timing.next_due(schedule, time_zone, now, after)
         ticks.append(after.isoformat())
     return {"schedule": schedule, "time_zone": time_zone, "next": ticks}
+
+
+# -- the source form --------------------------------------------------------------------------------
+
+CA_BUNDLES_LISTED = 200
+ConsoleOperator = Annotated[Principal, Depends(require(Role.OPERATOR, "console.ca_bundles"))]
+
+
+@console_router.get("/console/api/ca-bundles")
+def ca_bundles(request: Request, _: ConsoleOperator) -> dict[str, Any]:
+    """What a source's ``sslrootcert`` may name: 'system', and the files of ``PGMETA_SSLROOTCERT_DIR`` (names
+    only, as the API takes them), so that the source form offers what the API accepts instead of a free path."""
+    settings: OrchestratorSettings = request.app.state.console_settings
+    root = settings.sslrootcert_dir
+    if root is None or not root.is_dir():
+        return {"directory_configured": root is not None, "files": []}
+    files = sorted(entry.name for entry in root.iterdir() if entry.is_file() and not entry.name.startswith("."))
+    return {"directory_configured": True, "files": files[:CA_BUNDLES_LISTED]}

@@ -216,7 +216,7 @@ async function route() {
   put(main, page);
   try {
     if (parts[0] === "sign-in") await signInPage(render);
-    else if (parts[0] === "new") await newExtractionPage(render);
+    else if (parts[0] === "new") await newExtractionPage(render, params);
     else if (parts[0] === "schedules") await schedulesPage(render);
     else if (parts[0] === "runs" && parts[1] && parts[2] === "entity") await entityPage(render, parts[1], params);
     else if (parts[0] === "runs" && parts[1]) await runPage(render, parts[1], parts[2] || "overview", params, pageAbort.signal);
@@ -353,10 +353,12 @@ function checksOf(answer) {
   let failed = CHECKS.findIndex((check) => check.match && check.match.test(answer.error || ""));
   if (failed < 0) failed = CHECKS.findIndex((check) => check.codes.includes(answer.error_code));
   if (failed < 0) failed = 0;
+  // A secret that cannot be read fails before any connection is tried: the checks before it did not run either.
+  const before = answer.error_code === "credentials_not_found" ? "skipped" : "passed";
   return CHECKS.map((check, i) => ({
     ...check,
-    state: i < failed ? "passed" : i === failed ? "failed" : "skipped",
-    detail: i < failed ? "" : i === failed ? answer.error : "not checked",
+    state: i < failed ? before : i === failed ? "failed" : "skipped",
+    detail: i < failed ? (before === "passed" ? "" : "not checked") : i === failed ? answer.error : "not checked",
   }));
 }
 
@@ -364,7 +366,18 @@ function regexLiteral(name) {
   return name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-async function newExtractionPage(render) {
+// How a source authenticates (SourceSpec.auth.method). IAM sends an RDS auth token, signed with AWS keys that
+// live in a secret-store entry: only a registered connection names one, so IAM sources are registered first.
+const AUTH_METHODS = [
+  ["basic", "Password"],
+  ["iam_user", "IAM user"],
+  ["iam_role", "IAM role"],
+];
+const TLS_MODES = ["prefer", "disable", "allow", "require", "verify-ca", "verify-full"];
+const CONNECTION_NAME = /^[a-z][a-z0-9-]{0,62}$/;
+const isAdmin = () => (who() || {}).role === "admin";
+
+async function newExtractionPage(render, params) {
   document.title = "New extraction · pgmeta";
   if (!mayOperate()) {
     render(
@@ -373,34 +386,169 @@ async function newExtractionPage(render) {
     );
     return;
   }
-  const field = (label, input, cls = "", hint = "") =>
-    h("div", { class: `field ${cls}` }, h("label", { for: input.id }, label, hint ? h("span", { class: "hint" }, ` ${hint}`) : null), input);
+  const admin = isAdmin();
+  // Where the source comes from: typed here (ad hoc), or a connection an admin registered.
+  const kindNew = h("input", { type: "radio", name: "source-kind", id: "kind-new", value: "new", checked: true });
+  const kindRegistered = h("input", { type: "radio", name: "source-kind", id: "kind-registered", value: "registered" });
+  const connection = h("select", { id: "connection", name: "connection" }, h("option", { value: "" }, "Loading connections…"));
   const host = h("input", { type: "text", id: "host", name: "host", required: true, autocomplete: "off", placeholder: "db.example.internal" });
   const port = h("input", { type: "number", id: "port", name: "port", value: "5432", min: "1", max: "65535", required: true });
   const username = h("input", { type: "text", id: "username", name: "username", required: true, autocomplete: "off" });
   const password = h("input", { type: "password", id: "password", name: "password", required: true, autocomplete: "new-password" });
   const database = h("input", { type: "text", id: "database", name: "database", autocomplete: "off", placeholder: "all databases" });
-  const sslmode = h(
+  const auth = h("select", { id: "auth", name: "auth" }, AUTH_METHODS.map(([value, label]) => h("option", { value }, label)));
+  const awsRegion = h("input", { type: "text", id: "aws-region", name: "aws-region", autocomplete: "off", placeholder: "e.g. eu-west-1" });
+  const roleArn = h("input", { type: "text", id: "role-arn", name: "role-arn", autocomplete: "off", placeholder: "arn:aws:iam::123456789012:role/pgmeta-reader" });
+  const externalId = h("input", { type: "text", id: "external-id", name: "external-id", autocomplete: "off" });
+  const sslmode = h("select", { id: "sslmode", name: "sslmode" }, TLS_MODES.map((mode) => h("option", { value: mode }, mode)));
+  const sslrootcert = h(
     "select",
-    { id: "sslmode", name: "sslmode" },
-    ["prefer", "disable", "require", "verify-ca", "verify-full"].map((mode) => h("option", { value: mode }, mode)),
+    { id: "sslrootcert", name: "sslrootcert" },
+    h("option", { value: "" }, "none (libpq's default)"),
+    h("option", { value: "system" }, "system trust store"),
   );
+  const caHint = h("p", { class: "hint", id: "ca-hint" });
+  const iamHint = h(
+    "p",
+    { class: "hint wide-hint", id: "iam-hint" },
+    "The IAM token is sent as a cleartext password, so TLS mode must be verify-full (with the RDS CA bundle). The secret holds aws_access_key_id and aws_secret_access_key (IAM role: optional, else the extractor's own AWS credentials assume the role). IAM sources run as a registered connection: save it below.",
+  );
+  // Save as connection (admins): the source above plus the secret-store entry that replaces a typed password.
+  const connectionName = h("input", { type: "text", id: "connection-name", name: "connection-name", autocomplete: "off", placeholder: "e.g. sales", pattern: CONNECTION_NAME.source });
+  const secretStore = h("input", { type: "text", id: "secret-store", name: "secret-store", autocomplete: "off", value: "secretstore" });
+  const secretKey = h("input", { type: "text", id: "secret-key", name: "secret-key", autocomplete: "off", placeholder: "e.g. sales-db" });
+  const saveButton = h("button", { type: "button" }, "Save as connection");
+  const saveMessage = h("div", { "aria-live": "polite", id: "save-message" });
   const tempRegex = h("input", { type: "text", id: "temp-regex", placeholder: "e.g. tmp_.*" });
   const excludeViews = h("input", { type: "checkbox", id: "exclude-views" });
   const excludeEmpty = h("input", { type: "checkbox", id: "exclude-empty" });
   const formMessage = h("div", { "aria-live": "polite", id: "form-message" });
   const checksBox = h("div", { "aria-live": "polite" });
-  const tree = h("div", {}, h("p", { class: "muted" }, "Test the connection to list databases and schemas."));
+  const tree = h("div", {});
   const filterJson = h("pre", { class: "json", id: "filter-json" });
   const testButton = h("button", { type: "button" }, "Test connection");
   const runButton = h("button", { type: "submit", class: "primary" }, "Run extraction");
   const picked = new Map(); // database -> Set of schemas (empty set: whole database)
   const listed = new Map(); // database -> list of schemas
+  let registered = []; // GET /connections
+  let replaceArmed = ""; // a connection name the admin pressed Save for once: the second press replaces it
 
-  function source() {
+  const third = admin ? "wide" : ""; // Username, Authentication, Password in a row (operators: no Authentication)
+  const fields = {
+    connection: fieldOf("Connection", connection),
+    host: fieldOf("Host", host, { cls: "wide" }),
+    port: fieldOf("Port", port, { cls: "narrow" }),
+    database: fieldOf("Database", database, { hint: "(empty: every database)" }),
+    username: fieldOf("Username", username, { cls: third }),
+    auth: fieldOf("Authentication", auth, { cls: third }),
+    password: fieldOf("Password", password, { cls: third }),
+    awsRegion: fieldOf("AWS region", awsRegion, { cls: third }),
+    roleArn: fieldOf("Role ARN", roleArn),
+    externalId: fieldOf("External id", externalId, { hint: "(optional)" }),
+    sslmode: fieldOf("TLS mode", sslmode),
+    sslrootcert: fieldOf("CA bundle", sslrootcert),
+  };
+  fields.sslrootcert.append(caHint);
+  const databaseHint = fields.database.querySelector(".hint");
+  const savePanel = h(
+    "fieldset",
+    { class: "subpanel", id: "save-connection" },
+    h("legend", {}, "Save as connection"),
+    h("p", { class: "hint" }, "Registers this source for everyone's runs and schedules: the password (or the AWS keys) stays in the secret store, named here instead of typed. Runs of the connection choose their own filters."),
+    h(
+      "div",
+      { class: "fields" },
+      fieldOf("Connection name", connectionName, { hint: "(a-z, 0-9, -)" }),
+      fieldOf("Secret store", secretStore, { cls: "narrow" }),
+      fieldOf("Secret name", secretKey, { cls: "wide" }),
+    ),
+    saveMessage,
+    h("div", { class: "actions" }, saveButton),
+  );
+
+  const usesConnection = () => kindRegistered.checked;
+  const iam = () => auth.value !== "basic";
+  const chosen = () => registered.find((item) => item.name === connection.value) || null;
+
+  // Every field exists once and is shown or hidden (not rebuilt): the focus stays where it is.
+  function showFields() {
+    const adHoc = !usesConnection();
+    fields.connection.hidden = adHoc;
+    for (const name of ["host", "port", "username", "sslmode", "sslrootcert"]) fields[name].hidden = !adHoc;
+    fields.auth.hidden = !adHoc || !admin;
+    fields.password.hidden = !adHoc || iam();
+    fields.awsRegion.hidden = !adHoc || !iam();
+    fields.roleArn.hidden = fields.externalId.hidden = !adHoc || auth.value !== "iam_role";
+    iamHint.hidden = !adHoc || !iam();
+    savePanel.hidden = !adHoc || !admin;
+    const registeredDatabase = (chosen() || {}).database;
+    databaseHint.textContent = adHoc ? " (empty: every database)" : registeredDatabase ? ` (the connection's: ${registeredDatabase})` : " (empty: every database)";
+    database.placeholder = adHoc ? "all databases" : registeredDatabase || "all databases";
+  }
+
+  function resetTree() {
+    picked.clear();
+    listed.clear();
+    put(tree, h("p", { class: "muted" }, "Test the connection to list databases and schemas."));
+    put(checksBox);
+    showFilters();
+  }
+
+  async function loadConnections(select) {
+    try {
+      registered = await api("/connections");
+    } catch (err) {
+      connection.replaceChildren(h("option", { value: "" }, "Connections could not be listed"));
+      setFieldError(connection, err.message);
+      return;
+    }
+    connection.replaceChildren(
+      h("option", { value: "" }, registered.length ? "Choose a connection" : "No connections registered"),
+      ...registered.map((item) => h("option", { value: item.name }, `${item.name} — ${item.username}@${item.host}:${item.port}/${item.database || "*"}`)),
+    );
+    setFieldError(connection, registered.length ? "" : admin ? "None yet: fill in a new source and Save as connection." : "None yet: an admin registers connections.");
+    if (select && registered.some((item) => item.name === select)) connection.value = select;
+    showFields();
+  }
+
+  async function loadCaBundles() {
+    try {
+      const answer = await api("/console/api/ca-bundles");
+      sslrootcert.append(...answer.files.map((file) => h("option", { value: file }, file)));
+      caHint.textContent = answer.directory_configured
+        ? `Files of the orchestrator's CA directory (${answer.files.length}).`
+        : "Only the system trust store: an admin sets PGMETA_SSLROOTCERT_DIR to offer CA files.";
+    } catch {
+      caHint.textContent = "";
+    }
+  }
+
+  function sourceSpec() {
     const spec = { host: host.value.trim(), port: Number(port.value), username: username.value.trim(), sslmode: sslmode.value };
     if (database.value.trim()) spec.database = database.value.trim();
+    if (sslrootcert.value) spec.sslrootcert = sslrootcert.value;
+    if (iam()) {
+      spec.auth = { method: auth.value, aws_region: awsRegion.value.trim() };
+      if (auth.value === "iam_role") {
+        spec.auth.role_arn = roleArn.value.trim();
+        if (externalId.value.trim()) spec.auth.external_id = externalId.value.trim();
+      }
+    }
     return spec;
+  }
+
+  // What every request names: a registered connection (its server and secret stay with it), or the source
+  // with its password inline.
+  function sourceChoice(db) {
+    if (usesConnection()) {
+      const body = { connection: connection.value };
+      const chosenDatabase = db || database.value.trim();
+      if (chosenDatabase) body.database = chosenDatabase;
+      return body;
+    }
+    const source = sourceSpec();
+    if (db) source.database = db;
+    return { source, password: password.value };
   }
 
   function filters() {
@@ -415,16 +563,34 @@ async function newExtractionPage(render) {
     return spec;
   }
 
+  // No filters chosen: none sent, so that a connection registered with fixed filters runs with them.
+  function withFilters(body) {
+    const spec = filters();
+    return Object.keys(spec).length ? { ...body, filters: spec } : body;
+  }
+
   const showFilters = () => {
     filterJson.textContent = JSON.stringify(filters(), null, 2);
   };
 
-  function validate() {
+  function markMissing(pairs) {
     const missing = [];
-    for (const [input, label] of [[host, "Host"], [port, "Port"], [username, "Username"], [password, "Password"]]) {
-      const bad = !input.value.trim();
-      input.setAttribute("aria-invalid", bad ? "true" : "false");
+    for (const [input, label, bad] of pairs) {
+      setFieldError(input, bad ? `${label} is required.` : "");
       if (bad) missing.push(label);
+    }
+    return missing;
+  }
+
+  function validate() {
+    let missing;
+    if (usesConnection()) missing = markMissing([[connection, "Connection", !connection.value]]);
+    else {
+      if (iam()) {
+        put(formMessage, errorBox("IAM authentication reads its AWS keys from a secret-store entry, which only a registered connection names: fill in Save as connection below, then test or run the connection."));
+        return false;
+      }
+      missing = markMissing([[host, "Host", !host.value.trim()], [port, "Port", !port.value.trim()], [username, "Username", !username.value.trim()], [password, "Password", !password.value]]);
     }
     if (missing.length) {
       put(formMessage, errorBox(`Fill in ${missing.join(", ")}.`));
@@ -467,16 +633,16 @@ async function newExtractionPage(render) {
   }
 
   async function loadTree() {
-    const body = { source: source(), password: password.value };
     let databases = [];
-    if (source().database) databases = [source().database];
+    const fixed = database.value.trim() || (usesConnection() && (chosen() || {}).database);
+    if (fixed) databases = [fixed];
     else {
-      const answer = await api("/metadata/databases", { method: "POST", body });
+      const answer = await api("/metadata/databases", { method: "POST", body: sourceChoice() });
       if (!answer.ok) return;
       databases = answer.databases.filter((d) => d.can_connect).map((d) => d.name);
     }
     for (const db of databases) {
-      const answer = await api("/metadata/schemas", { method: "POST", body: { ...body, source: { ...source(), database: db } } });
+      const answer = await api("/metadata/schemas", { method: "POST", body: sourceChoice(db) });
       if (answer.ok) listed.set(db, answer.schemas);
     }
     renderTree();
@@ -488,7 +654,7 @@ async function newExtractionPage(render) {
     testButton.disabled = true;
     put(checksBox, h("p", { class: "muted" }, "Testing the connection…"));
     try {
-      const answer = await api("/preflight", { method: "POST", body: { source: source(), password: password.value, filters: filters() } });
+      const answer = await api("/preflight", { method: "POST", body: withFilters(sourceChoice()) });
       const checks = checksOf(answer);
       put(checksBox,
         h("h3", {}, answer.ok ? "Every check passed" : "A check failed"),
@@ -501,10 +667,9 @@ async function newExtractionPage(render) {
       );
       if (!answer.ok) {
         const authFailed = answer.error_code === "authentication_failed";
-        password.setAttribute("aria-invalid", authFailed ? "true" : "false");
-        put(formMessage,
-          errorBox(authFailed ? `The server rejected the username or password: ${answer.error}` : answer.error),
-        );
+        password.setAttribute("aria-invalid", authFailed && !usesConnection() ? "true" : "false");
+        const rejected = usesConnection() ? "The server rejected the connection's credentials" : "The server rejected the username or password";
+        put(formMessage, errorBox(authFailed ? `${rejected}: ${answer.error}` : answer.error));
         return;
       }
       put(formMessage, h("div", { class: "alert ok" }, "Connection works. Pick what to extract, then run."));
@@ -523,7 +688,7 @@ async function newExtractionPage(render) {
     if (!validate()) return;
     runButton.disabled = true;
     try {
-      const answer = await api("/runs", { method: "POST", body: { source: source(), password: password.value, filters: filters() } });
+      const answer = await api("/runs", { method: "POST", body: withFilters(sourceChoice()) });
       location.hash = link(["runs", answer.run_id]);
     } catch (err) {
       put(formMessage, errorBox(err.message));
@@ -532,13 +697,104 @@ async function newExtractionPage(render) {
     }
   }
 
+  // An API refusal (422 with locations) lands on the fields it names; anything else in the save message.
+  function showSaveErrors(err) {
+    const inputs = { host, port, username, database, sslmode, sslrootcert, aws_region: awsRegion, role_arn: roleArn, external_id: externalId, key: secretKey, store: secretStore, name: connectionName };
+    const details = Array.isArray(err.body && err.body.detail) ? err.body.detail : [];
+    const loose = [];
+    for (const detail of details) {
+      const loc = (detail.loc || []).filter((part) => part !== "body" && part !== "path");
+      const input = inputs[loc[loc.length - 1]];
+      if (input) setFieldError(input, String(detail.msg || "").replace(/^Value error, /, ""));
+      else loose.push(`${loc.join(".")}: ${detail.msg}`);
+    }
+    const text = details.length ? `The connection was not saved: ${details.length === 1 ? "one field needs" : `${details.length} fields need`} a change (marked above). ${loose.join("; ")}` : `The connection was not saved: ${err.message}`;
+    put(saveMessage, errorBox(text.trim()));
+  }
+
+  async function saveConnection() {
+    put(saveMessage);
+    put(formMessage);
+    const name = connectionName.value.trim();
+    const missing = markMissing([
+      [host, "Host", !host.value.trim()],
+      [port, "Port", !port.value.trim()],
+      [username, "Username", !username.value.trim()],
+      [awsRegion, "AWS region", iam() && !awsRegion.value.trim()],
+      [roleArn, "Role ARN", auth.value === "iam_role" && !roleArn.value.trim()],
+      [connectionName, "Connection name", !name],
+      [secretKey, "Secret name", !secretKey.value.trim()],
+    ]);
+    if (missing.length) {
+      put(saveMessage, errorBox(`Fill in ${missing.join(", ")}.`));
+      return;
+    }
+    if (!CONNECTION_NAME.test(name)) {
+      setFieldError(connectionName, "A lower-case letter first, then letters, digits or '-' (63 at most).");
+      put(saveMessage, errorBox("The connection name is not valid."));
+      return;
+    }
+    if (registered.some((item) => item.name === name) && replaceArmed !== name) {
+      replaceArmed = name;
+      setFieldError(connectionName, `A connection named ${name} exists: press Save as connection again to replace it, or pick another name.`);
+      return;
+    }
+    const body = { source: sourceSpec(), secret: { store: secretStore.value.trim() || "secretstore", key: secretKey.value.trim() } };
+    saveButton.disabled = true;
+    try {
+      const saved = await api(`/connections/${encodeURIComponent(name)}`, { method: "PUT", body });
+      replaceArmed = "";
+      await loadConnections(saved.name);
+      // The same server: what was picked stays picked; Test connection and Run extraction now name the connection.
+      kindRegistered.checked = true;
+      showFields();
+      put(formMessage, h("div", { class: "alert ok" }, `Connection ${saved.name} saved (${saved.qualified_name}). Test connection and Run extraction now use it.`));
+      connection.focus();
+    } catch (err) {
+      showSaveErrors(err);
+    } finally {
+      saveButton.disabled = false;
+    }
+  }
+
+  function switchKind() {
+    for (const input of Object.values(fields).map((field) => field.querySelector("input, select"))) setFieldError(input, "");
+    put(formMessage);
+    resetTree();
+    showFields();
+  }
+
+  kindNew.addEventListener("change", switchKind);
+  kindRegistered.addEventListener("change", switchKind);
+  connection.addEventListener("change", () => {
+    setFieldError(connection, "");
+    database.value = "";
+    resetTree();
+    showFields();
+  });
+  auth.addEventListener("change", () => {
+    if (iam() && sslmode.value !== "verify-full") sslmode.value = "verify-full"; // the extractor refuses an IAM token over anything less
+    showFields();
+  });
   testButton.addEventListener("click", testConnection);
+  saveButton.addEventListener("click", saveConnection);
+  // Enter in the save fields saves; it must not submit the form around them (that is Run extraction).
+  for (const input of [connectionName, secretStore, secretKey]) {
+    input.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter") return;
+      event.preventDefault();
+      saveConnection();
+    });
+  }
   for (const input of [tempRegex, excludeViews, excludeEmpty]) input.addEventListener("input", showFilters);
   for (const input of [excludeViews, excludeEmpty]) input.addEventListener("change", showFilters);
-  showFilters();
+  resetTree();
 
+  const startFrom = params && params.get("connection");
+  if (startFrom) kindRegistered.checked = true;
+  showFields();
   render(
-    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "New extraction"), h("p", { class: "muted" }, "An ad-hoc PostgreSQL source: the password is stored encrypted for the run only."))),
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "New extraction"), h("p", { class: "muted" }, "A PostgreSQL source typed here (its password is stored encrypted for the run only), or a registered connection."))),
     h(
       "form",
       { onsubmit: runExtraction, novalidate: true, "aria-label": "Source" },
@@ -548,17 +804,31 @@ async function newExtractionPage(render) {
         h("h2", {}, "Source"),
         h(
           "div",
+          { class: "kinds", role: "radiogroup", "aria-label": "Start from" },
+          h("label", { class: "check", for: kindNew.id }, kindNew, "A new source"),
+          h("label", { class: "check", for: kindRegistered.id }, kindRegistered, "A registered connection"),
+        ),
+        h(
+          "div",
           { class: "fields" },
-          field("Host", host, "wide"),
-          field("Port", port, "narrow"),
-          field("Database", database, "", "(empty: every database)"),
-          field("Username", username),
-          field("Password", password),
-          field("TLS mode", sslmode, "wide"),
+          fields.connection,
+          fields.host,
+          fields.port,
+          fields.database,
+          fields.username,
+          fields.auth,
+          fields.password,
+          fields.awsRegion,
+          fields.roleArn,
+          fields.externalId,
+          iamHint,
+          fields.sslmode,
+          fields.sslrootcert,
         ),
         formMessage,
         checksBox,
         h("div", { class: "actions" }, testButton),
+        savePanel,
       ),
       h(
         "div",
@@ -579,7 +849,8 @@ async function newExtractionPage(render) {
       h("div", { class: "actions" }, runButton),
     ),
   );
-  host.focus();
+  (startFrom ? connection : host).focus();
+  await Promise.all([loadConnections(startFrom), loadCaBundles()]);
 }
 
 // -- a run -----------------------------------------------------------------------------------------
