@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pgmeta_devstack.postgres import PostgresServer
-from pgmeta_extractor.catalog_sql import CATALOG_QUERIES, COUNT_QUERY
+from pgmeta_extractor.catalog_sql import CATALOG_QUERIES, COUNT_QUERY, VIEW_DEFINITIONS_QUERY
 from pgmeta_extractor.change_sql import SCHEMA_FINGERPRINTS_QUERY
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,10 @@ FILTERS: dict[str, Any] = {
     "exclude_views": False,
     "exclude_empty": False,
     "only_schemas": None,
+    # The first batch of view definitions.
+    "after_schema": "",
+    "after_relation": "",
+    "batch_size": 500,
 }
 
 
@@ -82,9 +86,11 @@ def buffer_hits(server: PostgresServer, database: str, sql: str) -> int:
     return int(row[0][0]["Plan"]["Shared Hit Blocks"])
 
 
-QUERIES = {"SCHEMA_FINGERPRINTS_QUERY": SCHEMA_FINGERPRINTS_QUERY, "COUNT_QUERY": COUNT_QUERY} | {
-    f"CATALOG_QUERIES[{kind!r}]": sql for kind, sql in CATALOG_QUERIES.items()
-}
+QUERIES = {
+    "SCHEMA_FINGERPRINTS_QUERY": SCHEMA_FINGERPRINTS_QUERY,
+    "COUNT_QUERY": COUNT_QUERY,
+    "VIEW_DEFINITIONS_QUERY": VIEW_DEFINITIONS_QUERY,
+} | {f"CATALOG_QUERIES[{kind!r}]": sql for kind, sql in CATALOG_QUERIES.items()}
 
 
 @pytest.mark.parametrize("name", list(QUERIES))
