@@ -197,12 +197,17 @@ def cpu_snapshot(layout: StackLayout, postgres_pid: int | None) -> dict[str, flo
         except (OSError, ValueError):
             continue
     if postgres_pid is not None:
-        total = process_cpu_seconds(postgres_pid, with_reaped_children=True)
-        for child in _live_children(postgres_pid):
-            with contextlib.suppress(OSError):
-                total += process_cpu_seconds(child)
-        snapshot["source-postgres"] = total
+        snapshot["source-postgres"] = server_cpu_seconds(postgres_pid)
     return snapshot
+
+
+def server_cpu_seconds(postgres_pid: int) -> float:
+    """CPU seconds so far of a PostgreSQL server: its postmaster, reaped and live backends and workers."""
+    total = process_cpu_seconds(postgres_pid, with_reaped_children=True)
+    for child in _live_children(postgres_pid):
+        with contextlib.suppress(OSError):
+            total += process_cpu_seconds(child)
+    return total
 
 
 def postmaster_pid(server: PostgresServer) -> int | None:

@@ -32,16 +32,21 @@ WITH sel_ns AS (
       AND NOT EXISTS (SELECT 1 FROM pg_depend e
                       WHERE e.classid = 'pg_namespace'::regclass AND e.objid = n.oid AND e.deptype = 'e')
 ),
-sel_rel AS (
+-- MATERIALIZED: planned on its own, pg_class is hash-joined to the few schemas once. Inlined into a bigger
+-- query, the planner may scan pg_class once per schema instead when it believes there is a single schema
+-- (pg_namespace's statistics are stale: 50 schemas created after initdb stay under autovacuum's analyze
+-- threshold, and the planner keeps assuming the 4 rows initdb left).
+sel_rel AS MATERIALIZED (
     SELECT c.oid, c.relname, c.relkind, c.relnamespace, n.nspname
     FROM pg_class c
     JOIN sel_ns n ON n.oid = c.relnamespace
-    LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
       AND (CAST(:temp_re AS text) IS NULL OR c.relname !~ CAST(:temp_re AS text))
       AND (NOT CAST(:exclude_views AS boolean) OR c.relkind NOT IN ('v', 'm'))
+      -- pg_stat_all_tables.n_live_tup, called directly: joining the view groups all of pg_class (and
+      -- pg_index) in every query that starts from this selection, filter or not.
       AND (NOT CAST(:exclude_empty AS boolean) OR c.relkind <> 'r'
-           OR NOT (c.reltuples <= 0 AND coalesce(st.n_live_tup, 0) = 0))
+           OR NOT (c.reltuples <= 0 AND pg_stat_get_live_tuples(c.oid) = 0))
 )
 """
 
@@ -91,16 +96,24 @@ SELECT (SELECT count(*) FROM sel_ns) AS schemas,
 
 SCHEMAS_QUERY = (
     SELECTION
-    + """
+    + """,
+-- What each schema holds, whatever the run's relation filters: a filtered run must not make the schema look
+-- changed (docs/atlas-mapping.md). One pass over pg_class (there is no index on relnamespace alone).
+held AS (
+    SELECT c.relnamespace AS nsp,
+           count(*) FILTER (WHERE c.relkind IN ('r', 'p', 'f')) AS table_count,
+           count(*) FILTER (WHERE c.relkind IN ('v', 'm')) AS view_count
+    FROM pg_class c JOIN sel_ns n ON n.oid = c.relnamespace
+    GROUP BY c.relnamespace
+)
 SELECT n.nspname AS schema_name,
        pg_get_userbyid(ns.nspowner) AS owner,
        obj_description(n.oid, 'pg_namespace') AS comment,
-       -- What the schema holds, whatever the run's relation filters: a filtered run must not make the
-       -- schema look changed (docs/atlas-mapping.md).
-       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'f')) AS table_count,
-       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')) AS view_count
+       coalesce(h.table_count, 0) AS table_count,
+       coalesce(h.view_count, 0) AS view_count
 FROM sel_ns n
 JOIN pg_namespace ns ON ns.oid = n.oid
+LEFT JOIN held h ON h.nsp = n.oid
 ORDER BY n.nspname
 """
 )
