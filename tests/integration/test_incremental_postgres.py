@@ -217,7 +217,10 @@ def run_pipeline(server: PostgresServer, platform: InMemoryPlatform, database: s
     manifest = json.loads(platform.objects[("objectstore", f"{prefix}/manifest.json")])
 
     def lines_of(selected: list[dict[str, Any]]) -> list[bytes]:
-        stored = {entry["name"]: platform.objects[("objectstore", f"{prefix}/{entry['name']}")] for entry in selected}
+        stored = {
+            entry["name"]: platform.objects[("objectstore", f"{entry.get('folder', prefix)}/{entry['name']}")]
+            for entry in selected
+        }
         return sorted(line for name, blob in stored.items() for line in decode(name, blob).splitlines())
 
     files = manifest["files"]
