@@ -129,7 +129,9 @@ edges(a, b) AS (
     JOIN pg_type t ON t.oid = a.atttypid JOIN pg_class c ON c.oid = a.attrelid
     WHERE a.atttypid >= 16384 AND a.attnum > 0
 ),
-neighbours AS (
+-- Materialized: referenced from the per-schema subquery below, an inlined CTE is planned as a correlated
+-- subplan and every edge recomputed once per schema (51 times on the benchmark catalog: 3.6 s of a 4 s query).
+neighbours AS MATERIALIZED (
     SELECT DISTINCT a AS nsp, b AS other FROM edges WHERE a <> b
 ),
 global AS (
