@@ -42,14 +42,23 @@ def from_rows(rows: Iterable[Sequence[Any]]) -> list[Fingerprint]:
 
 # -- where a run's fingerprints are stored ---------------------------------------------------------------------
 
-# Buckets per scope, by a stable hash of the qualifiedName: one bucket of one scope is compared at a time. Stored
-# indexes name parts by bucket: changing this needs their regrouping (as ``incremental.load_index`` does for
-# the layout before scopes).
-SCOPE_BUCKETS = 8
+# A scope's fingerprints are split into buckets by a stable hash of the qualifiedName when the scope is large, so
+# that comparing holds one bucket of one scope in memory: a power of two, about this many entities each.
+BUCKET_ENTITIES = 20_000
+MAX_BUCKETS = 256
+
+
+def buckets_for(entities: int) -> int:
+    """The bucket count of a scope of ``entities`` (1 for all but very large schemas)."""
+    buckets = 1
+    while buckets < MAX_BUCKETS and entities > buckets * BUCKET_ENTITIES:
+        buckets *= 2
+    return buckets
 
 
 class ScopeFingerprints(NamedTuple):
-    """One scope's (database, schema) fingerprints: the run whose parts hold them and the part count per bucket.
+    """One scope's (database, schema) fingerprints: the run whose parts hold them and the part count per bucket
+    (as many buckets as the list is long).
 
     The Connection's scope is (None, None), a Database's (database, None). A run that carries a schema over
     names the run that read it (``owner``), so an unchanged schema's fingerprints are written once.

@@ -8,7 +8,7 @@ from typing import Any
 from pgmeta_publisher.incremental import Scope, bucket_of
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import FilterSpec, PublishRequested, TransformRequested, UnitChunks
-from pgmeta_shared.fingerprints import SCOPE_BUCKETS, Fingerprint, FingerprintIndex
+from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for
 from pgmeta_shared.keys import (
     ArtifactStage,
     extract_scopes_key,
@@ -162,12 +162,33 @@ def test_scope_follows_the_filters() -> None:
     assert not Scope(FilterSpec(exclude_empty_tables=True), None).selects(fp("shop", "s", "t", "TablePartition"))
 
 
-def test_buckets_are_stable_and_spread() -> None:
+def test_buckets_are_stable_and_spread_and_nest() -> None:
     names = [f"{CONNECTION_QN}/shop/s/t{i}/c" for i in range(5000)]
-    buckets = [bucket_of(name) for name in names]
-    assert buckets == [bucket_of(name) for name in names]
-    assert len(set(buckets)) == SCOPE_BUCKETS
-    assert max(buckets.count(b) for b in range(SCOPE_BUCKETS)) < 2 * len(names) / SCOPE_BUCKETS
+    buckets = [bucket_of(name, 8) for name in names]
+    assert buckets == [bucket_of(name, 8) for name in names]
+    assert len(set(buckets)) == 8
+    assert max(buckets.count(b) for b in range(8)) < 2 * len(names) / 8
+    # A bucket of 16 lies within one bucket of 8: scopes stored with different bucket counts compare.
+    assert all(bucket_of(name, 16) % 8 == bucket_of(name, 8) for name in names)
+    assert [buckets_for(n) for n in (0, 20_000, 20_001, 100_000, 10**9)] == [1, 1, 2, 8, 256]
+
+
+def test_a_large_scope_is_bucketed_and_compares_with_a_smaller_bucket_count(monkeypatch: Any) -> None:
+    """A scope that grows past the bucket size is stored in more buckets than its baseline: still compared."""
+    from pgmeta_shared import fingerprints
+
+    platform = InMemoryPlatform()
+    run(platform, "r1", sample_catalog())
+    monkeypatch.setattr(fingerprints, "BUCKET_ENTITIES", 4)  # the sample's schema: ~20 entities, so 8 buckets
+    changed = sample_catalog()
+    for record in changed:
+        if record["kind"] == "column" and record["column_name"] == "name":
+            record["data_type"] = "text"
+    result = run_planned(platform, "r2", changed, ["sales"], [])
+    owners = FingerprintIndex.from_json(platform.stored_json(fingerprint_parts_key("r2"))).by_scope()
+    assert len(owners[("shop", "sales")].parts) == 8
+    assert result["changes"] == {"sales/customers/name": "updated"} and result["deleted"] == []
+    assert result["unchanged"] == sum(result["manifest"]["counts"].values()) - 1
 
 
 class RecordingSink:

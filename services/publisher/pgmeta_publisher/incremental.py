@@ -1,7 +1,7 @@
 """Incremental runs: this run's entity fingerprints against the previous successful run of the connection.
 
 Fingerprints (qualifiedName, type, hash, scope) are stored by scope — the Connection, a Database, a schema —
-and within a scope in a few buckets by a stable hash of the qualifiedName, so comparing two runs holds one
+and a very large scope in buckets by a stable hash of the qualifiedName, so comparing two runs holds one
 bucket of one scope in memory at a time. A schema carried over unread is not compared at all: its entities are
 the baseline's, unchanged by definition, and this run's index refers to the parts that hold them (written by the
 run that last read the schema) instead of copying them. An entity missing from this run is "deleted" only when
@@ -21,10 +21,10 @@ import re2
 
 from pgmeta_shared.events import FilterSpec, UnitChunks
 from pgmeta_shared.fingerprints import (
-    SCOPE_BUCKETS,
     Fingerprint,
     FingerprintIndex,
     ScopeFingerprints,
+    buckets_for,
     owned_part_keys,
 )
 from pgmeta_shared.keys import (
@@ -39,7 +39,7 @@ from pgmeta_shared.platform import NO_TTL, Platform
 log = logging.getLogger(__name__)
 
 FLUSH_AT = 5_000  # fingerprints per stored part (about 1 MB of JSON: well under Dapr's body limit)
-MAX_BUFFERED = 32_000  # fingerprints held before every buffer is written out: memory stays flat
+MAX_BUFFERED = 32_000  # fingerprints held at most (the largest buffer is written out then): memory stays flat
 CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
 
 VIEW_TYPES = {"View", "MaterialisedView"}
@@ -48,36 +48,54 @@ TABLE_TYPES = {"Table", "TablePartition"}
 ScopeKey = tuple[str | None, str | None]  # (database, schema): the Connection is (None, None)
 
 
-def bucket_of(qualified_name: str) -> int:
-    return hashlib.blake2b(qualified_name.encode(), digest_size=2).digest()[0] % SCOPE_BUCKETS
+def name_hash(qualified_name: str) -> int:
+    """A stable hash of the qualifiedName; its bucket among ``n`` (a power of two) is ``name_hash % n``, so a
+    bucket of 2n is part of one bucket of n: scopes stored with different bucket counts still compare."""
+    return int.from_bytes(hashlib.blake2b(qualified_name.encode(), digest_size=4).digest(), "big")
+
+
+def bucket_of(qualified_name: str, buckets: int) -> int:
+    return name_hash(qualified_name) % buckets
 
 
 class ScopePartWriter:
-    """Regroups fingerprint rows by scope and bucket into stored parts of one run; returns the part counts."""
+    """Regroups fingerprint rows by scope and bucket into stored parts of one run; returns the part counts.
 
-    def __init__(self, platform: Platform, run_id: str) -> None:
+    ``sizes`` (entities per scope, where known) sets each scope's bucket count: one for all but very large
+    schemas, so that a run writes few, large parts. Rows arrive interleaved across scopes (the extractor
+    reads kind by kind); when too many are held, the largest buffer is written out.
+    """
+
+    def __init__(self, platform: Platform, run_id: str, sizes: dict[ScopeKey, int] | None = None) -> None:
         self.platform = platform
         self.run_id = run_id
         self.parts: dict[ScopeKey, list[int]] = {}
+        self._sizes = sizes or {}
         self._buffers: dict[tuple[ScopeKey, int], list[Any]] = {}
         self._buffered = 0
 
     def add(self, row: Sequence[Any]) -> None:
-        key = ((row[3], row[4]), bucket_of(row[0]))
-        buffer = self._buffers.setdefault(key, [])
+        scope = (row[3], row[4])
+        counts = self.parts.get(scope)
+        if counts is None:
+            counts = self.parts[scope] = [0] * buckets_for(self._sizes.get(scope, 0))
+        key = (scope, bucket_of(row[0], len(counts)) if len(counts) > 1 else 0)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = []
         buffer.append(row)
         self._buffered += 1
         if len(buffer) >= FLUSH_AT:
             self._flush(key)
-        elif self._buffered >= MAX_BUFFERED:
-            self.flush()
+        while self._buffered >= MAX_BUFFERED:
+            self._flush(max(self._buffers, key=lambda k: len(self._buffers[k])))
 
     def _flush(self, key: tuple[ScopeKey, int]) -> None:
         rows = self._buffers.pop(key, [])
         if not rows:
             return
         (database, schema), bucket = key
-        counts = self.parts.setdefault((database, schema), [0] * SCOPE_BUCKETS)
+        counts = self.parts[(database, schema)]
         part_key = fingerprint_scope_part_key(self.run_id, database, schema, bucket, counts[bucket])
         self.platform.save_json(part_key, rows, ttl_seconds=NO_TTL)
         counts[bucket] += 1
@@ -92,9 +110,11 @@ class ScopePartWriter:
         return [ScopeFingerprints(db, schema, self.run_id, parts) for (db, schema), parts in self.parts.items()]
 
 
-def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[ScopeFingerprints]:
+def bucketize(
+    platform: Platform, run_id: str, units: list[UnitChunks], sizes: dict[ScopeKey, int] | None = None
+) -> list[ScopeFingerprints]:
     """Regroups the transformer's per-chunk fingerprints (of the scopes this run read) by scope and bucket."""
-    writer = ScopePartWriter(platform, run_id)
+    writer = ScopePartWriter(platform, run_id, sizes)
     for unit in units:
         chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
         for index in range(unit.chunk_count):
@@ -111,7 +131,12 @@ def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
         return None
     if isinstance(stored, dict):
         return FingerprintIndex.from_json(stored)
-    writer = ScopePartWriter(platform, run_id)
+    sizes: dict[ScopeKey, int] = {}
+    for bucket, count in enumerate(stored):
+        for part in range(count):
+            for row in platform.get_json(fingerprint_part_key(run_id, bucket, part)) or []:
+                sizes[(row[3], row[4])] = sizes.get((row[3], row[4]), 0) + 1
+    writer = ScopePartWriter(platform, run_id, sizes)
     for bucket, count in enumerate(stored):
         for part in range(count):
             for row in platform.get_json(fingerprint_part_key(run_id, bucket, part)) or []:
@@ -123,16 +148,23 @@ def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
     return index
 
 
-def load_bucket(platform: Platform, scope: ScopeFingerprints | None, bucket: int) -> dict[str, Fingerprint]:
+def load_bucket(
+    platform: Platform, scope: ScopeFingerprints | None, bucket: int, buckets: int
+) -> dict[str, Fingerprint]:
+    """Bucket ``bucket`` of ``buckets`` of a scope: part of one stored bucket when the scope has fewer."""
     records: dict[str, Fingerprint] = {}
     if scope is None:
         return records
-    for part in range(scope.parts[bucket]):
-        key = fingerprint_scope_part_key(scope.owner, scope.database, scope.schema, bucket, part)
+    stored_bucket = bucket % len(scope.parts)
+    narrower = len(scope.parts) < buckets
+    for part in range(scope.parts[stored_bucket]):
+        key = fingerprint_scope_part_key(scope.owner, scope.database, scope.schema, stored_bucket, part)
         stored = platform.get_json(key)
         if stored is None:  # compared as absent (its entities "created"), as a baseline without fingerprints is
             log.warning("fingerprint part %s is gone", key)
         for row in stored or []:
+            if narrower and bucket_of(row[0], buckets) != bucket:
+                continue
             record = Fingerprint.from_row(row)
             records[record.qualified_name] = record
     return records
@@ -278,9 +310,11 @@ def compare(
     before_scopes = previous.by_scope() if previous is not None else {}
     compared = list(mine) + [key for key in before_scopes if key not in mine and key not in carried]
     for key in compared:
-        for bucket in range(SCOPE_BUCKETS):
-            current = load_bucket(platform, mine.get(key), bucket)
-            before = load_bucket(platform, before_scopes.get(key), bucket)
+        now, then = mine.get(key), before_scopes.get(key)
+        buckets = max(len(entry.parts) for entry in (now, then) if entry is not None)
+        for bucket in range(buckets):
+            current = load_bucket(platform, now, bucket, buckets)
+            before = load_bucket(platform, then, bucket, buckets)
             for qn, record in current.items():
                 old = before.get(qn)
                 if old is not None and old.digest == record.digest:

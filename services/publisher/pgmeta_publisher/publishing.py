@@ -238,6 +238,7 @@ def _publish(
 
     # 1. The full snapshot: every chunk's files (most already written early, as the transformer finished them).
     counts: dict[str, int] = {}
+    entities_by_schema: dict[tuple[str, str], int] = {}  # (unit, schema) -> entities: sizes the fingerprint buckets
     total = sum(unit.chunk_count for unit in command.units)
     done = 0
     progress = ProgressReporter(platform)
@@ -247,6 +248,10 @@ def _publish(
                 platform, command.run_id, command.connection_qualified_name, unit.unit, unit.generation, index
             )
             writer.files += chunk.files
+            for entry in chunk.files:
+                if "type" in entry and "schema" in entry:
+                    key = (unit.unit, entry["schema"])
+                    entities_by_schema[key] = entities_by_schema.get(key, 0) + entry["entities"]
             for name, count in chunk.counts.items():
                 counts[name] = counts.get(name, 0) + count
             done += 1
@@ -265,7 +270,11 @@ def _publish(
 
     # 3. Compare with the previous successful run of this connection, scope by scope (carried schemas are not
     # compared: they are unchanged, and this run's fingerprint index refers to the parts that hold them).
-    own = bucketize(platform, command.run_id, command.units)
+    databases = {plan.unit: plan.database for plan in plans}
+    sizes: dict[tuple[str | None, str | None], int] = {
+        (databases.get(unit), schema): entities for (unit, schema), entities in entities_by_schema.items()
+    }
+    own = bucketize(platform, command.run_id, command.units, sizes)
     previous_index = load_index(platform, previous["run_id"]) if previous is not None else None
     fingerprint_index = FingerprintIndex(own + carried_fingerprints(platform, plans, previous_index))
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
