@@ -437,11 +437,13 @@ class RunOutputs:
         conn = sqlite3.connect(partial)
         try:
             conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
-            entity_files = [f["name"] for f in manifest.get("files", []) if f.get("type")]
-            for name in entity_files:
-                blob = self.read_content(location, name)
-                if blob is None:
-                    raise OutputMissingError(f"{location}/{name} is listed in the manifest but missing")
+            # Each file where the manifest says: an incremental run's carried files are in an earlier run's folder.
+            entity_files = [(f.get("folder", location), f["name"]) for f in manifest.get("files", []) if f.get("type")]
+            for folder, name in entity_files:
+                stored = self._reader.read(f"{folder}/{name}")
+                if stored is None:
+                    raise OutputMissingError(f"{folder}/{name} is listed in the manifest but missing")
+                blob = decode(name, stored)
                 conn.executemany("INSERT INTO entity_load VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows(name, blob))
             conn.executescript(INDEXES)
             conn.execute("INSERT INTO meta VALUES ('location', ?)", [location])
