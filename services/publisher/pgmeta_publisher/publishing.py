@@ -260,9 +260,6 @@ def _publish(
             )
 
     # 2. Schemas the extractor found unchanged: the baseline's files, referred to where they are.
-    previous = platform.get_json(snapshot_key(command.connection_qualified_name))
-    if previous is not None and previous.get("run_id") == command.run_id:
-        previous = None
     plans = scope_plans(platform, command)
     carried = carry_over(platform, command, plans, writer)
     for name, count in carried.counts.items():
@@ -275,7 +272,7 @@ def _publish(
         (databases.get(unit), schema): entities for (unit, schema), entities in entities_by_schema.items()
     }
     own = bucketize(platform, command.run_id, command.units, sizes)
-    previous_index = load_index(platform, previous["run_id"]) if previous is not None else None
+    previous, previous_index = current_baseline(platform, command)
     fingerprint_index = FingerprintIndex(own + carried_fingerprints(platform, plans, previous_index))
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
     deleted: list[tuple[str, str]] = []
@@ -463,6 +460,27 @@ def carry_over(
                 carried.counts[name] = carried.counts.get(name, 0) + count
             carried.unchanged[(plan.database, schema)] = dict(scope.counts)
     return carried
+
+
+BASELINE_READS = 5
+
+
+def current_baseline(
+    platform: Platform, command: PublishRequested
+) -> tuple[dict[str, Any] | None, FingerprintIndex | None]:
+    """The connection's snapshot and its fingerprint index, read together. Runs of one connection may overlap:
+    between reading the snapshot and its index, another run may have superseded it and forgotten its index;
+    the snapshot is then read again (the newer one's index exists before the snapshot names it)."""
+    previous: dict[str, Any] | None = None
+    for _ in range(BASELINE_READS):
+        previous = platform.get_json(snapshot_key(command.connection_qualified_name))
+        if previous is None or previous.get("run_id") == command.run_id:
+            return None, None
+        index = load_index(platform, previous["run_id"])
+        if index is not None:
+            return previous, index
+    log.warning("run %s: the baseline's fingerprints are gone (runs overlapping): compared with none", command.run_id)
+    return previous, None
 
 
 def carried_fingerprints(
