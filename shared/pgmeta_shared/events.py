@@ -11,28 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+# Re-exported: topic names have their own light module (the CLI starts without importing these models).
+from pgmeta_shared.topics import TopicName as TopicName
+
 SCHEMA_VERSION: Literal[1] = 1
 SERVER_UNIT = "server"  # the unit holding the server and its selected databases, written by preflight
 MESSAGE_MAX = 4000  # characters of an error or progress message in an event; longer ones are cut
-
-
-class TopicName(StrEnum):
-    EXTRACTION_REQUESTED = "extraction.requested"
-    PREFLIGHT_REQUESTED = "preflight.requested"
-    PREFLIGHT_COMPLETED = "preflight.completed"
-    METADATA_REQUESTED = "metadata.requested"
-    EXTRACT_REQUESTED = "extract.requested"
-    EXTRACT_COMPLETED = "extract.completed"
-    EXTRACT_CHUNK_READY = "extract.chunk_ready"
-    TRANSFORM_CHUNK_READY = "transform.chunk_ready"
-    TRANSFORM_REQUESTED = "transform.requested"
-    TRANSFORM_COMPLETED = "transform.completed"
-    PUBLISH_REQUESTED = "publish.requested"
-    PUBLISH_COMPLETED = "publish.completed"
-    EXTRACTION_COMPLETED = "extraction.completed"
-    STAGE_FAILED = "stage.failed"
-    EXTRACTION_PROGRESS = "extraction.progress"
-    DEAD_LETTER = "pgmeta.deadletter"
 
 
 class Stage(StrEnum):

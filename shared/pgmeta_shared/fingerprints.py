@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from pgmeta_shared.keys import fingerprint_part_key, fingerprint_scope_part_key
+
 
 class Fingerprint(NamedTuple):
     """One entity: its qualifiedName and type, a hash of its JSON line, and its scope.
@@ -36,3 +38,74 @@ def to_rows(fingerprints: Iterable[Fingerprint]) -> list[list[Any]]:
 
 def from_rows(rows: Iterable[Sequence[Any]]) -> list[Fingerprint]:
     return [Fingerprint(*row) for row in rows]
+
+
+# -- where a run's fingerprints are stored ---------------------------------------------------------------------
+
+# A scope's fingerprints are split into buckets by a stable hash of the qualifiedName when the scope is large, so
+# that comparing holds one bucket of one scope in memory: a power of two, about this many entities each.
+BUCKET_ENTITIES = 20_000
+MAX_BUCKETS = 256
+
+
+def buckets_for(entities: int) -> int:
+    """The bucket count of a scope of ``entities`` (1 for all but very large schemas)."""
+    buckets = 1
+    while buckets < MAX_BUCKETS and entities > buckets * BUCKET_ENTITIES:
+        buckets *= 2
+    return buckets
+
+
+class ScopeFingerprints(NamedTuple):
+    """One scope's (database, schema) fingerprints: the run whose parts hold them and the part count per bucket
+    (as many buckets as the list is long).
+
+    The Connection's scope is (None, None), a Database's (database, None). A run that carries a schema over
+    names the run that read it (``owner``), so an unchanged schema's fingerprints are written once.
+    """
+
+    database: str | None
+    schema: str | None
+    owner: str
+    parts: list[int]
+
+    @property
+    def scope(self) -> tuple[str | None, str | None]:
+        return (self.database, self.schema)
+
+    def part_keys(self) -> list[str]:
+        return [
+            fingerprint_scope_part_key(self.owner, self.database, self.schema, bucket, part)
+            for bucket, count in enumerate(self.parts)
+            for part in range(count)
+        ]
+
+
+class FingerprintIndex(NamedTuple):
+    """A run's fingerprints, scope by scope; stored as ``{"scopes": [[database, schema, owner, parts], …]}``."""
+
+    scopes: list[ScopeFingerprints]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scopes": [list(scope) for scope in self.scopes]}
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> FingerprintIndex:
+        return cls([ScopeFingerprints(*row) for row in stored["scopes"]])
+
+    def by_scope(self) -> dict[tuple[str | None, str | None], ScopeFingerprints]:
+        return {scope.scope: scope for scope in self.scopes}
+
+
+def owned_part_keys(run_id: str, stored: Any) -> list[str]:
+    """The fingerprint parts a run wrote itself, from its stored index (either layout): what may be deleted when
+    the run is no longer a baseline, unless a later run refers to them."""
+    if isinstance(stored, list):  # the layout before per-scope parts: part counts of 64 buckets
+        return [
+            fingerprint_part_key(run_id, bucket, part) for bucket, count in enumerate(stored) for part in range(count)
+        ]
+    if not isinstance(stored, dict):
+        return []
+    return [
+        key for scope in FingerprintIndex.from_json(stored).scopes if scope.owner == run_id for key in scope.part_keys()
+    ]

@@ -141,11 +141,22 @@ def scope_id(schema: str) -> str:
 
 
 def fingerprint_parts_key(run_id: str) -> str:
+    """A run's fingerprint index: where each scope's fingerprints are (``fingerprints.FingerprintIndex``)."""
     return f"{run_id}/fpb/parts"
 
 
 def fingerprint_part_key(run_id: str, bucket: int, part: int) -> str:
+    """A part of a fingerprint bucket in the layout before per-scope parts (read once, to migrate a baseline)."""
     return f"{run_id}/fpb/{bucket:02d}/{part:05d}"
+
+
+def fingerprint_scope_part_key(
+    owner_run_id: str, database: str | None, schema: str | None, bucket: int, part: int
+) -> str:
+    """A part of one scope's (database, schema) fingerprints, written by the run that read the scope; later runs
+    that carry the scope over refer to it instead of copying it."""
+    token = hashlib.blake2b(repr((database, schema)).encode(), digest_size=8).hexdigest()
+    return f"{owner_run_id}/fps/{token}/{bucket:02d}/{part:05d}"
 
 
 # -- the parts of a transformed chunk (transformer → publisher) ---------------------------------------------------

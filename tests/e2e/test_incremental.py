@@ -31,12 +31,12 @@ def run(stack: LocalStack, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def snapshot_lines(stack: LocalStack, location: str) -> tuple[list[bytes], dict[str, Any]]:
-    """Every entity and extra line of a run, sorted, read from the run's own folder (digests checked)."""
+    """Every entity and extra line of a run, sorted, read where the manifest says (digests checked)."""
     run_dir = stack.layout.objects / location
     manifest = json.loads((run_dir / "manifest.json").read_text())
     lines: list[bytes] = []
     for entry in manifest["files"]:
-        content = (run_dir / entry["name"]).read_bytes()
+        content = (stack.layout.objects / entry.get("folder", location) / entry["name"]).read_bytes()
         assert hashlib.sha256(content).hexdigest() == entry["sha256"], entry["name"]
         if "type" in entry or "extra" in entry:
             lines += decode(entry["name"], content).splitlines()
@@ -59,7 +59,8 @@ def test_unchanged_schemas_are_skipped_and_the_snapshot_stays_exact(full_stack: 
     again_lines, again_manifest = snapshot_lines(full_stack, again["location"])
     assert again_lines == first_lines
     assert again_manifest["counts"] == first_manifest["counts"]
-    assert all(entry.get("copied_from") == first["run_id"] for entry in again_manifest["files"] if "schema" in entry)
+    # Carried over, not copied: the files stay in the first run's folder.
+    assert all(entry.get("folder") == first["location"] for entry in again_manifest["files"] if "schema" in entry)
 
     with psycopg.connect(**full_stack.postgres.connect_kwargs(DEMO_DATABASE), autocommit=True) as conn:
         conn.execute("COMMENT ON TABLE inventory.warehouses IS 'changed by the incremental e2e test'")

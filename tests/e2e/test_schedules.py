@@ -417,14 +417,21 @@ def test_retention_keeps_n_runs_and_the_baseline_and_the_next_diff_is_still_righ
     dry = gc(stack, dry_run=True, keep=2)
     assert run_folders(stack, connection_qn) == before, "a dry run deleted something"
     doomed = {r["run_id"] for r in dry["runs"] if r["status"] == "COMPLETED"}
-    assert len(doomed) == len(before) - 2, dry
+    # Kept: the last two, the baseline, and every run whose folder a kept run's manifest refers to (the files of
+    # schemas carried over unread stay in the folder of the run that read them).
+    assert doomed and doomed.isdisjoint(dry["kept"]) and before == doomed | (before & set(dry["kept"])), dry
 
     done = gc(stack, dry_run=False, keep=2)
     assert {r["run_id"] for r in done["runs"] if r["status"] == "COMPLETED"} == doomed
     kept = run_folders(stack, connection_qn)
     baseline = json.loads(redis.Redis(port=stack.layout.redis_port).hget(f"snapshot/{connection_qn}", "data") or b"{}")
-    assert len(kept) == 2 and baseline["run_id"] in kept, (kept, baseline)
-    left = [str(p) for run in doomed for p in (stack.layout.objects / connection_qn / run).rglob("*") if p.is_file()]
+    assert kept == before - doomed and baseline["run_id"] in kept, (kept, baseline)
+    for kept_run in kept:  # every file a kept run lists is still where its manifest says
+        manifest = json.loads((stack.layout.objects / connection_qn / kept_run / "manifest.json").read_text())
+        for entry in manifest["files"]:
+            home = entry.get("folder", f"{connection_qn}/{kept_run}")
+            assert (stack.layout.objects / home / entry["name"]).is_file()
+    left = [str(p) for gone in doomed for p in (stack.layout.objects / connection_qn / gone).rglob("*") if p.is_file()]
     assert not left, left
 
     # The next run still compares against the baseline: one new table is "created", nothing is "deleted".

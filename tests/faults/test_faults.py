@@ -168,13 +168,14 @@ def output_of(stack: LocalStack, run: dict[str, Any]) -> Counter[str]:
     """qualifiedNames of every entity the run published, after checking the files against the manifest."""
     run_dir = stack.layout.objects / run["location"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    listed = [entry["name"] for entry in manifest["files"]]
+    # A file carried over from an earlier run stays in that run's folder (the manifest names it); the rest here.
+    listed = [entry["name"] for entry in manifest["files"] if "folder" not in entry]
     assert len(listed) == len(set(listed)), "a file is listed twice"
     on_disk = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     assert on_disk == sorted([*listed, "manifest.json"]), "files on disk differ from the manifest"
     names: Counter[str] = Counter()
     for entry in manifest["files"]:
-        content = (run_dir / entry["name"]).read_bytes()
+        content = (stack.layout.objects / entry.get("folder", run["location"]) / entry["name"]).read_bytes()
         assert hashlib.sha256(content).hexdigest() == entry["sha256"], entry["name"]
         if "type" in entry:
             lines = decode(entry["name"], content).splitlines()

@@ -217,7 +217,10 @@ def run_pipeline(server: PostgresServer, platform: InMemoryPlatform, database: s
     manifest = json.loads(platform.objects[("objectstore", f"{prefix}/manifest.json")])
 
     def lines_of(selected: list[dict[str, Any]]) -> list[bytes]:
-        stored = {entry["name"]: platform.objects[("objectstore", f"{prefix}/{entry['name']}")] for entry in selected}
+        stored = {
+            entry["name"]: platform.objects[("objectstore", f"{entry.get('folder', prefix)}/{entry['name']}")]
+            for entry in selected
+        }
         return sorted(line for name, blob in stored.items() for line in decode(name, blob).splitlines())
 
     files = manifest["files"]
@@ -292,9 +295,13 @@ def test_nothing_changed_reads_no_schema_and_publishes_the_same(postgres: Postgr
         "updated": 0,
         "deleted": 0,
     }
-    # Every file of the run is in the run's own folder (copied): a reader needs no other run.
-    assert all(("objectstore", f"{CONNECTION_QN}/{again.manifest['run_id']}/{f['name']}") in platform.objects
-               for f in again.manifest["files"])  # fmt: skip
+    # The carried schemas' files are referred to in the first run's folder, not copied; the rest are the run's.
+    own_folder, first_folder = (f"{CONNECTION_QN}/{m['run_id']}" for m in (again.manifest, first.manifest))
+    for entry in again.manifest["files"]:
+        assert entry.get("folder", own_folder) == (first_folder if "schema" in entry else own_folder), entry
+        assert ("objectstore", f"{entry.get('folder', own_folder)}/{entry['name']}") in platform.objects
+    carried = [entry["name"] for entry in again.manifest["files"] if "schema" in entry]
+    assert carried and not any(("objectstore", f"{own_folder}/{name}") in platform.objects for name in carried)
 
 
 @pytest.mark.parametrize("change", DDLS, ids=lambda change: change.name)

@@ -225,6 +225,30 @@ def test_files_download_only_what_the_manifest_lists(console: tuple[TestClient, 
     assert client.get("/runs/run-a/files/../run-b/manifest.json", headers=AUTH).status_code == 404
 
 
+def test_files_an_incremental_run_refers_to_are_read_from_the_folder_that_holds_them(
+    console: tuple[TestClient, FakeRuns, DictReader],
+) -> None:
+    """An incremental run's manifest lists an unchanged schema's files in the run folder that holds them."""
+    client, runs, reader = console
+    location = f"{CONN}/run-c"
+    run_a = orjson.loads(reader.objects[f"{CONN}/run-a/manifest.json"])
+    files = [f | {"folder": f"{CONN}/run-a"} if f.get("type") else f for f in run_a["files"]]
+    reader.objects[f"{location}/report.json"] = reader.objects[f"{CONN}/run-a/report.json"]
+    reader.objects[f"{location}/manifest.json"] = orjson.dumps(run_a | {"run_id": "run-c", "files": files})
+    runs.views["run-c"] = [RunView(run_id="run-c", status="COMPLETED", location=location)]
+    assert not any(path.startswith(f"{location}/Table-") for path in reader.objects), "nothing copied"
+
+    page = client.get("/runs/run-c/entities", params={"type": "Table", "limit": 5}, headers=AUTH).json()
+    assert page["total"] == 121
+    table = f"{CONN}/shop/sales/customers"
+    answer = client.get("/runs/run-c/entity", params={"qualified_name": table}, headers=AUTH).json()
+    assert answer["entity"]["attributes"]["columnCount"] == 2
+    download = client.get("/runs/run-c/files/Table-db000-00000.jsonl", headers=AUTH)
+    assert download.status_code == 200 and download.content.count(b"\n") == 121
+    compared = client.get("/runs/run-c/compare", params={"base": "run-a"}, headers=AUTH).json()
+    assert compared["totals"] == {"created": 0, "updated": 0, "deleted": 0}
+
+
 def test_events_stream_until_the_run_finishes(
     console: tuple[TestClient, FakeRuns, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,4 @@
-"""Every contract has one home: key strings only in keys.py, topic names only in events.py.
+"""Every contract has one home: key strings only in keys.py, topic names only in topics.py.
 
 A key or topic spelled by hand in a second module is how a rename silently breaks another service.
 """
@@ -13,7 +13,7 @@ from pgmeta_shared.events import TOPICS, ServiceName, TopicName, consumed_by, pu
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = [ROOT / "services", ROOT / "shared", ROOT / "deploy" / "local"]
 KEYS_HOME = ROOT / "shared" / "pgmeta_shared" / "keys.py"
-TOPICS_HOME = ROOT / "shared" / "pgmeta_shared" / "events.py"
+TOPICS_HOME = ROOT / "shared" / "pgmeta_shared" / "topics.py"
 
 # Shapes of artifacts keys and chunk part names: run-scoped f-strings, fixed prefixes, marker suffixes.
 KEY_SHAPES = re.compile(

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pgmeta_publisher.incremental import BUCKETS, Scope, bucket_of
+from pgmeta_publisher.incremental import Scope, bucket_of
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import FilterSpec, PublishRequested, TransformRequested, UnitChunks
-from pgmeta_shared.fingerprints import Fingerprint
-from pgmeta_shared.keys import ArtifactStage
+from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for
+from pgmeta_shared.keys import (
+    ArtifactStage,
+    extract_scopes_key,
+    fingerprint_part_key,
+    fingerprint_parts_key,
+    snapshot_key,
+)
 from pgmeta_shared.outputfiles import decode
+from pgmeta_shared.scopes import ScopePlan
 from pgmeta_transformer.transformation import transform
 
 from ..fakes import InMemoryPlatform
@@ -49,16 +56,24 @@ def run(
             for line in decode(path, blob).splitlines()
         ]
 
+    change_lines = lines("changes")
     changes = {
-        line["qualifiedName"].removeprefix(f"{CONNECTION_QN}/shop/"): line["change"] for line in lines("changes")
+        line["qualifiedName"].removeprefix(f"{CONNECTION_QN}/shop/"): line["change"]
+        for line in change_lines
+        if "qualifiedName" in line
     }
+    # Unchanged entities are counted per (database, schema, type), not listed.
+    summary = [line for line in change_lines if "qualifiedName" not in line]
+    assert all(line["change"] == "unchanged" for line in summary)
+    assert len({(line["database"], line["schema"], line["typeName"]) for line in summary}) == len(summary)
     deleted = sorted(line["qualifiedName"].removeprefix(f"{CONNECTION_QN}/shop/") for line in lines("deleted"))
-    return {"manifest": manifest, "changes": changes, "deleted": deleted}
+    unchanged = sum(line["count"] for line in summary)
+    return {"manifest": manifest, "changes": changes, "unchanged": unchanged, "deleted": deleted}
 
 
 def test_first_run_creates_everything() -> None:
     result = run(InMemoryPlatform(), "r1", sample_catalog())
-    assert set(result["changes"].values()) == {"created"}
+    assert set(result["changes"].values()) == {"created"} and result["unchanged"] == 0
     assert result["deleted"] == []
     assert result["manifest"]["previous_run_id"] is None
     assert result["manifest"]["changes"]["created"] == sum(result["manifest"]["counts"].values())
@@ -84,16 +99,20 @@ def test_added_altered_dropped_table() -> None:
         "created": 2,
         "updated": 1,
         "deleted": 2,
-        "unchanged": len(result["changes"]) - 3,
+        "unchanged": result["unchanged"],
     }
+    assert result["unchanged"] == sum(result["manifest"]["counts"].values()) - 3
 
 
 def test_unchanged_catalog_changes_nothing_and_old_fingerprints_are_dropped() -> None:
     platform = InMemoryPlatform()
     run(platform, "r1", sample_catalog())
     result = run(platform, "r2", sample_catalog())
-    assert set(result["changes"].values()) == {"unchanged"} and result["deleted"] == []
-    assert not any(key.startswith("r1/fpb/") for _, key in platform.state), "the superseded baseline is removed"
+    assert result["changes"] == {} and result["deleted"] == []
+    assert (
+        result["unchanged"] == sum(result["manifest"]["counts"].values()) == result["manifest"]["changes"]["unchanged"]
+    )
+    assert not any(key.startswith("r1/fp") for _, key in platform.state), "the superseded baseline is removed"
 
 
 def test_a_failed_run_is_not_a_baseline() -> None:
@@ -106,7 +125,7 @@ def test_a_failed_run_is_not_a_baseline() -> None:
     )
     result = run(platform, "r3", sample_catalog())
     assert result["manifest"]["previous_run_id"] == "r1"
-    assert set(result["changes"].values()) == {"unchanged"}
+    assert result["changes"] == {} and result["unchanged"] == sum(result["manifest"]["counts"].values())
 
 
 def test_filtered_out_is_not_deleted() -> None:
@@ -143,12 +162,33 @@ def test_scope_follows_the_filters() -> None:
     assert not Scope(FilterSpec(exclude_empty_tables=True), None).selects(fp("shop", "s", "t", "TablePartition"))
 
 
-def test_buckets_are_stable_and_spread() -> None:
+def test_buckets_are_stable_and_spread_and_nest() -> None:
     names = [f"{CONNECTION_QN}/shop/s/t{i}/c" for i in range(5000)]
-    buckets = [bucket_of(name) for name in names]
-    assert buckets == [bucket_of(name) for name in names]
-    assert len(set(buckets)) == BUCKETS
-    assert max(buckets.count(b) for b in range(BUCKETS)) < 3 * len(names) / BUCKETS
+    buckets = [bucket_of(name, 8) for name in names]
+    assert buckets == [bucket_of(name, 8) for name in names]
+    assert len(set(buckets)) == 8
+    assert max(buckets.count(b) for b in range(8)) < 2 * len(names) / 8
+    # A bucket of 16 lies within one bucket of 8: scopes stored with different bucket counts compare.
+    assert all(bucket_of(name, 16) % 8 == bucket_of(name, 8) for name in names)
+    assert [buckets_for(n) for n in (0, 20_000, 20_001, 100_000, 10**9)] == [1, 1, 2, 8, 256]
+
+
+def test_a_large_scope_is_bucketed_and_compares_with_a_smaller_bucket_count(monkeypatch: Any) -> None:
+    """A scope that grows past the bucket size is stored in more buckets than its baseline: still compared."""
+    from pgmeta_shared import fingerprints
+
+    platform = InMemoryPlatform()
+    run(platform, "r1", sample_catalog())
+    monkeypatch.setattr(fingerprints, "BUCKET_ENTITIES", 4)  # the sample's schema: ~20 entities, so 8 buckets
+    changed = sample_catalog()
+    for record in changed:
+        if record["kind"] == "column" and record["column_name"] == "name":
+            record["data_type"] = "text"
+    result = run_planned(platform, "r2", changed, ["sales"], [])
+    owners = FingerprintIndex.from_json(platform.stored_json(fingerprint_parts_key("r2"))).by_scope()
+    assert len(owners[("shop", "sales")].parts) == 8
+    assert result["changes"] == {"sales/customers/name": "updated"} and result["deleted"] == []
+    assert result["unchanged"] == sum(result["manifest"]["counts"].values()) - 1
 
 
 class RecordingSink:
@@ -194,3 +234,89 @@ def test_a_catastrophic_regex_is_answered_in_linear_time() -> None:
     assert scope.selects(Fingerprint("qn", "Column", "h", "shop", evil, evil, "Table")) is False
     assert scope.selects(Fingerprint("qn", "Column", "h", "x" * 40, "s", "t", "Table")) is False
     assert time.perf_counter() - started < 1.0
+
+
+# -- schemas carried over unread: their files and fingerprints are referred to, not copied -----------------------
+
+
+def two_schemas() -> list[dict[str, Any]]:
+    """The sample catalog with a second schema, ``crm``, shaped like ``sales``."""
+    records = sample_catalog()
+    return records + [{**r, "schema_name": "crm"} for r in records if r.get("schema_name") == "sales"]
+
+
+def run_planned(
+    platform: InMemoryPlatform, run_id: str, records: list[dict[str, Any]], read: list[str], carried: list[str]
+) -> dict[str, Any]:
+    """A run whose extractor read the schemas ``read`` (their records are given) and carried ``carried`` over."""
+    plan = ScopePlan(
+        database="shop",
+        unit="db000",
+        fingerprints=dict.fromkeys(read + carried, "unchanged-fingerprint"),
+        extracted=read,
+        carried=carried,
+        baseline_run_id=(platform.get_json(snapshot_key(CONNECTION_QN)) or {}).get("run_id"),
+        reason="test",
+    )
+    platform.save_json(extract_scopes_key(run_id, "db000"), plan.model_dump(mode="json"))
+    selected = [r for r in records if r.get("schema_name") in (None, *read)]
+    return run(platform, run_id, selected)
+
+
+def fingerprint_scopes(platform: InMemoryPlatform, run_id: str) -> dict[Any, str]:
+    index = FingerprintIndex.from_json(platform.stored_json(fingerprint_parts_key(run_id)))
+    return {scope.scope: scope.owner for scope in index.scopes}
+
+
+def test_carried_schemas_are_referred_to_and_counted_unchanged() -> None:
+    platform = InMemoryPlatform()
+    first = run_planned(platform, "r1", two_schemas(), ["sales", "crm"], [])
+    second = run_planned(platform, "r2", two_schemas(), ["sales"], ["crm"])
+    assert second["manifest"]["counts"] == first["manifest"]["counts"]
+    assert second["changes"] == {} and second["deleted"] == []
+    assert second["unchanged"] == sum(first["manifest"]["counts"].values())
+    crm_files = [f for f in second["manifest"]["files"] if f.get("schema") == "crm"]
+    assert crm_files and all(f["folder"] == f"{CONNECTION_QN}/r1" for f in crm_files)
+    assert not any(path.startswith(f"{CONNECTION_QN}/r2/") and "crm" in path for _, path in platform.objects), (
+        "nothing copied"
+    )
+    assert all(("objectstore", f"{f['folder']}/{f['name']}") in platform.objects for f in crm_files)
+    # r2's fingerprints: crm's are r1's parts (kept when r1 was superseded), sales' its own (r1's are gone).
+    owners = fingerprint_scopes(platform, "r2")
+    assert owners[("shop", "crm")] == "r1" and owners[("shop", "sales")] == "r2"
+    assert any(key.startswith("r1/fps/") for _, key in platform.state)
+    assert platform.get_json(fingerprint_parts_key("r1")) is None
+
+    # r3 reads crm again (one column changed) and carries sales from r2, whose file list names r2's folder.
+    changed = two_schemas()
+    for record in changed:
+        if record.get("schema_name") == "crm" and record.get("column_name") == "name":
+            record["data_type"] = "text"
+    third = run_planned(platform, "r3", changed, ["crm"], ["sales"])
+    assert third["changes"] == {"crm/customers/name": "updated"}, third["changes"]
+    assert third["manifest"]["changes"]["unchanged"] == sum(third["manifest"]["counts"].values()) - 1
+    assert {f["folder"] for f in third["manifest"]["files"] if f.get("schema") == "sales"} == {f"{CONNECTION_QN}/r2"}
+    assert fingerprint_scopes(platform, "r3")[("shop", "sales")] == "r2"
+    assert not any(key.startswith("r1/fps/") for _, key in platform.state), "nothing refers to r1's parts any more"
+
+    # Carried twice: the files stay where they were written, the chain is not followed at read time.
+    fourth = run_planned(platform, "r4", changed, [], ["sales", "crm"])
+    folders = {f["schema"]: f["folder"] for f in fourth["manifest"]["files"] if "schema" in f}
+    assert folders == {"sales": f"{CONNECTION_QN}/r2", "crm": f"{CONNECTION_QN}/r3"}
+    assert fourth["changes"] == {} and fourth["unchanged"] == sum(fourth["manifest"]["counts"].values())
+
+
+def test_a_baseline_in_the_old_bucket_layout_is_regrouped_and_compared() -> None:
+    platform = InMemoryPlatform()
+    run(platform, "r1", sample_catalog())
+    # Rewrite r1's fingerprints as the layout before per-scope parts stored them: 64 buckets of rows.
+    index = FingerprintIndex.from_json(platform.stored_json(fingerprint_parts_key("r1")))
+    rows = [row for scope in index.scopes for key in scope.part_keys() for row in platform.stored_json(key)]
+    for scope in index.scopes:
+        for key in scope.part_keys():
+            platform.delete_json(key)
+    platform.save_json(fingerprint_part_key("r1", 5, 0), rows)
+    platform.save_json(fingerprint_parts_key("r1"), [0] * 5 + [1] + [0] * 58)
+    result = run(platform, "r2", sample_catalog())
+    assert result["changes"] == {} and result["unchanged"] == len(rows)
+    assert not any(key.startswith("r1/fp") for _, key in platform.state)

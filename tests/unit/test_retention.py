@@ -146,3 +146,30 @@ def test_report_shape_is_json() -> None:
     service, *_ = make()
     report: dict[str, Any] = service.collect(dry_run=True).model_dump(mode="json")
     assert report == {"dry_run": True, "keep": 2, "runs": [], "files": 0, "workflows": [], "kept": []}
+
+
+def test_a_folder_a_kept_run_refers_to_stays_and_a_run_deletes_only_its_own_files() -> None:
+    """Incremental runs list an unchanged schema's files in the folder of the run that last read it."""
+    service, platform, objects, _ = make()
+    for run in ("r1", "r2", "r3", "r4"):
+        publish_run(platform, objects, service, run)
+    # r2 read schema s (its file is in r2's folder) and r4 carried it over; r3 carried it too (and is doomed).
+    objects.files[f"{QN}/r2/Table-a-00000-s.jsonl"] = b"{}\n"
+    referring = {"name": "Table-a-00000-s.jsonl", "folder": f"{QN}/r2"}
+    for run in ("r3", "r4"):
+        own = {"name": "Table-a-00000.jsonl"}
+        objects.files[f"{QN}/{run}/manifest.json"] = orjson.dumps({"files": [own, referring]})
+    # r1's own files are referred to by r2's manifest only (r2 kept because r4 refers to it): r1 stays too.
+    objects.files[f"{QN}/r2/manifest.json"] = orjson.dumps(
+        {"files": [{"name": "Table-a-00000-s.jsonl"}, {"name": "Table-a-00000.jsonl", "folder": f"{QN}/r1"}]}
+    )
+    platform.save_json(snapshot_key(QN), {"run_id": "r4"})
+    service = RetentionService(
+        platform, objects, FakeWorkflows(), OrchestratorSettings(retention_keep_runs=1), clock=lambda: NOW
+    )
+
+    done = service.collect(dry_run=False)
+    assert [r.run_id for r in done.runs] == ["r3"]
+    assert sorted(done.kept) == ["r1", "r2", "r4"]
+    assert f"{QN}/r2/Table-a-00000-s.jsonl" in objects.files, "r3's manifest lists it, but it is r2's"
+    assert sorted(objects.deleted) == [f"{QN}/r3/Table-a-00000.jsonl", f"{QN}/r3/manifest.json"]

@@ -21,7 +21,7 @@ from rich.console import Console
 from pgmeta_cli.endpoints import api_endpoint, api_headers, sidecar_endpoint, stack_secret, unreachable
 from pgmeta_cli.event_check import event_problems
 from pgmeta_cli.observe import add_observe_commands
-from pgmeta_shared.events import TopicName
+from pgmeta_shared.topics import TopicName
 
 TERMINAL = {"COMPLETED", "FAILED"}
 STAGES = ["extract", "transform", "publish"]

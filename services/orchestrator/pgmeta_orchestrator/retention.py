@@ -1,11 +1,13 @@
 """Retention: old run folders out of the object store, finished workflow histories purged, run keys gone.
 
 Per connection the last N successful runs' output is kept, plus the run the next incremental run compares
-against (the baseline), whatever its age; a run that has not finished is never touched (only finished runs are
-in the retention index, and workflows are purged only in a terminal state). Deletion goes through the
-``objectstore`` binding with operations both bindings.localstorage and bindings.aws.s3 have (get, list,
-delete): the manifest first (a reader that sees a manifest sees a complete run), then the files it lists,
-then whatever a listing of the folder still shows (a run that failed while publishing has no manifest).
+against (the baseline), whatever its age, and every run whose folder holds files a kept run's manifest lists
+(an incremental run refers to an unchanged schema's files where they are); a run that has not finished is
+never touched (only finished runs are in the retention index, and workflows are purged only in a terminal
+state). Deletion goes through the ``objectstore`` binding with operations both bindings.localstorage and
+bindings.aws.s3 have (get, list, delete): the manifest first (a reader that sees a manifest sees a complete
+run), then the run's own files it lists, then whatever a listing of the folder still shows (a run that failed
+while publishing has no manifest).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from pgmeta_orchestrator.auth import Principal, Role, require
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import connection_qualified_name
 from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested
+from pgmeta_shared.fingerprints import owned_part_keys
 from pgmeta_shared.keys import (
     RETENTION_CONNECTIONS_KEY,
     RUNS_INDEX_KEY,
-    fingerprint_part_key,
     fingerprint_parts_key,
     run_progress_key,
     run_requested_key,
@@ -159,10 +161,18 @@ class RetentionService:
         baseline = (self._platform.get_json(snapshot_key(connection_qn)) or {}).get("run_id")
         successful = [e for e in entries if e["status"] == "COMPLETED"]
         kept = {e["run_id"] for e in successful[:keep]} | ({baseline} if baseline else set())
+        # A kept run's manifest may list files of schemas carried over unread, in the folder of the run that
+        # last read them: that folder stays while any kept run (or a run kept for that reason) refers to it.
+        referenced = self._referenced_folders(
+            [self._location(connection_qn, e) for e in entries if e["run_id"] in kept]
+        )
+        if baseline and not any(e["run_id"] == baseline for e in entries):
+            referenced |= self._referenced_folders([f"{connection_qn}/{baseline}"])
+        kept |= {e["run_id"] for e in entries if self._location(connection_qn, e) in referenced}
         report.kept += sorted(kept)
         doomed = [e for e in entries if e["run_id"] not in kept]
         for entry in doomed:
-            location = entry.get("location") or f"{connection_qn}/{entry['run_id']}"
+            location = self._location(connection_qn, entry)
             removal = RunRemoval(
                 run_id=entry["run_id"],
                 connection_qualified_name=connection_qn,
@@ -185,12 +195,36 @@ class RetentionService:
                 runs_key(connection_qn), lambda entries: [e for e in entries or [] if e["run_id"] not in gone]
             )
 
+    @staticmethod
+    def _location(connection_qn: str, entry: dict[str, Any]) -> str:
+        return str(entry.get("location") or f"{connection_qn}/{entry['run_id']}")
+
+    def _referenced_folders(self, locations: list[str]) -> set[str]:
+        """Other runs' folders that these runs' manifests list files in, and those that theirs list, and so on."""
+        referenced: set[str] = set()
+        pending = list(locations)
+        seen = set(locations)
+        while pending:
+            manifest = self._objects.read(f"{pending.pop()}/manifest.json")
+            for item in orjson.loads(manifest).get("files", []) if manifest else []:
+                folder = item.get("folder")
+                if folder and folder not in seen:
+                    seen.add(folder)
+                    referenced.add(folder)
+                    pending.append(folder)
+        return referenced
+
     def _run_files(self, location: str) -> list[str]:
+        """The run's own files: not those its manifest lists in another run's folder."""
         files: set[str] = set()
         manifest = self._objects.read(f"{location}/manifest.json")
         if manifest:
             files.add(f"{location}/manifest.json")
-            files |= {f"{location}/{item['name']}" for item in orjson.loads(manifest).get("files", [])}
+            files |= {
+                f"{location}/{item['name']}"
+                for item in orjson.loads(manifest).get("files", [])
+                if item.get("folder", location) == location
+            }
         files |= set(self._objects.list(location))
         return sorted(files)
 
@@ -199,10 +233,10 @@ class RetentionService:
         baselines)."""
         if run_id == baseline:
             return
-        parts = self._platform.get_json(fingerprint_parts_key(run_id)) or []
-        for bucket, count in enumerate(parts):
-            for part in range(count):
-                self._platform.delete_json(fingerprint_part_key(run_id, bucket, part))
+        # Only the parts the run wrote itself: those of schemas it carried over belong to (and stay with) the
+        # run that read them, which the baseline may still refer to.
+        for key in owned_part_keys(run_id, self._platform.get_json(fingerprint_parts_key(run_id))):
+            self._platform.delete_json(key)
         self._platform.delete_json(fingerprint_parts_key(run_id))
 
     def _purge_workflows(self, report: GcReport) -> None:

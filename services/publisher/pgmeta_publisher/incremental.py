@@ -1,97 +1,193 @@
 """Incremental runs: this run's entity fingerprints against the previous successful run of the connection.
 
-Fingerprints (qualifiedName, type, hash, scope) are regrouped into a fixed number of buckets by a stable hash
-of the qualifiedName, so comparing two runs holds one bucket in memory at a time, whatever the catalog size.
-An entity missing from this run is "deleted" only when this run's filters would have selected it: an entity
-filtered out this time is out of scope, not deleted.
+Fingerprints (qualifiedName, type, hash, scope) are stored by scope — the Connection, a Database, a schema —
+and a very large scope in buckets by a stable hash of the qualifiedName, so comparing two runs holds one
+bucket of one scope in memory at a time. A schema carried over unread is not compared at all: its entities are
+the baseline's, unchanged by definition, and this run's index refers to the parts that hold them (written by the
+run that last read the schema) instead of copying them. An entity missing from this run is "deleted" only when
+this run's filters would have selected it: an entity filtered out this time is out of scope, not deleted.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import re2
 
 from pgmeta_shared.events import FilterSpec, UnitChunks
-from pgmeta_shared.fingerprints import Fingerprint
-from pgmeta_shared.keys import ArtifactStage, extract_chunk_unit, fingerprint_part_key, fingerprint_parts_key
+from pgmeta_shared.fingerprints import (
+    Fingerprint,
+    FingerprintIndex,
+    ScopeFingerprints,
+    buckets_for,
+    owned_part_keys,
+)
+from pgmeta_shared.keys import (
+    ArtifactStage,
+    extract_chunk_unit,
+    fingerprint_part_key,
+    fingerprint_parts_key,
+    fingerprint_scope_part_key,
+)
 from pgmeta_shared.platform import NO_TTL, Platform
 
-BUCKETS = 64
-FLUSH_AT = 500  # fingerprints per stored part: bounds the buffers to BUCKETS × FLUSH_AT entries
+log = logging.getLogger(__name__)
+
+FLUSH_AT = 5_000  # fingerprints per stored part (about 1 MB of JSON: well under Dapr's body limit)
+MAX_BUFFERED = 32_000  # fingerprints held at most (the largest buffer is written out then): memory stays flat
 CHANGE_KINDS = ("created", "updated", "unchanged", "deleted")
 
 VIEW_TYPES = {"View", "MaterialisedView"}
 TABLE_TYPES = {"Table", "TablePartition"}
 
-
-def bucket_of(qualified_name: str) -> int:
-    return hashlib.blake2b(qualified_name.encode(), digest_size=2).digest()[0] % BUCKETS
+ScopeKey = tuple[str | None, str | None]  # (database, schema): the Connection is (None, None)
 
 
-def bucketize(platform: Platform, run_id: str, units: list[UnitChunks]) -> list[int]:
-    """Regroups the transformer's per-chunk fingerprints into buckets; returns the part count per bucket."""
-    buffers: list[list[list[Any]]] = [[] for _ in range(BUCKETS)]
-    parts = [0] * BUCKETS
+def name_hash(qualified_name: str) -> int:
+    """A stable hash of the qualifiedName; its bucket among ``n`` (a power of two) is ``name_hash % n``, so a
+    bucket of 2n is part of one bucket of n: scopes stored with different bucket counts still compare."""
+    return int.from_bytes(hashlib.blake2b(qualified_name.encode(), digest_size=4).digest(), "big")
 
-    def flush(bucket: int) -> None:
-        platform.save_json(fingerprint_part_key(run_id, bucket, parts[bucket]), buffers[bucket], ttl_seconds=NO_TTL)
-        parts[bucket] += 1
-        buffers[bucket] = []
 
+def bucket_of(qualified_name: str, buckets: int) -> int:
+    return name_hash(qualified_name) % buckets
+
+
+class ScopePartWriter:
+    """Regroups fingerprint rows by scope and bucket into stored parts of one run; returns the part counts.
+
+    ``sizes`` (entities per scope, where known) sets each scope's bucket count: one for all but very large
+    schemas, so that a run writes few, large parts. Rows arrive interleaved across scopes (the extractor
+    reads kind by kind); when too many are held, the largest buffer is written out.
+    """
+
+    def __init__(self, platform: Platform, run_id: str, sizes: dict[ScopeKey, int] | None = None) -> None:
+        self.platform = platform
+        self.run_id = run_id
+        self.parts: dict[ScopeKey, list[int]] = {}
+        self._sizes = sizes or {}
+        self._buffers: dict[tuple[ScopeKey, int], list[Any]] = {}
+        self._buffered = 0
+
+    def add(self, row: Sequence[Any]) -> None:
+        scope = (row[3], row[4])
+        counts = self.parts.get(scope)
+        if counts is None:
+            counts = self.parts[scope] = [0] * buckets_for(self._sizes.get(scope, 0))
+        key = (scope, bucket_of(row[0], len(counts)) if len(counts) > 1 else 0)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = []
+        buffer.append(row)
+        self._buffered += 1
+        if len(buffer) >= FLUSH_AT:
+            self._flush(key)
+        while self._buffered >= MAX_BUFFERED:
+            self._flush(max(self._buffers, key=lambda k: len(self._buffers[k])))
+
+    def _flush(self, key: tuple[ScopeKey, int]) -> None:
+        rows = self._buffers.pop(key, [])
+        if not rows:
+            return
+        (database, schema), bucket = key
+        counts = self.parts[(database, schema)]
+        part_key = fingerprint_scope_part_key(self.run_id, database, schema, bucket, counts[bucket])
+        self.platform.save_json(part_key, rows, ttl_seconds=NO_TTL)
+        counts[bucket] += 1
+        self._buffered -= len(rows)
+
+    def flush(self) -> None:
+        for key in list(self._buffers):
+            self._flush(key)
+
+    def scopes(self) -> list[ScopeFingerprints]:
+        self.flush()
+        return [ScopeFingerprints(db, schema, self.run_id, parts) for (db, schema), parts in self.parts.items()]
+
+
+def bucketize(
+    platform: Platform, run_id: str, units: list[UnitChunks], sizes: dict[ScopeKey, int] | None = None
+) -> list[ScopeFingerprints]:
+    """Regroups the transformer's per-chunk fingerprints (of the scopes this run read) by scope and bucket."""
+    writer = ScopePartWriter(platform, run_id, sizes)
     for unit in units:
         chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
         for index in range(unit.chunk_count):
             # Rows stay rows here: they are only regrouped, not read.
-            for record in platform.load_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index):
-                bucket = bucket_of(record[0])
-                buffers[bucket].append(record)
-                if len(buffers[bucket]) >= FLUSH_AT:
-                    flush(bucket)
-    for bucket in range(BUCKETS):
-        if buffers[bucket]:
-            flush(bucket)
-    platform.save_json(fingerprint_parts_key(run_id), parts, ttl_seconds=NO_TTL)
-    return parts
+            for row in platform.load_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index):
+                writer.add(row)
+    return writer.scopes()
 
 
-def load_bucket(platform: Platform, run_id: str, bucket: int, parts: int) -> dict[str, Fingerprint]:
+def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
+    """A run's fingerprint index; a baseline stored in the layout before per-scope parts is migrated once."""
+    stored = platform.get_json(fingerprint_parts_key(run_id))
+    if stored is None:
+        return None
+    if isinstance(stored, dict):
+        return FingerprintIndex.from_json(stored)
+    sizes: dict[ScopeKey, int] = {}
+    for bucket, count in enumerate(stored):
+        for part in range(count):
+            for row in platform.get_json(fingerprint_part_key(run_id, bucket, part)) or []:
+                sizes[(row[3], row[4])] = sizes.get((row[3], row[4]), 0) + 1
+    writer = ScopePartWriter(platform, run_id, sizes)
+    for bucket, count in enumerate(stored):
+        for part in range(count):
+            for row in platform.get_json(fingerprint_part_key(run_id, bucket, part)) or []:
+                writer.add(row)
+    index = FingerprintIndex(writer.scopes())
+    platform.save_json(fingerprint_parts_key(run_id), index.to_json(), ttl_seconds=NO_TTL)
+    for key in owned_part_keys(run_id, stored):
+        platform.delete_json(key)
+    return index
+
+
+def load_bucket(
+    platform: Platform, scope: ScopeFingerprints | None, bucket: int, buckets: int
+) -> dict[str, Fingerprint]:
+    """Bucket ``bucket`` of ``buckets`` of a scope: part of one stored bucket when the scope has fewer."""
     records: dict[str, Fingerprint] = {}
-    for part in range(parts):
-        for row in platform.get_json(fingerprint_part_key(run_id, bucket, part)) or []:
+    if scope is None:
+        return records
+    stored_bucket = bucket % len(scope.parts)
+    narrower = len(scope.parts) < buckets
+    for part in range(scope.parts[stored_bucket]):
+        key = fingerprint_scope_part_key(scope.owner, scope.database, scope.schema, stored_bucket, part)
+        stored = platform.get_json(key)
+        if stored is None:  # compared as absent (its entities "created"), as a baseline without fingerprints is
+            log.warning("fingerprint part %s is gone", key)
+        for row in stored or []:
+            if narrower and bucket_of(row[0], buckets) != bucket:
+                continue
             record = Fingerprint.from_row(row)
             records[record.qualified_name] = record
     return records
 
 
-REWRITE_PART = 5_000  # fingerprints per part when a bucket is rewritten whole (well under Dapr's body limit)
-
-
-def _rewrite_bucket(
-    platform: Platform, run_id: str, bucket: int, parts: list[int], records: dict[str, Fingerprint]
-) -> None:
-    """One bucket of this run, written again in whole parts; ``parts`` is updated (the caller saves it)."""
-    rows = [list(r) for r in records.values()]
-    written = 0
-    for written, start in enumerate(range(0, len(rows), REWRITE_PART), start=1):
-        platform.save_json(
-            fingerprint_part_key(run_id, bucket, written - 1), rows[start : start + REWRITE_PART], ttl_seconds=NO_TTL
-        )
-    for part in range(written, parts[bucket]):
-        platform.delete_json(fingerprint_part_key(run_id, bucket, part))
-    parts[bucket] = written
-
-
-def forget_run(platform: Platform, run_id: str) -> None:
-    """Removes a superseded run's fingerprint buckets (they carry no TTL: a snapshot may be old)."""
-    parts = platform.get_json(fingerprint_parts_key(run_id)) or []
-    for bucket, count in enumerate(parts):
-        for part in range(count):
-            platform.delete_json(fingerprint_part_key(run_id, bucket, part))
+def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | None) -> None:
+    """Removes a superseded baseline's fingerprint parts, except those its successor still refers to (the
+    parts of schemas carried over unread), and its index."""
+    stored = platform.get_json(fingerprint_parts_key(run_id))
+    if isinstance(stored, list):
+        doomed = owned_part_keys(run_id, stored)
+    elif isinstance(stored, dict):
+        kept = {(scope.owner, scope.scope) for scope in successor.scopes} if successor is not None else set()
+        doomed = [
+            key
+            for scope in FingerprintIndex.from_json(stored).scopes
+            if (scope.owner, scope.scope) not in kept
+            for key in scope.part_keys()
+        ]
+    else:
+        doomed = []
+    for key in doomed:
+        platform.delete_json(key)
     platform.delete_json(fingerprint_parts_key(run_id))
 
 
@@ -164,59 +260,75 @@ def _compiled(pattern: str) -> Any:
 class Changes:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
+    # Unchanged entities are counted, not listed: (database, schema, type) → entities.
+    unchanged: dict[tuple[str | None, str | None, str], int] = field(default_factory=dict)
 
-    def add(self, type_name: str, kind: str) -> None:
+    def add(self, type_name: str, kind: str, count: int = 1) -> None:
         per_type = self.counts.setdefault(type_name, dict.fromkeys(CHANGE_KINDS, 0))
-        per_type[kind] += 1
+        per_type[kind] += count
+
+    def add_unchanged(self, database: str | None, schema: str | None, type_name: str, count: int = 1) -> None:
+        self.add(type_name, "unchanged", count)
+        key = (database, schema, type_name)
+        self.unchanged[key] = self.unchanged.get(key, 0) + count
 
     def total(self, kind: str) -> int:
         return sum(per_type[kind] for per_type in self.counts.values())
 
+    def unchanged_lines(self) -> list[dict[str, Any]]:
+        """The change list's summary lines: one per (database, schema, type) with unchanged entities."""
+        return [
+            {"database": database, "schema": schema, "typeName": type_name, "change": "unchanged", "count": count}
+            for (database, schema, type_name), count in sorted(
+                self.unchanged.items(), key=lambda item: (item[0][0] or "", item[0][1] or "", item[0][2])
+            )
+        ]
+
 
 def compare(
     platform: Platform,
-    run_id: str,
-    parts: list[int],
-    previous: dict[str, Any] | None,
+    own: list[ScopeFingerprints],
+    previous: FingerprintIndex | None,
     scope: Scope,
     emit: Callable[[str, dict[str, Any]], None],
     keep_changed: bool,
-    carried: set[tuple[str, str]] | None = None,
+    carried: dict[tuple[str, str], dict[str, int]] | None = None,
 ) -> Changes:
-    """Marks every entity created / updated / unchanged and lists deletions, one bucket at a time.
+    """Marks every entity created / updated / unchanged and lists deletions, one bucket of one scope at a time.
 
-    ``emit(kind, line)`` receives ``("change", {...})`` and ``("deleted", {...})`` lines as they are found.
-    ``carried`` names the (database, schema) scopes this run took from the previous one unread: their
-    fingerprints are the previous run's, added to this run's buckets (rewritten) for the run after.
+    ``own`` are the scopes this run read; ``carried`` the (database, schema) scopes it took from the baseline
+    unread, with their entities per type: counted unchanged without reading a fingerprint. ``emit(kind, line)``
+    receives ``("change", {...})`` lines of created and updated entities, then one summary line per (database,
+    schema, type) of unchanged ones, and ``("deleted", {...})`` lines as they are found.
     """
     changes = Changes()
-    rewritten = False
-    previous_run: str | None = previous["run_id"] if previous else None
-    previous_parts: list[int] = (platform.get_json(fingerprint_parts_key(previous_run)) or []) if previous_run else []
-    for bucket in range(BUCKETS):
-        current = load_bucket(platform, run_id, bucket, parts[bucket])
-        before = (
-            load_bucket(platform, previous_run, bucket, previous_parts[bucket])
-            if previous_run and previous_parts
-            else {}
-        )
-        if carried:
-            kept = {qn: r for qn, r in before.items() if (r.database or "", r.schema or "") in carried}
-            if kept:
-                current.update(kept)
-                _rewrite_bucket(platform, run_id, bucket, parts, current)
-                rewritten = True
-        for qn, record in current.items():
-            old = before.get(qn)
-            kind = "created" if old is None else ("unchanged" if old.digest == record.digest else "updated")
-            changes.add(record.type_name, kind)
-            if keep_changed and kind != "unchanged":
-                changes.changed.add(qn)
-            emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
-        for qn, old in before.items():
-            if qn not in current and scope.selects(old):
-                changes.add(old.type_name, "deleted")
-                emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
-    if rewritten:
-        platform.save_json(fingerprint_parts_key(run_id), parts, ttl_seconds=NO_TTL)
+    carried = carried or {}
+    for (database, schema), per_type in carried.items():
+        for type_name, count in per_type.items():
+            changes.add_unchanged(database, schema, type_name, count)
+    mine = {entry.scope: entry for entry in own}
+    before_scopes = previous.by_scope() if previous is not None else {}
+    compared = list(mine) + [key for key in before_scopes if key not in mine and key not in carried]
+    for key in compared:
+        now, then = mine.get(key), before_scopes.get(key)
+        buckets = max(len(entry.parts) for entry in (now, then) if entry is not None)
+        for bucket in range(buckets):
+            current = load_bucket(platform, now, bucket, buckets)
+            before = load_bucket(platform, then, bucket, buckets)
+            for qn, record in current.items():
+                old = before.get(qn)
+                if old is not None and old.digest == record.digest:
+                    changes.add_unchanged(record.database, record.schema, record.type_name)
+                    continue
+                kind = "created" if old is None else "updated"
+                changes.add(record.type_name, kind)
+                if keep_changed:
+                    changes.changed.add(qn)
+                emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
+            for qn, old in before.items():
+                if qn not in current and scope.selects(old):
+                    changes.add(old.type_name, "deleted")
+                    emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
+    for line in changes.unchanged_lines():
+        emit("change", line)
     return changes

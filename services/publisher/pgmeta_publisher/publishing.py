@@ -23,11 +23,11 @@ import orjson
 from more_itertools import constrained_batches
 from pydantic import BaseModel, ConfigDict
 
-from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run
+from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run, load_index
 from pgmeta_shared.errors import ArtifactMissingError
 from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
 from pgmeta_shared.fencing import RunState, claim_commit, run_state
-from pgmeta_shared.fingerprints import Fingerprint
+from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, ScopeFingerprints
 from pgmeta_shared.keys import (
     OBJECTSTORE_BINDING,
     ArtifactStage,
@@ -37,6 +37,7 @@ from pgmeta_shared.keys import (
     entity_part,
     extract_chunk_unit,
     extract_scopes_key,
+    fingerprint_parts_key,
     scope_id,
     snapshot_key,
     stage_report_key,
@@ -100,20 +101,9 @@ class RunWriter:
         if len(self._pending) >= 2 * WRITERS:
             self._pending.pop(0).result()
 
-    def copy(self, entry: dict[str, Any], source: str, **facts: Any) -> None:
-        """Another run's file, listed as its manifest listed it, read and written by the pool (checked against
-        the digest that manifest recorded)."""
-        self.files.append({**entry, **facts})
-
-        def copy_one() -> None:
-            content = self.platform.read_object(OBJECTSTORE_BINDING, source)
-            if hashlib.sha256(content).hexdigest() != entry["sha256"]:
-                raise ArtifactMissingError(f"{source} differs from what its run's manifest says")
-            self.platform.write_object(OBJECTSTORE_BINDING, f"{self.prefix}/{entry['name']}", content)
-
-        self._pending.append(self._pool.submit(contextvars.copy_context().run, copy_one))
-        if len(self._pending) >= 2 * WRITERS:
-            self._pending.pop(0).result()
+    def refer(self, entry: dict[str, Any], folder: str) -> None:
+        """Another run's file, listed as its manifest listed it, with the folder that holds it (not copied)."""
+        self.files.append({**entry, "folder": folder})
 
     def write_lines(self, stem: str, blob: bytes, **facts: Any) -> None:
         """``<stem>.jsonl.zst``, or ``<stem>-<part>.jsonl.zst`` parts when it would not fit one request.
@@ -248,6 +238,7 @@ def _publish(
 
     # 1. The full snapshot: every chunk's files (most already written early, as the transformer finished them).
     counts: dict[str, int] = {}
+    entities_by_schema: dict[tuple[str, str], int] = {}  # (unit, schema) -> entities: sizes the fingerprint buckets
     total = sum(unit.chunk_count for unit in command.units)
     done = 0
     progress = ProgressReporter(platform)
@@ -257,6 +248,10 @@ def _publish(
                 platform, command.run_id, command.connection_qualified_name, unit.unit, unit.generation, index
             )
             writer.files += chunk.files
+            for entry in chunk.files:
+                if "type" in entry and "schema" in entry:
+                    key = (unit.unit, entry["schema"])
+                    entities_by_schema[key] = entities_by_schema.get(key, 0) + entry["entities"]
             for name, count in chunk.counts.items():
                 counts[name] = counts.get(name, 0) + count
             done += 1
@@ -264,17 +259,21 @@ def _publish(
                 ExtractionProgress(run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks")
             )
 
-    # 2. Schemas the extractor found unchanged: the baseline's files, copied byte for byte.
-    previous = platform.get_json(snapshot_key(command.connection_qualified_name))
-    if previous is not None and previous.get("run_id") == command.run_id:
-        previous = None
+    # 2. Schemas the extractor found unchanged: the baseline's files, referred to where they are.
     plans = scope_plans(platform, command)
     carried = carry_over(platform, command, plans, writer)
     for name, count in carried.counts.items():
         counts[name] = counts.get(name, 0) + count
 
-    # 3. Compare with the previous successful run of this connection, bucket by bucket.
-    parts = bucketize(platform, command.run_id, command.units)
+    # 3. Compare with the previous successful run of this connection, scope by scope (carried schemas are not
+    # compared: they are unchanged, and this run's fingerprint index refers to the parts that hold them).
+    databases = {plan.unit: plan.database for plan in plans}
+    sizes: dict[tuple[str | None, str | None], int] = {
+        (databases.get(unit), schema): entities for (unit, schema), entities in entities_by_schema.items()
+    }
+    own = bucketize(platform, command.run_id, command.units, sizes)
+    previous, previous_index = current_baseline(platform, command)
+    fingerprint_index = FingerprintIndex(own + carried_fingerprints(platform, plans, previous_index))
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
     deleted: list[tuple[str, str]] = []
 
@@ -285,16 +284,16 @@ def _publish(
 
     changes = compare(
         platform,
-        command.run_id,
-        parts,
-        previous,
+        own,
+        previous_index,
         Scope(command.filters, command.database),
         emit,
         sink is not None,
-        carried.scopes,
+        carried.unchanged,
     )
     for spool in spools.values():
         spool.flush()
+    platform.save_json(fingerprint_parts_key(command.run_id), fingerprint_index.to_json(), ttl_seconds=NO_TTL)
 
     # 4. When a tenant is configured: created and updated entities to it, deleted ones archived.
     sink_results: list[dict[str, Any]] = []
@@ -348,7 +347,7 @@ def _publish(
     save_scope_indexes(platform, command, plans, writer.files, problems)
     platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
     claim_commit(platform, command.run_id)  # a run that ended during the last writes never becomes the baseline
-    _advance_snapshot(platform, command, previous)
+    _advance_snapshot(platform, command, previous, fingerprint_index)
     return completed
 
 
@@ -374,8 +373,14 @@ def _send_changes(
     return results
 
 
-def _advance_snapshot(platform: Platform, command: PublishRequested, previous: dict[str, Any] | None = None) -> None:
-    """This run becomes the baseline of the next one; the superseded baseline's fingerprints and scopes go."""
+def _advance_snapshot(
+    platform: Platform,
+    command: PublishRequested,
+    previous: dict[str, Any] | None = None,
+    index: FingerprintIndex | None = None,
+) -> None:
+    """This run becomes the baseline of the next one; the superseded baseline's fingerprints (those this run's
+    ``index`` does not refer to) and scopes go."""
     key = snapshot_key(command.connection_qualified_name)
     current = platform.get_json(key)
     if current is not None and current.get("run_id") == command.run_id:
@@ -389,9 +394,9 @@ def _advance_snapshot(platform: Platform, command: PublishRequested, previous: d
     )
     platform.save_json(key, baseline.model_dump(mode="json"), ttl_seconds=NO_TTL)
     if previous is not None:
-        forget_run(platform, previous["run_id"])
+        forget_run(platform, previous["run_id"], index)
         # Not deleted yet: a run of the same connection planned on the superseded baseline may still be
-        # publishing, and copies its carried schemas' files from there. They expire with the run artifacts
+        # publishing, and lists its carried schemas' files from there. They expire with the run artifacts
         # (the default TTL), as that run's own chunks do.
         for database in Baseline.model_validate(previous).databases:
             superseded = baseline_scopes_key(previous["run_id"], database)
@@ -415,11 +420,10 @@ def scope_plans(platform: Platform, command: PublishRequested) -> list[ScopePlan
 
 @dataclass
 class CarriedOver:
-    """What came from the baseline: entities per type, and the (database, schema) scopes."""
+    """What came from the baseline: entities per type, and per carried (database, schema) scope."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    scopes: set[tuple[str, str]] = field(default_factory=set)
-    files: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    unchanged: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
 
 def carry_over(
@@ -428,8 +432,9 @@ def carry_over(
     plans: list[ScopePlan],
     writer: RunWriter,
 ) -> CarriedOver:
-    """Copies the carried schemas' files from the baseline's folder into this run's (each run stays complete
-    and self-contained: retention deletes a run's folder without looking at other runs)."""
+    """Lists the carried schemas' files where they are: in the folder of the run that last read the schema (the
+    baseline's, or the one the baseline's manifest names). Nothing is read or copied; retention keeps a folder
+    while a kept run's manifest refers to it."""
     carried = CarriedOver()
     for plan in plans:
         if not plan.carried:
@@ -450,11 +455,58 @@ def carry_over(
         for schema in plan.carried:
             scope = index.schemas[schema]
             for entry in scope.files:
-                writer.copy(entry, f"{source}/{entry['name']}", copied_from=baseline_run)
+                writer.refer(entry, entry.get("folder") or source)
             for name, count in scope.counts.items():
                 carried.counts[name] = carried.counts.get(name, 0) + count
-            carried.scopes.add((plan.database, schema))
+            carried.unchanged[(plan.database, schema)] = dict(scope.counts)
     return carried
+
+
+BASELINE_READS = 5
+
+
+def current_baseline(
+    platform: Platform, command: PublishRequested
+) -> tuple[dict[str, Any] | None, FingerprintIndex | None]:
+    """The connection's snapshot and its fingerprint index, read together. Runs of one connection may overlap:
+    between reading the snapshot and its index, another run may have superseded it and forgotten its index;
+    the snapshot is then read again (the newer one's index exists before the snapshot names it)."""
+    previous: dict[str, Any] | None = None
+    for _ in range(BASELINE_READS):
+        previous = platform.get_json(snapshot_key(command.connection_qualified_name))
+        if previous is None or previous.get("run_id") == command.run_id:
+            return None, None
+        index = load_index(platform, previous["run_id"])
+        if index is not None:
+            return previous, index
+    log.warning("run %s: the baseline's fingerprints are gone (runs overlapping): compared with none", command.run_id)
+    return previous, None
+
+
+def carried_fingerprints(
+    platform: Platform, plans: list[ScopePlan], previous: FingerprintIndex | None
+) -> list[ScopeFingerprints]:
+    """The fingerprint parts of every carried schema, as the baseline's index names them (nothing is read or
+    copied). The baseline is the connection's snapshot now; a schema it lacks (a run of the connection that
+    overlapped this one superseded the baseline this run planned on) is looked up in the planned-on run's index."""
+    references: list[ScopeFingerprints] = []
+    current = previous.by_scope() if previous is not None else {}
+    planned_on: dict[str, dict[tuple[str | None, str | None], ScopeFingerprints]] = {}
+    for plan in plans:
+        for schema in plan.carried:
+            entry = current.get((plan.database, schema))
+            if entry is None and plan.baseline_run_id is not None:
+                if plan.baseline_run_id not in planned_on:
+                    stored = load_index(platform, plan.baseline_run_id)
+                    planned_on[plan.baseline_run_id] = stored.by_scope() if stored is not None else {}
+                entry = planned_on[plan.baseline_run_id].get((plan.database, schema))
+            if entry is None:
+                raise ArtifactMissingError(
+                    f"the fingerprints of schema {schema!r} of database {plan.database!r} (run "
+                    f"{plan.baseline_run_id}) are gone: run again, or with --full"
+                )
+            references.append(entry)
+    return references
 
 
 def schema_totals(plans: list[ScopePlan]) -> dict[str, int]:
@@ -483,11 +535,8 @@ def save_scope_indexes(
         if plan.unit not in troubled:
             unit_token = f"-{plan.unit}-"  # file names are <Type>-<unit>-<chunk>-<schema token>
             for schema, fingerprint in plan.fingerprints.items():
-                own = [
-                    {k: v for k, v in entry.items() if k != "copied_from"}
-                    for entry in by_schema.get(schema, [])
-                    if unit_token in entry["name"]
-                ]
+                # As the manifest lists them: a file carried over keeps the folder that holds it.
+                own = [entry for entry in by_schema.get(schema, []) if unit_token in entry["name"]]
                 counts: dict[str, int] = {}
                 for entry in own:
                     if "type" in entry:

@@ -340,11 +340,12 @@ def build_index(reader: ObjectReader, location: str, manifest: dict[str, Any], p
     conn = sqlite3.connect(partial)
     try:
         conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
-        entity_files = [f["name"] for f in manifest.get("files", []) if f.get("type")]
-        for name in entity_files:
-            stored = reader.read(f"{location}/{name}")
+        # Each file where the manifest says: an incremental run's carried files are in an earlier run's folder.
+        entity_files = [(f.get("folder", location), f["name"]) for f in manifest.get("files", []) if f.get("type")]
+        for folder, name in entity_files:
+            stored = reader.read(f"{folder}/{name}")
             if stored is None:
-                raise OutputMissingError(f"{location}/{name} is listed in the manifest but missing")
+                raise OutputMissingError(f"{folder}/{name} is listed in the manifest but missing")
             conn.executemany(
                 "INSERT INTO entity_load VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows(name, decode(name, stored))
             )
@@ -381,6 +382,7 @@ class RunOutputs:
         self._guard = threading.Lock()
         self._files: OrderedDict[str, list[bytes]] = OrderedDict()
         self._manifests: dict[str, dict[str, Any]] = {}
+        self._folders: dict[str, dict[str, str]] = {}  # run location -> {file name: folder} of files held elsewhere
         self._warming: set[str] = set()
         self._background = threading.Semaphore(1)
         self.compare_totals: dict[tuple[str, str], dict[str, int]] = {}  # (base, head) run ids -> change counts
@@ -388,8 +390,21 @@ class RunOutputs:
         self._max_open_files = max_open_files
 
     def read(self, location: str, name: str) -> bytes | None:
-        """A published file as stored (downloads serve it so)."""
-        return self._reader.read(f"{location}/{name}")
+        """A published file as stored (downloads serve it so), from the folder that holds it: an incremental
+        run's manifest lists an unchanged schema's files in the folder of the run that last read the schema."""
+        return self._reader.read(f"{self._folder(location, name)}/{name}")
+
+    def _folder(self, location: str, name: str) -> str:
+        if name == "manifest.json":
+            return location
+        with self._guard:
+            folders = self._folders.get(location)
+        if folders is None:
+            manifest = self.manifest(location) or {}
+            folders = {f["name"]: f["folder"] for f in manifest.get("files", []) if f.get("folder")}
+            with self._guard:
+                self._folders[location] = folders
+        return folders.get(name, location)
 
     def read_content(self, location: str, name: str) -> bytes | None:
         """A published file's content: JSON Lines decompressed when the file is stored as ``.jsonl.zst``."""
