@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from datetime import datetime, timedelta
@@ -367,3 +368,41 @@ def test_ca_bundles_offer_what_sslrootcert_may_name(console: tuple[TestClient, A
     app.state.console_settings = OrchestratorSettings(sslrootcert_dir=cas)
     answer = client.get("/console/api/ca-bundles", headers=AUTH).json()
     assert answer == {"directory_configured": True, "files": ["internal-ca.crt", "rds-global.pem"]}
+
+
+def test_an_incremental_runs_index_copies_its_carried_files_rows_from_the_earlier_index(tmp_path: Path) -> None:
+    """Files an incremental run refers to in an earlier run's folder are not read again when the earlier run's
+    index is there and lists the same bytes (sha256); the index is the one a full build makes."""
+    reader = DictReader()
+    location_a = reader.publish("run-a", catalog(False), None)
+    manifest_a = orjson.loads(reader.objects[f"{location_a}/manifest.json"])
+    for entry in manifest_a["files"]:
+        entry["sha256"] = hashlib.sha256(reader.objects[f"{location_a}/{entry['name']}"]).hexdigest()
+    reader.objects[f"{location_a}/manifest.json"] = orjson.dumps(manifest_a)
+    location_c = f"{CONN}/run-c"
+    carried = [f | {"folder": location_a} if f.get("type") else f for f in manifest_a["files"]]
+    reader.objects[f"{location_c}/manifest.json"] = orjson.dumps(
+        manifest_a | {"run_id": "run-c", "previous_run_id": "run-a", "files": carried}
+    )
+
+    outputs = RunOutputs(reader, tmp_path / "index")
+    outputs.index("run-a", location_a)
+    reads = reader.reads
+    index_c = outputs.index("run-c", location_c)
+    assert reader.reads - reads == 1, "only run-c's manifest is read: every entity file's rows come from run-a's index"
+
+    scratch = RunOutputs(reader, tmp_path / "scratch").index("run-c", location_c)
+    rows = []
+    for index in (index_c, scratch):
+        with sqlite3.connect(index.path) as db:
+            rows.append(db.execute("SELECT * FROM entity ORDER BY qn").fetchall())
+    assert rows[0] and rows[0] == rows[1]
+
+    # Other bytes under the same name (another sha256): read and parsed, not copied.
+    changed = [f | {"sha256": "0" * 64} if f.get("type") else f for f in carried]
+    reader.objects[f"{CONN}/run-d/manifest.json"] = orjson.dumps(
+        manifest_a | {"run_id": "run-d", "previous_run_id": "run-a", "files": changed}
+    )
+    reads = reader.reads
+    outputs.index("run-d", f"{CONN}/run-d")
+    assert reader.reads - reads == 1 + sum(1 for f in changed if f.get("type"))

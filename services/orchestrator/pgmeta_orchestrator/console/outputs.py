@@ -333,16 +333,45 @@ class RunIndex:
         return Page(total, position, items, following, preceding)
 
 
-def build_index(reader: ObjectReader, location: str, manifest: dict[str, Any], path: Path) -> None:
-    """Writes the SQLite index of a published run to ``path`` (atomically: readers see all of it or nothing)."""
+# An earlier run whose index this replica already has: (its location, its manifest, its index file).
+EarlierIndex = tuple[str, dict[str, Any], Path]
+
+
+def build_index(
+    reader: ObjectReader,
+    location: str,
+    manifest: dict[str, Any],
+    path: Path,
+    earlier: list[EarlierIndex] | None = None,
+) -> None:
+    """Writes the SQLite index of a published run to ``path`` (atomically: readers see all of it or nothing).
+
+    An incremental run lists its unchanged schemas' files in an earlier run's folder; when an ``earlier`` index
+    holds the very same files (name, folder and sha256 equal), their rows are copied from it instead of
+    reading and parsing the files again: most of a mostly unchanged run's index costs a copy, not a parse."""
     fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
     os.close(fd)
-    conn = sqlite3.connect(partial)
+    conn = sqlite3.connect(f"file:{partial}", uri=True)
     try:
         conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
+        copied: set[str] = set()
+        for prior_path, names in reusable_files(location, manifest, earlier or []).items():
+            conn.execute("ATTACH DATABASE ? AS prior", [f"file:{prior_path}?mode=ro"])
+            conn.execute("CREATE TEMP TABLE wanted (name TEXT PRIMARY KEY)")
+            conn.executemany("INSERT INTO temp.wanted VALUES (?)", [(name,) for name in names])
+            conn.execute(
+                "INSERT INTO entity_load SELECT qn, type, name, name_lower, parent, hash, file, line "
+                "FROM prior.entity WHERE file IN (SELECT name FROM temp.wanted)"
+            )
+            conn.execute("DROP TABLE temp.wanted")
+            conn.commit()
+            conn.execute("DETACH DATABASE prior")
+            copied |= names
         # Each file where the manifest says: an incremental run's carried files are in an earlier run's folder.
         entity_files = [(f.get("folder", location), f["name"]) for f in manifest.get("files", []) if f.get("type")]
         for folder, name in entity_files:
+            if name in copied:
+                continue
             stored = reader.read(f"{folder}/{name}")
             if stored is None:
                 raise OutputMissingError(f"{folder}/{name} is listed in the manifest but missing")
@@ -359,6 +388,25 @@ def build_index(reader: ObjectReader, location: str, manifest: dict[str, Any], p
     finally:
         conn.close()
     os.replace(partial, path)
+
+
+def reusable_files(location: str, manifest: dict[str, Any], earlier: list[EarlierIndex]) -> dict[Path, set[str]]:
+    """The entity files of ``manifest`` held elsewhere whose rows an earlier index already has, by index: the
+    same file name in the same folder with the same sha256 (the same bytes, so the same rows)."""
+    wanted = {
+        f["name"]: (f["folder"], f["sha256"])
+        for f in manifest.get("files", [])
+        if f.get("type") and f.get("folder") and f.get("sha256")
+    }
+    found: dict[Path, set[str]] = {}
+    for prior_location, prior_manifest, prior_path in earlier:
+        for entry in prior_manifest.get("files", []):
+            name = entry.get("name")
+            if name not in wanted or not entry.get("type") or any(name in names for names in found.values()):
+                continue
+            if (entry.get("folder", prior_location), entry.get("sha256")) == wanted[name]:
+                found.setdefault(prior_path, set()).add(name)
+    return found
 
 
 # The priority of an index build that nobody waits for (a run just completed): below the runs' own work.
@@ -437,7 +485,7 @@ class RunOutputs:
             manifest = self.manifest(location)
             if manifest is None:
                 raise OutputMissingError(f"run {run_id!r} has no manifest at {location!r}")
-            path = self._cache_dir / f"{hashlib.sha256(location.encode()).hexdigest()[:24]}-v{INDEX_VERSION}.sqlite"
+            path = self._index_path(location)
             if not path.exists():
                 self._build(location, manifest, path, background=background)
             index = RunIndex(run_id, location, manifest, path)
@@ -470,10 +518,33 @@ class RunOutputs:
         context = contextvars.copy_context()
         threading.Thread(target=context.run, args=(build,), name=f"console-index-{run_id}", daemon=True).start()
 
+    def _index_path(self, location: str) -> Path:
+        return self._cache_dir / f"{hashlib.sha256(location.encode()).hexdigest()[:24]}-v{INDEX_VERSION}.sqlite"
+
+    def _earlier_indexes(self, location: str, manifest: dict[str, Any]) -> list[EarlierIndex]:
+        """Indexes built here of the runs that may hold this run's carried files: its baseline, and every
+        folder its manifest refers to."""
+        connection = location.rsplit("/", 1)[0]
+        previous = manifest.get("previous_run_id")
+        candidates = [f"{connection}/{previous}"] if previous else []
+        candidates += sorted({f["folder"] for f in manifest.get("files", []) if f.get("folder")})
+        earlier: list[EarlierIndex] = []
+        for candidate in dict.fromkeys(candidates):
+            prior_path = self._index_path(candidate)
+            try:
+                prior_manifest = self.manifest(candidate) if prior_path.exists() else None
+            except Exception:  # an optimisation only: the files are read instead
+                log.warning("console: manifest of %s unreadable; its index is not reused", candidate, exc_info=True)
+                continue
+            if prior_manifest is not None:
+                earlier.append((candidate, prior_manifest, prior_path))
+        return earlier
+
     def _build(self, location: str, manifest: dict[str, Any], path: Path, *, background: bool) -> None:
         self._cache_dir.mkdir(parents=True, exist_ok=True)
+        earlier = self._earlier_indexes(location, manifest)
         if not self._isolate_builds:
-            build_index(self._reader, location, manifest, path)
+            build_index(self._reader, location, manifest, path, earlier)
         else:
             # Parsing ~220,000 entities takes seconds of CPU: in a process of its own, it holds neither the
             # orchestrator's GIL (the API and the workflow runtime keep answering) nor, when nobody waits for
@@ -481,7 +552,7 @@ class RunOutputs:
             nice = BACKGROUND_NICE if background else 0
             spawn = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(1, mp_context=spawn, initializer=os.nice, initargs=(nice,)) as pool:
-                pool.submit(build_index, self._reader, location, manifest, path).result()
+                pool.submit(build_index, self._reader, location, manifest, path, earlier).result()
         log.info("console: indexed %s (%d files)", location, len(manifest.get("files", [])))
 
     def entity(self, index: RunIndex, qualified_name: str) -> dict[str, Any] | None:
