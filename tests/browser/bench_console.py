@@ -29,6 +29,7 @@ from pgmeta_orchestrator.console.outputs import RunOutputs, encode_cursor
 from pgmeta_orchestrator.runs import RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from tests.browser.test_console import CHROMIUM, CHROMIUM_ARGS
+from tests.unit.api_harness import admit_bootstrap_admin
 from tests.unit.test_console import CONN, DictReader, ref
 
 
@@ -149,6 +150,8 @@ def main() -> None:
     app = FastAPI()
     include_console(app, OrchestratorSettings())
     app.state.runs = StaticRuns(views)
+    headers = admit_bootstrap_admin(app)  # every console route needs a caller with a role
+    token = headers["Authorization"].removeprefix("Bearer ")
     index_dir = Path(tempfile.mkdtemp(prefix="pgmeta-console-bench-"))  # ~170 MB: removed at the end
     outputs = RunOutputs(reader, index_dir)
     app.state.console_outputs = outputs
@@ -193,9 +196,7 @@ def main() -> None:
         ("compare, updated", "runs/run-head/compare?base=run-base&kind=updated"),
         ("compare, created", "runs/run-head/compare?base=run-base&kind=created"),
     ]
-    with httpx.Client(
-        base_url=f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer bench"}, timeout=120
-    ) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/", headers=headers, timeout=120) as client:
         for label, path in api_calls:
             times = []
             for _ in range(5):
@@ -211,7 +212,7 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.goto(base + "#/sign-in")
-            page.evaluate("sessionStorage.setItem('pgmeta.token', 'bench')")
+            page.evaluate("token => sessionStorage.setItem('pgmeta.token', token)", token)
             for label, fragment, ready in pages:
                 times = []
                 for _ in range(3):
