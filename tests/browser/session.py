@@ -10,7 +10,7 @@ import httpx
 from pgmeta_devstack.stack import LocalStack
 from tests.plugins.servers import api_headers
 
-__all__ = ["api_client", "api_headers", "open_sign_in", "sign_in", "submit_token"]
+__all__ = ["api_client", "api_headers", "create_token", "open_sign_in", "sign_in", "sign_in_as", "submit_token"]
 
 
 def api_client(stack: LocalStack) -> httpx.Client:
@@ -33,3 +33,21 @@ def submit_token(page: Any, stack: LocalStack) -> None:
 def sign_in(page: Any, stack: LocalStack) -> None:
     open_sign_in(page, stack)
     submit_token(page, stack)
+
+
+def create_token(stack: LocalStack, name: str, role: str) -> str:
+    """A new API token of ``role``, made by the stack's admin (`pgmeta tokens create`)."""
+    with api_client(stack) as client:
+        created = client.post("/tokens", json={"name": name, "role": role})
+    assert created.status_code == 201, created.text
+    token: str = created.json()["token"]
+    return token
+
+
+def sign_in_as(tab: Any, stack: LocalStack, token: str, route: str = "") -> None:
+    """A fresh tab signed in with ``token`` (another role than the stack's admin), on the runs list first."""
+    tab.set_default_timeout(30_000)
+    tab.goto(f"{stack.layout.api_url}/console{route}")
+    tab.get_by_label("API token").fill(token)
+    tab.get_by_role("button", name="Sign in").click()
+    tab.get_by_role("heading", name="Runs").wait_for()

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pgmeta_devstack.stack import DEMO_CONNECTION, DEMO_DATABASE, DEMO_SECRET, LocalStack
-from tests.browser.session import api_client, api_headers, open_sign_in, submit_token
+from tests.browser.session import api_client, create_token, open_sign_in, sign_in_as, submit_token
 
 pytestmark = pytest.mark.browser
 
@@ -383,20 +383,12 @@ def test_an_outsider_gets_the_sign_in_page_and_401s(browser_context: Any, full_s
 
 def test_a_viewer_browses_but_cannot_run_or_cancel(browser_context: Any, full_stack: LocalStack) -> None:
     api = full_stack.layout.api_url
-    created = httpx.post(
-        f"{api}/tokens", json={"name": "auditor", "role": "viewer"}, headers=api_headers(full_stack), timeout=10
-    )
-    assert created.status_code == 201, created.text
-    viewer_token = created.json()["token"]
+    viewer_token = create_token(full_stack, "auditor", "viewer")
     viewer = {"Authorization": f"Bearer {viewer_token}"}
     run_id = httpx.get(f"{api}/runs", headers=viewer, timeout=10).json()[0]["run_id"]
     tab = browser_context.new_page()
     try:
-        tab.set_default_timeout(30_000)
-        tab.goto(f"{api}/console")
-        tab.get_by_label("API token").fill(viewer_token)
-        tab.get_by_role("button", name="Sign in").click()
-        tab.get_by_role("heading", name="Runs").wait_for()
+        sign_in_as(tab, full_stack, viewer_token)
         assert tab.locator("#whoami").inner_text() == "token:auditor · viewer"
         run_link = tab.get_by_role("link", name=run_id, exact=True).first
         run_link.wait_for()  # the runs a viewer may read
@@ -481,18 +473,10 @@ def test_an_operator_picks_a_registered_connection_and_cannot_save_one(
     browser_context: Any, full_stack: LocalStack
 ) -> None:
     api = full_stack.layout.api_url
-    created = httpx.post(
-        f"{api}/tokens", json={"name": "ingest", "role": "operator"}, headers=api_headers(full_stack), timeout=10
-    )
-    assert created.status_code == 201, created.text
-    operator_token = created.json()["token"]
+    operator_token = create_token(full_stack, "ingest", "operator")
     tab = browser_context.new_page()
     try:
-        tab.set_default_timeout(30_000)
-        tab.goto(f"{api}/console/#/new")
-        tab.get_by_label("API token").fill(operator_token)
-        tab.get_by_role("button", name="Sign in").click()
-        tab.get_by_role("heading", name="Runs").wait_for()
+        sign_in_as(tab, full_stack, operator_token, "/#/new")
         new_extraction(tab)
         tab.get_by_label("Host", exact=True).wait_for()
         # An operator types a password (ad hoc) or picks a connection: nothing to register, no IAM to set up.
