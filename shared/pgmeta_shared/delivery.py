@@ -44,7 +44,8 @@ class Failure:
 
 # A sidecar passes its store's outage on as UNKNOWN/INTERNAL with the store's own words. Seen while Redis
 # restarts: "EOF", "connection refused", and for a moment after it (the workflow actor's metadata read on a
-# reconnected client) "WRONGTYPE" — all gone on retry (docs/reliability.md).
+# reconnected client) "WRONGTYPE" — all gone on retry (docs/reliability.md). A workflow state read that races
+# the runtime's own save says "missing from state store (transient store read failure or partial save?)".
 STORE_OUTAGE_MARKERS = (
     "eof",
     "connection refused",
@@ -55,6 +56,7 @@ STORE_OUTAGE_MARKERS = (
     "wrongtype",
     "no such host",
     "context deadline exceeded",
+    "missing from state store",
 )
 
 

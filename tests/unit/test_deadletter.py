@@ -16,6 +16,10 @@ class RecordingRuns:
     def __init__(self) -> None:
         self.platform = InMemoryPlatform()
         self.raised: list[tuple[str, str, dict[str, Any]]] = []
+        self.workflows: set[str] = set()
+
+    def has_workflow(self, run_id: str) -> bool:
+        return run_id in self.workflows
 
     def raise_stage_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:
         self.raised.append((run_id, event_name, payload))
@@ -71,3 +75,12 @@ def test_harmless_messages_are_only_logged() -> None:
     handle_dead_letter(cast(RunService, runs), _dead("no.such.topic", {"run_id": "r4"}))
     handle_dead_letter(cast(RunService, runs), {"id": "x", "topic": "extract.requested", "data": "not json"})
     assert runs.raised == [] and run_state(runs.platform, "r4") is None
+
+
+def test_a_dead_lettered_duplicate_request_leaves_the_run_it_duplicates_alone() -> None:
+    """CI, 2026-11-30: of 500 duplicate events, a few were dead-lettered after the workflow had started; fencing
+    the run FAILED ("never started") made every stage refuse its commands and the run failed at the timeout."""
+    runs = RecordingRuns()
+    runs.workflows.add("r6")
+    handle_dead_letter(cast(RunService, runs), _dead("extraction.requested", {"request_id": "r6"}))
+    assert runs.raised == [] and run_state(runs.platform, "r6") is None

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.audit import AuditLog, Outcome, client_address
 from pgmeta_orchestrator.auth import Principal, Role, require
-from pgmeta_orchestrator.runs import RunService
+from pgmeta_orchestrator.runs import RunService, read_workflow_state
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.events import CredentialRef, ExtractionCompleted, ExtractionRequested, TopicName
 from pgmeta_shared.fencing import RunState, end_run, reopen_run
@@ -51,7 +51,7 @@ class RunControl:
         self._settings = runs.settings
 
     def _state(self, run_id: str) -> Any:
-        state = self._workflows.get_workflow_state(run_id, fetch_payloads=True)
+        state = read_workflow_state(self._workflows, run_id)
         if state is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run with id {run_id!r}")
         return state

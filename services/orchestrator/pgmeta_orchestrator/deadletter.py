@@ -5,7 +5,8 @@ outside a stage command). The dead-lettered message is the original CloudEvent: 
 was, its ``data`` carries the run id. A stage completion that parses is re-driven (raised to
 the workflow as the result it is); a stage command, or a completion that does not parse, becomes a failed
 outcome of that stage (the workflow fails the run with the reason); a request that never became a
-workflow gets a fence saying FAILED, which ``GET /runs/{id}`` shows. Anything else (progress,
+workflow gets a fence saying FAILED, which ``GET /runs/{id}`` shows (a dead-lettered duplicate of a run that
+did start changes nothing). Anything else (progress,
 chunk_ready) is only logged: losing it delays nothing.
 """
 
@@ -86,6 +87,8 @@ def handle_dead_letter(runs: RunService, cloud_event: dict[str, Any]) -> None:
             stage_result_event(stage, data.get("unit")),
             {"ok": False, "error_code": data.get("error_code") or DEAD_LETTERED, "error": error},
         )
+    elif spec.name is TopicName.EXTRACTION_REQUESTED and runs.has_workflow(run_id):
+        log.warning("run %s: a duplicate %s was dead-lettered; the run it duplicates goes on", run_id, name)
     elif spec.name is TopicName.EXTRACTION_REQUESTED:
         log.error("run %s: %s; the run never started", run_id, reason)
         end_run(runs.platform, run_id, RunState.FAILED, f"the request could not be started: {reason}")

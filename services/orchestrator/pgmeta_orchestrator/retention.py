@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pgmeta_orchestrator.audit import AuditLog, Outcome, client_address
 from pgmeta_orchestrator.auth import Principal, Role, require
+from pgmeta_orchestrator.runs import read_workflow_state
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import connection_qualified_name
 from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested
@@ -142,7 +143,7 @@ class RetentionService:
         location) from the request the workflow started with."""
         if event.location:
             return event.location.rsplit("/", 1)[0]
-        state = self._workflows.get_workflow_state(event.run_id, fetch_payloads=True)
+        state = read_workflow_state(self._workflows, event.run_id)
         if state is None or not state.serialized_input:
             return None
         request = ExtractionRequested.model_validate(orjson.loads(state.serialized_input))
@@ -243,7 +244,7 @@ class RetentionService:
         cutoff = self._now() - timedelta(hours=self._settings.retention_workflow_age_hours)
         purged: set[str] = set()
         for instance_id in self._instances():
-            state = self._workflows.get_workflow_state(instance_id, fetch_payloads=False)
+            state = read_workflow_state(self._workflows, instance_id, fetch_payloads=False)
             if state is None or state.runtime_status.name not in TERMINAL:
                 continue
             if state.last_updated_at and _aware(state.last_updated_at) > cutoff:

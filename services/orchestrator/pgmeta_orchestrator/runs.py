@@ -191,7 +191,7 @@ class RunService:
         """True when ``run_id`` already runs this very request; records the request (and who made it) when the
         id is new."""
         record = self._platform.get_json(run_requested_key(run_id))
-        if record is None and self._workflows.get_workflow_state(run_id, fetch_payloads=False) is None:
+        if record is None and not self.has_workflow(run_id):
             self._platform.save_json(
                 run_requested_key(run_id), {**new_request_record(request, password, _now()), "by": started_by}
             )
@@ -208,7 +208,7 @@ class RunService:
     def start(self, event: ExtractionRequested) -> None:
         """Handles ``extraction.requested``: one workflow per request id, duplicates acknowledged."""
         run_id = event.request_id
-        if self._workflows.get_workflow_state(run_id, fetch_payloads=False) is not None:
+        if self.has_workflow(run_id):
             log.info("run %s: duplicate extraction.requested, a run already exists", run_id)
             return
         if event.credentials.kind == "state" and event.credentials.store != self._settings.credentials_store:
@@ -294,16 +294,12 @@ class RunService:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _workflow_state(self, run_id: str) -> Any:
-        """The workflow's state; a read that races the runtime's own save (seen as UNKNOWN) is retried."""
-        for attempt in range(5):
-            try:
-                return self._workflows.get_workflow_state(run_id, fetch_payloads=True)
-            except grpc.RpcError as exc:
-                if exc.code() not in {grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE} or attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        return None
+    def has_workflow(self, run_id: str) -> bool:
+        """True when the runtime holds a workflow for ``run_id`` (whatever its status)."""
+        return self._workflow_state(run_id, fetch_payloads=False) is not None
+
+    def _workflow_state(self, run_id: str, fetch_payloads: bool = True) -> Any:
+        return read_workflow_state(self._workflows, run_id, fetch_payloads)
 
     def view(self, run_id: str) -> RunView | None:
         state = self._workflow_state(run_id)
@@ -388,6 +384,19 @@ class RunService:
             return None
         root = self._settings.objectstore_local_root
         return f"{root.rstrip('/')}/{location}" if root else f"objectstore:{location}"
+
+
+def read_workflow_state(workflows: Any, run_id: str, fetch_payloads: bool = True) -> Any:
+    """A workflow's state, or None. daprd reads a workflow's metadata and inbox keys without a snapshot, so a
+    read that races its own save fails as UNKNOWN ("inbox key ... missing from state store"): retried."""
+    for attempt in range(5):
+        try:
+            return workflows.get_workflow_state(run_id, fetch_payloads=fetch_payloads)
+        except grpc.RpcError as exc:
+            if exc.code() not in {grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE} or attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None
 
 
 def _as_answer(answer: dict[str, Any]) -> dict[str, Any]:
