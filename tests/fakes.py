@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from pydantic import BaseModel
 
 from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
@@ -91,3 +92,16 @@ class InMemoryPlatform:
 
     def read_object(self, binding: str, path: str) -> bytes:
         return self.objects[(binding, path)]
+
+
+class RpcFailure(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type for RpcError
+    """A gRPC error as a Dapr sidecar raises it: a status code and the sidecar's own words."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details

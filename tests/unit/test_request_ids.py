@@ -22,7 +22,7 @@ from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import ExtractionRequested
 
-from ..fakes import InMemoryPlatform
+from ..fakes import InMemoryPlatform, RpcFailure
 from .api_harness import BOOTSTRAP
 
 BODY: dict[str, Any] = {
@@ -144,23 +144,12 @@ class RacingWorkflows:
     def get_workflow_state(self, run_id: str, fetch_payloads: bool = False) -> object:
         self.reads += 1
         if self.reads == 1:
-            raise FakeRpcError(grpc.StatusCode.UNKNOWN, self.RACE)
+            raise RpcFailure(grpc.StatusCode.UNKNOWN, self.RACE)
         return object()
 
     def schedule_new_workflow(self, *_args: Any, instance_id: str, **_kwargs: Any) -> str:
         self.scheduled.append(instance_id)
         return instance_id
-
-
-class FakeRpcError(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type for RpcError
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 def test_a_duplicate_event_whose_state_read_races_the_runtime_is_still_a_duplicate() -> None:
@@ -179,5 +168,5 @@ def test_a_duplicate_event_whose_state_read_races_the_runtime_is_still_a_duplica
 
 def test_the_runtimes_read_race_is_classified_transient() -> None:
     """Should it outlast the retries, the delivery is asked again rather than dead-lettered."""
-    failure = classify(FakeRpcError(grpc.StatusCode.UNKNOWN, RacingWorkflows.RACE), "orchestrator")
+    failure = classify(RpcFailure(grpc.StatusCode.UNKNOWN, RacingWorkflows.RACE), "orchestrator")
     assert failure.retryable

@@ -9,19 +9,10 @@ from pgmeta_shared.delivery import classify
 from pgmeta_shared.errors import ObjectStoreError, TransientInfrastructureError
 from pgmeta_shared.storage import retry_storage
 
-
-class BindingError(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type for RpcError
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+from ..fakes import RpcFailure
 
 
-def _failing(times: int, error: BindingError) -> tuple[list[int], object]:
+def _failing(times: int, error: RpcFailure) -> tuple[list[int], object]:
     calls: list[int] = []
 
     def write() -> str:
@@ -35,7 +26,7 @@ def _failing(times: int, error: BindingError) -> tuple[list[int], object]:
 
 def test_a_store_that_recovers_is_written_after_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pgmeta_shared.storage.time.sleep", lambda _s: None)
-    denied = BindingError(grpc.StatusCode.INTERNAL, "open /out/x/Table-db000-00000.jsonl: permission denied")
+    denied = RpcFailure(grpc.StatusCode.INTERNAL, "open /out/x/Table-db000-00000.jsonl: permission denied")
     calls, write = _failing(3, denied)
     assert retry_storage("objectstore", "x/Table-db000-00000.jsonl", write) == "written"  # type: ignore[arg-type]
     assert len(calls) == 4
@@ -44,7 +35,7 @@ def test_a_store_that_recovers_is_written_after_retries(monkeypatch: pytest.Monk
 def test_a_store_that_stays_broken_is_named_with_path_and_hint_not_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
     monkeypatch.setattr("pgmeta_shared.storage.time.sleep", slept.append)
-    denied = BindingError(grpc.StatusCode.INTERNAL, "open /out/x/manifest.json: permission denied")
+    denied = RpcFailure(grpc.StatusCode.INTERNAL, "open /out/x/manifest.json: permission denied")
     _, write = _failing(100, denied)
     with pytest.raises(ObjectStoreError) as raised:
         retry_storage("objectstore", "x/manifest.json", write)  # type: ignore[arg-type]
@@ -57,7 +48,7 @@ def test_a_store_that_stays_broken_is_named_with_path_and_hint_not_a_bug(monkeyp
 
 def test_a_dead_sidecar_stays_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pgmeta_shared.storage.time.sleep", lambda _s: None)
-    _, write = _failing(100, BindingError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    _, write = _failing(100, RpcFailure(grpc.StatusCode.UNAVAILABLE, "connection refused"))
     with pytest.raises(TransientInfrastructureError):
         retry_storage("objectstore", "x/a.jsonl", write)  # type: ignore[arg-type]
 
@@ -65,6 +56,6 @@ def test_a_dead_sidecar_stays_retryable(monkeypatch: pytest.MonkeyPatch) -> None
 def test_a_store_outage_reported_by_the_sidecar_as_unknown_is_transient() -> None:
     """Seen while Redis restarted: a completion's workflow event failed with UNKNOWN "EOF" and was dead-lettered."""
     for details in ("EOF", "failed to load workflow metadata: WRONGTYPE Operation", "dial tcp: connection refused"):
-        failure = classify(BindingError(grpc.StatusCode.UNKNOWN, details), "orchestrator")
+        failure = classify(RpcFailure(grpc.StatusCode.UNKNOWN, details), "orchestrator")
         assert failure.retryable and not failure.bug, details
-    assert not classify(BindingError(grpc.StatusCode.UNKNOWN, "invalid argument"), "orchestrator").retryable
+    assert not classify(RpcFailure(grpc.StatusCode.UNKNOWN, "invalid argument"), "orchestrator").retryable
