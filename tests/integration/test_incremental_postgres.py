@@ -235,14 +235,19 @@ def run_pipeline(server: PostgresServer, platform: InMemoryPlatform, database: s
 
 @pytest.fixture(scope="module")
 def base_database(postgres: PostgresServer) -> Iterator[str]:
-    """The base catalog in a template database, analysed so its statistics hold still."""
+    """The base catalog in a template database, analysed so its statistics hold still; dropped afterwards (the
+    PostgreSQL server is shared by the whole session, and other modules extract every database on it)."""
     with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS incr_base")
         conn.execute("CREATE DATABASE incr_base")
     with psycopg.connect(**postgres.connect_kwargs("incr_base"), autocommit=True) as conn:
         conn.execute(BASE_CATALOG)
         conn.execute("VACUUM ANALYZE")
-    yield "incr_base"
+    try:
+        yield "incr_base"
+    finally:
+        with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS incr_base WITH (FORCE)")
 
 
 _databases = itertools.count()
