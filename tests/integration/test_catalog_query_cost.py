@@ -104,3 +104,30 @@ def test_query_cost_does_not_grow_with_schemas_times_catalog(
         f"{name}: {few} buffer hits with {FEW_SCHEMAS} schemas, {many} with {MANY_SCHEMAS} "
         f"(same {TABLES} tables): {per_extra_schema:.0f} per extra schema, a per-schema scan of a catalog table"
     )
+
+
+def deepest_node_computing(plan: dict[str, Any], expression: str) -> dict[str, Any] | None:
+    """The lowest plan node whose output has ``expression``: where it is evaluated (nodes above pass it on)."""
+    for child in plan.get("Plans", []):
+        found = deepest_node_computing(child, expression)
+        if found is not None:
+            return found
+    return plan if any(expression in output for output in plan.get("Output", [])) else None
+
+
+def test_a_batch_of_view_definitions_decompiles_only_its_own_views(
+    postgres: PostgresServer, split_catalogs: dict[int, str]
+) -> None:
+    """pg_get_viewdef locks the view it decompiles until the transaction ends. Evaluated before the sort and
+    limit, it ran for every remaining view in every batch: quadratic, and at 10,000 views one batch held more
+    locks than the server's lock table ("out of shared memory", the 10x benchmark catalog on 2026-11-30)."""
+    statement = re.sub(r"(?<!:):([a-z_]+)", r"%(\1)s", VIEW_DEFINITIONS_QUERY.replace("%", "%%"))
+    with psycopg.connect(**postgres.connect_kwargs(split_catalogs[FEW_SCHEMAS])) as conn:
+        views = conn.execute("SELECT count(*) FROM pg_class WHERE relkind = 'v' AND relnamespace > 16384").fetchone()
+        row = conn.execute(
+            f"EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) {statement}", FILTERS | {"batch_size": 3}
+        ).fetchone()
+    assert views is not None and views[0] > 10 and row is not None
+    node = deepest_node_computing(row[0][0]["Plan"], "pg_get_viewdef(")
+    assert node is not None, "no plan node computes pg_get_viewdef"
+    assert node["Actual Rows"] == 3, f"pg_get_viewdef evaluated for {node['Actual Rows']} of {views[0]} views"

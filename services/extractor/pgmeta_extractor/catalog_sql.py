@@ -344,16 +344,22 @@ ORDER BY n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)
 
 # View definitions, a batch at a time (keyset on schema and name, the relation query's order):
 # pg_get_viewdef() locks every relation a view reads until the transaction ends, so one statement over
-# 10,000 views runs out of PostgreSQL's lock table. Each batch runs in a transaction of its own.
+# 10,000 views runs out of PostgreSQL's lock table. Each batch runs in a transaction of its own, and the batch
+# is chosen in a subquery before pg_get_viewdef runs: in the select list of a sorted, limited query it was
+# evaluated for every remaining view (before the sort), in every batch.
 VIEW_DEFINITIONS_QUERY = (
     SELECTION
     + """
-SELECT s.nspname AS schema_name, s.relname AS relation_name, pg_get_viewdef(s.oid) AS view_definition
-FROM sel_rel s
-WHERE s.relkind IN ('v', 'm')
-  AND (s.nspname, s.relname) > (CAST(:after_schema AS name), CAST(:after_relation AS name))
-ORDER BY s.nspname, s.relname
-LIMIT :batch_size
+SELECT b.nspname AS schema_name, b.relname AS relation_name, pg_get_viewdef(b.oid) AS view_definition
+FROM (
+    SELECT s.oid, s.nspname, s.relname
+    FROM sel_rel s
+    WHERE s.relkind IN ('v', 'm')
+      AND (s.nspname, s.relname) > (CAST(:after_schema AS name), CAST(:after_relation AS name))
+    ORDER BY s.nspname, s.relname
+    LIMIT :batch_size
+) b
+ORDER BY b.nspname, b.relname
 """
 )
 
