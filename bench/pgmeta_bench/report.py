@@ -237,8 +237,9 @@ into a PostgreSQL cluster cached in `~/.cache/pgmeta/bench/pg-<S>x<T>x<C>`; Data
 `~/.cache/pgmeta/bench/datahub-venv`. Each repetition measures, in this order:
 
 - **floor**: the extractor's own reads, called from `pgmeta_extractor` rather than copied: `SERVER_QUERY` and
-  `CATALOG_QUERIES` through its `connect` (its session options) and `stream_rows` (server-side cursors), then its
-  batched `view_definitions`; rows fetched and discarded;
+  `CATALOG_QUERIES` through its `connect` (its session options) and `stream_queries` (server-side cursors, the
+  next query computed ahead on a second connection), then its batched `view_definitions`; rows fetched and
+  discarded;
 - **pgmeta**: a freshly started local stack; from the `extraction.requested` entry on the Redis stream (published
   through the orchestrator sidecar, credentials by reference to a secret) to the run's `extraction.completed`.
   A stage runs from its first command to its last result on the streams (entry ids are the Redis clock);

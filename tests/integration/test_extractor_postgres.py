@@ -22,6 +22,7 @@ from pgmeta_shared.errors import (
 )
 from pgmeta_shared.events import (
     CredentialRef,
+    DatabaseSelection,
     ExtractRequested,
     FilterSpec,
     PreflightCompleted,
@@ -430,7 +431,8 @@ def test_unreachable_host_fails_within_seconds(postgres: PostgresServer) -> None
 
 
 def test_a_connection_lost_mid_extraction_is_retried(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first session is killed from outside while its cursor streams; the unit is extracted again."""
+    """Every session of the first attempt is killed from outside while its cursors stream; the unit is
+    extracted again."""
     import pgmeta_extractor.extraction as extraction
 
     original = extraction.iter_catalog
@@ -439,15 +441,70 @@ def test_a_connection_lost_mid_extraction_is_retried(postgres: PostgresServer, m
     def iter_and_kill(connection: Any, *args: Any) -> Any:
         for count, record in enumerate(original(connection, *args)):
             if count == 3 and not killed:
-                pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
                 with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                killed.append(pid)
+                    killed.extend(
+                        row[0]
+                        for row in admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = 'pgmeta' AND pid <> pg_backend_pid()"
+                        )
+                    )
             yield record
 
     monkeypatch.setattr(extraction, "iter_catalog", iter_and_kill)
     monkeypatch.setattr(time, "sleep", lambda _: None)
     _, records = extract_all(postgres)
-    assert killed, "the session was never killed"
+    assert len(killed) >= 2, "the sessions reading the catalog were never killed"
     got = [(r["schema_name"], r["relation_name"], r["column_name"]) for r in of_kind(records, "column")]
     assert len(got) == len(set(got)) > 20
+
+
+# -- the catalog queries, one computed ahead --------------------------------------------------------------
+
+
+def test_a_failing_catalog_query_is_reported_and_the_next_ones_still_read(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pgmeta_extractor.extraction as extraction
+    from pgmeta_extractor.catalog_sql import CATALOG_QUERIES
+
+    queries = dict(CATALOG_QUERIES)
+    failing = f"SELECT 1 / (count(*) - count(*)) AS broken FROM ({queries['constraint']}) q"  # same parameters
+    broken = {"schema": queries["schema"], "broken": failing, "relation": queries["relation"]}
+    monkeypatch.setattr(extraction, "CATALOG_QUERIES", broken | {k: v for k, v in queries.items() if k not in broken})
+    report: list[dict[str, str]] = []
+    selection = DatabaseSelection(database="traps", unit="db000")
+    with connect(source_of(postgres), lambda: postgres.password, "traps") as connection:
+        records = list(extraction.iter_catalog(connection, selection, FilterSpec(), report))
+    kinds = Counter(r["kind"] for r in records)
+    assert kinds["schema"] > 2 and kinds["relation"] > 5 and kinds["column"] > 20 and kinds["index"] > 2
+    assert report == [{"object": "traps: all brokens", "error": "division by zero", "hint": "see the extractor log"}], (
+        report
+    )
+
+
+def test_a_reader_that_stops_early_leaves_no_session_behind(postgres: PostgresServer) -> None:
+    """The query computed ahead is cancelled and every connection of the pipeline closed."""
+    from pgmeta_extractor.catalog_sql import CATALOG_QUERIES
+    from pgmeta_extractor.selection import relation_params
+    from pgmeta_extractor.source import stream_queries
+
+    def sessions() -> int:
+        with psycopg.connect(**postgres.connect_kwargs(), autocommit=True) as admin:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmeta'").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    selection = DatabaseSelection(database="traps", unit="db000")
+    sleep = f"SELECT pg_sleep(30) AS slept FROM ({CATALOG_QUERIES['schema']}) q LIMIT 1"  # same parameters
+    slow = [("schema", CATALOG_QUERIES["schema"]), ("sleep", sleep)]
+    with connect(source_of(postgres), lambda: postgres.password, "traps") as connection:
+        before = sessions()
+        started = time.monotonic()
+        queries = stream_queries(connection, slow, relation_params(selection, FilterSpec()))
+        name, rows = next(queries)
+        assert name == "schema" and next(rows)["schema_name"]
+        assert sessions() == before + 2
+        queries.close()  # pg_sleep(30) still runs ahead: cancelled, not waited for
+        assert time.monotonic() - started < 10
+        assert sessions() == before

@@ -29,7 +29,7 @@ from pgmeta_extractor.selection import (
     relation_params,
     schema_patterns_matching_nowhere,
 )
-from pgmeta_extractor.source import PasswordProvider, connect, fetch_one, stream_rows
+from pgmeta_extractor.source import PasswordProvider, connect, fetch_one, stream_queries, stream_rows
 from pgmeta_shared.claimcheck import Record, batch_records
 from pgmeta_shared.errors import (
     CredentialsNotFoundError,
@@ -230,22 +230,20 @@ def iter_catalog(
     only_schemas: list[str] | None = None,
 ) -> Iterator[Record]:
     """Every catalog record of the connected database (of ``only_schemas``, when given), tagged with its kind,
-    streamed query by query.
+    streamed query by query (the next query computed on the server meanwhile: ``stream_queries``).
 
     A query that fails on the server (other than by losing the connection) is recorded in the run report
     and the other kinds are still extracted: one bad object kind does not abort the database.
     """
     params = relation_params(selection, filters) | {"only_schemas": only_schemas}
-    for kind, sql in CATALOG_QUERIES.items():
+    for kind, rows in stream_queries(connection, list(CATALOG_QUERIES.items()), params):
         try:
-            with connection.begin_nested():
-                rows = stream_rows(connection, sql, params)
-                if kind == "relation":
-                    rows = with_view_definitions(rows, connection, params, selection.database, report)
-                for row in rows:
-                    row["kind"] = kind
-                    row["database_name"] = selection.database
-                    yield row
+            if kind == "relation":
+                rows = with_view_definitions(rows, connection, params, selection.database, report)
+            for row in rows:
+                row["kind"] = kind
+                row["database_name"] = selection.database
+                yield row
         except sa_exc.OperationalError:
             raise
         except sa_exc.DBAPIError as exc:
