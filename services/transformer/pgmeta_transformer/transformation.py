@@ -7,10 +7,10 @@ command from the workflow then finds those chunks done (per-chunk markers) and d
 from __future__ import annotations
 
 import logging
-import threading
 
 from pydantic import BaseModel, ConfigDict
 
+from pgmeta_shared.chunkthread import ChunkThread
 from pgmeta_shared.events import (
     ChunkReady,
     ExtractionProgress,
@@ -35,7 +35,8 @@ from pgmeta_transformer.atlas import render_chunk
 log = logging.getLogger(__name__)
 
 # One chunk at a time per process: several at once would only share the same two cores and multiply memory.
-_chunk_slot = threading.Lock()
+# On a thread of its own, so that a chunk's freed memory is reused by the next chunk (see ChunkThread).
+_chunk_thread = ChunkThread("transform-chunk")
 
 
 class TransformedChunk(BaseModel):
@@ -67,8 +68,7 @@ def transform_chunk(
             counts[key] = counts.get(key, 0) + blob.count(b"\n")
         return TransformedChunk(counts=counts, problems=problems)
 
-    with _chunk_slot:
-        done = once_per_chunk(platform, done_key, TransformedChunk, work)
+    done = _chunk_thread.run(lambda: once_per_chunk(platform, done_key, TransformedChunk, work))
     platform.publish(
         TopicName.TRANSFORM_CHUNK_READY,
         ChunkReady(
