@@ -35,6 +35,7 @@ from pgmeta_shared.keys import (
     fingerprint_scope_part_key,
 )
 from pgmeta_shared.platform import NO_TTL, Platform
+from pgmeta_shared.prefetch import prefetched
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,20 @@ def bucketize(
 ) -> list[ScopeFingerprints]:
     """Regroups the transformer's per-chunk fingerprints (of the scopes this run read) by scope and bucket."""
     writer = ScopePartWriter(platform, run_id, sizes)
-    for unit in units:
-        chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
-        for index in range(unit.chunk_count):
-            # Rows stay rows here: they are only regrouped, not read.
-            for row in platform.load_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index):
-                writer.add(row)
+    chunks = [
+        functools.partial(
+            platform.load_chunk,
+            run_id,
+            ArtifactStage.FINGERPRINT,
+            extract_chunk_unit(unit.unit, unit.generation),
+            index,
+        )
+        for unit in units
+        for index in range(unit.chunk_count)
+    ]
+    for rows in prefetched(chunks):
+        for row in rows:  # rows stay rows here: they are only regrouped, not read
+            writer.add(row)
     return writer.scopes()
 
 
@@ -309,26 +318,33 @@ def compare(
     mine = {entry.scope: entry for entry in own}
     before_scopes = previous.by_scope() if previous is not None else {}
     compared = list(mine) + [key for key in before_scopes if key not in mine and key not in carried]
+
+    def both(
+        now: ScopeFingerprints | None, then: ScopeFingerprints | None, bucket: int, buckets: int
+    ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
+        return load_bucket(platform, now, bucket, buckets), load_bucket(platform, then, bucket, buckets)
+
+    loads: list[Callable[[], tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]] = []
     for key in compared:
         now, then = mine.get(key), before_scopes.get(key)
         buckets = max(len(entry.parts) for entry in (now, then) if entry is not None)
-        for bucket in range(buckets):
-            current = load_bucket(platform, now, bucket, buckets)
-            before = load_bucket(platform, then, bucket, buckets)
-            for qn, record in current.items():
-                old = before.get(qn)
-                if old is not None and old.digest == record.digest:
-                    changes.add_unchanged(record.database, record.schema, record.type_name)
-                    continue
-                kind = "created" if old is None else "updated"
-                changes.add(record.type_name, kind)
-                if keep_changed:
-                    changes.changed.add(qn)
-                emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
-            for qn, old in before.items():
-                if qn not in current and scope.selects(old):
-                    changes.add(old.type_name, "deleted")
-                    emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
+        loads += [functools.partial(both, now, then, bucket, buckets) for bucket in range(buckets)]
+    # A few buckets read ahead (each is at most about FLUSH_AT fingerprints per part: memory stays bounded).
+    for current, before in prefetched(loads, ahead=2):
+        for qn, record in current.items():
+            old = before.get(qn)
+            if old is not None and old.digest == record.digest:
+                changes.add_unchanged(record.database, record.schema, record.type_name)
+                continue
+            kind = "created" if old is None else "updated"
+            changes.add(record.type_name, kind)
+            if keep_changed:
+                changes.changed.add(qn)
+            emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
+        for qn, old in before.items():
+            if qn not in current and scope.selects(old):
+                changes.add(old.type_name, "deleted")
+                emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
     for line in changes.unchanged_lines():
         emit("change", line)
     return changes
