@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +71,24 @@ def _fraction(run: dict[str, Any]) -> float:
     return (STAGES.index(stage) + within) / len(STAGES)
 
 
-def wait_for(client: HttpClient, run_id: str, *, show: bool, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    # Imported here: the progress bar is the only user, and start-up time is part of every command's.
+@contextmanager
+def progress_bar(run_id: str, *, show: bool) -> Iterator[Callable[[float, str], None]]:
+    """``update(fraction, label)`` of the progress bar on stderr; without ``show``, nothing (and no rich import:
+    start-up time is part of every command's)."""
+    if not show:
+        yield lambda _fraction, _label: None
+        return
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr_console(), disable=not show, transient=False) as bar:
+    with Progress(*columns, console=stderr_console(), transient=False) as bar:
         task = bar.add_task(f"run {run_id}: queued", total=100)
+        yield lambda fraction, label: bar.update(task, completed=100 * fraction, description=f"run {run_id}: {label}")
+
+
+def wait_for(client: HttpClient, run_id: str, *, show: bool, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with progress_bar(run_id, show=show) as update:
         run: dict[str, Any] = {"run_id": run_id, "status": "QUEUED"}
         while True:
             # Every answer is survivable while the stack restarts a process: keep the last known state.
@@ -92,7 +104,7 @@ def wait_for(client: HttpClient, run_id: str, *, show: bool, timeout: float) -> 
             label = run.get("stage") or run["status"].lower()
             if trouble is not None:
                 label = f"{label} ({trouble})"
-            bar.update(task, completed=100 * _fraction(run), description=f"run {run_id}: {label}")
+            update(_fraction(run), label)
             if run["status"] in TERMINAL:
                 return run
             if time.monotonic() > deadline:
