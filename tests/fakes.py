@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
+from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from pgmeta_shared.claimcheck import decode_chunk, decode_parts, encode_chunk, encode_parts
@@ -105,3 +107,20 @@ class RpcFailure(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type for
 
     def details(self) -> str:
         return self._details
+
+
+def route_cli_to(monkeypatch: pytest.MonkeyPatch, app: TestClient) -> None:
+    """The CLI's HTTP requests go to ``app`` (a FastAPI app in process) instead of over the network.
+
+    Only the wire is replaced (``HttpClient.exchange``): URLs, query strings, JSON bodies and headers are the
+    ones the CLI builds; the app's own default headers (a test's token) are added to them.
+    """
+    from pgmeta_cli.http_client import HttpClient, Response
+
+    def exchange(
+        _client: HttpClient, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> Response:
+        answer = app.request(method, url, content=body, headers=headers)
+        return Response(answer.status_code, answer.content, url)
+
+    monkeypatch.setattr(HttpClient, "exchange", exchange)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from pgmeta_cli import main as cli
+from pgmeta_cli.http_client import HttpClient, Response
 
 GOOD = {
     "request_id": "sales-20261129-1",
@@ -21,11 +21,13 @@ GOOD = {
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
-    def post(url: str, json: Any, timeout: float, headers: dict[str, str] | None = None) -> httpx.Response:
-        calls.append({"url": url, "json": json})
-        return httpx.Response(204)
+    def exchange(
+        _client: HttpClient, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> Response:
+        calls.append({"url": url, "json": json.loads(body or b"null")})
+        return Response(204, b"", url)
 
-    monkeypatch.setattr(httpx, "post", post)
+    monkeypatch.setattr(HttpClient, "exchange", exchange)
     monkeypatch.setenv("PGMETA_DAPR_HTTP_URL", "http://127.0.0.1:1")
     return calls
 

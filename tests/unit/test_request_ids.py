@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,7 +21,7 @@ from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.delivery import classify
 from pgmeta_shared.events import ExtractionRequested
 
-from ..fakes import InMemoryPlatform, RpcFailure
+from ..fakes import InMemoryPlatform, RpcFailure, route_cli_to
 from .api_harness import BOOTSTRAP
 
 BODY: dict[str, Any] = {
@@ -118,7 +117,7 @@ def test_the_cli_names_the_run_that_holds_the_id(
     from pgmeta_cli import main as cli
 
     client, _ = api
-    monkeypatch.setattr(httpx, "Client", lambda **_: client)
+    route_cli_to(monkeypatch, client)
     monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
     argv = ["extract", "--host", "db", "--user", "reader", "--database", "sales", "--request-id", "sales-1"]
     monkeypatch.setenv("PGPASSWORD", "wrong-password")

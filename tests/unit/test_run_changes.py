@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,7 +14,7 @@ from pgmeta_cli import main as cli
 from pgmeta_orchestrator.runs import RunService
 from pgmeta_orchestrator.settings import OrchestratorSettings
 
-from ..fakes import InMemoryPlatform
+from ..fakes import InMemoryPlatform, route_cli_to
 from .api_harness import admit_bootstrap_admin
 from .test_request_ids import _no_lifespan
 
@@ -60,7 +59,7 @@ def test_get_run_has_changes_source_and_duration(client: TestClient) -> None:
 
 @pytest.fixture
 def cli_on(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(httpx, "Client", lambda **_: client)
+    route_cli_to(monkeypatch, client)
     monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
 
 

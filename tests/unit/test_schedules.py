@@ -16,7 +16,7 @@ from pgmeta_orchestrator.schedules import ScheduleService, ScheduleSpec, run_id_
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.errors import InvalidRequestError
 from pgmeta_shared.events import ExtractionCompleted, TopicName
-from tests.fakes import InMemoryPlatform
+from tests.fakes import InMemoryPlatform, route_cli_to
 from tests.unit.api_harness import SCHEDULE, Api, FakeJobs
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
@@ -273,14 +273,12 @@ def test_a_tick_of_a_removed_connection_fails_visibly_and_the_schedule_keeps_tic
 def test_the_cli_adds_a_schedule_of_a_registered_connection(
     api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import httpx
-
     from pgmeta_cli import main as cli
     from tests.unit.test_request_ids import _no_lifespan
 
     api.client.app.router.lifespan_context = _no_lifespan  # type: ignore[attr-defined]  # the CLI enters it
     api.client.headers.update({"Authorization": f"Bearer {api.tokens['operator']}"})
-    monkeypatch.setattr(httpx, "Client", lambda **_: api.client)
+    route_cli_to(monkeypatch, api.client)
     monkeypatch.setenv("PGMETA_API_URL", "http://testserver")
     argv = ["schedules", "add", "--id", "nightly", "--schedule", "@daily", "--connection", "demo", "--json"]
     assert cli.main(argv) == 0

@@ -7,16 +7,14 @@ import json
 import os
 from typing import Any
 
-import httpx
-
 from pgmeta_cli import main as cli
-from pgmeta_cli.endpoints import api_headers
+from pgmeta_cli.http_client import HttpError
 
 
 def _post(path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     try:
-        response = httpx.post(f"{cli.api_url()}{path}", json=body, headers=api_headers(), timeout=30)
-    except httpx.HTTPError as exc:
+        response = cli.api_client(30).post(f"{cli.api_url()}{path}", json=body)
+    except HttpError as exc:
         return 0, {"detail": f"cannot reach the pgmeta API at {cli.api_url()}: {exc} (is the stack up? `make up`)"}
     try:
         answer: dict[str, Any] = response.json()

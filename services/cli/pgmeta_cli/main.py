@@ -12,44 +12,43 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-from rich.console import Console
-
+from pgmeta_cli.consoles import stderr_console
 from pgmeta_cli.endpoints import api_endpoint, api_headers, sidecar_endpoint, stack_secret, unreachable
 from pgmeta_cli.event_check import event_problems
+from pgmeta_cli.http_client import HttpClient, HttpError, Response, StatusError, TransportError
 from pgmeta_cli.observe import add_observe_commands
 from pgmeta_shared.topics import TopicName
 
 TERMINAL = {"COMPLETED", "FAILED"}
 STAGES = ["extract", "transform", "publish"]
 
-err = Console(stderr=True)
-
 
 def api_url() -> str:
     return api_endpoint().url
 
 
-def _unreachable_api(exc: httpx.HTTPError) -> int:
+def _unreachable_api(exc: HttpError) -> int:
     return _fail(unreachable(api_endpoint(), "the pgmeta API", exc))
 
 
-def api_client(timeout: float) -> httpx.Client:
-    return httpx.Client(timeout=timeout, headers=api_headers())
+def api_client(timeout: float) -> HttpClient:
+    return HttpClient(timeout=timeout, headers=api_headers())
 
 
 def _fail(message: str, code: int = 2) -> int:
-    err.print(f"[red]error:[/red] {message}")
+    stderr_console().print(f"[red]error:[/red] {message}")
     return code
 
 
 LONG_POLL_SECONDS = 30.0
 
 
-def _get_run(client: httpx.Client, run_id: str, wait: float = 0) -> dict[str, Any]:
+def _get_run(client: HttpClient, run_id: str, wait: float = 0) -> dict[str, Any]:
     """The run; with ``wait``, the orchestrator answers as soon as the run ends (or when the wait is up)."""
     params = {"wait": f"{wait:.1f}"} if wait > 0 else None
     response = client.get(f"{api_url()}/runs/{run_id}", params=params, timeout=wait + 30)
@@ -72,14 +71,24 @@ def _fraction(run: dict[str, Any]) -> float:
     return (STAGES.index(stage) + within) / len(STAGES)
 
 
-def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    # Imported here: the progress bar is the only user, and start-up time is part of every command's.
+@contextmanager
+def progress_bar(run_id: str, *, show: bool) -> Iterator[Callable[[float, str], None]]:
+    """``update(fraction, label)`` of the progress bar on stderr; without ``show``, nothing (and no rich import:
+    start-up time is part of every command's)."""
+    if not show:
+        yield lambda _fraction, _label: None
+        return
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, disable=not show, transient=False) as bar:
+    with Progress(*columns, console=stderr_console(), transient=False) as bar:
         task = bar.add_task(f"run {run_id}: queued", total=100)
+        yield lambda fraction, label: bar.update(task, completed=100 * fraction, description=f"run {run_id}: {label}")
+
+
+def wait_for(client: HttpClient, run_id: str, *, show: bool, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with progress_bar(run_id, show=show) as update:
         run: dict[str, Any] = {"run_id": run_id, "status": "QUEUED"}
         while True:
             # Every answer is survivable while the stack restarts a process: keep the last known state.
@@ -88,14 +97,14 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
             wait = max(0.1, min(deadline - time.monotonic(), 1.0 if show else LONG_POLL_SECONDS))
             try:
                 run = _get_run(client, run_id, wait)
-            except httpx.HTTPStatusError as exc:
+            except StatusError as exc:
                 trouble = _answer_trouble(exc.response)
-            except httpx.TransportError as exc:
-                trouble = f"API unreachable ({type(exc).__name__}), retrying"
+            except TransportError as exc:
+                trouble = f"API unreachable ({exc}), retrying"
             label = run.get("stage") or run["status"].lower()
             if trouble is not None:
                 label = f"{label} ({trouble})"
-            bar.update(task, completed=100 * _fraction(run), description=f"run {run_id}: {label}")
+            update(_fraction(run), label)
             if run["status"] in TERMINAL:
                 return run
             if time.monotonic() > deadline:
@@ -107,7 +116,7 @@ def wait_for(client: httpx.Client, run_id: str, *, show: bool, timeout: float) -
                 time.sleep(0.05)
 
 
-def _answer_trouble(response: httpx.Response) -> str:
+def _answer_trouble(response: Response) -> str:
     """What a non-2xx answer to ``GET /runs/{id}`` means while waiting (the run may not be recorded yet)."""
     if response.status_code == 404:
         return "not known to the API yet"
@@ -127,6 +136,8 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_human(run: dict[str, Any]) -> None:
+    from rich.console import Console
+
     out = Console()
     color = "green" if run["status"] == "COMPLETED" else "red"
     out.print(f"run [bold]{run['run_id']}[/bold]: [{color}]{run['status']}[/{color}]")
@@ -239,14 +250,14 @@ def source_body(args: argparse.Namespace) -> dict[str, Any]:
     return {"source": _source_spec(args), "filters": _filters(args), "password": password}
 
 
-def _rejected(response: httpx.Response) -> str:
+def _rejected(response: Response) -> str:
     detail = response.json().get("detail")
     if isinstance(detail, list):
         return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
     return str(detail)
 
 
-def _refused(response: httpx.Response) -> str:
+def _refused(response: Response) -> str:
     if response.status_code == 401:
         return "the API wants a token: set PGMETA_API_TOKEN (or run `make up`, which writes the local one)"
     return f"not allowed: {response.json().get('detail')}"
@@ -265,7 +276,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     with api_client(30) as client:
         try:
             response = client.post(f"{api_url()}/runs", json=body)
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             return _unreachable_api(exc)
         if response.status_code == 422:
             return _fail(f"the API rejected the request: {_rejected(response)}")
@@ -294,7 +305,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     with api_client(120) as client:
         try:
             response = client.post(f"{api_url()}/preflight", json=body)
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             return _unreachable_api(exc)
     answer = response.json()
     if "detail" in answer:
@@ -309,7 +320,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         for warning in answer.get("warnings", []):
             print(f"  warning: {warning}")
     else:
-        err.print(f"[red]error:[/red] {answer.get('error')}")
+        stderr_console().print(f"[red]error:[/red] {answer.get('error')}")
     return 0 if answer.get("ok") else 1
 
 
@@ -317,9 +328,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     with api_client(30) as client:
         try:
             run = _get_run(client, args.run_id)
-        except httpx.HTTPStatusError as exc:
+        except StatusError as exc:
             return _fail(f"no run {args.run_id!r}" if exc.response.status_code == 404 else str(exc))
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             return _unreachable_api(exc)
         if args.wait:
             run = wait_for(client, args.run_id, show=not args.json, timeout=args.timeout)
@@ -334,7 +345,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with api_client(30) as client:
         try:
             response = client.get(f"{api_url()}/runs", params={"limit": args.limit})
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             return _unreachable_api(exc)
     if response.status_code in {401, 403}:
         return _fail(_refused(response))
@@ -359,8 +370,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     dapr_token = stack_secret("DAPR_API_TOKEN", "dapr-api-token")
     headers = {"dapr-api-token": dapr_token} if dapr_token else {}
     try:
-        response = httpx.post(url, json=document, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
+        response = HttpClient(timeout=30, headers=headers).post(url, json=document)
+    except HttpError as exc:
         return _fail(unreachable(sidecar, "the Dapr sidecar", exc))
     if response.status_code >= 300:
         return _fail(f"publish failed ({response.status_code}): {response.text}")
@@ -383,7 +394,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         return _fail(f"{args.action} failed ({response.status_code}): {_rejected(response)}")
     if args.action == "create":
         created = response.json()
-        err.print(f"token {created['id']} ({created['role']}) for {created['name']}; shown once, keep it safe:")
+        said = f"token {created['id']} ({created['role']}) for {created['name']}; shown once, keep it safe:"
+        stderr_console().print(said)
         print(created["token"])
     elif args.action == "list":
         for token in response.json():

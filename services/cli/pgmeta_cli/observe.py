@@ -8,13 +8,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
-from rich.console import Console
-
+from pgmeta_cli.consoles import stderr_console, stdout_console
 from pgmeta_cli.endpoints import api_endpoint, zipkin_endpoint
-
-out = Console(highlight=False)
-err = Console(stderr=True)
+from pgmeta_cli.http_client import HttpClient, HttpError
 
 # Span tags worth a glance in the tree; the rest is one click away in the UI.
 KEY_TAGS = (
@@ -50,7 +46,7 @@ def trace_link(trace_id: str) -> str:
     return f"{zipkin_url()}/zipkin/traces/{trace_id}"
 
 
-def find_run_traces(client: httpx.Client, run_id: str, lookback_hours: float = 24 * 7) -> list[list[dict[str, Any]]]:
+def find_run_traces(client: HttpClient, run_id: str, lookback_hours: float = 24 * 7) -> list[list[dict[str, Any]]]:
     """Every trace holding a span tagged with the run id (one, when the run's context travelled intact)."""
     response = client.get(
         f"{zipkin_url()}/api/v2/traces",
@@ -99,10 +95,11 @@ def render_tree(spans: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    out, err = stdout_console(), stderr_console()
     try:
-        with httpx.Client(timeout=30) as client:
+        with HttpClient(timeout=30) as client:
             traces = find_run_traces(client, args.run_id)
-    except httpx.HTTPError as exc:
+    except HttpError as exc:
         err.print(f"[red]error:[/red] cannot read traces from Zipkin at {zipkin_url()}: {exc} (is the stack up?)")
         return 2
     if not traces:
@@ -125,11 +122,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_dapr(args: argparse.Namespace) -> int:
+    out, err = stdout_console(), stderr_console()
     try:
-        with httpx.Client(timeout=30) as client:
+        with HttpClient(timeout=30) as client:
             response = client.get(f"{api_url()}/dapr")
             response.raise_for_status()
-    except httpx.HTTPError as exc:
+    except HttpError as exc:
         err.print(f"[red]error:[/red] cannot read sidecar metadata from {api_url()}/dapr: {exc}")
         return 2
     sidecars: list[dict[str, Any]] = response.json()

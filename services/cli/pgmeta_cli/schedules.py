@@ -10,8 +10,7 @@ import argparse
 import json
 from typing import Any
 
-import httpx
-
+from pgmeta_cli.http_client import Response
 from pgmeta_cli.main import (
     UsageError,
     _fail,
@@ -25,7 +24,7 @@ from pgmeta_cli.main import (
 )
 
 
-def _answer(response: httpx.Response, *, as_json: bool, show: Any) -> int:
+def _answer(response: Response, *, as_json: bool, show: Any) -> int:
     if response.status_code in {401, 403}:
         return _fail(_refused(response))
     if response.status_code == 404:

@@ -141,25 +141,37 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     filters = command.filters
     patterns = FilterPatterns.of(filters)
     warnings: list[str] = []
+    counts = {"databases": 0, "schemas": 0, "tables": 0, "views": 0, "columns": 0}
+    database_records: dict[str, Record] = {}
+    unmatched_schema_patterns: dict[str, set[str]] = {}
+
+    def count_selection(connection: Connection, selection: DatabaseSelection) -> None:
+        database_records[selection.database] = {"kind": "database", **fetch_one(connection, DATABASE_QUERY)}
+        selected = fetch_one(connection, COUNT_QUERY, relation_params(selection, filters))
+        for key in ("schemas", "tables", "views", "columns"):
+            counts[key] += int(selected[key])
+        unmatched_schema_patterns[selection.database] = _unmatched_schema_patterns(connection, selection)
+
+    discovery = command.source.discovery_database
     with connect(command.source, password) as connection:
         server = fetch_one(connection, SERVER_QUERY)
         if server["server_version_num"] < MIN_SERVER_VERSION_NUM:
             raise InvalidRequestError(f"PostgreSQL {server['server_version']} is not supported (12 or later is needed)")
         _validate_regexes(connection, patterns, filters)
         rows = list(stream_rows(connection, DATABASES_QUERY, patterns.database_params()))
-    choice = choose_databases(rows, filters, command.source.database, patterns)
+        choice = choose_databases(rows, filters, command.source.database, patterns)
+        # The database connected to for discovery is counted on the same connection (one connection less on
+        # the usual run of one database, i.e. on every re-run's critical path).
+        for selection in choice.selected:
+            if selection.database == discovery:
+                count_selection(connection, selection)
     problems = [f"include key {k!r} matches no database" for k in choice.unmatched_include_keys]
     warnings.extend(choice.skipped)
-    counts = {"databases": len(choice.selected), "schemas": 0, "tables": 0, "views": 0, "columns": 0}
-    database_records: list[Record] = []
-    unmatched_schema_patterns: dict[str, set[str]] = {}
+    counts["databases"] = len(choice.selected)
     for selection in choice.selected:
-        with connect(command.source, password, selection.database) as connection:
-            database_records.append({"kind": "database", **fetch_one(connection, DATABASE_QUERY)})
-            selected = fetch_one(connection, COUNT_QUERY, relation_params(selection, filters))
-            for key in ("schemas", "tables", "views", "columns"):
-                counts[key] += int(selected[key])
-            unmatched_schema_patterns[selection.database] = _unmatched_schema_patterns(connection, selection)
+        if selection.database != discovery:
+            with connect(command.source, password, selection.database) as connection:
+                count_selection(connection, selection)
     problems.extend(schema_patterns_matching_nowhere(rows, choice.selected, patterns, unmatched_schema_patterns))
     if not choice.selected:
         problems.append(
@@ -172,7 +184,8 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     if problems:
         raise InvalidRequestError("; ".join(problems))  # the workflow says "preflight failed (…):"
     server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
-    platform.save_chunk(command.run_id, Stage.EXTRACT, SERVER_UNIT, 0, [server_record, *database_records])
+    databases = [database_records[selection.database] for selection in choice.selected]
+    platform.save_chunk(command.run_id, Stage.EXTRACT, SERVER_UNIT, 0, [server_record, *databases])
     completed = PreflightCompleted(
         run_id=command.run_id,
         server_version=str(server["server_version"]),
