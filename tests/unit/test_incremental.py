@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pgmeta_publisher.incremental import Scope, bucket_of
+from pgmeta_publisher.incremental import Scope, ScopePartWriter, bucket_of
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import FilterSpec, PublishRequested, TransformRequested, UnitChunks
 from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for
@@ -320,3 +320,26 @@ def test_a_baseline_in_the_old_bucket_layout_is_regrouped_and_compared() -> None
     result = run(platform, "r2", sample_catalog())
     assert result["changes"] == {} and result["unchanged"] == len(rows)
     assert not any(key.startswith("r1/fp") for _, key in platform.state)
+
+
+def _stored_parts(schemas: int) -> int:
+    """Fingerprint parts written for ``schemas`` schemas of 22 relations and 416 columns each, arriving as the
+    extractor reads them: kind by kind, each kind in schema order (the benchmark catalog's shape, with the
+    writer's limits a tenth of the real ones)."""
+    platform = InMemoryPlatform()
+    writer = ScopePartWriter(platform, "r1", {("db", f"s{s}"): 438 for s in range(schemas)})
+    for kind, per_schema in (("Table", 22), ("Column", 416)):
+        for s in range(schemas):
+            for i in range(per_schema):
+                writer.add([f"qn/s{s}/{kind}/{i}", "digest", kind, "db", f"s{s}"])
+    return sum(sum(entry.parts) for entry in writer.scopes())
+
+
+def test_fingerprint_parts_grow_with_the_schemas_not_with_schemas_times_catalog(monkeypatch: Any) -> None:
+    """The 10x benchmark catalog (500 schemas) wrote parts of a few hundred rows: with every schema's rows of
+    the earlier kinds held, the limit was reached on every row and the schema being read written out each
+    time (its publish stage took 26x the default size's time)."""
+    monkeypatch.setattr("pgmeta_publisher.incremental.FLUSH_AT", 500)
+    monkeypatch.setattr("pgmeta_publisher.incremental.MAX_BUFFERED", 3_200)
+    few, many = _stored_parts(50), _stored_parts(500)
+    assert many <= 11 * few, f"{few} parts for 50 schemas, {many} for 500"  # was 50 and 5,681

@@ -64,7 +64,7 @@ class ScopePartWriter:
 
     ``sizes`` (entities per scope, where known) sets each scope's bucket count: one for all but very large
     schemas, so that a run writes few, large parts. Rows arrive interleaved across scopes (the extractor
-    reads kind by kind); when too many are held, the largest buffer is written out.
+    reads kind by kind); when too many are held, every buffer but the one being filled is written out.
     """
 
     def __init__(self, platform: Platform, run_id: str, sizes: dict[ScopeKey, int] | None = None) -> None:
@@ -88,8 +88,12 @@ class ScopePartWriter:
         self._buffered += 1
         if len(buffer) >= FLUSH_AT:
             self._flush(key)
-        while self._buffered >= MAX_BUFFERED:
-            self._flush(max(self._buffers, key=lambda k: len(self._buffers[k])))
+        if self._buffered >= MAX_BUFFERED:
+            # Everything but the scope being read goes out. Rows arrive kind by kind, each kind in schema order,
+            # so the other buffers are done until the next kind; writing only the largest one wrote the scope
+            # being read every few rows once many schemas held rows (parts of ~200 rows at 500 schemas).
+            for other in [k for k in self._buffers if k != key]:
+                self._flush(other)
 
     def _flush(self, key: tuple[ScopeKey, int]) -> None:
         rows = self._buffers.pop(key, [])
