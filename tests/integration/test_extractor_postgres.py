@@ -462,14 +462,23 @@ def test_a_connection_lost_mid_extraction_is_retried(postgres: PostgresServer, m
 # -- the catalog queries, one computed ahead --------------------------------------------------------------
 
 
+# A query failing with a data error, and one cancelled (QueryCanceled is an OperationalError, like a lock or
+# statement timeout: a failed query, not a lost connection, so it is reported rather than read again).
+FAILING_QUERIES = {
+    "division by zero": "SELECT 1 / (count(*) - count(*)) AS broken FROM ({}) q",
+    "canceling statement due to user request": "SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5) FROM ({}) q",
+}
+
+
+@pytest.mark.parametrize("error", list(FAILING_QUERIES))
 def test_a_failing_catalog_query_is_reported_and_the_next_ones_still_read(
-    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, error: str
 ) -> None:
     import pgmeta_extractor.extraction as extraction
     from pgmeta_extractor.catalog_sql import CATALOG_QUERIES
 
     queries = dict(CATALOG_QUERIES)
-    failing = f"SELECT 1 / (count(*) - count(*)) AS broken FROM ({queries['constraint']}) q"  # same parameters
+    failing = FAILING_QUERIES[error].format(queries["constraint"])  # the same parameters
     broken = {"schema": queries["schema"], "broken": failing, "relation": queries["relation"]}
     monkeypatch.setattr(extraction, "CATALOG_QUERIES", broken | {k: v for k, v in queries.items() if k not in broken})
     report: list[dict[str, str]] = []
@@ -478,9 +487,7 @@ def test_a_failing_catalog_query_is_reported_and_the_next_ones_still_read(
         records = list(extraction.iter_catalog(connection, selection, FilterSpec(), report))
     kinds = Counter(r["kind"] for r in records)
     assert kinds["schema"] > 2 and kinds["relation"] > 5 and kinds["column"] > 20 and kinds["index"] > 2
-    assert report == [{"object": "traps: all brokens", "error": "division by zero", "hint": "see the extractor log"}], (
-        report
-    )
+    assert report == [{"object": "traps: all brokens", "error": error, "hint": "see the extractor log"}], report
 
 
 def test_a_reader_that_stops_early_leaves_no_session_behind(postgres: PostgresServer) -> None:
@@ -507,4 +514,7 @@ def test_a_reader_that_stops_early_leaves_no_session_behind(postgres: PostgresSe
         assert sessions() == before + 2
         queries.close()  # pg_sleep(30) still runs ahead: cancelled, not waited for
         assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 5  # a backend leaves pg_stat_activity a moment after its client
+        while sessions() != before and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert sessions() == before

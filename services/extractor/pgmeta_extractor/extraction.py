@@ -3,11 +3,13 @@ one database written as claim-check chunks."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
+import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
@@ -241,7 +243,7 @@ def iter_catalog(
     filters: FilterSpec,
     report: list[dict[str, str]],
     only_schemas: list[str] | None = None,
-) -> Iterator[Record]:
+) -> Generator[Record, None, None]:
     """Every catalog record of the connected database (of ``only_schemas``, when given), tagged with its kind,
     streamed query by query (the next query computed on the server meanwhile: ``stream_queries``).
 
@@ -249,18 +251,19 @@ def iter_catalog(
     and the other kinds are still extracted: one bad object kind does not abort the database.
     """
     params = relation_params(selection, filters) | {"only_schemas": only_schemas}
-    for kind, rows in stream_queries(connection, list(CATALOG_QUERIES.items()), params):
-        try:
-            if kind == "relation":
-                rows = with_view_definitions(rows, connection, params, selection.database, report)
-            for row in rows:
-                row["kind"] = kind
-                row["database_name"] = selection.database
-                yield row
-        except sa_exc.OperationalError:
-            raise
-        except sa_exc.DBAPIError as exc:
-            report.append(_query_problem(selection.database, f"all {kind}s", exc))
+    with contextlib.closing(stream_queries(connection, list(CATALOG_QUERIES.items()), params)) as queries:
+        for kind, rows in queries:
+            try:
+                if kind == "relation":
+                    rows = with_view_definitions(rows, connection, params, selection.database, report)
+                for row in rows:
+                    row["kind"] = kind
+                    row["database_name"] = selection.database
+                    yield row
+            except sa_exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                report.append(_query_problem(selection.database, f"all {kind}s", exc))
 
 
 VIEW_DEFINITION_BATCH = 500
@@ -313,8 +316,13 @@ def view_definitions(
                             },
                         )
                     )
-            except sa_exc.DBAPIError as exc:
-                report.append(_query_problem(database, f"view definitions after {after[0]}.{after[1]}", exc))
+            except (sa_exc.DBAPIError, psycopg.Error) as exc:  # stream_rows raises psycopg's own errors
+                failure = (
+                    exc
+                    if isinstance(exc, sa_exc.DBAPIError)
+                    else sa_exc.DBAPIError.instance(VIEW_DEFINITIONS_QUERY, None, exc, psycopg.Error)
+                )
+                report.append(_query_problem(database, f"view definitions after {after[0]}.{after[1]}", failure))
                 return
             for row in batch:
                 yield row["schema_name"], row["relation_name"], row["view_definition"]
@@ -323,7 +331,7 @@ def view_definitions(
             after = (batch[-1]["schema_name"], batch[-1]["relation_name"])
 
 
-def _query_problem(database: str, what: str, exc: sa_exc.DBAPIError) -> dict[str, str]:
+def _query_problem(database: str, what: str, exc: sa_exc.StatementError) -> dict[str, str]:
     if isinstance(exc.orig, pg_errors.InsufficientPrivilege):
         hint = "grant the role pg_read_all_stats or ownership of the objects"
     elif isinstance(exc.orig, pg_errors.LockNotAvailable):
@@ -439,29 +447,31 @@ def _extract_once(
         if plan.extracted:
             totals = fetch_one(connection, COUNT_QUERY, params | {"only_schemas": only})
             total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
-            records = iter_catalog(connection, selection, command.filters, report, only)
-            # A database is read again from the start on another replica: finish it if the drain allows.
-            progress = ProgressReporter(platform, resumable=False)
-            for chunk_count, batch in enumerate(batch_records(records), start=1):
-                platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
-                platform.publish(
-                    TopicName.EXTRACT_CHUNK_READY,
-                    ChunkReady(
-                        run_id=command.run_id,
-                        unit=selection.unit,
-                        generation=generation,
-                        index=chunk_count - 1,
-                        connection_qualified_name=command.connection_qualified_name,
-                    ),
-                )
-                for record in batch:
-                    counts[record["kind"]] = counts.get(record["kind"], 0) + 1
-                done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
-                progress.report(
-                    ExtractionProgress(
-                        run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
+            # The extraction's own connection waits meanwhile: outside a transaction, not idle in one.
+            connection.commit()
+            with contextlib.closing(iter_catalog(connection, selection, command.filters, report, only)) as records:
+                # A database is read again from the start on another replica: finish it if the drain allows.
+                progress = ProgressReporter(platform, resumable=False)
+                for chunk_count, batch in enumerate(batch_records(records), start=1):
+                    platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
+                    platform.publish(
+                        TopicName.EXTRACT_CHUNK_READY,
+                        ChunkReady(
+                            run_id=command.run_id,
+                            unit=selection.unit,
+                            generation=generation,
+                            index=chunk_count - 1,
+                            connection_qualified_name=command.connection_qualified_name,
+                        ),
                     )
-                )
+                    for record in batch:
+                        counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+                    done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
+                    progress.report(
+                        ExtractionProgress(
+                            run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
+                        )
+                    )
     platform.save_json(stage_report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
         run_id=command.run_id,

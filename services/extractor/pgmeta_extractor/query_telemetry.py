@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -27,7 +27,7 @@ def statement_name(sql: str) -> str:
     return _statement_names().get(sql, "AD_HOC_QUERY")
 
 
-def observed_rows(sql: str, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def observed_rows(sql: str, rows: Iterator[dict[str, Any]]) -> Generator[dict[str, Any], None, None]:
     """``rows`` as they stream, inside a CLIENT span that ends when the stream does (rows read, failure).
 
     The span is started, not made current: the caller's work between rows must not become its child.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -177,7 +178,8 @@ def _cursor_rows(driver: psycopg.Connection[Any], statement: str, bound: dict[st
 # hashes a catalog query before its first row (the column query of a 200k-column catalog: ~2.3 s to its first
 # row, ~1.3 s for all the rest), so read one after another the server and the extractor take turns; with one
 # query ahead the next one is computed while this one's rows are turned into records. Two connections read
-# the catalog queries, one query at a time each: a metadata read must stay light on the server it reads.
+# the catalog queries, one query at a time each (besides the extraction's own connection and, while views are
+# read, the view-definition one): a metadata read must stay light on the server it reads.
 QUERIES_AHEAD = 1
 
 
@@ -201,21 +203,34 @@ class _Slot:
 
     def start(self, statement: str, bound: dict[str, Any]) -> _Started:
         """Runs in a worker thread: executes the query and fetches its first batch."""
+        cursor: psycopg.ServerCursor[dict[str, Any]] | None = None
         try:
             cursor = self.driver.cursor(name=f"pgmeta_{next(_cursor_ids)}", row_factory=dict_row)
             cursor.execute(statement, bound)
             return _Started(cursor, cursor.fetchmany(FETCH_ROWS))
         except psycopg.Error as exc:
+            if cursor is not None:
+                _close(cursor)
             return _Started(None, [], exc)
 
-    def finish(self, ok: bool) -> None:
+    def finish(self, ok: bool, statement: str, bound: dict[str, Any]) -> None:
         """Ends the query's transaction: its locks go, and a failed query leaves the connection usable."""
         if self.driver.closed or self.driver.broken:
             return
-        if ok:
-            self.driver.commit()
-        else:
-            self.driver.rollback()
+        try:
+            if ok:
+                self.driver.commit()
+            else:
+                self.driver.rollback()
+        except psycopg.Error as exc:
+            raise self.wrapped(exc, statement, bound) from exc
+
+    def wrapped(self, exc: psycopg.Error, statement: str, bound: dict[str, Any]) -> sa_exc.StatementError:
+        """As SQLAlchemy would raise it; ``connection_invalidated`` tells a lost connection (read the database
+        again) from a failed query (a lock or statement timeout is an OperationalError too: reported)."""
+        return sa_exc.DBAPIError.instance(
+            statement, bound, exc, psycopg.Error, connection_invalidated=self.driver.broken or self.driver.closed
+        )
 
     def close(self) -> None:
         self._raw.close()
@@ -250,35 +265,67 @@ def stream_queries(
             submit(index)
         for index, (name, sql, statement, bound) in enumerate(compiled):
             slot = slots[index % len(slots)]
-            started = pending.pop(index).result()
+            rows = observed_rows(sql, _rows_of(pending.pop(index).result(), slot, statement, bound))
             ok = False
             try:
-                yield name, observed_rows(sql, _rows_of(started, statement, bound))
+                yield name, rows
                 ok = True
             finally:
-                slot.finish(ok)
+                rows.close()  # a later read of these rows must not FETCH on a connection running another query
+                slot.finish(ok, statement, bound)
             submit(index + len(slots))
     finally:
-        for index, future in pending.items():  # stopped early: stop what still runs on the server
-            if not future.done():
-                slots[index % len(slots)].driver.cancel_safe()
-        pool.shutdown(wait=True)
-        for slot in slots:
+        _stop(pool, slots, pending)
+
+
+def _stop(pool: ThreadPoolExecutor, slots: list[_Slot], pending: dict[int, Future[_Started]]) -> None:
+    """Stops what still runs ahead (a cancel can land before the query starts: sent until it ends, bounded),
+    then closes every connection; one step failing does not skip the others."""
+    for index, future in pending.items():
+        for _ in range(CANCEL_TRIES):
+            if future.done():
+                break
+            try:
+                slots[index % len(slots)].driver.cancel_safe(timeout=2)
+            except psycopg.Error:
+                log.warning("could not cancel a catalog query running ahead", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                future.exception(timeout=1)
+    pool.shutdown(wait=True)
+    for future in pending.values():
+        started = future.result()
+        if started.cursor is not None:
+            _close(started.cursor)
+    for slot in slots:
+        try:
             slot.close()
+        except Exception:
+            log.warning("could not close a catalog connection", exc_info=True)
 
 
-def _rows_of(started: _Started, statement: str, bound: dict[str, Any]) -> Iterator[dict[str, Any]]:
+CANCEL_TRIES = 10
+
+
+def _rows_of(started: _Started, slot: _Slot, statement: str, bound: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    cursor = started.cursor
     try:
         if started.error is not None:
             raise started.error
         yield from started.first
-        assert started.cursor is not None
+        assert cursor is not None
         if len(started.first) == FETCH_ROWS:
-            while batch := started.cursor.fetchmany(FETCH_ROWS):
+            while batch := cursor.fetchmany(FETCH_ROWS):
                 yield from batch
-        started.cursor.close()
     except psycopg.Error as exc:
-        raise sa_exc.DBAPIError.instance(statement, bound, exc, psycopg.Error) from exc
+        raise slot.wrapped(exc, statement, bound) from exc
+    finally:
+        if cursor is not None:
+            _close(cursor)
+
+
+def _close(cursor: psycopg.ServerCursor[dict[str, Any]]) -> None:
+    with contextlib.suppress(psycopg.Error):  # on a lost connection the server has closed it already
+        cursor.close()
 
 
 _cursor_ids = itertools.count()
