@@ -124,3 +124,10 @@ def route_cli_to(monkeypatch: pytest.MonkeyPatch, app: TestClient) -> None:
         return Response(answer.status_code, answer.content, url)
 
     monkeypatch.setattr(HttpClient, "exchange", exchange)
+    # The CLI sends the test's token, not a local stack's (`make run` leaves .pgmeta/stack/api-token behind).
+    bearer = app.headers.get("Authorization", "")
+    if bearer.startswith("Bearer "):
+        monkeypatch.setenv("PGMETA_API_TOKEN", bearer.removeprefix("Bearer "))
+    else:
+        monkeypatch.setenv("PGMETA_STATE_DIR", "/nonexistent/pgmeta-test-state")
+        monkeypatch.delenv("PGMETA_API_TOKEN", raising=False)
