@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmeta_cli.consoles import stderr_console
-from pgmeta_cli.endpoints import api_endpoint, api_headers, sidecar_endpoint, stack_secret, unreachable
+from pgmeta_cli.endpoints import api_endpoint, api_headers, api_token, sidecar_endpoint, stack_secret, unreachable
 from pgmeta_cli.event_check import event_problems
 from pgmeta_cli.http_client import HttpClient, HttpError, Response, StatusError, TransportError
 from pgmeta_cli.observe import add_observe_commands
@@ -258,8 +258,13 @@ def _rejected(response: Response) -> str:
 
 
 def _refused(response: Response) -> str:
-    if response.status_code == 401:
+    if response.status_code == 401 and api_token() is None:
         return "the API wants a token: set PGMETA_API_TOKEN (or run `make up`, which writes the local one)"
+    if response.status_code == 401:  # a token was sent: the answer is about that token, not a missing one
+        return (
+            f"the API refused the API token ({response.json().get('detail')}): "
+            "set PGMETA_API_TOKEN to a valid one (`pgmeta tokens create`), or unset it to use the local stack's"
+        )
     return f"not allowed: {response.json().get('detail')}"
 
 
