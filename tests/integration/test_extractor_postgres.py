@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from pgmeta_devstack.postgres import PostgresServer
+from pgmeta_extractor import extraction
 from pgmeta_extractor.extraction import extract_database, preflight
 from pgmeta_extractor.source import connect
 from pgmeta_shared.claimcheck import decode_chunk
@@ -255,6 +256,27 @@ def test_view_lineage_is_exact(extracted: list[dict[str, Any]]) -> None:
 
 
 # -- preflight, databases and filters ---------------------------------------------------------------------
+
+
+def test_view_definitions_read_in_batches_are_each_views_own(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Definitions are read in batches (their locks end with each batch) and merged into the relation rows by
+    (schema, name): batches of two cross every boundary the traps catalog has."""
+    monkeypatch.setattr(extraction, "VIEW_DEFINITION_BATCH", 2)
+    _, records = extract_all(postgres)
+    read = {
+        (r["schema_name"], r["relation_name"]): r["view_definition"]
+        for r in of_kind(records, "relation")
+        if r["relkind"] in {"v", "m"}
+    }
+    expected = catalog(
+        postgres,
+        "SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    assert len(expected) == 3  # two batches
+    assert read == {(schema, name): definition for schema, name, definition in expected}
 
 
 def test_without_a_database_every_connectable_database_is_extracted(postgres: PostgresServer) -> None:

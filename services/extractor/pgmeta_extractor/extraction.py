@@ -23,6 +23,7 @@ from pgmeta_extractor.catalog_sql import (
     SERVER_QUERY,
     SYSTEM_SCHEMA_FILTER,
     VIEW_DEFINITIONS_QUERY,
+    VIEW_LIST_QUERY,
 )
 from pgmeta_extractor.change_sql import SCHEMA_FINGERPRINTS_QUERY
 from pgmeta_extractor.selection import (
@@ -282,7 +283,7 @@ def with_view_definitions(
     view's table) is reported, and the remaining views keep no definition rather than the run failing.
     """
     definitions = view_definitions(connection, params, database, report)
-    pending: tuple[str, str, str] | None = next(definitions, None)
+    pending: tuple[str, str, str | None] | None = next(definitions, None)
     for row in relations:
         if row["relkind"] in {"v", "m"}:
             key = (row["schema_name"], row["relation_name"])
@@ -298,37 +299,37 @@ def with_view_definitions(
 
 def view_definitions(
     connection: Connection, params: dict[str, Any], database: str, report: list[dict[str, str]]
-) -> Iterator[tuple[str, str, str]]:
-    after = ("", "")
+) -> Iterator[tuple[str, str, str | None]]:
+    """(schema, name, definition) of every selected view, in the relation query's order, read on a second
+    connection: the views listed once, then their definitions a batch at a time, each batch in a transaction
+    of its own (its locks go when it ends)."""
     with connection.engine.connect() as side:
-        while True:
+        try:
+            with side.begin():
+                views = [
+                    (row["oid"], row["schema_name"], row["relation_name"])
+                    for row in stream_rows(side, VIEW_LIST_QUERY, params)
+                ]
+        except (sa_exc.DBAPIError, psycopg.Error) as exc:  # stream_rows raises psycopg's own errors
+            report.append(_query_problem(database, "the list of views", _statement_error(VIEW_LIST_QUERY, exc)))
+            return
+        for start in range(0, len(views), VIEW_DEFINITION_BATCH):
+            batch = views[start : start + VIEW_DEFINITION_BATCH]
             try:
-                with side.begin():  # its own transaction: the batch's locks go when it ends
-                    batch = list(
-                        stream_rows(
-                            side,
-                            VIEW_DEFINITIONS_QUERY,
-                            {
-                                **params,
-                                "after_schema": after[0],
-                                "after_relation": after[1],
-                                "batch_size": VIEW_DEFINITION_BATCH,
-                            },
-                        )
-                    )
-            except (sa_exc.DBAPIError, psycopg.Error) as exc:  # stream_rows raises psycopg's own errors
-                failure = (
-                    exc
-                    if isinstance(exc, sa_exc.DBAPIError)
-                    else sa_exc.DBAPIError.instance(VIEW_DEFINITIONS_QUERY, None, exc, psycopg.Error)
-                )
-                report.append(_query_problem(database, f"view definitions after {after[0]}.{after[1]}", failure))
+                with side.begin():
+                    rows = stream_rows(side, VIEW_DEFINITIONS_QUERY, {"oids": [oid for oid, _, _ in batch]})
+                    definitions = [row["view_definition"] for row in rows]
+            except (sa_exc.DBAPIError, psycopg.Error) as exc:
+                _, schema, name = batch[0]
+                failure = _statement_error(VIEW_DEFINITIONS_QUERY, exc)
+                report.append(_query_problem(database, f"view definitions from {schema}.{name}", failure))
                 return
-            for row in batch:
-                yield row["schema_name"], row["relation_name"], row["view_definition"]
-            if len(batch) < VIEW_DEFINITION_BATCH:
-                return
-            after = (batch[-1]["schema_name"], batch[-1]["relation_name"])
+            for (_, schema, name), definition in zip(batch, definitions, strict=True):
+                yield schema, name, definition
+
+
+def _statement_error(sql: str, exc: sa_exc.DBAPIError | psycopg.Error) -> sa_exc.DBAPIError:
+    return exc if isinstance(exc, sa_exc.DBAPIError) else sa_exc.DBAPIError.instance(sql, None, exc, psycopg.Error)
 
 
 def _query_problem(database: str, what: str, exc: sa_exc.StatementError) -> dict[str, str]:
