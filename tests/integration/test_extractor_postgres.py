@@ -272,7 +272,8 @@ def test_view_definitions_read_in_batches_are_each_views_own(
     }
     expected = catalog(
         postgres,
-        "SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "SELECT n.nspname, c.relname, pg_get_viewdef(c.oid)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
     )
     assert len(expected) == 3  # two batches

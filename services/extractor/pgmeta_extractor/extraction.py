@@ -328,7 +328,7 @@ def view_definitions(
                 yield schema, name, definition
 
 
-def _statement_error(sql: str, exc: sa_exc.DBAPIError | psycopg.Error) -> sa_exc.DBAPIError:
+def _statement_error(sql: str, exc: sa_exc.DBAPIError | psycopg.Error) -> sa_exc.StatementError:
     return exc if isinstance(exc, sa_exc.DBAPIError) else sa_exc.DBAPIError.instance(sql, None, exc, psycopg.Error)
 
 
