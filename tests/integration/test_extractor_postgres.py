@@ -541,3 +541,71 @@ def test_a_reader_that_stops_early_leaves_no_session_behind(postgres: PostgresSe
         while sessions() != before and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sessions() == before
+
+
+def pgmeta_sessions(server: PostgresServer) -> int:
+    with psycopg.connect(**server.connect_kwargs(), autocommit=True) as admin:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmeta'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_background_query_sees_the_catalog_as_it_was_when_the_block_began(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run's fingerprints are computed while the catalog is read, and must still be older than it: a
+    change the catalog read may see must make the next run read the schema again. The first query is declared
+    (its snapshot taken) before the block begins, even when its rows are fetched later."""
+    from pgmeta_extractor import source
+
+    declared = source._declared
+
+    def late(*args: Any) -> Any:
+        time.sleep(1)  # in the block's thread: the table below is created before a later query starts
+        return declared(*args)
+
+    monkeypatch.setattr(source, "_declared", late)
+    probe = "SELECT count(*) AS tables FROM pg_class WHERE relname = 'made_after_the_snapshot'"
+    with psycopg.connect(**postgres.connect_kwargs("traps"), autocommit=True) as ddl:
+        ddl.execute("DROP TABLE IF EXISTS public.made_after_the_snapshot")
+        try:
+            with (
+                connect(source_of(postgres), lambda: postgres.password, "traps") as connection,
+                source.rows_in_background(connection, [(probe, {}), (probe, {})]) as (first, second),
+            ):
+                ddl.execute("CREATE TABLE public.made_after_the_snapshot (id int)")
+                assert first.result(timeout=30) == [{"tables": 0}]
+                assert second.result(timeout=30) == [{"tables": 1}]  # declared later, in its own transaction
+        finally:
+            ddl.execute("DROP TABLE IF EXISTS public.made_after_the_snapshot")
+
+
+def test_leaving_a_block_cancels_its_background_query_and_closes_its_session(postgres: PostgresServer) -> None:
+    from pgmeta_extractor.source import rows_in_background
+
+    with connect(source_of(postgres), lambda: postgres.password, "traps") as connection:
+        before = pgmeta_sessions(postgres)
+        started = time.monotonic()
+        with rows_in_background(connection, [("SELECT pg_sleep(30) AS slept", {})]) as (pending,):
+            assert pgmeta_sessions(postgres) == before + 1
+            assert not pending.done()
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 5  # a backend leaves pg_stat_activity a moment after its client
+        while pgmeta_sessions(postgres) != before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pgmeta_sessions(postgres) == before
+
+
+def test_a_failed_background_query_is_raised_where_its_rows_are_taken(postgres: PostgresServer) -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from pgmeta_extractor.source import rows_in_background
+
+    with (
+        connect(source_of(postgres), lambda: postgres.password, "traps") as connection,
+        rows_in_background(connection, [("SELECT 1 AS one", {}), ("SELECT 1 / 0 AS never", {})]) as (one, never),
+    ):
+        assert one.result(timeout=30) == [{"one": 1}]
+        with pytest.raises(sa_exc.DBAPIError, match="division by zero") as raised:
+            never.result(timeout=30)
+        assert not raised.value.connection_invalidated

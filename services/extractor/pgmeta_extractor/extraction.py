@@ -7,6 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Generator, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -32,7 +34,14 @@ from pgmeta_extractor.selection import (
     relation_params,
     schema_patterns_matching_nowhere,
 )
-from pgmeta_extractor.source import PasswordProvider, connect, fetch_one, stream_queries, stream_rows
+from pgmeta_extractor.source import (
+    PasswordProvider,
+    connect,
+    fetch_one,
+    rows_in_background,
+    stream_queries,
+    stream_rows,
+)
 from pgmeta_shared.claimcheck import Record, batch_records
 from pgmeta_shared.errors import (
     CredentialsNotFoundError,
@@ -371,40 +380,53 @@ def extract_database(command: ExtractRequested, platform: Platform) -> ExtractCo
     return completed
 
 
-def plan_scopes(command: ExtractRequested, platform: Platform, fingerprints: dict[str, str]) -> ScopePlan:
-    """Which schemas to read: those whose fingerprint differs from the baseline's, or all of them when the
-    request says ``full``, there is no usable baseline, or it was taken under other filters."""
-    selection = command.selection
+@dataclass(frozen=True)
+class ComparableBaseline:
+    """The previous successful run's schemas of this database, to compare fingerprints with."""
 
-    def read_all(reason: str) -> ScopePlan:
+    run_id: str
+    index: ScopeIndex
+
+
+def comparable_baseline(command: ExtractRequested, platform: Platform) -> ComparableBaseline | str:
+    """The baseline this database's schemas are compared with, or why every schema is read: the request says
+    ``full``, there is no usable baseline, or it was taken under other filters."""
+    if command.full:
+        return "full run requested"
+    recorded = platform.get_json(snapshot_key(command.connection_qualified_name))
+    if recorded is None:
+        return "no baseline"
+    baseline = Baseline.model_validate(recorded)
+    if baseline.format != INCREMENTAL_FORMAT:
+        return "the baseline was written by another version"
+    if baseline.scope != request_scope(command.filters, command.source.database):
+        return "the filters differ from the baseline's"
+    stored = platform.get_json(baseline_scopes_key(baseline.run_id, command.selection.database))
+    if stored is None:
+        return "the baseline has no schemas of this database"
+    index = ScopeIndex.model_validate(stored)
+    if index.unit != command.selection.unit:
+        return "the database's unit differs from the baseline's"
+    return ComparableBaseline(baseline.run_id, index)
+
+
+def plan_scopes(
+    command: ExtractRequested, baseline: ComparableBaseline | str, fingerprints: dict[str, str]
+) -> ScopePlan:
+    """Which schemas to read: those whose fingerprint differs from the baseline's, or all of them."""
+    selection = command.selection
+    if isinstance(baseline, str):
         return ScopePlan(
             database=selection.database,
             unit=selection.unit,
             fingerprints=fingerprints,
             extracted=sorted(fingerprints),
-            reason=reason,
+            reason=baseline,
         )
-
-    if command.full:
-        return read_all("full run requested")
-    recorded = platform.get_json(snapshot_key(command.connection_qualified_name))
-    if recorded is None:
-        return read_all("no baseline")
-    baseline = Baseline.model_validate(recorded)
-    if baseline.format != INCREMENTAL_FORMAT:
-        return read_all("the baseline was written by another version")
-    if baseline.scope != request_scope(command.filters, command.source.database):
-        return read_all("the filters differ from the baseline's")
-    stored = platform.get_json(baseline_scopes_key(baseline.run_id, selection.database))
-    if stored is None:
-        return read_all("the baseline has no schemas of this database")
-    index = ScopeIndex.model_validate(stored)
-    if index.unit != selection.unit:
-        return read_all("the database's unit differs from the baseline's")
     carried = sorted(
         schema
         for schema, fingerprint in fingerprints.items()
-        if schema in index.schemas and index.schemas[schema].fingerprint == fingerprint
+        if schema in baseline.index.schemas and baseline.index.schemas[schema].fingerprint == fingerprint
     )
     return ScopePlan(
         database=selection.database,
@@ -417,6 +439,17 @@ def plan_scopes(command: ExtractRequested, platform: Platform, fingerprints: dic
     )
 
 
+def _log_plan(command: ExtractRequested, plan: ScopePlan) -> None:
+    log.info(
+        "run %s: %s: %d schema(s) read, %d carried over (%s)",
+        command.run_id,
+        command.selection.unit,
+        len(plan.extracted),
+        len(plan.carried),
+        plan.reason,
+    )
+
+
 def _extract_once(
     command: ExtractRequested, platform: Platform, password: PasswordProvider, generation: int
 ) -> ExtractCompleted:
@@ -425,34 +458,41 @@ def _extract_once(
     report: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     chunk_count = 0
-    with connect(command.source, password, selection.database) as connection:
-        # Before the catalog is read: a change made meanwhile leaves a fingerprint older than what was read,
-        # so the next run reads the schema again (never the other way round).
-        params = relation_params(selection, command.filters)
-        schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
-        fingerprints = {
-            r["schema_name"]: r["change_fingerprint"]
-            for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
-        }
-        plan = plan_scopes(command, platform, fingerprints)
-        log.info(
-            "run %s: %s: %d schema(s) to read, %d carried over (%s)",
-            command.run_id,
-            selection.unit,
-            len(plan.extracted),
-            len(plan.carried),
-            plan.reason,
-        )
-        platform.save_json(extract_scopes_key(command.run_id, selection.unit), plan.model_dump(mode="json"))
-        only = plan.extracted if plan.carried else None
-        if plan.extracted:
-            totals = fetch_one(connection, COUNT_QUERY, params | {"only_schemas": only})
-            total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
-            # The extraction's own connection waits meanwhile: outside a transaction, not idle in one.
-            connection.commit()
+    params = relation_params(selection, command.filters)
+    schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
+    baseline = comparable_baseline(command, platform)
+    with connect(command.source, password, selection.database) as connection, contextlib.ExitStack() as side:
+        # The fingerprints are taken before the catalog is read: a change made meanwhile leaves a fingerprint
+        # older than what was read, so the next run reads the schema again (never the other way round).
+        pending_fingerprints: Future[list[dict[str, Any]]] | None = None
+        if isinstance(baseline, str):
+            # Every schema is read whatever they say: they are kept for the next run, computed meanwhile (the
+            # query is declared, its snapshot taken, before the catalog is read), as is the progress total.
+            pending_fingerprints, pending_total = side.enter_context(
+                rows_in_background(
+                    connection, [(SCHEMA_FINGERPRINTS_QUERY, schemas), (COUNT_QUERY, params | {"only_schemas": None})]
+                )
+            )
+            plan = None
+            only = None
+        else:
+            fingerprints = {
+                r["schema_name"]: r["change_fingerprint"]
+                for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
+            }
+            connection.commit()  # the extraction's own connection waits outside a transaction, not idle in one
+            plan = plan_scopes(command, baseline, fingerprints)
+            _log_plan(command, plan)
+            platform.save_json(extract_scopes_key(command.run_id, selection.unit), plan.model_dump(mode="json"))
+            only = plan.extracted if plan.carried else None
+            (pending_total,) = side.enter_context(
+                rows_in_background(connection, [(COUNT_QUERY, params | {"only_schemas": only})])
+            )
+        if plan is None or plan.extracted:
             with contextlib.closing(iter_catalog(connection, selection, command.filters, report, only)) as records:
                 # A database is read again from the start on another replica: finish it if the drain allows.
                 progress = ProgressReporter(platform, resumable=False)
+                total: int | None = None
                 for chunk_count, batch in enumerate(batch_records(records), start=1):
                     platform.save_chunk(command.run_id, Stage.EXTRACT, chunk_unit, chunk_count - 1, batch)
                     platform.publish(
@@ -468,11 +508,20 @@ def _extract_once(
                     for record in batch:
                         counts[record["kind"]] = counts.get(record["kind"], 0) + 1
                     done = sum(v for k, v in counts.items() if k in {"schema", "relation", "column"})
+                    if total is None and pending_total.done():  # progress without a total until it is counted
+                        (totals,) = pending_total.result()
+                        total = sum(int(totals[k]) for k in ("schemas", "tables", "views", "columns"))
                     progress.report(
                         ExtractionProgress(
                             run_id=command.run_id, stage=Stage.EXTRACT, done=done, total=total, work_unit=selection.unit
                         )
                     )
+        if pending_fingerprints is not None:
+            fingerprints = {r["schema_name"]: r["change_fingerprint"] for r in pending_fingerprints.result()}
+            plan = plan_scopes(command, baseline, fingerprints)
+            _log_plan(command, plan)
+            platform.save_json(extract_scopes_key(command.run_id, selection.unit), plan.model_dump(mode="json"))
+    assert plan is not None
     platform.save_json(stage_report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
         run_id=command.run_id,

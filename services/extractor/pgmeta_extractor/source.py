@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import itertools
 import logging
@@ -306,6 +307,79 @@ def _stop(pool: ThreadPoolExecutor, slots: list[_Slot], pending: dict[int, Futur
 CANCEL_TRIES = 10
 
 
+@contextlib.contextmanager
+def rows_in_background(
+    connection: Connection, queries: Sequence[tuple[str, dict[str, Any]]]
+) -> Generator[list[Future[list[dict[str, Any]]]], None, None]:
+    """Runs ``queries`` one after another on a connection of their own while the caller goes on; yields one
+    future of all rows per query, in order. The first query's cursor is declared before this returns, so its
+    snapshot precedes anything the caller reads afterwards (READ COMMITTED: a statement's snapshot is taken
+    when it starts). Each query runs in a transaction of its own. A failure is raised, as SQLAlchemy's
+    DBAPIError subclass, when its future's result is taken; leaving the block cancels what still runs."""
+    compiled = [(sql, *_compiled(connection, sql, params)) for sql, params in queries]
+    slot = _Slot(connection.engine)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgmeta-side")
+    futures: list[Future[list[dict[str, Any]]]] = []
+
+    def submit(cursor: psycopg.ServerCursor[dict[str, Any]] | None, sql: str, statement: str, bound: Any) -> None:
+        # In the caller's trace context: the query's span is a child of the extraction's.
+        futures.append(pool.submit(contextvars.copy_context().run, _read_all, slot, cursor, sql, statement, bound))
+
+    try:
+        sql, statement, bound = compiled[0]
+        submit(_declared(slot, statement, bound), sql, statement, bound)
+        for sql, statement, bound in compiled[1:]:
+            submit(None, sql, statement, bound)
+        yield futures
+    finally:
+        try:
+            for future in futures:
+                for _ in range(CANCEL_TRIES):
+                    if future.done():
+                        break
+                    future.cancel()
+                    with contextlib.suppress(psycopg.Error):
+                        slot.driver.cancel_safe(timeout=2)
+                    with contextlib.suppress(Exception):
+                        future.exception(timeout=1)
+            pool.shutdown(wait=True)
+        finally:
+            slot.close()
+
+
+def _declared(slot: _Slot, statement: str, bound: dict[str, Any]) -> psycopg.ServerCursor[dict[str, Any]]:
+    cursor = slot.driver.cursor(name=f"pgmeta_{next(_cursor_ids)}", row_factory=dict_row)
+    try:
+        cursor.execute(statement, bound)
+    except psycopg.Error as exc:
+        _close(cursor)
+        slot.finish(False, statement, bound)
+        raise slot.wrapped(exc, statement, bound) from exc
+    return cursor
+
+
+def _read_all(
+    slot: _Slot,
+    cursor: psycopg.ServerCursor[dict[str, Any]] | None,
+    sql: str,
+    statement: str,
+    bound: dict[str, Any],
+) -> list[dict[str, Any]]:
+    ok = False
+    try:
+        if cursor is None:
+            cursor = _declared(slot, statement, bound)
+        rows = list(observed_rows(sql, _fetched(cursor)))
+        ok = True
+        return rows
+    except psycopg.Error as exc:
+        raise slot.wrapped(exc, statement, bound) from exc
+    finally:
+        if cursor is not None:
+            _close(cursor)
+        slot.finish(ok, statement, bound)
+
+
 def _rows_of(started: _Started, slot: _Slot, statement: str, bound: dict[str, Any]) -> Iterator[dict[str, Any]]:
     cursor = started.cursor
     try:
@@ -321,6 +395,11 @@ def _rows_of(started: _Started, slot: _Slot, statement: str, bound: dict[str, An
     finally:
         if cursor is not None:
             _close(cursor)
+
+
+def _fetched(cursor: psycopg.ServerCursor[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    while batch := cursor.fetchmany(FETCH_ROWS):
+        yield from batch
 
 
 def _close(cursor: psycopg.ServerCursor[dict[str, Any]]) -> None:
