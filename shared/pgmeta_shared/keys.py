@@ -22,6 +22,8 @@ class ArtifactStage(StrEnum):
     TRANSFORM = "transform"
     PUBLISH = "publish"
     FINGERPRINT = "fingerprint"
+    # The publisher's change lines of one chunk as a first run lists them (every entity created).
+    CREATED = "created"
 
 
 # A pipeline stage (events.Stage) names its keys by the same value.
@@ -157,6 +159,19 @@ def fingerprint_scope_part_key(
     that carry the scope over refer to it instead of copying it."""
     token = hashlib.blake2b(repr((database, schema)).encode(), digest_size=8).hexdigest()
     return f"{owner_run_id}/fps/{token}/{bucket:02d}/{part:05d}"
+
+
+def fingerprint_chunk_part_key(owner_run_id: str, database: str | None, schema: str | None, chunk: str) -> str:
+    """The fingerprints of one scope (database, schema) in one transformed chunk (``chunk`` names the chunk
+    unit and index): written as the chunk is published, so the publish stage regroups nothing."""
+    token = hashlib.blake2b(repr((database, schema)).encode(), digest_size=8).hexdigest()
+    return f"{owner_run_id}/fps/{token}/c/{chunk}"
+
+
+def fingerprint_folds_key(run_id: str) -> str:
+    """Every per-chunk fingerprint part a run wrote (``fingerprint_chunk_part_key``), whether or not its index
+    came to name them: what is deleted with the run (a failed run has no index; a retried chunk may leave some)."""
+    return f"{run_id}/fpb/folds"
 
 
 # -- the parts of a transformed chunk (transformer → publisher) ---------------------------------------------------
