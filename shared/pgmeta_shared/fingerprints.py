@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from pgmeta_shared.keys import (
+    fingerprint_chunk_part,
     fingerprint_chunk_part_key,
     fingerprint_folds_key,
     fingerprint_part_key,
@@ -74,7 +75,7 @@ class ScopeFingerprints(NamedTuple):
     schema: str | None
     owner: str
     parts: list[int]
-    chunks: Sequence[str] = ()
+    chunks: Sequence[str] = ()  # keys.fingerprint_chunk_part names
 
     @property
     def scope(self) -> tuple[str | None, str | None]:
@@ -86,7 +87,7 @@ class ScopeFingerprints(NamedTuple):
             fingerprint_scope_part_key(self.owner, self.database, self.schema, bucket, part)
             for part in range(self.parts[bucket])
         ]
-        folded = [fingerprint_chunk_part_key(self.owner, self.database, self.schema, c) for c in self.chunks]
+        folded = [fingerprint_chunk_part_key(self.owner, chunk) for chunk in self.chunks]
         return numbered + (folded if bucket == 0 else [])
 
     def part_keys(self) -> list[str]:
@@ -116,7 +117,12 @@ class FoldLedger(Protocol):
 
 def folded_part_keys(store: FoldLedger, run_id: str) -> list[str]:
     """Every per-chunk fingerprint part the run wrote (its index may name fewer: see ``fingerprint_folds_key``)."""
-    return list(store.get_json(fingerprint_folds_key(run_id)) or [])
+    ledger: dict[str, int] = store.get_json(fingerprint_folds_key(run_id)) or {}
+    return [
+        fingerprint_chunk_part_key(run_id, fingerprint_chunk_part(chunk, n))
+        for chunk, scopes in ledger.items()
+        for n in range(scopes)
+    ]
 
 
 def owned_part_keys(run_id: str, stored: Any) -> list[str]:

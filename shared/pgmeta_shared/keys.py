@@ -161,16 +161,26 @@ def fingerprint_scope_part_key(
     return f"{owner_run_id}/fps/{token}/{bucket:02d}/{part:05d}"
 
 
-def fingerprint_chunk_part_key(owner_run_id: str, database: str | None, schema: str | None, chunk: str) -> str:
-    """The fingerprints of one scope (database, schema) in one transformed chunk (``chunk`` names the chunk
-    unit and index): written as the chunk is published, so the publish stage regroups nothing."""
-    token = hashlib.blake2b(repr((database, schema)).encode(), digest_size=8).hexdigest()
-    return f"{owner_run_id}/fps/{token}/c/{chunk}"
+def fingerprint_chunk(chunk_unit: str, index: int) -> str:
+    """A transformed chunk as the run's ledger of per-chunk fingerprint parts names it."""
+    return f"{chunk_unit}/{index:06d}"
+
+
+def fingerprint_chunk_part(chunk: str, scope_ordinal: int) -> str:
+    """Names the fingerprints of the ``scope_ordinal``-th scope (database, schema) that chunk ``chunk`` holds."""
+    return f"{chunk}/{scope_ordinal}"
+
+
+def fingerprint_chunk_part_key(owner_run_id: str, chunk_part: str) -> str:
+    """The fingerprints of one scope in one transformed chunk (``fingerprint_chunk_part``): written as the chunk
+    is published, so that the publish stage regroups nothing; later runs that carry the scope over refer to it."""
+    return f"{owner_run_id}/fps/c/{chunk_part}"
 
 
 def fingerprint_folds_key(run_id: str) -> str:
-    """Every per-chunk fingerprint part a run wrote (``fingerprint_chunk_part_key``), whether or not its index
-    came to name them: what is deleted with the run (a failed run has no index; a retried chunk may leave some)."""
+    """The run's ledger of per-chunk fingerprint parts: ``{"<chunk unit>/<index>": scopes}``, whether or not its
+    index came to name them: what is deleted with the run (a failed run has no index; a replaced extraction
+    attempt's chunks are in no index)."""
     return f"{run_id}/fpb/folds"
 
 

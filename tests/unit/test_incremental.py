@@ -8,11 +8,10 @@ from typing import Any
 from pgmeta_publisher.incremental import Scope, ScopePartWriter, bucket_of
 from pgmeta_publisher.publishing import publish, publish_early
 from pgmeta_shared.events import ChunkReady, FilterSpec, PublishRequested, TransformRequested, UnitChunks
-from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for
+from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for, folded_part_keys
 from pgmeta_shared.keys import (
     ArtifactStage,
     extract_scopes_key,
-    fingerprint_folds_key,
     fingerprint_part_key,
     fingerprint_parts_key,
     snapshot_key,
@@ -438,7 +437,7 @@ def test_a_chunk_published_twice_or_after_a_crash_folds_to_the_same_parts() -> N
         platform.delete_json(key)  # killed after writing the parts, before the markers
     publish(command, platform)
     assert sorted(key for _, key in platform.state if "/fps/" in key) == parts
-    assert sorted(platform.stored_json(fingerprint_folds_key("r1"))) == parts
+    assert sorted(folded_part_keys(platform, "r1")) == parts
     result = published(platform, "r1")
     assert len(result["fingerprints"]) == len(result["changes"]) == result["manifest"]["changes"]["created"]
 

@@ -15,6 +15,7 @@ from pgmeta_shared.events import ExtractionCompleted
 from pgmeta_shared.keys import RETENTION_CONNECTIONS_KEY as CONNECTIONS_KEY
 from pgmeta_shared.keys import RUNS_INDEX_KEY as INDEX_KEY
 from pgmeta_shared.keys import (
+    fingerprint_chunk_part,
     fingerprint_chunk_part_key,
     fingerprint_folds_key,
     fingerprint_part_key,
@@ -136,10 +137,10 @@ def test_a_failed_runs_fingerprints_folded_chunk_by_chunk_are_forgotten() -> Non
     """Chunks published early wrote fingerprint parts (without TTL) for a run that then failed before its index:
     the run's ledger names them, and they go with the run."""
     service, platform, objects, workflows = make()
-    folded = [fingerprint_chunk_part_key("broken", "d", f"s{n}", "db000/000000") for n in range(2)]
+    folded = [fingerprint_chunk_part_key("broken", fingerprint_chunk_part("db000/000000", n)) for n in range(2)]
     for key in folded:
         platform.save_json(key, [["qn", "Table", "h", "d", "s", "t", "Table"]])
-    platform.save_json(fingerprint_folds_key("broken"), folded)
+    platform.save_json(fingerprint_folds_key("broken"), {"db000/000000": 2})
     objects.files[f"{QN}/broken/Table-a-00000.jsonl"] = b"{}\n"
     workflows.states["broken"] = State(
         Status.FAILED,

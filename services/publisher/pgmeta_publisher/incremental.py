@@ -33,6 +33,8 @@ from pgmeta_shared.fingerprints import (
 )
 from pgmeta_shared.keys import (
     ArtifactStage,
+    fingerprint_chunk,
+    fingerprint_chunk_part,
     fingerprint_chunk_part_key,
     fingerprint_folds_key,
     fingerprint_part_key,
@@ -130,8 +132,10 @@ class FoldedChunk(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    chunk: str  # names the chunk's parts (``keys.fingerprint_chunk_part_key``)
-    scopes: list[tuple[str | None, str | None, int]]  # (database, schema, fingerprints), in the chunk's order
+    chunk_unit: str
+    index: int
+    # (database, schema, fingerprints), in the chunk's order: the n-th is stored as keys.fingerprint_chunk_part(…, n)
+    scopes: list[tuple[str | None, str | None, int]]
     types: dict[str, int]  # fingerprints per entity type
     created_lines: bool  # its change lines as a run without a baseline lists them are stored (ArtifactStage.CREATED)
 
@@ -145,23 +149,24 @@ def fold_chunk(platform: Platform, run_id: str, chunk_unit: str, index: int, fir
     that never publishes (or a chunk of a superseded extraction) leaves nothing behind once it is forgotten.
     """
     rows = platform.load_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index)
-    chunk = f"{chunk_unit}/{index:06d}"
     by_scope: dict[ScopeKey, list[Any]] = {}
     types: dict[str, int] = {}
     for row in rows:  # rows stay rows here: they are only regrouped, not read
         by_scope.setdefault((row[3], row[4]), []).append(row)
         types[row[1]] = types.get(row[1], 0) + 1
-    keys = {scope: fingerprint_chunk_part_key(run_id, scope[0], scope[1], chunk) for scope in by_scope}
-    platform.update_json(fingerprint_folds_key(run_id), lambda known: sorted({*(known or []), *keys.values()}))
-    for scope, scope_rows in by_scope.items():
-        platform.save_json(keys[scope], scope_rows, ttl_seconds=NO_TTL)
+    chunk = fingerprint_chunk(chunk_unit, index)
+    platform.update_json(fingerprint_folds_key(run_id), lambda known: {**(known or {}), chunk: len(by_scope)})
+    for n, scope_rows in enumerate(by_scope.values()):
+        part = fingerprint_chunk_part(chunk, n)
+        platform.save_json(fingerprint_chunk_part_key(run_id, part), scope_rows, ttl_seconds=NO_TTL)
     if first_run:
         lines = b"".join(
             orjson.dumps({"typeName": row[1], "qualifiedName": row[0], "change": "created"}) + b"\n" for row in rows
         )
         platform.save_parts(run_id, ArtifactStage.CREATED, chunk_unit, index, {CREATED_LINES: compress(lines)})
     return FoldedChunk(
-        chunk=chunk,
+        chunk_unit=chunk_unit,
+        index=index,
         scopes=[(database, schema, len(scope_rows)) for (database, schema), scope_rows in by_scope.items()],
         types=types,
         created_lines=first_run,
@@ -180,8 +185,10 @@ def index_folds(platform: Platform, run_id: str, folds: list[FoldedChunk]) -> li
     chunks: dict[ScopeKey, list[str]] = {}
     sizes: dict[ScopeKey, int] = {}
     for fold in folds:
-        for database, schema, count in fold.scopes:
-            chunks.setdefault((database, schema), []).append(fold.chunk)
+        for n, (database, schema, count) in enumerate(fold.scopes):
+            chunks.setdefault((database, schema), []).append(
+                fingerprint_chunk_part(fingerprint_chunk(fold.chunk_unit, fold.index), n)
+            )
             sizes[(database, schema)] = sizes.get((database, schema), 0) + count
     scopes: list[ScopeFingerprints] = []
     large = {scope for scope, size in sizes.items() if buckets_for(size) > 1}
@@ -190,9 +197,9 @@ def index_folds(platform: Platform, run_id: str, folds: list[FoldedChunk]) -> li
         if (database, schema) in large:
             continue
         scopes.append(ScopeFingerprints(database, schema, run_id, [0], names))
-    for database, schema in large:
+    for database, schema in [scope for scope in chunks if scope in large]:  # chunk order: a redo writes the same parts
         loads = [
-            functools.partial(platform.get_json, fingerprint_chunk_part_key(run_id, database, schema, name))
+            functools.partial(platform.get_json, fingerprint_chunk_part_key(run_id, name))
             for name in chunks[(database, schema)]
         ]
         for stored in prefetched(loads):
