@@ -7,9 +7,15 @@ Stored as JSON arrays (compact: one per entity, hundreds of thousands per run) a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from pgmeta_shared.keys import fingerprint_part_key, fingerprint_scope_part_key
+from pgmeta_shared.keys import (
+    fingerprint_chunk_part,
+    fingerprint_chunk_part_key,
+    fingerprint_folds_key,
+    fingerprint_part_key,
+    fingerprint_scope_part_key,
+)
 
 
 class Fingerprint(NamedTuple):
@@ -58,7 +64,8 @@ def buckets_for(entities: int) -> int:
 
 class ScopeFingerprints(NamedTuple):
     """One scope's (database, schema) fingerprints: the run whose parts hold them and the part count per bucket
-    (as many buckets as the list is long).
+    (as many buckets as the list is long), plus the chunks whose parts hold them (``chunks``: written as each
+    chunk was published; a scope stored so has one bucket).
 
     The Connection's scope is (None, None), a Database's (database, None). A run that carries a schema over
     names the run that read it (``owner``), so an unchanged schema's fingerprints are written once.
@@ -68,17 +75,23 @@ class ScopeFingerprints(NamedTuple):
     schema: str | None
     owner: str
     parts: list[int]
+    chunks: Sequence[str] = ()  # keys.fingerprint_chunk_part names
 
     @property
     def scope(self) -> tuple[str | None, str | None]:
         return (self.database, self.schema)
 
-    def part_keys(self) -> list[str]:
-        return [
+    def bucket_keys(self, bucket: int) -> list[str]:
+        """The keys of the parts that hold stored bucket ``bucket``."""
+        numbered = [
             fingerprint_scope_part_key(self.owner, self.database, self.schema, bucket, part)
-            for bucket, count in enumerate(self.parts)
-            for part in range(count)
+            for part in range(self.parts[bucket])
         ]
+        folded = [fingerprint_chunk_part_key(self.owner, chunk) for chunk in self.chunks]
+        return numbered + (folded if bucket == 0 else [])
+
+    def part_keys(self) -> list[str]:
+        return [key for bucket in range(len(self.parts)) for key in self.bucket_keys(bucket)]
 
 
 class FingerprintIndex(NamedTuple):
@@ -87,7 +100,8 @@ class FingerprintIndex(NamedTuple):
     scopes: list[ScopeFingerprints]
 
     def to_json(self) -> dict[str, Any]:
-        return {"scopes": [list(scope) for scope in self.scopes]}
+        # A scope without chunk parts is stored as before them: an index stays readable by the version before.
+        return {"scopes": [[*scope[:4], list(scope.chunks)] if scope.chunks else [*scope[:4]] for scope in self.scopes]}
 
     @classmethod
     def from_json(cls, stored: dict[str, Any]) -> FingerprintIndex:
@@ -95,6 +109,20 @@ class FingerprintIndex(NamedTuple):
 
     def by_scope(self) -> dict[tuple[str | None, str | None], ScopeFingerprints]:
         return {scope.scope: scope for scope in self.scopes}
+
+
+class FoldLedger(Protocol):
+    def get_json(self, key: str) -> Any | None: ...
+
+
+def folded_part_keys(store: FoldLedger, run_id: str) -> list[str]:
+    """Every per-chunk fingerprint part the run wrote (its index may name fewer: see ``fingerprint_folds_key``)."""
+    ledger: dict[str, int] = store.get_json(fingerprint_folds_key(run_id)) or {}
+    return [
+        fingerprint_chunk_part_key(run_id, fingerprint_chunk_part(chunk, n))
+        for chunk, scopes in ledger.items()
+        for n in range(scopes)
+    ]
 
 
 def owned_part_keys(run_id: str, stored: Any) -> list[str]:

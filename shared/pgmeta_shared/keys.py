@@ -22,6 +22,8 @@ class ArtifactStage(StrEnum):
     TRANSFORM = "transform"
     PUBLISH = "publish"
     FINGERPRINT = "fingerprint"
+    # The publisher's change lines of one chunk as a first run lists them (every entity created).
+    CREATED = "created"
 
 
 # A pipeline stage (events.Stage) names its keys by the same value.
@@ -157,6 +159,29 @@ def fingerprint_scope_part_key(
     that carry the scope over refer to it instead of copying it."""
     token = hashlib.blake2b(repr((database, schema)).encode(), digest_size=8).hexdigest()
     return f"{owner_run_id}/fps/{token}/{bucket:02d}/{part:05d}"
+
+
+def fingerprint_chunk(chunk_unit: str, index: int) -> str:
+    """A transformed chunk as the run's ledger of per-chunk fingerprint parts names it."""
+    return f"{chunk_unit}/{index:06d}"
+
+
+def fingerprint_chunk_part(chunk: str, scope_ordinal: int) -> str:
+    """Names the fingerprints of the ``scope_ordinal``-th scope (database, schema) that chunk ``chunk`` holds."""
+    return f"{chunk}/{scope_ordinal}"
+
+
+def fingerprint_chunk_part_key(owner_run_id: str, chunk_part: str) -> str:
+    """The fingerprints of one scope in one transformed chunk (``fingerprint_chunk_part``): written as the chunk
+    is published, so that the publish stage regroups nothing; later runs that carry the scope over refer to it."""
+    return f"{owner_run_id}/fps/c/{chunk_part}"
+
+
+def fingerprint_folds_key(run_id: str) -> str:
+    """The run's ledger of per-chunk fingerprint parts: ``{"<chunk unit>/<index>": scopes}``, whether or not its
+    index came to name them: what is deleted with the run (a failed run has no index; a replaced extraction
+    attempt's chunks are in no index)."""
+    return f"{run_id}/fpb/folds"
 
 
 # -- the parts of a transformed chunk (transformer → publisher) ---------------------------------------------------

@@ -23,8 +23,13 @@ def compress(blob: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(blob)
 
 
+def decompress(stored: bytes) -> bytes:
+    """The content of one frame ``compress`` made."""
+    return zstandard.ZstdDecompressor().decompress(stored)
+
+
 def decode(name: str, stored: bytes) -> bytes:
     """A published file's content (JSON Lines or JSON) from its stored bytes, by the encoding its name says."""
     if name.endswith(ZSTD_SUFFIX):
-        return zstandard.ZstdDecompressor().decompress(stored)
+        return decompress(stored)
     return stored

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pgmeta_orchestrator.workflow import Activities
-from pgmeta_publisher import incremental, publishing
+from pgmeta_publisher import publishing
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared import fencing
 from pgmeta_shared.events import PublishRequested, Stage, TopicName, TransformRequested, UnitChunks
@@ -58,14 +58,15 @@ def test_a_run_that_ends_mid_publish_writes_no_manifest_and_moves_no_baseline(
 ) -> None:
     platform = InMemoryPlatform()
     command = _transformed(platform, "r1")
-    original_compare = incremental.compare
+    original_baseline = publishing.current_baseline
 
-    def compare_then_time_out(*args: Any, **kwargs: Any) -> Any:
-        # The workflow gives up while the publisher compares with the baseline (chunks already written).
+    def baseline_then_time_out(*args: Any, **kwargs: Any) -> Any:
+        # The workflow gives up while the publisher reads the baseline to compare with (chunks already written;
+        # a first run compares nothing, so the baseline is the step every run takes).
         end_run(platform, "r1", RunState.FAILED, "publish did not finish within 60 s")
-        return original_compare(*args, **kwargs)
+        return original_baseline(*args, **kwargs)
 
-    monkeypatch.setattr(publishing, "compare", compare_then_time_out)
+    monkeypatch.setattr(publishing, "current_baseline", baseline_then_time_out)
     with pytest.raises(RunEndedError):
         publish(command, platform)
     assert _manifests(platform) == []

@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from pgmeta_publisher.incremental import Scope, ScopePartWriter, bucket_of
-from pgmeta_publisher.publishing import publish
-from pgmeta_shared.events import FilterSpec, PublishRequested, TransformRequested, UnitChunks
-from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for
+from pgmeta_publisher.publishing import publish, publish_early
+from pgmeta_shared.events import ChunkReady, FilterSpec, PublishRequested, TransformRequested, UnitChunks
+from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for, folded_part_keys
 from pgmeta_shared.keys import (
     ArtifactStage,
     extract_scopes_key,
@@ -343,3 +343,117 @@ def test_fingerprint_parts_grow_with_the_schemas_not_with_schemas_times_catalog(
     monkeypatch.setattr("pgmeta_publisher.incremental.MAX_BUFFERED", 3_200)
     few, many = _stored_parts(50), _stored_parts(500)
     assert many <= 11 * few, f"{few} parts for 50 schemas, {many} for 500"  # was 50 and 5,681
+
+
+# -- fingerprints folded chunk by chunk: the publish stage regroups nothing and reads nothing on a first run ------
+
+
+class CountingPlatform(InMemoryPlatform):
+    """Counts the fingerprint reads: the transformer's chunks and the stored per-scope parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fingerprint_chunk_loads = 0
+        self.fingerprint_part_reads = 0
+
+    def load_chunk(self, run_id: str, stage: Any, unit: str, index: int) -> list[Any]:
+        if stage == ArtifactStage.FINGERPRINT:
+            self.fingerprint_chunk_loads += 1
+        return super().load_chunk(run_id, stage, unit, index)
+
+    def get_json(self, key: str) -> Any | None:
+        if "/fps/" in key:
+            self.fingerprint_part_reads += 1
+        return super().get_json(key)
+
+
+def transformed_in_chunks(platform: InMemoryPlatform, run_id: str, records: list[dict[str, Any]]) -> PublishRequested:
+    """``records`` extracted and transformed as three chunks, each published early as the transformer announces it."""
+    chunks = [records[:5], records[5:25], records[25:]]
+    for index, chunk in enumerate(chunks):
+        platform.save_chunk(run_id, ArtifactStage.EXTRACT, "db000", index, chunk)
+    transform(
+        TransformRequested(run_id=run_id, connection_qualified_name=CONNECTION_QN, unit="db000", chunk_count=3),
+        platform,
+    )
+    for index in range(3):
+        publish_early(
+            ChunkReady(run_id=run_id, unit="db000", index=index, connection_qualified_name=CONNECTION_QN), platform
+        )
+    return PublishRequested(
+        run_id=run_id,
+        connection_qualified_name=CONNECTION_QN,
+        units=[UnitChunks(unit="db000", chunk_count=3)],
+        counts={},
+        filters=FilterSpec(),
+    )
+
+
+def published(platform: InMemoryPlatform, run_id: str) -> dict[str, Any]:
+    """A published run's manifest (files aside), change lines (sorted) and stored fingerprints (sorted rows)."""
+    prefix = f"{CONNECTION_QN}/{run_id}"
+    manifest = json.loads(platform.objects[("objectstore", f"{prefix}/manifest.json")])
+    changes = sorted(
+        json.dumps(line, sort_keys=True)
+        for (_, path), blob in platform.objects.items()
+        if path.startswith(f"{prefix}/changes-")
+        for line in map(json.loads, decode(path, blob).splitlines())
+    )
+    index = FingerprintIndex.from_json(platform.stored_json(fingerprint_parts_key(run_id)))
+    rows = sorted(
+        json.dumps(row) for scope in index.scopes for key in scope.part_keys() for row in platform.stored_json(key)
+    )
+    facts = {k: v for k, v in manifest.items() if k not in {"files", "started_at", "finished_at"}}
+    return {"manifest": facts, "changes": changes, "fingerprints": rows}
+
+
+def test_a_first_run_reads_no_fingerprint_back_and_equals_a_compared_run(monkeypatch: Any) -> None:
+    """Chunks published early fold their fingerprints by scope; with no baseline, the publish stage counts from
+    the chunks' markers and lists the lines they stored, reading no fingerprint: the same output as comparing."""
+    folded = CountingPlatform()
+    command = transformed_in_chunks(folded, "r1", sample_catalog())
+    loads_before = folded.fingerprint_chunk_loads
+    assert loads_before == 3, "each chunk's fingerprints are read once, as the chunk is published"
+    publish(command, folded)
+    assert folded.fingerprint_chunk_loads == loads_before, "the publish stage loads no fingerprint chunk"
+    assert folded.fingerprint_part_reads == 0, "nor any stored fingerprint part"
+
+    # The same run, with the chunks folded as if a baseline existed: the publish stage compares (with none).
+    monkeypatch.setattr("pgmeta_publisher.publishing.has_baseline", lambda platform, connection_qn: True)
+    compared = CountingPlatform()
+    publish(transformed_in_chunks(compared, "r1", sample_catalog()), compared)
+    assert compared.fingerprint_part_reads > 0
+    first, second = published(folded, "r1"), published(compared, "r1")
+    assert first == second
+    assert first["manifest"]["changes"]["created"] == len(first["fingerprints"]) == len(first["changes"])
+
+
+def test_a_chunk_published_twice_or_after_a_crash_folds_to_the_same_parts() -> None:
+    """At least once: a chunk folded again (its marker lost to a crash) replaces its parts, adds none."""
+    platform = InMemoryPlatform()
+    command = transformed_in_chunks(platform, "r1", sample_catalog())
+    parts = sorted(key for _, key in platform.state if "/fps/" in key)
+    for _, key in [k for k in platform.state if k[1].startswith("r1/publish/") and k[1].endswith("/done")]:
+        platform.delete_json(key)  # killed after writing the parts, before the markers
+    publish(command, platform)
+    assert sorted(key for _, key in platform.state if "/fps/" in key) == parts
+    assert sorted(folded_part_keys(platform, "r1")) == parts
+    result = published(platform, "r1")
+    assert len(result["fingerprints"]) == len(result["changes"]) == result["manifest"]["changes"]["created"]
+
+
+def test_the_next_run_compares_with_folded_parts_and_forgets_them() -> None:
+    platform = InMemoryPlatform()
+    publish(transformed_in_chunks(platform, "r1", sample_catalog()), platform)
+    changed = sample_catalog()
+    for record in changed:
+        if record["kind"] == "column" and record["column_name"] == "name":
+            record["data_type"] = "text"
+    publish(transformed_in_chunks(platform, "r2", changed), platform)
+    result = published(platform, "r2")
+    updated = [json.loads(line) for line in result["changes"] if '"updated"' in line]
+    assert [line["qualifiedName"] for line in updated] == [f"{CONNECTION_QN}/shop/sales/customers/name"]
+    assert result["manifest"]["changes"]["created"] == 0
+    assert not any(key.startswith("r1/") and ("/fps/" in key or "/fpb/" in key) for _, key in platform.state), (
+        "the superseded baseline's folded parts and ledger are gone"
+    )

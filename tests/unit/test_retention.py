@@ -14,7 +14,14 @@ from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.events import ExtractionCompleted
 from pgmeta_shared.keys import RETENTION_CONNECTIONS_KEY as CONNECTIONS_KEY
 from pgmeta_shared.keys import RUNS_INDEX_KEY as INDEX_KEY
-from pgmeta_shared.keys import fingerprint_part_key, fingerprint_parts_key, snapshot_key
+from pgmeta_shared.keys import (
+    fingerprint_chunk_part,
+    fingerprint_chunk_part_key,
+    fingerprint_folds_key,
+    fingerprint_part_key,
+    fingerprint_parts_key,
+    snapshot_key,
+)
 from pgmeta_shared.keys import retention_runs_key as runs_key
 from tests.fakes import InMemoryPlatform
 
@@ -124,6 +131,32 @@ def test_a_failed_run_is_collected_without_a_manifest_but_a_running_one_is_not_k
     report = service.collect(dry_run=False)
     assert [r.run_id for r in report.runs] == ["broken"] and report.files == 1
     assert f"{QN}/ok/manifest.json" in objects.files
+
+
+def test_a_failed_runs_fingerprints_folded_chunk_by_chunk_are_forgotten() -> None:
+    """Chunks published early wrote fingerprint parts (without TTL) for a run that then failed before its index:
+    the run's ledger names them, and they go with the run."""
+    service, platform, objects, workflows = make()
+    folded = [fingerprint_chunk_part_key("broken", fingerprint_chunk_part("db000/000000", n)) for n in range(2)]
+    for key in folded:
+        platform.save_json(key, [["qn", "Table", "h", "d", "s", "t", "Table"]])
+    platform.save_json(fingerprint_folds_key("broken"), {"db000/000000": 2})
+    objects.files[f"{QN}/broken/Table-a-00000.jsonl"] = b"{}\n"
+    workflows.states["broken"] = State(
+        Status.FAILED,
+        NOW,
+        orjson.dumps(
+            {
+                "request_id": "broken",
+                "source": {"host": "h", "username": "u"},
+                "credentials": {"kind": "secret", "store": "s", "key": "k"},
+                "connection_qualified_name": QN,
+            }
+        ).decode(),
+    )
+    service.record_finished(ExtractionCompleted(run_id="broken", status="FAILED", error="boom"))
+    assert [r.run_id for r in service.collect(dry_run=False).runs] == ["broken"]
+    assert not any(key.startswith("broken/") for _, key in platform.state)
 
 
 def test_purges_only_finished_workflows_older_than_the_age() -> None:

@@ -28,10 +28,11 @@ from pgmeta_orchestrator.runs import read_workflow_state
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import connection_qualified_name
 from pgmeta_shared.events import ExtractionCompleted, ExtractionRequested
-from pgmeta_shared.fingerprints import owned_part_keys
+from pgmeta_shared.fingerprints import folded_part_keys, owned_part_keys
 from pgmeta_shared.keys import (
     RETENTION_CONNECTIONS_KEY,
     RUNS_INDEX_KEY,
+    fingerprint_folds_key,
     fingerprint_parts_key,
     run_progress_key,
     run_requested_key,
@@ -236,9 +237,13 @@ class RetentionService:
             return
         # Only the parts the run wrote itself: those of schemas it carried over belong to (and stay with) the
         # run that read them, which the baseline may still refer to.
-        for key in owned_part_keys(run_id, self._platform.get_json(fingerprint_parts_key(run_id))):
+        owned = owned_part_keys(run_id, self._platform.get_json(fingerprint_parts_key(run_id)))
+        # And the parts it wrote chunk by chunk: a run that failed before its index names none of them.
+        listed = set(owned)
+        for key in owned + [key for key in folded_part_keys(self._platform, run_id) if key not in listed]:
             self._platform.delete_json(key)
         self._platform.delete_json(fingerprint_parts_key(run_id))
+        self._platform.delete_json(fingerprint_folds_key(run_id))
 
     def _purge_workflows(self, report: GcReport) -> None:
         cutoff = self._now() - timedelta(hours=self._settings.retention_workflow_age_hours)

@@ -17,23 +17,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import re2
+from pydantic import BaseModel, ConfigDict
 
-from pgmeta_shared.events import FilterSpec, UnitChunks
+from pgmeta_shared.errors import ArtifactMissingError
+from pgmeta_shared.events import FilterSpec
 from pgmeta_shared.fingerprints import (
     Fingerprint,
     FingerprintIndex,
     ScopeFingerprints,
     buckets_for,
+    folded_part_keys,
     owned_part_keys,
 )
 from pgmeta_shared.keys import (
     ArtifactStage,
-    extract_chunk_unit,
+    fingerprint_chunk,
+    fingerprint_chunk_part,
+    fingerprint_chunk_part_key,
+    fingerprint_folds_key,
     fingerprint_part_key,
     fingerprint_parts_key,
     fingerprint_scope_part_key,
 )
+from pgmeta_shared.outputfiles import compress, decompress
 from pgmeta_shared.platform import NO_TTL, Platform
 from pgmeta_shared.prefetch import prefetched
 
@@ -115,26 +123,92 @@ class ScopePartWriter:
         return [ScopeFingerprints(db, schema, self.run_id, parts) for (db, schema), parts in self.parts.items()]
 
 
-def bucketize(
-    platform: Platform, run_id: str, units: list[UnitChunks], sizes: dict[ScopeKey, int] | None = None
-) -> list[ScopeFingerprints]:
-    """Regroups the transformer's per-chunk fingerprints (of the scopes this run read) by scope and bucket."""
-    writer = ScopePartWriter(platform, run_id, sizes)
-    chunks = [
-        functools.partial(
-            platform.load_chunk,
-            run_id,
-            ArtifactStage.FINGERPRINT,
-            extract_chunk_unit(unit.unit, unit.generation),
-            index,
+CREATED_LINES = "created"  # the part of an ArtifactStage.CREATED chunk that holds its change lines
+
+
+class FoldedChunk(BaseModel):
+    """One chunk's fingerprints as the publisher stored them, by scope: what the publish stage indexes and counts
+    without reading a fingerprint back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chunk_unit: str
+    index: int
+    # (database, schema, fingerprints), in the chunk's order: the n-th is stored as keys.fingerprint_chunk_part(…, n)
+    scopes: list[tuple[str | None, str | None, int]]
+    types: dict[str, int]  # fingerprints per entity type
+    created_lines: bool  # its change lines as a run without a baseline lists them are stored (ArtifactStage.CREATED)
+
+
+def fold_chunk(platform: Platform, run_id: str, chunk_unit: str, index: int, first_run: bool) -> FoldedChunk:
+    """Stores one transformed chunk's fingerprints by scope (one part per scope it holds) and, when ``first_run``
+    (the connection has no baseline yet), its change lines: everything in it is "created".
+
+    Idempotent: the keys are the chunk's, so a chunk folded again (redelivered, early and then in ``publish``,
+    or after a crash) replaces its parts. The run's ledger names every part before it is written, so that a run
+    that never publishes (or a chunk of a superseded extraction) leaves nothing behind once it is forgotten.
+    """
+    rows = platform.load_chunk(run_id, ArtifactStage.FINGERPRINT, chunk_unit, index)
+    by_scope: dict[ScopeKey, list[Any]] = {}
+    types: dict[str, int] = {}
+    for row in rows:  # rows stay rows here: they are only regrouped, not read
+        by_scope.setdefault((row[3], row[4]), []).append(row)
+        types[row[1]] = types.get(row[1], 0) + 1
+    chunk = fingerprint_chunk(chunk_unit, index)
+    platform.update_json(fingerprint_folds_key(run_id), lambda known: {**(known or {}), chunk: len(by_scope)})
+    for n, scope_rows in enumerate(by_scope.values()):
+        part = fingerprint_chunk_part(chunk, n)
+        platform.save_json(fingerprint_chunk_part_key(run_id, part), scope_rows, ttl_seconds=NO_TTL)
+    if first_run:
+        lines = b"".join(
+            orjson.dumps({"typeName": row[1], "qualifiedName": row[0], "change": "created"}) + b"\n" for row in rows
         )
-        for unit in units
-        for index in range(unit.chunk_count)
-    ]
-    for rows in prefetched(chunks):
-        for row in rows:  # rows stay rows here: they are only regrouped, not read
-            writer.add(row)
-    return writer.scopes()
+        platform.save_parts(run_id, ArtifactStage.CREATED, chunk_unit, index, {CREATED_LINES: compress(lines)})
+    return FoldedChunk(
+        chunk_unit=chunk_unit,
+        index=index,
+        scopes=[(database, schema, len(scope_rows)) for (database, schema), scope_rows in by_scope.items()],
+        types=types,
+        created_lines=first_run,
+    )
+
+
+def created_lines(platform: Platform, run_id: str, chunk_unit: str, index: int) -> bytes:
+    """A folded chunk's change lines as a run without a baseline lists them (JSON Lines)."""
+    return decompress(platform.load_parts(run_id, ArtifactStage.CREATED, chunk_unit, index)[CREATED_LINES])
+
+
+def index_folds(platform: Platform, run_id: str, folds: list[FoldedChunk]) -> list[ScopeFingerprints]:
+    """This run's scopes from its folded chunks, in the order the chunks first hold them. A scope too large
+    for one bucket (rare: a schema of more than ``BUCKET_ENTITIES`` entities) is regrouped into buckets from its
+    chunks' parts, so that comparing it holds one bucket in memory; every other scope is read nowhere here."""
+    chunks: dict[ScopeKey, list[str]] = {}
+    sizes: dict[ScopeKey, int] = {}
+    for fold in folds:
+        for n, (database, schema, count) in enumerate(fold.scopes):
+            chunks.setdefault((database, schema), []).append(
+                fingerprint_chunk_part(fingerprint_chunk(fold.chunk_unit, fold.index), n)
+            )
+            sizes[(database, schema)] = sizes.get((database, schema), 0) + count
+    scopes: list[ScopeFingerprints] = []
+    large = {scope for scope, size in sizes.items() if buckets_for(size) > 1}
+    writer = ScopePartWriter(platform, run_id, {scope: sizes[scope] for scope in large})
+    for (database, schema), names in chunks.items():
+        if (database, schema) in large:
+            continue
+        scopes.append(ScopeFingerprints(database, schema, run_id, [0], names))
+    for database, schema in [scope for scope in chunks if scope in large]:  # chunk order: a redo writes the same parts
+        loads = [
+            functools.partial(platform.get_json, fingerprint_chunk_part_key(run_id, name))
+            for name in chunks[(database, schema)]
+        ]
+        for stored in prefetched(loads):
+            if stored is None:
+                raise ArtifactMissingError(f"run {run_id}: fingerprints of schema {schema!r} of {database!r} are gone")
+            for row in stored:
+                writer.add(row)
+        writer.flush()
+    return scopes + writer.scopes()
 
 
 def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
@@ -170,8 +244,7 @@ def load_bucket(
         return records
     stored_bucket = bucket % len(scope.parts)
     narrower = len(scope.parts) < buckets
-    for part in range(scope.parts[stored_bucket]):
-        key = fingerprint_scope_part_key(scope.owner, scope.database, scope.schema, stored_bucket, part)
+    for key in scope.bucket_keys(stored_bucket):
         stored = platform.get_json(key)
         if stored is None:  # compared as absent (its entities "created"), as a baseline without fingerprints is
             log.warning("fingerprint part %s is gone", key)
@@ -185,23 +258,28 @@ def load_bucket(
 
 def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | None) -> None:
     """Removes a superseded baseline's fingerprint parts, except those its successor still refers to (the
-    parts of schemas carried over unread), and its index."""
+    parts of schemas carried over unread), and its index and ledger of per-chunk parts."""
     stored = platform.get_json(fingerprint_parts_key(run_id))
+    kept_scopes = {(scope.owner, scope.scope) for scope in successor.scopes} if successor is not None else set()
+    kept = {key for scope in successor.scopes for key in scope.part_keys()} if successor is not None else set()
     if isinstance(stored, list):
         doomed = owned_part_keys(run_id, stored)
     elif isinstance(stored, dict):
-        kept = {(scope.owner, scope.scope) for scope in successor.scopes} if successor is not None else set()
         doomed = [
             key
             for scope in FingerprintIndex.from_json(stored).scopes
-            if (scope.owner, scope.scope) not in kept
+            if (scope.owner, scope.scope) not in kept_scopes
             for key in scope.part_keys()
         ]
     else:
         doomed = []
+    # The run's own per-chunk parts its index never named (a chunk of an extraction attempt that was replaced).
+    listed = set(doomed)
+    doomed += [key for key in folded_part_keys(platform, run_id) if key not in kept and key not in listed]
     for key in doomed:
         platform.delete_json(key)
     platform.delete_json(fingerprint_parts_key(run_id))
+    platform.delete_json(fingerprint_folds_key(run_id))
 
 
 @dataclass(frozen=True)
@@ -272,7 +350,7 @@ def _compiled(pattern: str) -> Any:
 @dataclass
 class Changes:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    changed: set[str] = field(default_factory=set)
+    changed: set[str] | None = field(default_factory=set)  # None: every entity (a run without a baseline)
     # Unchanged entities are counted, not listed: (database, schema, type) → entities.
     unchanged: dict[tuple[str | None, str | None, str], int] = field(default_factory=dict)
 
@@ -342,7 +420,7 @@ def compare(
                 continue
             kind = "created" if old is None else "updated"
             changes.add(record.type_name, kind)
-            if keep_changed:
+            if keep_changed and changes.changed is not None:
                 changes.changed.add(qn)
             emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
         for qn, old in before.items():

@@ -10,6 +10,7 @@ in parts small enough for Dapr's body limit; nothing is truncated.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import logging
 import threading
@@ -23,7 +24,17 @@ import orjson
 from more_itertools import constrained_batches
 from pydantic import BaseModel, ConfigDict
 
-from pgmeta_publisher.incremental import Scope, bucketize, compare, forget_run, load_index
+from pgmeta_publisher.incremental import (
+    Changes,
+    FoldedChunk,
+    Scope,
+    compare,
+    created_lines,
+    fold_chunk,
+    forget_run,
+    index_folds,
+    load_index,
+)
 from pgmeta_shared.errors import ArtifactMissingError
 from pgmeta_shared.events import ChunkReady, ExtractionProgress, PublishCompleted, PublishRequested, Stage
 from pgmeta_shared.fencing import RunState, claim_commit, run_state
@@ -45,6 +56,7 @@ from pgmeta_shared.keys import (
 )
 from pgmeta_shared.outputfiles import ZSTD, ZSTD_SUFFIX, compress
 from pgmeta_shared.platform import NO_TTL, Platform
+from pgmeta_shared.prefetch import prefetched
 from pgmeta_shared.progress import ProgressReporter
 from pgmeta_shared.scopes import INCREMENTAL_FORMAT, Baseline, ScopeFiles, ScopeIndex, ScopePlan, request_scope
 from pgmeta_shared.stages import once_per_chunk
@@ -151,6 +163,13 @@ class LineSpool:
         self.lines.append(line)
         self.size += len(line)
 
+    def add_lines(self, blob: bytes) -> None:
+        """JSON Lines already serialized (each line ends with a newline)."""
+        if self.lines and self.size + len(blob) > SPOOL_BYTES:
+            self.flush()
+        self.lines.append(blob)
+        self.size += len(blob)
+
     def flush(self) -> None:
         if self.lines:
             for piece, stored in compressed_pieces(b"".join(self.lines)):
@@ -161,12 +180,14 @@ class LineSpool:
 
 
 class PublishedChunk(BaseModel):
-    """The marker of one published chunk: the files written (as the manifest lists them) and entities per type."""
+    """The marker of one published chunk: the files written (as the manifest lists them), entities per type,
+    and its fingerprints as stored by scope (None in a marker written before chunks were folded)."""
 
     model_config = ConfigDict(frozen=True)
 
     files: list[dict[str, Any]]
     counts: dict[str, int]
+    fingerprints: FoldedChunk | None = None
 
 
 def publish_chunk(
@@ -193,10 +214,18 @@ def publish_chunk(
                 else:
                     writer.write_lines(f"extras/{stem}", blob, extra=part.name, **scope, records=None)
             writer.wait()
-        return PublishedChunk(files=writer.files, counts=counts)
+        # Regrouped by scope now, while the transformer is still busy, so the publish stage does not.
+        folded = fold_chunk(platform, run_id, chunk_unit, index, first_run=not has_baseline(platform, connection_qn))
+        return PublishedChunk(files=writer.files, counts=counts, fingerprints=folded)
 
     with _chunk_slot:
         return once_per_chunk(platform, done_key, PublishedChunk, work)
+
+
+def has_baseline(platform: Platform, connection_qn: str) -> bool:
+    """Whether the connection has a successful run to compare with (as things stand now: the publish stage
+    reads the baseline again, and compares without the chunks' "created" lines if one appeared meanwhile)."""
+    return platform.get_json(snapshot_key(connection_qn)) is not None
 
 
 def publish_early(event: ChunkReady, platform: Platform) -> None:
@@ -238,7 +267,7 @@ def _publish(
 
     # 1. The full snapshot: every chunk's files (most already written early, as the transformer finished them).
     counts: dict[str, int] = {}
-    entities_by_schema: dict[tuple[str, str], int] = {}  # (unit, schema) -> entities: sizes the fingerprint buckets
+    folds: list[FoldedChunk] = []
     total = sum(unit.chunk_count for unit in command.units)
     done = 0
     progress = ProgressReporter(platform)
@@ -248,10 +277,9 @@ def _publish(
                 platform, command.run_id, command.connection_qualified_name, unit.unit, unit.generation, index
             )
             writer.files += chunk.files
-            for entry in chunk.files:
-                if "type" in entry and "schema" in entry:
-                    key = (unit.unit, entry["schema"])
-                    entities_by_schema[key] = entities_by_schema.get(key, 0) + entry["entities"]
+            chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
+            # A marker from before chunks were folded: folded now (the fold is idempotent).
+            folds.append(chunk.fingerprints or fold_chunk(platform, command.run_id, chunk_unit, index, first_run=False))
             for name, count in chunk.counts.items():
                 counts[name] = counts.get(name, 0) + count
             done += 1
@@ -267,11 +295,7 @@ def _publish(
 
     # 3. Compare with the previous successful run of this connection, scope by scope (carried schemas are not
     # compared: they are unchanged, and this run's fingerprint index refers to the parts that hold them).
-    databases = {plan.unit: plan.database for plan in plans}
-    sizes: dict[tuple[str | None, str | None], int] = {
-        (databases.get(unit), schema): entities for (unit, schema), entities in entities_by_schema.items()
-    }
-    own = bucketize(platform, command.run_id, command.units, sizes)
+    own = index_folds(platform, command.run_id, folds)
     previous, previous_index = current_baseline(platform, command)
     fingerprint_index = FingerprintIndex(own + carried_fingerprints(platform, plans, previous_index))
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
@@ -282,15 +306,19 @@ def _publish(
         if kind == "deleted" and sink is not None:
             deleted.append((line["typeName"], line["qualifiedName"]))
 
-    changes = compare(
-        platform,
-        own,
-        previous_index,
-        Scope(command.filters, command.database),
-        emit,
-        sink is not None,
-        carried.unchanged,
-    )
+    if previous_index is None and all(fold.created_lines for fold in folds):
+        # Nothing to compare with: every entity is created, its change line was written with its chunk.
+        changes = first_run_changes(platform, command, folds, carried.unchanged, spools["change"])
+    else:
+        changes = compare(
+            platform,
+            own,
+            previous_index,
+            Scope(command.filters, command.database),
+            emit,
+            sink is not None,
+            carried.unchanged,
+        )
     for spool in spools.values():
         spool.flush()
     platform.save_json(fingerprint_parts_key(command.run_id), fingerprint_index.to_json(), ttl_seconds=NO_TTL)
@@ -351,8 +379,36 @@ def _publish(
     return completed
 
 
+def first_run_changes(
+    platform: Platform,
+    command: PublishRequested,
+    folds: list[FoldedChunk],
+    carried: dict[tuple[str, str], dict[str, int]],
+    spool: LineSpool,
+) -> Changes:
+    """The changes of a run without a baseline: counted from the folded chunks, the change lines as each chunk
+    stored them (no fingerprint is read). ``Changes.changed`` is None: everything is new."""
+    changes = Changes(changed=None)
+    for (database, schema), per_type in carried.items():  # a baseline planned on that is gone now
+        for type_name, count in per_type.items():
+            changes.add_unchanged(database, schema, type_name, count)
+    for fold in folds:
+        for type_name, count in fold.types.items():
+            changes.add(type_name, "created", count)
+    chunks = [
+        (extract_chunk_unit(unit.unit, unit.generation), index)
+        for unit in command.units
+        for index in range(unit.chunk_count)
+    ]
+    for blob in prefetched([functools.partial(created_lines, platform, command.run_id, *chunk) for chunk in chunks]):
+        spool.add_lines(blob)
+    for line in changes.unchanged_lines():
+        spool.add(line)
+    return changes
+
+
 def _send_changes(
-    sink: EntitySink, parts: dict[str, bytes], fingerprints: list[Fingerprint], changed: set[str]
+    sink: EntitySink, parts: dict[str, bytes], fingerprints: list[Fingerprint], changed: set[str] | None
 ) -> list[dict[str, Any]]:
     """Created and updated entities of one chunk to the sink; a Connection on its own, first (Atlan wants it
     to exist before anything under it). Lines and fingerprints of a part (type and schema) are in the same order."""
@@ -364,7 +420,7 @@ def _send_changes(
     for part, records in by_part.items():
         lines = parts[part].splitlines()
         for record, line in zip(records, lines, strict=True):
-            if record.qualified_name in changed:
+            if changed is None or record.qualified_name in changed:
                 (connections if record.type_name == "Connection" else others).append(orjson.loads(line))
     results: list[dict[str, Any]] = []
     for group in (connections, others):
