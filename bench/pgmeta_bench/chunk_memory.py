@@ -1,10 +1,12 @@
-"""The transformer's memory on real extract chunks, without a stack: a cheap, repeatable peak-RSS measurement.
+"""The transformer's memory and CPU on real extract chunks, without a stack: a cheap, repeatable measurement.
 
 ``pgmeta-chunk-memory save DIR`` reads the cached bench catalog as the extractor does (its queries, its
 batching) and saves every extract chunk, compressed as the claim-check stores it. ``pgmeta-chunk-memory measure
 DIR`` then transforms those chunks in this (fresh) process through the transformer's own ``transform_chunk``,
 delivered from ``--threads`` worker threads as the service's web server delivers them, writes encoded and
-dropped, and prints VmHWM / VmRSS after imports, every 10 chunks and at the end.
+dropped, and prints VmHWM / VmRSS after imports, every 10 chunks and at the end, and the chunks' CPU seconds.
+``--save-output OUT`` keeps what every chunk rendered; ``--check-against OUT`` fails unless a later run (after
+a change to the renderer) renders exactly the same bytes.
 """
 
 from __future__ import annotations
