@@ -1,10 +1,12 @@
-"""The transformer's memory on real extract chunks, without a stack: a cheap, repeatable peak-RSS measurement.
+"""The transformer's memory and CPU on real extract chunks, without a stack: a cheap, repeatable measurement.
 
 ``pgmeta-chunk-memory save DIR`` reads the cached bench catalog as the extractor does (its queries, its
 batching) and saves every extract chunk, compressed as the claim-check stores it. ``pgmeta-chunk-memory measure
 DIR`` then transforms those chunks in this (fresh) process through the transformer's own ``transform_chunk``,
 delivered from ``--threads`` worker threads as the service's web server delivers them, writes encoded and
-dropped, and prints VmHWM / VmRSS after imports, every 10 chunks and at the end.
+dropped, and prints VmHWM / VmRSS after imports, every 10 chunks and at the end, and the chunks' CPU seconds.
+``--save-output OUT`` keeps what every chunk rendered; ``--check-against OUT`` fails unless a later run (after
+a change to the renderer) renders exactly the same bytes.
 """
 
 from __future__ import annotations
@@ -51,14 +53,39 @@ def save(directory: Path, schemas: int, tables: int, columns: int, cache_dir: Pa
     sys.stdout.write(f"{chunks} extract chunks saved in {directory}\n")
 
 
-class SavedChunks:
-    """The transformer's platform: extract chunks read from files; what it writes is encoded, then dropped."""
+class OutputCheck:
+    """What each chunk rendered, uncompressed: saved once (``--save-output``), then compared after a change to the
+    renderer (``--check-against``): output must stay byte-identical."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, directory: Path, *, saving: bool) -> None:
+        self.directory, self.saving = directory, saving
+        self.differing: list[str] = []
+        self.seen: set[str] = set()
+        if saving:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, name: str, data: bytes) -> None:
+        path = self.directory / name
+        self.seen.add(name)
+        if self.saving:
+            path.write_bytes(data)
+        elif not path.exists() or path.read_bytes() != data:
+            self.differing.append(name)
+
+
+class SavedChunks:
+    """The transformer's platform: extract chunks read from files; what it writes is encoded, then dropped
+    (and saved or compared, uncompressed, when an output check is given)."""
+
+    def __init__(self, files: list[Path], check: OutputCheck | None = None) -> None:
+        import orjson
+
         from pgmeta_shared.claimcheck import decode_chunk, encode_chunk, encode_parts
 
         self._files = files
         self._decode, self._encode_chunk, self._encode_parts = decode_chunk, encode_chunk, encode_parts
+        self._dumps = orjson.dumps
+        self._check = check
         self.written = 0
 
     def load_chunk(self, run_id: str, stage: str, unit: str, index: int) -> list[Any]:
@@ -66,9 +93,14 @@ class SavedChunks:
 
     def save_chunk(self, run_id: str, stage: str, unit: str, index: int, records: list[Any]) -> None:
         self.written += len(self._encode_chunk(records))
+        if self._check is not None:
+            self._check(f"{index:05d}.{stage}.json", self._dumps(records))
 
     def save_parts(self, run_id: str, stage: str, unit: str, index: int, parts: dict[str, bytes]) -> None:
         self.written += len(self._encode_parts(parts))
+        if self._check is not None:
+            header = self._dumps([[name, len(blob)] for name, blob in parts.items()])
+            self._check(f"{index:05d}.{stage}.parts", header + b"\n" + b"".join(parts.values()))
 
     def get_json(self, key: str) -> Any | None:
         return None  # no chunk is done yet
@@ -80,7 +112,7 @@ class SavedChunks:
         pass
 
 
-def measure(directory: Path, threads: int) -> None:
+def measure(directory: Path, threads: int, check: OutputCheck | None = None) -> None:
     out = sys.stdout
     out.write(f"start: {memory_mb()}\n")
     # What the service imports: its app (FastAPI, Dapr, telemetry), built as it builds it.
@@ -93,7 +125,7 @@ def measure(directory: Path, threads: int) -> None:
     files = sorted(directory.glob("*.zst"))
     if not files:
         raise SystemExit(f"no extract chunks in {directory}: run `pgmeta-chunk-memory save {directory}` first")
-    platform: Any = SavedChunks(files)
+    platform: Any = SavedChunks(files, check)
 
     def one(index: int) -> int:
         transform_chunk(platform, "run", CONNECTION_QN, "bench", 1, index)
@@ -107,6 +139,16 @@ def measure(directory: Path, threads: int) -> None:
     cpu = time.process_time() - started
     out.write(f"{len(files)} chunks on {threads} thread(s), CPU {cpu:.2f} s, {platform.written} bytes written: ")
     out.write(f"{memory_mb()}\n")
+    if check is not None and check.saving:
+        out.write(f"output of every chunk saved in {check.directory}\n")
+    elif check is not None:
+        missing = sorted({path.name for path in check.directory.iterdir()} - check.seen)
+        if check.differing or missing:
+            raise SystemExit(
+                f"output differs from {check.directory}: {', '.join(check.differing) or 'none'} differ, "
+                f"{', '.join(missing) or 'none'} missing"
+            )
+        out.write(f"output byte-identical to {check.directory}\n")
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -122,9 +164,19 @@ def run(argv: list[str] | None = None) -> None:
     measuring = commands.add_parser("measure", help="transform the chunks saved in DIR, printing peak RSS")
     measuring.add_argument("directory", type=Path)
     measuring.add_argument("--threads", type=int, default=40, help="delivering threads (the web server's: 40)")
+    checking = measuring.add_mutually_exclusive_group()
+    checking.add_argument("--save-output", type=Path, metavar="OUT", help="save every chunk's output in OUT")
+    checking.add_argument(
+        "--check-against", type=Path, metavar="OUT", help="fail unless every chunk's output equals OUT's"
+    )
     args = parser.parse_args(argv)
     if args.command == "save":
         cache_dir = args.cache_dir.expanduser().resolve()
         save(args.directory, args.schemas, args.tables, args.columns, cache_dir, args.base_port)
     else:
-        measure(args.directory, args.threads)
+        check = None
+        if args.save_output is not None:
+            check = OutputCheck(args.save_output, saving=True)
+        elif args.check_against is not None:
+            check = OutputCheck(args.check_against, saving=False)
+        measure(args.directory, args.threads, check)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,13 @@ class ChunkThread:
     per core), and an arena keeps what a chunk freed for its next chunk. Behind a lock, each of those arenas
     came to hold a chunk's working set (measured on 55 chunks shaped like the default bench catalog's: 352 MB peak RSS
     from 40 threads against 113 MB from one). The caller's context (the trace span) goes with the work.
+
+    The cyclic garbage collector is paused while a piece of work runs. A chunk allocates hundreds of thousands of
+    containers (parsed records, entity dicts) that live until the chunk is done, so collections triggered by the
+    allocation count found nothing to free but traversed them again and again (and with them every object the
+    service's imports left): ~20 % of the transformer's chunk CPU. Chunk work makes no reference cycles worth
+    waiting for: reference counting frees it all when the chunk is done, and any cycle made meanwhile (by this or
+    another thread) is collected once the collector runs again.
     """
 
     def __init__(self, name: str) -> None:
@@ -28,7 +36,7 @@ class ChunkThread:
 
     def run(self, work: Callable[[], T]) -> T:
         context = contextvars.copy_context()
-        return self._pool().submit(context.run, work).result()
+        return self._pool().submit(context.run, _without_cyclic_gc, work).result()
 
     def _pool(self) -> ThreadPoolExecutor:
         # Started on first use, not at import.
@@ -36,3 +44,13 @@ class ChunkThread:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
             return self._executor
+
+
+def _without_cyclic_gc(work: Callable[[], T]) -> T:
+    if not gc.isenabled():  # paused by someone else: theirs to resume
+        return work()
+    gc.disable()
+    try:
+        return work()
+    finally:
+        gc.enable()

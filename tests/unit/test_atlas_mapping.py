@@ -2,10 +2,11 @@
 
 from typing import Any
 
+import orjson
 import pytest
 from pyatlan.model.assets import Asset
 
-from pgmeta_transformer.atlas import to_entities
+from pgmeta_transformer.atlas import render_chunk, to_entities
 
 from .records import CONNECTION_QN, column, relation, sample_catalog
 
@@ -153,3 +154,42 @@ def test_pyatlan_accepts_every_entity_without_losing_attributes() -> None:
         round_trip = asset.dict(by_alias=True, exclude_unset=True)["attributes"]
         lost = set(entity["attributes"]) - set(round_trip)
         assert not lost, f"{entity['typeName']} lost {lost} in pyatlan"
+
+
+def tricky_columns() -> list[dict[str, Any]]:
+    """Columns whose values test the rendered template: quotes, backslashes, non-ASCII, the placeholder's own
+    characters, every optional attribute, every kind of parent."""
+    return [
+        column("sales", 'we"ird\\rel', 'c"ol\\umn', comment='say "hi"\\n', ordinal=7),
+        column("sälës", "tåble", "名前", data_type="text", base_type="text", numeric_precision=None),
+        column("sales", "t", "\x00pgmeta column value\x00", is_indexed=True, is_nullable=True),
+        column("sales", "t", "gen", default_value=None, generation_expression="a + 1", identity=None),
+        column("sales", "t", "ident", identity="a"),
+        column("sales", "t", "ident2", identity="d", is_primary=True, is_foreign=True),
+        column("sales", "p", "key", "p", partition_key_position=2, references=[["s2", "r2", "r", False, "id"]]),
+        column("sales", "p_1", "key", "r", is_partition=True),
+        column("sales", "v", "x", "v", data_type="integer[]", base_type="integer"),
+        column("sales", "m", "y", "m", max_length=12, numeric_precision=None, numeric_scale=None),
+        {k: v for k, v in column("sales", "t", "no_is_indexed").items() if k != "is_indexed"},
+    ]
+
+
+def test_rendered_lines_are_the_mapped_entities_serialized() -> None:
+    """render_chunk writes columns from a per-relation template without building their entities: its lines must
+    be exactly the entities pyatlan accepts (to_entities), serialized."""
+    records = sample_catalog() + tricky_columns()
+    parts, fingerprints = render_chunk(CONNECTION_QN, records, [])
+    rendered = sorted(line for blob in parts.values() for line in blob.splitlines())
+    assert rendered == sorted(orjson.dumps(entity) for entity in to_entities(CONNECTION_QN, records))
+    entities = entities_of(records)
+    assert [row[:2] for row in fingerprints] == [[e["attributes"]["qualifiedName"], e["typeName"]] for e in entities]
+
+
+def test_unmappable_columns_are_reported_when_rendered() -> None:
+    problems: list[dict[str, str]] = []
+    broken = column("sales", "t", "broken")
+    del broken["ordinal"]
+    parts, fingerprints = render_chunk(CONNECTION_QN, [broken, column("sales", "t", "fine"), {"kind": "x"}], problems)
+    assert [row[0] for row in fingerprints] == [f"{PREFIX}/t/fine"]
+    assert [p["object"] for p in problems] == ["column shop.sales.t.broken", "x "]
+    assert problems[0]["error"] == "KeyError: 'ordinal'"

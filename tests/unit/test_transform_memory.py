@@ -1,6 +1,7 @@
 """The transformer's memory per chunk: bounded by the chunk's size, and reused from one chunk to the next."""
 
 import contextvars
+import gc
 import threading
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -75,3 +76,22 @@ def test_chunk_work_keeps_the_callers_context_and_raises_its_errors() -> None:
     with pytest.raises(ValueError, match="bad chunk"):
         chunk_thread.run(fail)
     assert chunk_thread.run(lambda: 7) == 7  # the thread survives a failed chunk
+
+
+def test_chunk_work_runs_without_the_cyclic_collector_which_resumes_after_it() -> None:
+    chunk_thread = ChunkThread("test-chunk")
+
+    def fail() -> None:
+        raise ValueError("bad chunk")
+
+    assert gc.isenabled()
+    assert chunk_thread.run(gc.isenabled) is False
+    with pytest.raises(ValueError, match="bad chunk"):
+        chunk_thread.run(fail)
+    assert gc.isenabled()  # resumed after a failed chunk too
+    gc.disable()  # paused by someone else: chunk work leaves it paused
+    try:
+        assert chunk_thread.run(gc.isenabled) is False
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

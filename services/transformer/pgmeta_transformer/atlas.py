@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from pgmeta_shared.claimcheck import Record
-from pgmeta_shared.fingerprints import Fingerprint, to_rows
 from pgmeta_shared.keys import entity_part, extra_part
 from pgmeta_shared.naming import column_qn, database_qn, relation_qn, schema_qn
 
@@ -38,6 +37,9 @@ COLUMN_PARENT_ATTRIBUTE = {
 PARTITION_STRATEGIES = {"r": "RANGE", "l": "LIST", "h": "HASH"}
 ROUTINE_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window"}
 MARKUP = re.compile(r"<[^>]+>")
+# Relations whose column templates are kept: the extractor sends a relation's columns together, so a few suffice;
+# 4,096 (of ~1 KB each, twice: as a dict and serialized) held ~5 MB of the transformer's peak RSS for nothing.
+COLUMN_TEMPLATES = 64
 
 
 def ref(type_name: str, qualified_name: str) -> dict[str, Any]:
@@ -161,35 +163,50 @@ def _relation_ref(connection_qn: str, db: str, schema: str, name: str, relkind: 
     return ref(relation_type(relkind, is_partition), relation_qn(connection_qn, db, schema, name))
 
 
-@functools.lru_cache(maxsize=4096)
-def _column_base(connection_qn: str, db: str, schema: str, relation: str, parent_type: str) -> dict[str, Any]:
-    """What every column of one relation shares (built once per relation, copied per column)."""
+@functools.lru_cache(maxsize=COLUMN_TEMPLATES)
+def _column_template(connection_qn: str, db: str, schema: str, relation: str, parent_type: str) -> dict[str, Any]:
+    """The attributes every column of one relation starts from, in the order they are written: what the columns
+    share, and placeholders for what each column sets (a copy of this and 9 stores is cheaper than building the
+    dict key by key; assigning an existing key keeps its place)."""
     parent_qn = relation_qn(connection_qn, db, schema, relation)
-    base: dict[str, Any] = {"connectionQualifiedName": connection_qn, "connectorName": CONNECTOR}
-    _in_schema(base, connection_qn, db, schema)
-    base[COLUMN_PARENT_ATTRIBUTE[parent_type]] = ref(parent_type, parent_qn)
+    template: dict[str, Any] = {
+        "qualifiedName": None,
+        "name": None,
+        "connectionQualifiedName": connection_qn,
+        "connectorName": CONNECTOR,
+    }
+    _in_schema(template, connection_qn, db, schema)
+    template[COLUMN_PARENT_ATTRIBUTE[parent_type]] = ref(parent_type, parent_qn)
     if parent_type in {"View", "MaterialisedView"}:
-        base.update(viewName=relation, viewQualifiedName=parent_qn)
+        template.update(viewName=relation, viewQualifiedName=parent_qn)
     else:
-        base.update(tableName=relation, tableQualifiedName=parent_qn)
-    return base
+        template.update(tableName=relation, tableQualifiedName=parent_qn)
+    template.update(
+        order=None, dataType=None, rawDataTypeDefinition=None, isNullable=None, isPrimary=None, isForeign=None
+    )
+    template["isIndexed"] = None
+    return template
 
 
 def column_entity(connection_qn: str, row: Record) -> Entity:
     db, schema, relation, name = row["database_name"], row["schema_name"], row["relation_name"], row["column_name"]
     parent_type = relation_type(row["relkind"], row["is_partition"])
-    attributes = {
-        "qualifiedName": column_qn(connection_qn, db, schema, relation, name),
-        "name": name,
-        **_column_base(connection_qn, db, schema, relation, parent_type),
-        "order": row["ordinal"],
-        "dataType": row["data_type"],
-        "rawDataTypeDefinition": row["data_type"],
-        "isNullable": row["is_nullable"],
-        "isPrimary": row["is_primary"],
-        "isForeign": row["is_foreign"],
-        "isIndexed": row.get("is_indexed", False),
-    }
+    attributes = _column_template(connection_qn, db, schema, relation, parent_type).copy()
+    attributes["qualifiedName"] = column_qn(connection_qn, db, schema, relation, name)
+    attributes["name"] = name
+    attributes["order"] = row["ordinal"]
+    attributes["dataType"] = attributes["rawDataTypeDefinition"] = row["data_type"]
+    attributes["isNullable"] = row["is_nullable"]
+    attributes["isPrimary"] = row["is_primary"]
+    attributes["isForeign"] = row["is_foreign"]
+    attributes["isIndexed"] = row.get("is_indexed", False)
+    attributes.update(_column_optional_attributes(connection_qn, row))
+    return {"typeName": "Column", "attributes": attributes}
+
+
+def _column_optional_attributes(connection_qn: str, row: Record) -> dict[str, Any]:
+    """What only some columns have, in the order it is written (after every column's attributes)."""
+    attributes: dict[str, Any] = {}
     base_type = row.get("base_type")
     if base_type and base_type != row["data_type"]:
         attributes["subDataType"] = base_type
@@ -210,6 +227,7 @@ def column_entity(connection_qn: str, row: Record) -> Entity:
     if row.get("partition_key_position"):
         attributes.update(isPartition=True, partitionOrder=row["partition_key_position"])
     if row.get("references"):
+        db = row["database_name"]
         attributes["foreignKeyTo"] = [
             ref("Column", column_qn(connection_qn, db, r_schema, r_relation, r_column))
             for r_schema, r_relation, _kind, _part, r_column in row["references"]
@@ -218,7 +236,67 @@ def column_entity(connection_qn: str, row: Record) -> Entity:
         description = plain_text(row["comment"])
         if description:
             attributes["description"] = description
-    return {"typeName": "Column", "attributes": attributes}
+    return attributes
+
+
+# Stands for a column's own values in its relation's template; as a JSON string it cannot occur inside another
+# JSON string (a quote inside one is escaped), so the serialized template splits exactly at the placeholders.
+_PLACEHOLDER = "\x00pgmeta column value\x00"
+_COLUMN_VALUES = ("qualifiedName", "name", "order", "dataType", "rawDataTypeDefinition") + (
+    "isNullable",
+    "isPrimary",
+    "isForeign",
+    "isIndexed",
+)
+
+
+@functools.lru_cache(maxsize=COLUMN_TEMPLATES)
+def _column_line_pieces(connection_qn: str, db: str, schema: str, relation: str, parent_type: str) -> tuple[bytes, ...]:
+    """A column's JSON line around its own values, for one relation: serialized once per relation."""
+    template = _column_template(connection_qn, db, schema, relation, parent_type).copy()
+    for key in _COLUMN_VALUES:
+        template[key] = _PLACEHOLDER
+    pieces = tuple(orjson.dumps({"typeName": "Column", "attributes": template}).split(orjson.dumps(_PLACEHOLDER)))
+    if len(pieces) != len(_COLUMN_VALUES) + 1 or pieces[-1] != b"}}":
+        raise RuntimeError(f"the column template of {relation!r} did not split at its {len(_COLUMN_VALUES)} values")
+    return pieces
+
+
+def column_line(connection_qn: str, row: Record) -> tuple[bytes, str]:
+    """``orjson.dumps(column_entity(connection_qn, row))`` and the column's qualifiedName, without building the
+    entity: only the column's own values are serialized, into its relation's pre-serialized template (a column
+    entity repeats ~500 bytes of its relation's names). Columns are ~95 % of a catalog's entities."""
+    db, schema, relation, name = row["database_name"], row["schema_name"], row["relation_name"], row["column_name"]
+    parent_type = relation_type(row["relkind"], row["is_partition"])
+    pieces = _column_line_pieces(connection_qn, db, schema, relation, parent_type)
+    qualified_name = column_qn(connection_qn, db, schema, relation, name)
+    dumps = orjson.dumps
+    data_type = dumps(row["data_type"])
+    optional = _column_optional_attributes(connection_qn, row)
+    line = b"".join(
+        (
+            pieces[0],
+            dumps(qualified_name),
+            pieces[1],
+            dumps(name),
+            pieces[2],
+            dumps(row["ordinal"]),
+            pieces[3],
+            data_type,
+            pieces[4],
+            data_type,
+            pieces[5],
+            dumps(row["is_nullable"]),
+            pieces[6],
+            dumps(row["is_primary"]),
+            pieces[7],
+            dumps(row["is_foreign"]),
+            pieces[8],
+            dumps(row.get("is_indexed", False)),
+            b"," + dumps(optional)[1:-1] + b"}}" if optional else b"}}",
+        )
+    )
+    return line, qualified_name
 
 
 def routine_qualified_name(connection_qn: str, row: Record) -> str:
@@ -298,34 +376,44 @@ def map_records(
             if mapper is None:
                 raise ValueError(f"unknown catalog record kind {record.get('kind')!r}")
             entity = mapper(connection_qn, record)
-        except (KeyError, ValueError, TypeError) as exc:
+        except MAPPING_ERRORS as exc:
             if problems is None:
                 raise
-            problems.append(
-                {
-                    "object": describe_record(record),
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "hint": "a pgmeta mapping gap; the record is in the extract chunk",
-                }
-            )
+            problems.append(mapping_problem(record, exc))
             continue
         yield record, entity
 
 
-def fingerprint(record: Record, entity: Entity, line: bytes) -> Fingerprint:
-    """What an incremental run compares: qualifiedName, type, a hash of the entity's JSON line, and its scope
-    (read off the catalog record)."""
-    type_name = entity["typeName"]
+MAPPING_ERRORS = (KeyError, ValueError, TypeError)
+
+
+def mapping_problem(record: Record, exc: Exception) -> dict[str, str]:
+    return {
+        "object": describe_record(record),
+        "error": f"{type(exc).__name__}: {exc}",
+        "hint": "a pgmeta mapping gap; the record is in the extract chunk",
+    }
+
+
+def fingerprint_row(record: Record, type_name: str, qualified_name: str, line: bytes) -> list[Any]:
+    """What an incremental run compares, as a ``Fingerprint`` row (its field order): qualifiedName, type, a hash of
+    the entity's JSON line, and its scope (read off the catalog record). Built as the row it is stored as: a
+    ``Fingerprint`` per entity, converted to a row, cost ~10 % of a chunk's CPU."""
     relation: str | None = record.get("relation_name")
     relation_type: str | None = None
     if relation is not None:
         relation_type = relation_type_of(record)
     database = record.get("database_name") if type_name != "Connection" else None
-    schema = record.get("schema_name")
     digest = hashlib.blake2b(line, digest_size=8).hexdigest()
-    return Fingerprint(
-        entity["attributes"]["qualifiedName"], type_name, digest, database, schema, relation, relation_type
-    )
+    return [
+        qualified_name,
+        type_name,
+        digest,
+        database,
+        record.get("schema_name"),
+        relation,
+        relation_type,
+    ]
 
 
 def relation_type_of(record: Record) -> str:
@@ -341,29 +429,44 @@ def render_chunk(
     # Each part grows as one buffer, line by line: orjson returns every line in a buffer of at least 8 KiB that it
     # does not shrink, so a list of a chunk's lines held ~10x the chunk's JSON (32 MB for a 2 MiB chunk).
     lines: dict[str, bytearray] = {}
-    fingerprints: list[Fingerprint] = []
-    # (entity?, type or extra kind, schema) → part name, once per chunk. Parts are per schema: the publisher
-    # writes a file per part, and an incremental run carries an unchanged schema's files over.
-    part_names: dict[tuple[bool, str, str | None], str] = {}
-    for record, item in map_records(connection_qn, records, problems):
-        line = orjson.dumps(item)
-        type_name = item.get("typeName")
+    fingerprints: list[list[Any]] = []
+    # (entity?, type or extra kind, schema) → its part's buffer, named once per chunk. Parts are per schema: the
+    # publisher writes a file per part, and an incremental run carries an unchanged schema's files over.
+    buffers: dict[tuple[bool, str, str | None], bytearray] = {}
+    dumps = orjson.dumps
+    for record in records:
+        kind = record.get("kind", "")
+        try:
+            if kind == "column":
+                line, qualified_name = column_line(connection_qn, record)
+                type_name: str | None = "Column"
+            else:
+                mapper = MAPPERS.get(kind)
+                if mapper is None:
+                    raise ValueError(f"unknown catalog record kind {record.get('kind')!r}")
+                item = mapper(connection_qn, record)
+                line = dumps(item)
+                type_name = item.get("typeName")
+                if type_name is not None:
+                    qualified_name = item["attributes"]["qualifiedName"]
+        except MAPPING_ERRORS as exc:
+            problems.append(mapping_problem(record, exc))
+            continue
         schema = record.get("schema_name")
         if type_name is not None:
             key = (True, type_name, schema)
-            part = part_names.get(key) or part_names.setdefault(key, entity_part(type_name, schema))
-            fingerprints.append(fingerprint(record, item, line))
+            fingerprints.append(fingerprint_row(record, type_name, qualified_name, line))
         else:
-            kind = item["extra"]
-            key = (False, kind, schema)
-            part = part_names.get(key) or part_names.setdefault(key, extra_part(kind, schema))
-        group = lines.get(part)
+            key = (False, item["extra"], schema)
+        group = buffers.get(key)
         if group is None:
-            group = lines[part] = bytearray()
+            name = entity_part(type_name, schema) if type_name is not None else extra_part(key[1], schema)
+            group = buffers[key] = lines.setdefault(name, bytearray())
         group += line
         group += b"\n"
+    buffers.clear()
     parts = {name: bytes(lines.pop(name)) for name in sorted(lines)}
-    return parts, to_rows(fingerprints)
+    return parts, fingerprints
 
 
 def describe_record(record: Record) -> str:
