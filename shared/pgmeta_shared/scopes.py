@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pgmeta_shared.events import FilterSpec
 
 # Bump when the extractor's queries or the transformer's mapping change what an unchanged catalog produces:
-# a baseline of another format is never carried over (the next run reads everything).
-INCREMENTAL_FORMAT = 1
+# a baseline of another format is never carried over (the next run reads everything). Also bumped when what
+# a baseline stores changes shape: 2, fingerprint parts stored per chunk (a publisher of format 1 cannot read
+# them), so the first run after an upgrade, or a roll-back, is a full one.
+INCREMENTAL_FORMAT = 2
 
 
 class ScopePlan(BaseModel):
