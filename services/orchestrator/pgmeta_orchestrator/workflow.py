@@ -300,8 +300,14 @@ def extraction_workflow(
 
     try:
         show(stage.value, {})
+        # No column count: the extract stage counts what it reads (the column count was the costliest query of a
+        # re-run's preflight). Command contents are not part of what a version yields.
         command: Any = PreflightRequested(
-            run_id=run_id, source=request.source, credentials=request.credentials, filters=request.filters
+            run_id=run_id,
+            source=request.source,
+            credentials=request.credentials,
+            filters=request.filters,
+            count_columns=False,
         )
         checked = PreflightCompleted.model_validate(
             (yield from run_stage(ctx, version, stage, TopicName.PREFLIGHT_REQUESTED, command, timeout))
