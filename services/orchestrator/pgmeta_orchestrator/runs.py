@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from pgmeta_orchestrator.connections import ConnectionName, ResolvedSource
 from pgmeta_orchestrator.request_ids import RequestIdConflictError, new_request_record, same_request
+from pgmeta_orchestrator.run_endings import RunEndings
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.errors import InvalidRequestError
@@ -126,13 +128,25 @@ class RunView(BaseModel):
     )
 
 
+# Long polls are served on the web server's worker threads (at most 40 at once): each may have one daprd wait.
+DAPRD_WAITERS = 40
+# Once this process ran a run's last activity, the workflow completes within moments: its state is read this often.
+ENDING_POLL_SECONDS = 0.02
+ENDING_POLL_LIMIT_SECONDS = 3.0
+
+
 class RunService:
     """Starts runs (idempotently) and reports them; the workflow runtime holds the truth."""
 
-    def __init__(self, platform: Platform, workflows: Any, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self, platform: Platform, workflows: Any, settings: OrchestratorSettings, endings: RunEndings | None = None
+    ) -> None:
         self._platform = platform
         self._workflows = workflows
         self._settings = settings
+        self._endings = endings or RunEndings()
+        self._daprd_waits: ThreadPoolExecutor | None = None
+        self._daprd_waits_lock = threading.Lock()
 
     @property
     def platform(self) -> Platform:
@@ -368,11 +382,43 @@ class RunService:
             if view.status == "QUEUED" and view.created_at is None:  # no workflow yet: it is being scheduled
                 time.sleep(min(0.05, remaining))
                 continue
-            with contextlib.suppress(TimeoutError):  # still running: the caller asks again
-                self._workflows.wait_for_workflow_completion(
-                    run_id, fetch_payloads=False, timeout_in_seconds=max(1, math.ceil(remaining))
-                )
-            return self.view(run_id)
+            if self._wait_for_end(run_id, remaining):
+                self._until_terminal(run_id, min(remaining, ENDING_POLL_LIMIT_SECONDS))
+            return self.view(run_id)  # still running when the wait ran out: the caller asks again
+
+    def _wait_for_end(self, run_id: str, seconds: float) -> bool:
+        """True once the run's workflow has ended (daprd says so) or is about to (its last activity ran here)."""
+        woken = threading.Event()
+        with self._endings.watch(run_id, woken):
+            if woken.is_set():
+                return True
+            daprd = self._daprd_pool().submit(self._daprd_wait, run_id, seconds)
+            daprd.add_done_callback(lambda _: woken.set())
+            return woken.wait(seconds) and not (daprd.done() and daprd.result() is False)
+
+    def _daprd_wait(self, run_id: str, seconds: float) -> bool:
+        try:
+            self._workflows.wait_for_workflow_completion(
+                run_id, fetch_payloads=False, timeout_in_seconds=max(1, math.ceil(seconds))
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    def _daprd_pool(self) -> ThreadPoolExecutor:
+        with self._daprd_waits_lock:
+            if self._daprd_waits is None:
+                self._daprd_waits = ThreadPoolExecutor(max_workers=DAPRD_WAITERS, thread_name_prefix="pgmeta-run-wait")
+            return self._daprd_waits
+
+    def _until_terminal(self, run_id: str, seconds: float) -> None:
+        """Reads the workflow's status (no payloads) until it is terminal, for at most ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            state = self._workflow_state(run_id, fetch_payloads=False)
+            if state is None or state.runtime_status.name in {"COMPLETED", "FAILED", "TERMINATED"}:
+                return
+            time.sleep(ENDING_POLL_SECONDS)
 
     def recent(self, limit: int) -> list[RunView]:
         index: list[dict[str, str]] = self._platform.get_json(RUNS_INDEX_KEY) or []

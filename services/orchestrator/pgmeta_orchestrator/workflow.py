@@ -21,6 +21,7 @@ from typing import Any, cast
 from dapr.ext.workflow import when_all, when_any
 from pydantic import BaseModel
 
+from pgmeta_orchestrator.run_endings import RunEndings
 from pgmeta_orchestrator.run_traces import RunTraces
 from pgmeta_shared.events import (
     SERVER_UNIT,
@@ -413,10 +414,17 @@ def _finish(result: ExtractionCompleted, request: ExtractionRequested) -> dict[s
 class Activities:
     """Workflow activities bound to a Platform: they publish, and forget one-shot credentials."""
 
-    def __init__(self, platform: Platform, credentials_store: str, traces: RunTraces | None = None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        credentials_store: str,
+        traces: RunTraces | None = None,
+        endings: RunEndings | None = None,
+    ) -> None:
         self._platform = platform
         self._credentials_store = credentials_store
         self._traces = traces or RunTraces(platform)
+        self._endings = endings
 
     def publish_event(self, ctx: Any, command: dict[str, Any]) -> None:
         spec = topic(TopicName(command["topic"]))
@@ -452,6 +460,8 @@ class Activities:
                 mark_failed(span, str(result.get("error")))
             self._finish_run(payload)
         pipeline_metrics().runs_finished.add(1, {"outcome": result["status"]})
+        if self._endings is not None:  # the workflow completes next: a long poll in this process need not wait
+            self._endings.ended(result["run_id"])
 
     def _finish_run(self, payload: dict[str, Any]) -> None:
         result = ExtractionCompleted.model_validate(payload["result"])
