@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+import pytest
+
+from pgmeta_orchestrator import runs as runs_module
 from pgmeta_orchestrator.run_endings import RunEndings
 from pgmeta_orchestrator.runs import RunService
 from pgmeta_orchestrator.settings import OrchestratorSettings
@@ -138,3 +141,29 @@ def test_without_a_signal_here_daprd_still_answers() -> None:
     view = RunService(InMemoryPlatform(), workflows, OrchestratorSettings(), RunEndings()).wait("r1", 10)
     assert view is not None and view.status == "COMPLETED"
     assert time.monotonic() - started < 0.2 + LateDaprd.LATE + 0.3
+
+
+def test_a_run_retried_under_the_same_id_is_not_taken_for_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`POST /runs/{id}/retry` runs the same id again: the mark its first end left here is dropped after one bounded
+    look, and the retried run's end is waited for, not polled for."""
+    monkeypatch.setattr(runs_module, "ENDING_POLL_LIMIT_SECONDS", 0.2)
+    workflows = CountingLateDaprd()
+    endings = RunEndings()
+    endings.ended("r1")  # its first attempt ended here; the retry is running
+    threading.Timer(1.0, workflows.finish).start()
+    view = RunService(InMemoryPlatform(), workflows, OrchestratorSettings(), endings).wait("r1", 10)
+    assert view is not None and view.status == "COMPLETED"
+    # 0.2 s of reads every 20 ms (about 10), then daprd's wait: not 50 reads for the second it ran.
+    assert workflows.reads < 30
+
+
+class CountingLateDaprd(LateDaprd):
+    LATE = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get_workflow_state(self, run_id: str, fetch_payloads: bool = True) -> State:
+        self.reads += 1
+        return self.state

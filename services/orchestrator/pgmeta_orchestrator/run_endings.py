@@ -31,6 +31,11 @@ class RunEndings:
             for watcher in self._watchers.get(run_id, ()):
                 watcher.set()
 
+    def forget(self, run_id: str) -> None:
+        """``run_id`` runs again (a retry keeps the id): its end is to come."""
+        with self._lock:
+            self._ended.pop(run_id, None)
+
     @contextlib.contextmanager
     def watch(self, run_id: str, woken: threading.Event) -> Iterator[None]:
         """``woken`` is set when ``run_id`` ends here (at once, when it already has)."""

@@ -371,7 +371,8 @@ class RunService:
         """The run's view once it has ended, or after ``seconds``, whichever comes first (a long poll).
 
         The workflow runtime tells of the end itself (WaitForInstanceCompletion), so a waiting client learns
-        of it at once instead of on its next poll; until the workflow exists the request id is checked briefly.
+        of it without polling; when the run's last activity ran in this process (``RunEndings``), at once. Until
+        the workflow exists the request id is checked briefly.
         """
         deadline = time.monotonic() + seconds
         while True:
@@ -382,9 +383,12 @@ class RunService:
             if view.status == "QUEUED" and view.created_at is None:  # no workflow yet: it is being scheduled
                 time.sleep(min(0.05, remaining))
                 continue
-            if self._wait_for_end(run_id, remaining):
-                self._until_terminal(run_id, min(remaining, ENDING_POLL_LIMIT_SECONDS))
-            return self.view(run_id)  # still running when the wait ran out: the caller asks again
+            if not self._wait_for_end(run_id, remaining):
+                return self.view(run_id)  # still running when the wait ran out: the caller asks again
+            if not self._until_terminal(run_id, min(remaining, ENDING_POLL_LIMIT_SECONDS)):
+                # Marked ended here, yet running: retried under the same id (POST /runs/{id}/retry). From now on
+                # daprd tells of its end.
+                self._endings.forget(run_id)
 
     def _wait_for_end(self, run_id: str, seconds: float) -> bool:
         """True once the run's workflow has ended (daprd says so) or is about to (its last activity ran here)."""
@@ -411,13 +415,15 @@ class RunService:
                 self._daprd_waits = ThreadPoolExecutor(max_workers=DAPRD_WAITERS, thread_name_prefix="pgmeta-run-wait")
             return self._daprd_waits
 
-    def _until_terminal(self, run_id: str, seconds: float) -> None:
-        """Reads the workflow's status (no payloads) until it is terminal, for at most ``seconds``."""
+    def _until_terminal(self, run_id: str, seconds: float) -> bool:
+        """Reads the workflow's status (no payloads) until it is terminal (True), for at most ``seconds``."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while True:
             state = self._workflow_state(run_id, fetch_payloads=False)
             if state is None or state.runtime_status.name in {"COMPLETED", "FAILED", "TERMINATED"}:
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(ENDING_POLL_SECONDS)
 
     def recent(self, limit: int) -> list[RunView]:
