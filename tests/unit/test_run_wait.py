@@ -167,3 +167,14 @@ class CountingLateDaprd(LateDaprd):
     def get_workflow_state(self, run_id: str, fetch_payloads: bool = True) -> State:
         self.reads += 1
         return self.state
+
+
+def test_a_failing_daprd_wait_is_raised_to_the_request_as_before() -> None:
+    workflows = Workflows()
+
+    def broken(run_id: str, *, fetch_payloads: bool, timeout_in_seconds: int) -> State:
+        raise RuntimeError("sidecar gone")
+
+    workflows.wait_for_workflow_completion = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="sidecar gone"):
+        service(workflows).wait("r1", 5)

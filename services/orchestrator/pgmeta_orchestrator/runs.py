@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -128,8 +128,6 @@ class RunView(BaseModel):
     )
 
 
-# Long polls are served on the web server's worker threads (at most 40 at once): each may have one daprd wait.
-DAPRD_WAITERS = 40
 # Once this process ran a run's last activity, the workflow completes within moments: its state is read this often.
 ENDING_POLL_SECONDS = 0.02
 ENDING_POLL_LIMIT_SECONDS = 3.0
@@ -145,8 +143,6 @@ class RunService:
         self._workflows = workflows
         self._settings = settings
         self._endings = endings or RunEndings()
-        self._daprd_waits: ThreadPoolExecutor | None = None
-        self._daprd_waits_lock = threading.Lock()
 
     @property
     def platform(self) -> Platform:
@@ -393,12 +389,28 @@ class RunService:
     def _wait_for_end(self, run_id: str, seconds: float) -> bool:
         """True once the run's workflow has ended (daprd says so) or is about to (its last activity ran here)."""
         woken = threading.Event()
+        answer: list[bool | Exception] = []
+
+        def ask_daprd() -> None:
+            try:
+                answer.append(self._daprd_wait(run_id, seconds))
+            except Exception as exc:  # handed to the request's thread, which raises it as before
+                answer.append(exc)
+            finally:
+                woken.set()
+
         with self._endings.watch(run_id, woken):
             if woken.is_set():
                 return True
-            daprd = self._daprd_pool().submit(self._daprd_wait, run_id, seconds)
-            daprd.add_done_callback(lambda _: woken.set())
-            return woken.wait(seconds) and not (daprd.done() and daprd.result() is False)
+            # A daemon thread: a long poll in flight never holds up the orchestrator's exit. In the request's
+            # context, so daprd's spans stay under the request that waited.
+            context = contextvars.copy_context()
+            threading.Thread(target=context.run, args=(ask_daprd,), name="pgmeta-run-wait", daemon=True).start()
+            if not woken.wait(seconds):
+                return False
+        if answer and isinstance(answer[0], Exception):
+            raise answer[0]
+        return not answer or answer[0] is True  # no answer yet: woken by the run's end here
 
     def _daprd_wait(self, run_id: str, seconds: float) -> bool:
         try:
@@ -408,12 +420,6 @@ class RunService:
         except TimeoutError:
             return False
         return True
-
-    def _daprd_pool(self) -> ThreadPoolExecutor:
-        with self._daprd_waits_lock:
-            if self._daprd_waits is None:
-                self._daprd_waits = ThreadPoolExecutor(max_workers=DAPRD_WAITERS, thread_name_prefix="pgmeta-run-wait")
-            return self._daprd_waits
 
     def _until_terminal(self, run_id: str, seconds: float) -> bool:
         """Reads the workflow's status (no payloads) until it is terminal (True), for at most ``seconds``."""
