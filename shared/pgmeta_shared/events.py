@@ -195,13 +195,20 @@ class PreflightRequested(StageCommand):
     source: SourceSpec
     credentials: CredentialRef
     filters: FilterSpec = Field(default_factory=FilterSpec)
+    count_columns: bool = Field(
+        default=True,
+        description="Count the selected columns too. A run's preflight does not: its extract stage counts what it "
+        "reads, and the column count reads all of pg_attribute.",
+    )
 
 
 class PreflightCompleted(EventModel):
     run_id: RunId
     server_version: ShortText
     databases: list[DatabaseSelection] = Field(max_length=100_000)
-    counts: Counts = Field(description="Objects the filters select: schemas, tables, views, columns.")
+    counts: Counts = Field(
+        description="Objects the filters select: databases, schemas, tables, views, and columns when asked for."
+    )
     warnings: list[MessageText] = Field(default_factory=list, max_length=1000)
 
 

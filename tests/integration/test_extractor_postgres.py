@@ -300,6 +300,17 @@ def test_preflight_counts_what_the_filters_select(postgres: PostgresServer) -> N
     assert checked.counts["databases"] == 1 and checked.server_version.split(".")[0] in {"15", "18"}
 
 
+def test_preflight_without_the_column_count_still_counts_tables_and_views(postgres: PostgresServer) -> None:
+    filters = FilterSpec(include={"traps": ["alpha"]})
+    counted = run_preflight(postgres, filters)
+    command = PreflightRequested(
+        run_id="it-nocols", source=source_of(postgres), credentials=CREDENTIALS, filters=filters, count_columns=False
+    )
+    checked = preflight(command, platform_for(postgres, None))
+    assert counted.counts["columns"] > 0
+    assert checked.counts == {k: v for k, v in counted.counts.items() if k != "columns"}
+
+
 def test_preflight_as_an_unprivileged_role_names_the_invisible_database(postgres: PostgresServer) -> None:
     checked = run_preflight(postgres, database=None, username="reader", password="reader-pw")
     assert "locked" not in [db.database for db in checked.databases]

@@ -241,6 +241,13 @@ def test_success_fans_out_one_extract_and_one_transform_per_database() -> None:
     assert any('"units_done": 2' in s for s in ctx.statuses), "custom status shows fan-out progress"
 
 
+def test_a_runs_preflight_does_not_count_columns() -> None:
+    """The extract stage counts what it reads itself; counting every selected column in preflight as well was
+    the costliest step of a re-run's preflight (docs/benchmarks.md)."""
+    ctx, _ = drive(success("shop"))
+    assert published(ctx)[0]["event"]["count_columns"] is False
+
+
 def test_a_failed_database_fails_the_run_and_is_named() -> None:
     outcomes = success("shop", "crm")
     outcomes["extract_result_db001"] = {"ok": False, "error_code": "insufficient_privilege", "error": "no CONNECT"}

@@ -22,6 +22,7 @@ from pgmeta_extractor.catalog_sql import (
     COUNT_QUERY,
     DATABASE_QUERY,
     DATABASES_QUERY,
+    RELATION_COUNT_QUERY,
     SERVER_QUERY,
     SYSTEM_SCHEMA_FILTER,
     VIEW_DEFINITIONS_QUERY,
@@ -141,7 +142,8 @@ def _validate_regexes(connection: Connection, patterns: FilterPatterns, filters:
 
 
 def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompleted:
-    """Connects, checks version, privileges and filters, and counts what the filters select.
+    """Connects, checks version, privileges and filters, and counts what the filters select (columns only when
+    the command asks: a run's extract stage counts what it reads).
 
     Selecting nothing is a failure, with a message saying so: an empty extraction reported as success
     would hide a wrong filter.
@@ -153,14 +155,16 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     filters = command.filters
     patterns = FilterPatterns.of(filters)
     warnings: list[str] = []
-    counts = {"databases": 0, "schemas": 0, "tables": 0, "views": 0, "columns": 0}
+    counted = ("schemas", "tables", "views", "columns") if command.count_columns else ("schemas", "tables", "views")
+    counts = {"databases": 0} | dict.fromkeys(counted, 0)
+    count_query = COUNT_QUERY if command.count_columns else RELATION_COUNT_QUERY
     database_records: dict[str, Record] = {}
     unmatched_schema_patterns: dict[str, set[str]] = {}
 
     def count_selection(connection: Connection, selection: DatabaseSelection) -> None:
         database_records[selection.database] = {"kind": "database", **fetch_one(connection, DATABASE_QUERY)}
-        selected = fetch_one(connection, COUNT_QUERY, relation_params(selection, filters))
-        for key in ("schemas", "tables", "views", "columns"):
+        selected = fetch_one(connection, count_query, relation_params(selection, filters))
+        for key in counted:
             counts[key] += int(selected[key])
         unmatched_schema_patterns[selection.database] = _unmatched_schema_patterns(connection, selection)
 

@@ -13,11 +13,11 @@ from pgmeta_shared.telemetry import Stopwatch, mark_failed, pipeline_metrics, tr
 
 @functools.cache
 def _statement_names() -> dict[str, str]:
-    from pgmeta_extractor import catalog_sql, extraction
+    from pgmeta_extractor import catalog_sql, change_sql, extraction
 
     return {
         sql: name
-        for module in (catalog_sql, extraction)
+        for module in (catalog_sql, change_sql, extraction)
         for name, sql in vars(module).items()
         if name.endswith("_QUERY") and isinstance(sql, str)
     }

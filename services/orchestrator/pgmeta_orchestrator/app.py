@@ -36,6 +36,7 @@ from pgmeta_orchestrator.control import control_router
 from pgmeta_orchestrator.dapr_metadata import dapr_router
 from pgmeta_orchestrator.deadletter import register_dead_letter
 from pgmeta_orchestrator.request_ids import RequestIdConflictError
+from pgmeta_orchestrator.run_endings import RunEndings
 from pgmeta_orchestrator.run_traces import RunTraces, attach_workflow_log_traces
 from pgmeta_orchestrator.runs import MetadataQuery, Question, RunRequest, RunService, RunView, SourceRequest
 from pgmeta_orchestrator.schedules import install_schedules
@@ -110,10 +111,16 @@ def resolve_source(request: Request, body: SourceRequest | RunRequest) -> Resolv
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
 
 
-def wire(app: FastAPI, platform: Platform, workflows: Any, settings: OrchestratorSettings) -> None:
+def wire(
+    app: FastAPI,
+    platform: Platform,
+    workflows: Any,
+    settings: OrchestratorSettings,
+    endings: RunEndings | None = None,
+) -> None:
     """What the routes use, on ``app.state``: the lifespan wires Dapr's, unit tests in-memory ones."""
     app.state.platform = platform
-    app.state.runs = RunService(platform, workflows, settings)
+    app.state.runs = RunService(platform, workflows, settings, endings)
     app.state.tokens = TokenStore(platform, settings.registry_store)
     app.state.connections = ConnectionStore(platform, settings.registry_store)
     app.state.source_policy = SourcePolicy(
@@ -130,7 +137,8 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
 
         platform = DaprPlatform(settings)
         app.state.run_traces = RunTraces(platform)
-        activities = Activities(platform, settings.credentials_store, app.state.run_traces)
+        endings = RunEndings()  # a run's last activity here wakes a long poll here at once
+        activities = Activities(platform, settings.credentials_store, app.state.run_traces, endings)
         runtime = WorkflowRuntime(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         start_on = register_workflow_versions(runtime, settings.workflow_version)
         runtime.register_activity(activities.publish_event, name=ACTIVITY_PUBLISH)
@@ -140,7 +148,7 @@ def create_app(settings: OrchestratorSettings) -> FastAPI:
         workflows = DaprWorkflowClient(host=settings.dapr_host, port=str(settings.dapr_grpc_port))
         trace_workflow_calls(workflows)
         attach_workflow_log_traces(app.state.run_traces)
-        wire(app, platform, workflows, settings)
+        wire(app, platform, workflows, settings, endings)
         log.info(
             "orchestrator ready (sidecar %s); new runs start on workflow %s",
             settings.dapr_grpc_address,

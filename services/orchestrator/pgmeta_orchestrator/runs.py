@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from pgmeta_orchestrator.connections import ConnectionName, ResolvedSource
 from pgmeta_orchestrator.request_ids import RequestIdConflictError, new_request_record, same_request
+from pgmeta_orchestrator.run_endings import RunEndings
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_orchestrator.workflow import WORKFLOW_NAME
 from pgmeta_shared.errors import InvalidRequestError
@@ -126,13 +128,21 @@ class RunView(BaseModel):
     )
 
 
+# Once this process ran a run's last activity, the workflow completes within moments: its state is read this often.
+ENDING_POLL_SECONDS = 0.02
+ENDING_POLL_LIMIT_SECONDS = 3.0
+
+
 class RunService:
     """Starts runs (idempotently) and reports them; the workflow runtime holds the truth."""
 
-    def __init__(self, platform: Platform, workflows: Any, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self, platform: Platform, workflows: Any, settings: OrchestratorSettings, endings: RunEndings | None = None
+    ) -> None:
         self._platform = platform
         self._workflows = workflows
         self._settings = settings
+        self._endings = endings or RunEndings()
 
     @property
     def platform(self) -> Platform:
@@ -357,7 +367,8 @@ class RunService:
         """The run's view once it has ended, or after ``seconds``, whichever comes first (a long poll).
 
         The workflow runtime tells of the end itself (WaitForInstanceCompletion), so a waiting client learns
-        of it at once instead of on its next poll; until the workflow exists the request id is checked briefly.
+        of it without polling; when the run's last activity ran in this process (``RunEndings``), at once. Until
+        the workflow exists the request id is checked briefly.
         """
         deadline = time.monotonic() + seconds
         while True:
@@ -368,11 +379,58 @@ class RunService:
             if view.status == "QUEUED" and view.created_at is None:  # no workflow yet: it is being scheduled
                 time.sleep(min(0.05, remaining))
                 continue
-            with contextlib.suppress(TimeoutError):  # still running: the caller asks again
-                self._workflows.wait_for_workflow_completion(
-                    run_id, fetch_payloads=False, timeout_in_seconds=max(1, math.ceil(remaining))
-                )
-            return self.view(run_id)
+            if not self._wait_for_end(run_id, remaining):
+                return self.view(run_id)  # still running when the wait ran out: the caller asks again
+            if not self._until_terminal(run_id, min(remaining, ENDING_POLL_LIMIT_SECONDS)):
+                # Marked ended here, yet running: retried under the same id (POST /runs/{id}/retry). From now on
+                # daprd tells of its end.
+                self._endings.forget(run_id)
+
+    def _wait_for_end(self, run_id: str, seconds: float) -> bool:
+        """True once the run's workflow has ended (daprd says so) or is about to (its last activity ran here)."""
+        woken = threading.Event()
+        answer: list[bool | Exception] = []
+
+        def ask_daprd() -> None:
+            try:
+                answer.append(self._daprd_wait(run_id, seconds))
+            except Exception as exc:  # handed to the request's thread, which raises it as before
+                answer.append(exc)
+            finally:
+                woken.set()
+
+        with self._endings.watch(run_id, woken):
+            if woken.is_set():
+                return True
+            # A daemon thread: a long poll in flight never holds up the orchestrator's exit. In the request's
+            # context, so daprd's spans stay under the request that waited.
+            context = contextvars.copy_context()
+            threading.Thread(target=context.run, args=(ask_daprd,), name="pgmeta-run-wait", daemon=True).start()
+            if not woken.wait(seconds):
+                return False
+        if answer and isinstance(answer[0], Exception):
+            raise answer[0]
+        return not answer or answer[0] is True  # no answer yet: woken by the run's end here
+
+    def _daprd_wait(self, run_id: str, seconds: float) -> bool:
+        try:
+            self._workflows.wait_for_workflow_completion(
+                run_id, fetch_payloads=False, timeout_in_seconds=max(1, math.ceil(seconds))
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    def _until_terminal(self, run_id: str, seconds: float) -> bool:
+        """Reads the workflow's status (no payloads) until it is terminal (True), for at most ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            state = self._workflow_state(run_id, fetch_payloads=False)
+            if state is None or state.runtime_status.name in {"COMPLETED", "FAILED", "TERMINATED"}:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(ENDING_POLL_SECONDS)
 
     def recent(self, limit: int) -> list[RunView]:
         index: list[dict[str, str]] = self._platform.get_json(RUNS_INDEX_KEY) or []

@@ -21,6 +21,7 @@ from typing import Any, cast
 from dapr.ext.workflow import when_all, when_any
 from pydantic import BaseModel
 
+from pgmeta_orchestrator.run_endings import RunEndings
 from pgmeta_orchestrator.run_traces import RunTraces
 from pgmeta_shared.events import (
     SERVER_UNIT,
@@ -300,8 +301,14 @@ def extraction_workflow(
 
     try:
         show(stage.value, {})
+        # No column count: the extract stage counts what it reads (the column count was the costliest query of a
+        # re-run's preflight). Command contents are not part of what a version yields.
         command: Any = PreflightRequested(
-            run_id=run_id, source=request.source, credentials=request.credentials, filters=request.filters
+            run_id=run_id,
+            source=request.source,
+            credentials=request.credentials,
+            filters=request.filters,
+            count_columns=False,
         )
         checked = PreflightCompleted.model_validate(
             (yield from run_stage(ctx, version, stage, TopicName.PREFLIGHT_REQUESTED, command, timeout))
@@ -407,10 +414,17 @@ def _finish(result: ExtractionCompleted, request: ExtractionRequested) -> dict[s
 class Activities:
     """Workflow activities bound to a Platform: they publish, and forget one-shot credentials."""
 
-    def __init__(self, platform: Platform, credentials_store: str, traces: RunTraces | None = None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        credentials_store: str,
+        traces: RunTraces | None = None,
+        endings: RunEndings | None = None,
+    ) -> None:
         self._platform = platform
         self._credentials_store = credentials_store
         self._traces = traces or RunTraces(platform)
+        self._endings = endings
 
     def publish_event(self, ctx: Any, command: dict[str, Any]) -> None:
         spec = topic(TopicName(command["topic"]))
@@ -446,6 +460,8 @@ class Activities:
                 mark_failed(span, str(result.get("error")))
             self._finish_run(payload)
         pipeline_metrics().runs_finished.add(1, {"outcome": result["status"]})
+        if self._endings is not None:  # the workflow completes next: a long poll in this process need not wait
+            self._endings.ended(result["run_id"])
 
     def _finish_run(self, payload: dict[str, Any]) -> None:
         result = ExtractionCompleted.model_validate(payload["result"])
