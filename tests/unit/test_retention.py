@@ -110,23 +110,25 @@ def test_keeps_the_last_n_successful_runs_and_the_baseline() -> None:
     assert service.collect(dry_run=False).runs == []
 
 
+def fail_run_with_a_file(
+    service: RetentionService, objects: FakeObjects, workflows: FakeWorkflows, run_id: str
+) -> None:
+    """A run of QN that failed after writing one output file (no manifest)."""
+    objects.files[f"{QN}/{run_id}/Table-a-00000.jsonl"] = b"{}\n"
+    request = {
+        "request_id": run_id,
+        "source": {"host": "h", "username": "u"},
+        "credentials": {"kind": "secret", "store": "s", "key": "k"},
+        "connection_qualified_name": QN,
+    }
+    workflows.states[run_id] = State(Status.FAILED, NOW, orjson.dumps(request).decode())
+    service.record_finished(ExtractionCompleted(run_id=run_id, status="FAILED", error="boom"))
+
+
 def test_a_failed_run_is_collected_without_a_manifest_but_a_running_one_is_not_known() -> None:
     service, platform, objects, workflows = make()
     publish_run(platform, objects, service, "ok")
-    objects.files[f"{QN}/broken/Table-a-00000.jsonl"] = b"{}\n"
-    workflows.states["broken"] = State(
-        Status.FAILED,
-        NOW,
-        orjson.dumps(
-            {
-                "request_id": "broken",
-                "source": {"host": "h", "username": "u"},
-                "credentials": {"kind": "secret", "store": "s", "key": "k"},
-                "connection_qualified_name": QN,
-            }
-        ).decode(),
-    )
-    service.record_finished(ExtractionCompleted(run_id="broken", status="FAILED", error="boom"))
+    fail_run_with_a_file(service, objects, workflows, "broken")
     assert platform.get_json(CONNECTIONS_KEY) == [QN]
     report = service.collect(dry_run=False)
     assert [r.run_id for r in report.runs] == ["broken"] and report.files == 1
@@ -141,20 +143,7 @@ def test_a_failed_runs_fingerprints_folded_chunk_by_chunk_are_forgotten() -> Non
     for key in folded:
         platform.save_json(key, [["qn", "Table", "h", "d", "s", "t", "Table"]])
     platform.save_json(fingerprint_folds_key("broken"), {"db000/000000": 2})
-    objects.files[f"{QN}/broken/Table-a-00000.jsonl"] = b"{}\n"
-    workflows.states["broken"] = State(
-        Status.FAILED,
-        NOW,
-        orjson.dumps(
-            {
-                "request_id": "broken",
-                "source": {"host": "h", "username": "u"},
-                "credentials": {"kind": "secret", "store": "s", "key": "k"},
-                "connection_qualified_name": QN,
-            }
-        ).decode(),
-    )
-    service.record_finished(ExtractionCompleted(run_id="broken", status="FAILED", error="boom"))
+    fail_run_with_a_file(service, objects, workflows, "broken")
     assert [r.run_id for r in service.collect(dry_run=False).runs] == ["broken"]
     assert not any(key.startswith("broken/") for _, key in platform.state)
 
