@@ -283,15 +283,7 @@ def _stop(pool: ThreadPoolExecutor, slots: list[_Slot], pending: dict[int, Futur
     """Stops what still runs ahead (a cancel can land before the query starts: sent until it ends, bounded),
     then closes every connection; one step failing does not skip the others."""
     for index, future in pending.items():
-        for _ in range(CANCEL_TRIES):
-            if future.done():
-                break
-            try:
-                slots[index % len(slots)].driver.cancel_safe(timeout=2)
-            except psycopg.Error:
-                log.warning("could not cancel a catalog query running ahead", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                future.exception(timeout=1)
+        _cancel_until_done(slots[index % len(slots)], future)
     pool.shutdown(wait=True)
     for future in pending.values():
         started = future.result()
@@ -305,6 +297,20 @@ def _stop(pool: ThreadPoolExecutor, slots: list[_Slot], pending: dict[int, Futur
 
 
 CANCEL_TRIES = 10
+
+
+def _cancel_until_done(slot: _Slot, future: Future[Any]) -> None:
+    """Cancels the query ``future`` runs on ``slot`` until it ends (a cancel can land before the query starts:
+    sent again, bounded)."""
+    for _ in range(CANCEL_TRIES):
+        if future.done():
+            return
+        try:
+            slot.driver.cancel_safe(timeout=2)
+        except psycopg.Error:
+            log.warning("could not cancel a catalog query", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            future.exception(timeout=1)
 
 
 @contextlib.contextmanager
@@ -334,14 +340,8 @@ def rows_in_background(
     finally:
         try:
             for future in futures:
-                for _ in range(CANCEL_TRIES):
-                    if future.done():
-                        break
-                    future.cancel()
-                    with contextlib.suppress(psycopg.Error):
-                        slot.driver.cancel_safe(timeout=2)
-                    with contextlib.suppress(Exception):
-                        future.exception(timeout=1)
+                future.cancel()  # not started yet: never runs
+                _cancel_until_done(slot, future)
             pool.shutdown(wait=True)
         finally:
             slot.close()
