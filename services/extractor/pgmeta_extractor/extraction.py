@@ -443,7 +443,11 @@ def plan_scopes(
     )
 
 
-def _log_plan(command: ExtractRequested, plan: ScopePlan) -> None:
+def _planned(
+    command: ExtractRequested, platform: Platform, baseline: ComparableBaseline | str, fingerprints: dict[str, str]
+) -> ScopePlan:
+    """The database's plan, logged and recorded for the publisher (which carries the schemas not read)."""
+    plan = plan_scopes(command, baseline, fingerprints)
     log.info(
         "run %s: %s: %d schema(s) read, %d carried over (%s)",
         command.run_id,
@@ -452,6 +456,8 @@ def _log_plan(command: ExtractRequested, plan: ScopePlan) -> None:
         len(plan.carried),
         plan.reason,
     )
+    platform.save_json(extract_scopes_key(command.run_id, command.selection.unit), plan.model_dump(mode="json"))
+    return plan
 
 
 def _extract_once(
@@ -469,6 +475,7 @@ def _extract_once(
         # The fingerprints are taken before the catalog is read: a change made meanwhile leaves a fingerprint
         # older than what was read, so the next run reads the schema again (never the other way round).
         pending_fingerprints: Future[list[dict[str, Any]]] | None = None
+        pending_total: Future[list[dict[str, Any]]] | None = None
         if isinstance(baseline, str):
             # Every schema is read whatever they say: they are kept for the next run, computed meanwhile (the
             # query is declared, its snapshot taken, before the catalog is read), as is the progress total.
@@ -485,14 +492,13 @@ def _extract_once(
                 for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
             }
             connection.commit()  # the extraction's own connection waits outside a transaction, not idle in one
-            plan = plan_scopes(command, baseline, fingerprints)
-            _log_plan(command, plan)
-            platform.save_json(extract_scopes_key(command.run_id, selection.unit), plan.model_dump(mode="json"))
+            plan = _planned(command, platform, baseline, fingerprints)
             only = plan.extracted if plan.carried else None
-            (pending_total,) = side.enter_context(
-                rows_in_background(connection, [(COUNT_QUERY, params | {"only_schemas": only})])
-            )
         if plan is None or plan.extracted:
+            if pending_total is None:  # the schemas the plan reads, counted meanwhile
+                (pending_total,) = side.enter_context(
+                    rows_in_background(connection, [(COUNT_QUERY, params | {"only_schemas": only})])
+                )
             with contextlib.closing(iter_catalog(connection, selection, command.filters, report, only)) as records:
                 # A database is read again from the start on another replica: finish it if the drain allows.
                 progress = ProgressReporter(platform, resumable=False)
@@ -522,9 +528,7 @@ def _extract_once(
                     )
         if pending_fingerprints is not None:
             fingerprints = {r["schema_name"]: r["change_fingerprint"] for r in pending_fingerprints.result()}
-            plan = plan_scopes(command, baseline, fingerprints)
-            _log_plan(command, plan)
-            platform.save_json(extract_scopes_key(command.run_id, selection.unit), plan.model_dump(mode="json"))
+            plan = _planned(command, platform, baseline, fingerprints)
     assert plan is not None
     platform.save_json(stage_report_key(command.run_id, Stage.EXTRACT, selection.unit), report)
     return ExtractCompleted(
