@@ -1,7 +1,8 @@
 """What each of the extractor's queries costs the source PostgreSQL, on the cached bench catalog.
 
-``python -m pgmeta_bench.query_cost [--schemas S --tables T --columns C]``: every query a run sends (preflight's
-count, the change fingerprints, the extract's count, the catalog queries, the view-definition batches), one
+``python -m pgmeta_bench.query_cost [--schemas S --tables T --columns C] [--only SCHEMA ...]``: every query a run
+sends (preflight's count, the change fingerprints, the extract's count, the catalog queries, the view-definition
+batches; with ``--only``, as an incremental run that reads just those schemas sends them), one
 after the other through the extractor's own ``connect`` and ``stream_rows``, rows fetched and discarded. Each
 line is the server's CPU seconds over that query (postmaster, live and reaped backends, parallel workers, from
 ``/proc``) and its wall time: CPU seconds hold up on a shared machine, wall times do not.
@@ -27,8 +28,9 @@ from pgmeta_extractor.source import connect, fetch_one, stream_rows
 from pgmeta_shared.events import DatabaseSelection, FilterSpec, SourceSpec
 
 
-def measure_queries(server: PostgresServer) -> list[tuple[str, float, float]]:
-    """(query, server CPU seconds, wall seconds) for every query of an unfiltered full run, in run order."""
+def measure_queries(server: PostgresServer, only: list[str] | None = None) -> list[tuple[str, float, float]]:
+    """(query, server CPU seconds, wall seconds) for every query of an unfiltered run, in run order: a full run,
+    or with ``only`` an incremental run reading those schemas."""
     pid = postmaster_pid(server)
     if pid is None:
         raise BenchError(f"no postmaster.pid in {server.data_dir}")
@@ -36,7 +38,7 @@ def measure_queries(server: PostgresServer) -> list[tuple[str, float, float]]:
         host="127.0.0.1", port=server.port, username="postgres", database=BENCH_DATABASE, sslmode="disable"
     )
     selection = DatabaseSelection(database=BENCH_DATABASE, unit="bench")
-    params = relation_params(selection, FilterSpec())
+    params = relation_params(selection, FilterSpec()) | {"only_schemas": only}
     schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
     results: list[tuple[str, float, float]] = []
     with connect(source, lambda: server.password, BENCH_DATABASE) as connection:
@@ -79,11 +81,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", type=int, default=200, help="tables per schema")
     parser.add_argument("--columns", type=int, default=20, help="columns per table")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pgmeta" / "bench")
+    parser.add_argument("--only", nargs="+", metavar="SCHEMA", help="the schemas an incremental run reads")
     args = parser.parse_args(argv)
     shape = CatalogShape(args.schemas, args.tables, args.columns)
     with bench_postgres(shape, args.cache_dir.expanduser().resolve(), DEFAULT_BASE_PORT + 1000) as server:
         say(f"load average before: {os.getloadavg()[0]:.2f}")
-        results = measure_queries(server)
+        results = measure_queries(server, args.only)
         say(f"load average after: {os.getloadavg()[0]:.2f}")
     for name, cpu, wall in results:
         print(f"{name:28s} {cpu:6.2f} CPU-s {wall * 1000:8.0f} ms wall")
