@@ -21,10 +21,10 @@ from pgmeta_bench.common import BENCH_DATABASE, DEFAULT_BASE_PORT, BenchError, s
 from pgmeta_bench.runners import postmaster_pid, server_cpu_seconds
 from pgmeta_devstack.postgres import PostgresServer
 from pgmeta_extractor.catalog_sql import CATALOG_QUERIES, COUNT_QUERY
-from pgmeta_extractor.change_sql import SCHEMA_FINGERPRINTS_QUERY
+from pgmeta_extractor.change_sql import schema_fingerprints_query
 from pgmeta_extractor.extraction import view_definitions
 from pgmeta_extractor.selection import relation_params
-from pgmeta_extractor.source import connect, fetch_one, stream_rows
+from pgmeta_extractor.source import connect, fetch_one, server_version_num, stream_rows
 from pgmeta_shared.events import DatabaseSelection, FilterSpec, SourceSpec
 
 
@@ -60,7 +60,9 @@ def measure_queries(server: PostgresServer, only: list[str] | None = None) -> li
         measured("COUNT_QUERY (preflight)", lambda: fetch_one(connection, COUNT_QUERY, params))
         measured(
             "SCHEMA_FINGERPRINTS_QUERY",
-            lambda: sum(1 for _ in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)),
+            lambda: sum(
+                1 for _ in stream_rows(connection, schema_fingerprints_query(server_version_num(connection)), schemas)
+            ),
         )
         measured("COUNT_QUERY (extract)", lambda: fetch_one(connection, COUNT_QUERY, params))
         for kind, sql in CATALOG_QUERIES.items():

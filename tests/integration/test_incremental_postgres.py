@@ -105,6 +105,8 @@ DDLS = [
     ddl("rename column named by a foreign key", "ALTER TABLE b.customers RENAME COLUMN id TO customer_id", *B),
     ddl("rename column", "ALTER TABLE e.lonely RENAME COLUMN label TO title", "e"),
     ddl("set not null", "ALTER TABLE e.lonely ALTER COLUMN label SET NOT NULL", "e"),
+    # PostgreSQL 18 drops a NOT NULL constraint row too, which the fingerprint does not hash: pg_attribute shows it.
+    ddl("drop not null", "ALTER TABLE b.customers ALTER COLUMN name DROP NOT NULL", *B),
     ddl("set default", "ALTER TABLE e.lonely ALTER COLUMN label SET DEFAULT 'y'", "e"),
     ddl("create view", "CREATE VIEW c.small_orders AS SELECT id FROM a.orders WHERE total < 10", "c"),
     ddl("drop view", "DROP VIEW c.big_orders", "c"),

@@ -145,7 +145,10 @@ SELECT s.nspname AS schema_name,
        c.relpersistence::text AS persistence,
        (SELECT sum(sc.reltuples)::bigint FROM pg_class sc
          WHERE sc.oid = ANY (storage.oids) AND sc.reltuples >= 0) AS row_estimate,
-       st.n_live_tup AS live_tuples,
+       -- pg_stat_all_tables.n_live_tup, called directly under the view's own relkind condition (NULL
+       -- elsewhere, as the view's LEFT JOIN gave): joining the view groups all of pg_class and pg_index, ~80 ms
+       -- of the 120 ms this query takes to read one schema of the benchmark catalog.
+       CASE WHEN c.relkind IN ('r', 't', 'm', 'p') THEN pg_stat_get_live_tuples(c.oid) END AS live_tuples,
        (SELECT count(*) FROM pg_attribute a
          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)::int AS column_count,
        CASE WHEN c.relkind IN ('r', 'm', 't', 'p') THEN
@@ -166,7 +169,6 @@ JOIN pg_class c ON c.oid = s.oid
 CROSS JOIN LATERAL (SELECT CASE WHEN c.relkind = 'p'
                                 THEN ARRAY(SELECT t.relid FROM pg_partition_tree(c.oid) t WHERE t.isleaf)
                                 ELSE ARRAY[c.oid] END AS oids) AS storage
-LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
 LEFT JOIN pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
 LEFT JOIN pg_class pc ON pc.oid = i.inhparent
 LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace

@@ -9,34 +9,46 @@ output (foreign keys, view definitions, partitions, column types, defaults): a s
 every schema it names that way (found through ``pg_depend``, ``pg_constraint``, ``pg_inherits``, column types),
 so a change there is a change here too; the other direction only for partitions (a parent sums its
 partitions). Role names (owners) and the server version go into every fingerprint. Index rows are not read:
-every index DDL creates, drops or rewrites the index's pg_class row. The filter selects which schemas are
-reported; dependencies are followed into every user schema.
+every index DDL creates, drops or rewrites the index's pg_class row. NOT NULL constraint rows (PostgreSQL 18
+keeps one per non-null column, most of pg_constraint) are not read either, nor comments on them: nothing
+extracted names them, and nullability is pg_attribute.attnotnull, rewritten by SET / DROP NOT NULL. The filter
+selects which schemas are reported; dependencies are followed into every user schema.
 
 Sums of 64-bit hashes need no sort and no per-row text; a rename, drop or create of any row changes them.
 """
 
 from __future__ import annotations
 
-SCHEMA_FINGERPRINTS_QUERY = """
+from pgmeta_extractor.catalog_sql import SYSTEM_SCHEMA_FILTER
+
+
+def _schema_fingerprints_query(column_hash: str) -> str:
+    """The query, with ``column_hash`` the hash of one pg_attribute row ``a`` (key and ``xmin``)."""
+    return f"""
 WITH user_ns AS (
     SELECT n.oid, n.nspname, n.xmin
     FROM pg_namespace n
-    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\\_toast%'
-      AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+    WHERE {SYSTEM_SCHEMA_FILTER}
 ),
+-- Every relation outside the system schemas, as "not in a system schema": estimated at about half of pg_class
+-- (close: indexes and tables), where a join to user_ns is estimated from pg_namespace's statistics, which stay
+-- those initdb left (schemas created since stay under autovacuum's analyze threshold): ~800 rows for 21,000,
+-- and every join to it planned as one index probe per relation.
 rel AS MATERIALIZED (
     SELECT c.oid, c.relnamespace AS nsp, c.xmin, c.reltuples, c.relpages, c.relkind, c.reltoastrelid
-    FROM pg_class c JOIN user_ns n ON n.oid = c.relnamespace
+    FROM pg_class c
+    WHERE c.relnamespace NOT IN (SELECT n.oid FROM pg_namespace n WHERE NOT ({SYSTEM_SCHEMA_FILTER}))
 ),
--- Columns, summed per schema in one pass: pg_attribute hash-joined to the relations. (Summed per relation
--- first, the biggest catalog went through a 40,000-group aggregate: ~0.25 s more on a 200,000-column catalog.)
-att AS (
-    SELECT r.nsp, count(*) AS n,
-           sum(hashint8extended((a.attrelid::int8 << 32) | a.xmin::text::int8, a.attnum)) AS h
+-- Columns, summed per schema and user column type in one pass over pg_attribute, hash-joined to the relations:
+-- the types give the column-type edges below without a second pass. (Summed per relation first, the biggest
+-- catalog went through a 40,000-group aggregate: ~0.25 s more on a 200,000-column catalog.) Index relations'
+-- columns are in: an expression index's column may be the only one of a type.
+att AS MATERIALIZED (
+    SELECT r.nsp, CASE WHEN a.atttypid >= 16384 THEN a.atttypid END AS user_type, count(*) AS n,
+           sum({column_hash}) AS h
     FROM pg_attribute a JOIN rel r ON r.oid = a.attrelid
     WHERE a.attnum > 0
-    GROUP BY r.nsp
+    GROUP BY 1, 2
 ),
 rows_of(nsp, h) AS (
     SELECT n.oid, hashint8extended((n.oid::int8 << 32) | n.xmin::text::int8, 1) FROM user_ns n
@@ -44,16 +56,19 @@ rows_of(nsp, h) AS (
     -- Statistics change in place, without a new xmin: hashed by value.
     SELECT r.nsp, hashint8extended((r.oid::int8 << 32) | r.xmin::text::int8, 2)
                   # hashfloat8extended(r.reltuples::float8, r.relpages::int8)
-                  # coalesce(hashint8extended(t.relpages::int8, r.oid::int8), 0)
                   # CASE WHEN r.reltuples <= 0 AND r.relkind IN ('r', 'p', 'm')
                          THEN hashint8extended(pg_stat_get_live_tuples(r.oid), r.oid::int8) ELSE 0 END
-    FROM rel r LEFT JOIN pg_class t ON t.oid = r.reltoastrelid
+    FROM rel r
+    UNION ALL
+    SELECT r.nsp, hashint8extended(t.relpages::int8, r.oid::int8)  -- TOAST pages: toast_bytes
+    FROM rel r JOIN pg_class t ON t.oid = r.reltoastrelid
     UNION ALL
     SELECT r.nsp, hashint8extended((d.oid::int8 << 32) | d.xmin::text::int8, 4)
     FROM pg_attrdef d JOIN rel r ON r.oid = d.adrelid
     UNION ALL
     SELECT k.connamespace, hashint8extended((k.oid::int8 << 32) | k.xmin::text::int8, 5)
     FROM pg_constraint k JOIN user_ns n ON n.oid = k.connamespace
+    WHERE k.contype <> 'n'
     UNION ALL
     SELECT p.pronamespace, hashint8extended((p.oid::int8 << 32) | p.xmin::text::int8, 7)
     FROM pg_proc p JOIN user_ns n ON n.oid = p.pronamespace
@@ -80,6 +95,7 @@ rows_of(nsp, h) AS (
     JOIN (SELECT r.oid, r.nsp, 'pg_class'::regclass::oid AS cls FROM rel r
           UNION ALL SELECT p.oid, p.pronamespace, 'pg_proc'::regclass::oid FROM pg_proc p
           UNION ALL SELECT k.oid, k.connamespace, 'pg_constraint'::regclass::oid FROM pg_constraint k
+                    WHERE k.contype <> 'n'
           UNION ALL SELECT n.oid, n.oid, 'pg_namespace'::regclass::oid FROM user_ns n) o
       ON o.oid = d.objoid AND o.cls = d.classoid
     WHERE d.objoid >= 16384
@@ -92,7 +108,7 @@ rows_of(nsp, h) AS (
 own AS (
     SELECT u.nsp, sum(u.n) AS n, sum(u.h) AS h
     FROM (SELECT nsp, count(*) AS n, sum(h) AS h FROM rows_of GROUP BY nsp
-          UNION ALL SELECT nsp, n, h FROM att) u
+          UNION ALL SELECT nsp, sum(n), sum(h) FROM att GROUP BY nsp) u
     GROUP BY u.nsp
 ),
 -- Edges (a, b): schema a's output names objects of schema b, so a change in b may change a's output.
@@ -137,10 +153,8 @@ edges(a, b) AS (
     SELECT x.a, x.b FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class pc ON pc.oid = i.inhparent
     CROSS JOIN LATERAL (VALUES (c.relnamespace, pc.relnamespace), (pc.relnamespace, c.relnamespace)) AS x(a, b)
-    UNION ALL  -- column types (user types only: oids from 16384 on)
-    SELECT c.relnamespace, t.typnamespace FROM pg_attribute a
-    JOIN pg_type t ON t.oid = a.atttypid JOIN pg_class c ON c.oid = a.attrelid
-    WHERE a.atttypid >= 16384 AND a.attnum > 0
+    UNION ALL  -- column types (user types only: oids from 16384 on), gathered by the columns' pass
+    SELECT att.nsp, t.typnamespace FROM att JOIN pg_type t ON t.oid = att.user_type
 ),
 neighbours AS MATERIALIZED (
     SELECT DISTINCT a AS nsp, b AS other FROM edges WHERE a <> b
@@ -169,3 +183,17 @@ WHERE (cardinality(CAST(:schema_include AS text[])) = 0
   AND NOT (n.nspname ~ ANY (CAST(:schema_exclude AS text[])))
 ORDER BY n.nspname
 """
+
+
+# PostgreSQL 18 hashes an xid as it is (hashxidextended); 15 has no such function, and printing and parsing each
+# column row's xmin (xmin::text::int8) there is ~40 % of the pass over pg_attribute, the query's biggest part.
+# (16 and 17 are given the portable form: only 15 and 18 are tested.)
+SCHEMA_FINGERPRINTS_QUERY = _schema_fingerprints_query("hashxidextended(a.xmin, (a.attrelid::int8 << 32) | a.attnum)")
+SCHEMA_FINGERPRINTS_QUERY_BEFORE_18 = _schema_fingerprints_query(
+    "hashint8extended((a.attrelid::int8 << 32) | a.xmin::text::int8, a.attnum)"
+)
+
+
+def schema_fingerprints_query(server_version_num: int) -> str:
+    """The fingerprint query for a server of this version (``server_version_num``, e.g. 180001)."""
+    return SCHEMA_FINGERPRINTS_QUERY if server_version_num >= 180000 else SCHEMA_FINGERPRINTS_QUERY_BEFORE_18

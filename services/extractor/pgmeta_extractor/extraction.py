@@ -28,7 +28,7 @@ from pgmeta_extractor.catalog_sql import (
     VIEW_DEFINITIONS_QUERY,
     VIEW_LIST_QUERY,
 )
-from pgmeta_extractor.change_sql import SCHEMA_FINGERPRINTS_QUERY
+from pgmeta_extractor.change_sql import schema_fingerprints_query
 from pgmeta_extractor.selection import (
     FilterPatterns,
     choose_databases,
@@ -40,6 +40,7 @@ from pgmeta_extractor.source import (
     connect,
     fetch_one,
     rows_in_background,
+    server_version_num,
     stream_queries,
     stream_rows,
 )
@@ -472,6 +473,7 @@ def _extract_once(
     schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
     baseline = comparable_baseline(command, platform)
     with connect(command.source, password, selection.database) as connection, contextlib.ExitStack() as side:
+        fingerprints_query = schema_fingerprints_query(server_version_num(connection))
         # The fingerprints are taken before the catalog is read: a change made meanwhile leaves a fingerprint
         # older than what was read, so the next run reads the schema again (never the other way round).
         pending_fingerprints: Future[list[dict[str, Any]]] | None = None
@@ -481,15 +483,14 @@ def _extract_once(
             # query is declared, its snapshot taken, before the catalog is read), as is the progress total.
             pending_fingerprints, pending_total = side.enter_context(
                 rows_in_background(
-                    connection, [(SCHEMA_FINGERPRINTS_QUERY, schemas), (COUNT_QUERY, params | {"only_schemas": None})]
+                    connection, [(fingerprints_query, schemas), (COUNT_QUERY, params | {"only_schemas": None})]
                 )
             )
             plan = None
             only = None
         else:
             fingerprints = {
-                r["schema_name"]: r["change_fingerprint"]
-                for r in stream_rows(connection, SCHEMA_FINGERPRINTS_QUERY, schemas)
+                r["schema_name"]: r["change_fingerprint"] for r in stream_rows(connection, fingerprints_query, schemas)
             }
             connection.commit()  # the extraction's own connection waits outside a transaction, not idle in one
             plan = _planned(command, platform, baseline, fingerprints)

@@ -165,6 +165,13 @@ def stream_rows(connection: Connection, sql: str, params: dict[str, Any] | None 
     yield from observed_rows(sql, _cursor_rows(driver, statement, bound))
 
 
+def server_version_num(connection: Connection) -> int:
+    """The server's version as ``server_version_num`` gives it (180001 for 18.1), known since connecting."""
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver.info.server_version
+
+
 FETCH_ROWS = 5000  # rows per round trip of a server-side cursor
 
 
