@@ -200,6 +200,12 @@ class PreflightRequested(StageCommand):
         description="Count the selected columns too. A run's preflight does not: its extract stage counts what it "
         "reads, and the column count reads all of pg_attribute.",
     )
+    incremental_for: ConnectionQualifiedName | None = Field(
+        default=None,
+        description="Set by a run that is not --full: the connection whose baseline its extract stage compares "
+        "with. When that baseline is comparable, preflight starts the discovered database's change fingerprints "
+        "for the extract stage to take (pgmeta_extractor.ahead).",
+    )
 
 
 class PreflightCompleted(EventModel):

@@ -11,8 +11,11 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import random
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +23,15 @@ import psycopg
 import pytest
 
 from pgmeta_devstack.postgres import PostgresServer
-from pgmeta_extractor.extraction import extract_database, preflight
+from pgmeta_extractor import ahead
+from pgmeta_extractor.extraction import extract_database, fingerprints_ahead, preflight, schema_params
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import (
     SERVER_UNIT,
     CredentialRef,
+    DatabaseSelection,
     ExtractRequested,
+    FilterSpec,
     PreflightRequested,
     PublishRequested,
     SourceSpec,
@@ -179,10 +185,24 @@ class Published:
 _run_ids = itertools.count()
 
 
-def run_pipeline(server: PostgresServer, platform: InMemoryPlatform, database: str, *, full: bool = False) -> Published:
+def run_pipeline(
+    server: PostgresServer,
+    platform: InMemoryPlatform,
+    database: str,
+    *,
+    full: bool = False,
+    after_preflight: Callable[[], None] | None = None,
+) -> Published:
+    """One run, its stages in order, as the workflow sends them (preflight names the connection unless ``full``)."""
     run_id = f"r{next(_run_ids)}"
     source = SourceSpec(host="127.0.0.1", port=server.port, username="postgres", database=database)
-    checked = preflight(PreflightRequested(run_id=run_id, source=source, credentials=CREDENTIALS), platform)
+    incremental_for = None if full else CONNECTION_QN
+    checked = preflight(
+        PreflightRequested(run_id=run_id, source=source, credentials=CREDENTIALS, incremental_for=incremental_for),
+        platform,
+    )
+    if after_preflight is not None:
+        after_preflight()
     units = [UnitChunks(unit=SERVER_UNIT, chunk_count=1)]
     extracted: set[str] = set()
     for selection in checked.databases:
@@ -343,3 +363,89 @@ def test_random_ddl_sequences(postgres: PostgresServer, case_database: str) -> N
         assert incremental.extracted <= {"a", "b", "c", "d", "e", "public"}, applied
         assert_same_output(incremental, full)
     assert len(applied) >= 5
+
+
+# -- fingerprints started ahead by preflight (pgmeta_extractor.ahead) ------------------------------------------------
+
+
+def ahead_queries_finished(timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(t.name == "pgmeta-fingerprints-ahead" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the fingerprint query started ahead did not finish"
+        time.sleep(0.01)
+
+
+def test_the_extract_takes_the_fingerprints_preflight_started_and_a_change_in_between_is_read_next_time(
+    postgres: PostgresServer, case_database: str
+) -> None:
+    platform = platform_for(postgres)
+    first = run_pipeline(postgres, platform, case_database)
+    full_platform = copy.deepcopy(platform)
+
+    def comment_after_the_fingerprints() -> None:
+        ahead_queries_finished()
+        apply(postgres, case_database, "COMMENT ON TABLE e.lonely IS 'alone'")
+
+    # The extract stage compared the fingerprints taken during preflight, before the comment: nothing read.
+    between = run_pipeline(postgres, platform, case_database, after_preflight=comment_after_the_fingerprints)
+    assert between.extracted == set()
+    assert between.lines == first.lines
+    # The change is not lost: the next run's fingerprints differ from the ones kept, so e is read.
+    after = run_pipeline(postgres, platform, case_database)
+    full = run_pipeline(postgres, full_platform, case_database, full=True)
+    assert after.extracted == {"e"}
+    assert_same_output(after, full)
+    assert after.lines != first.lines
+
+
+def test_preflight_starts_fingerprints_only_for_a_run_that_compares_them(
+    postgres: PostgresServer, case_database: str
+) -> None:
+    platform = platform_for(postgres)
+    source = SourceSpec(host="127.0.0.1", port=postgres.port, username="postgres", database=case_database)
+
+    def started_by(run_id: str, incremental_for: str | None) -> bool:
+        checked = preflight(
+            PreflightRequested(run_id=run_id, source=source, credentials=CREDENTIALS, incremental_for=incremental_for),
+            platform,
+        )
+        (selection,) = checked.databases
+        return fingerprints_ahead.take(run_id, case_database, schema_params(selection, FilterSpec())) is not None
+
+    assert not started_by("no-baseline-yet", CONNECTION_QN)
+    run_pipeline(postgres, platform, case_database)
+    assert not started_by("full-run", None)
+    assert not started_by("other-connection", "default/postgres/0000000043")
+    assert started_by("re-run", CONNECTION_QN)
+    ahead_queries_finished()
+
+
+def test_fingerprints_ahead_that_failed_are_asked_again(
+    postgres: PostgresServer, case_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform = platform_for(postgres)
+    first = run_pipeline(postgres, platform, case_database)
+    monkeypatch.setattr(ahead, "schema_fingerprints_query", lambda version: "SELECT 1 / 0 AS schema_name")
+    with caplog.at_level(logging.WARNING, logger="pgmeta_extractor.extraction"):
+        again = run_pipeline(postgres, platform, case_database)
+    assert "fingerprints started ahead failed" in caplog.text
+    assert again.extracted == set()
+    assert again.lines == first.lines
+
+
+def test_fingerprints_ahead_are_taken_once_and_forgotten_when_not_taken(
+    postgres: PostgresServer, case_database: str
+) -> None:
+    source = SourceSpec(host="127.0.0.1", port=postgres.port, username="postgres", database=case_database)
+    params = schema_params(DatabaseSelection(database=case_database, unit="db000"), FilterSpec())
+    started = ahead.FingerprintsAhead(ttl_seconds=0.0)
+    started.start("kept", source, lambda: postgres.password, case_database, params)
+    future = started.take("kept", case_database, params)
+    assert future is not None and {r["schema_name"] for r in future.result(timeout=30)} >= {"a", "b", "e"}
+    assert started.take("kept", case_database, params) is None
+    started.start("never-taken", source, lambda: postgres.password, case_database, params)
+    time.sleep(0.01)
+    started.start("next", source, lambda: postgres.password, case_database, params)  # forgets what expired
+    assert started.take("never-taken", case_database, params) is None
+    assert started.take("next", case_database, params | {"schema_exclude": ["^e$"]}) is None, "other filters"
+    ahead_queries_finished()

@@ -133,8 +133,8 @@ class Driver:
         self.outcomes[name] = TimeoutError("timer fired")
         return events[0]
 
-    def run(self, version: WorkflowVersion) -> Any:
-        generator: Generator[Any, Any, Any] = extraction_workflow(self.ctx, REQUEST, version)
+    def run(self, version: WorkflowVersion, request: dict[str, Any] = REQUEST) -> Any:
+        generator: Generator[Any, Any, Any] = extraction_workflow(self.ctx, request, version)
         reply: Any = None
         throw: BaseException | None = None
         try:
@@ -246,6 +246,15 @@ def test_a_runs_preflight_does_not_count_columns() -> None:
     the costliest step of a re-run's preflight (docs/benchmarks.md)."""
     ctx, _ = drive(success("shop"))
     assert published(ctx)[0]["event"]["count_columns"] is False
+
+
+def test_preflight_is_told_which_baseline_a_run_compares_with_unless_the_run_is_full() -> None:
+    """So that it starts the fingerprints ahead (pgmeta_extractor.ahead); a --full run compares with nothing."""
+    ctx, _ = drive(success("shop"))
+    assert published(ctx)[0]["event"]["incremental_for"] == default_connection_qualified_name("db", 5432)
+    full = ScriptedContext()
+    Driver(success("shop"), full).run(LATEST_VERSION, REQUEST | {"full": True})
+    assert published(full)[0]["event"]["incremental_for"] is None
 
 
 def test_a_failed_database_fails_the_run_and_is_named() -> None:

@@ -16,6 +16,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
 
+from pgmeta_extractor.ahead import FingerprintsAhead
 from pgmeta_extractor.auth import check_ssl_files, password_provider
 from pgmeta_extractor.catalog_sql import (
     CATALOG_QUERIES,
@@ -83,6 +84,9 @@ log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION_NUM = 120000
 CONNECTION_ATTEMPTS = 3
+
+# Fingerprint queries a preflight started for the extract stage that follows in this process.
+fingerprints_ahead = FingerprintsAhead()
 
 
 def resolve_secret(platform: Platform, ref: CredentialRef, *, run_id: str) -> dict[str, str]:
@@ -200,6 +204,8 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
         )
     if problems:
         raise InvalidRequestError("; ".join(problems))  # the workflow says "preflight failed (…):"
+    if command.incremental_for is not None:
+        _start_fingerprints_ahead(command, command.incremental_for, choice.selected, platform, password)
     server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
     databases = [database_records[selection.database] for selection in choice.selected]
     platform.save_chunk(command.run_id, Stage.EXTRACT, SERVER_UNIT, 0, [server_record, *databases])
@@ -212,6 +218,33 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
     )
     platform.save_json(stage_result_key(command.run_id, Stage.PREFLIGHT), completed.model_dump(mode="json"))
     return completed
+
+
+def _start_fingerprints_ahead(
+    command: PreflightRequested,
+    connection_qn: str,
+    selected: list[DatabaseSelection],
+    platform: Platform,
+    password: PasswordProvider,
+) -> None:
+    """Starts the discovered database's fingerprint query when its extract will compare them with a baseline (one
+    database: a server's worth of queries at once would not be light on it)."""
+    discovered = [s for s in selected if s.database == command.source.discovery_database]
+    if not discovered:
+        return
+    selection = discovered[0]
+    baseline = baseline_for(platform, connection_qn, command.filters, command.source, selection)
+    if isinstance(baseline, str):
+        return
+    fingerprints_ahead.start(
+        command.run_id, command.source, password, selection.database, schema_params(selection, command.filters)
+    )
+
+
+def schema_params(selection: DatabaseSelection, filters: FilterSpec) -> dict[str, Any]:
+    """The fingerprint query's parameters: the selection's schema filters."""
+    params = relation_params(selection, filters)
+    return {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
 
 
 UNMATCHED_SCHEMA_PATTERNS_QUERY = f"""
@@ -398,19 +431,26 @@ def comparable_baseline(command: ExtractRequested, platform: Platform) -> Compar
     ``full``, there is no usable baseline, or it was taken under other filters."""
     if command.full:
         return "full run requested"
-    recorded = platform.get_json(snapshot_key(command.connection_qualified_name))
+    return baseline_for(platform, command.connection_qualified_name, command.filters, command.source, command.selection)
+
+
+def baseline_for(
+    platform: Platform, connection_qn: str, filters: FilterSpec, source: SourceSpec, selection: DatabaseSelection
+) -> ComparableBaseline | str:
+    """The connection's last baseline of ``selection``'s database, or why it cannot be compared with."""
+    recorded = platform.get_json(snapshot_key(connection_qn))
     if recorded is None:
         return "no baseline"
     baseline = Baseline.model_validate(recorded)
     if baseline.format != INCREMENTAL_FORMAT:
         return "the baseline was written by another version"
-    if baseline.scope != request_scope(command.filters, command.source.database):
+    if baseline.scope != request_scope(filters, source.database):
         return "the filters differ from the baseline's"
-    stored = platform.get_json(baseline_scopes_key(baseline.run_id, command.selection.database))
+    stored = platform.get_json(baseline_scopes_key(baseline.run_id, selection.database))
     if stored is None:
         return "the baseline has no schemas of this database"
     index = ScopeIndex.model_validate(stored)
-    if index.unit != command.selection.unit:
+    if index.unit != selection.unit:
         return "the database's unit differs from the baseline's"
     return ComparableBaseline(baseline.run_id, index)
 
@@ -461,6 +501,18 @@ def _planned(
     return plan
 
 
+def _fingerprint_rows(
+    connection: Connection, ahead: Future[list[dict[str, Any]]] | None, query: str, schemas: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The fingerprints, as started ahead by the run's preflight when it did (and succeeded), else asked now."""
+    if ahead is not None:
+        try:
+            return ahead.result()
+        except Exception as exc:
+            log.warning("fingerprints started ahead failed (%s): asking again", type(exc).__name__)
+    return list(stream_rows(connection, query, schemas))
+
+
 def _extract_once(
     command: ExtractRequested, platform: Platform, password: PasswordProvider, generation: int
 ) -> ExtractCompleted:
@@ -470,7 +522,8 @@ def _extract_once(
     counts: dict[str, int] = {}
     chunk_count = 0
     params = relation_params(selection, command.filters)
-    schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
+    schemas = schema_params(selection, command.filters)
+    ahead = fingerprints_ahead.take(command.run_id, selection.database, schemas)
     baseline = comparable_baseline(command, platform)
     with connect(command.source, password, selection.database) as connection, contextlib.ExitStack() as side:
         fingerprints_query = schema_fingerprints_query(server_version_num(connection))
@@ -490,7 +543,8 @@ def _extract_once(
             only = None
         else:
             fingerprints = {
-                r["schema_name"]: r["change_fingerprint"] for r in stream_rows(connection, fingerprints_query, schemas)
+                r["schema_name"]: r["change_fingerprint"]
+                for r in _fingerprint_rows(connection, ahead, fingerprints_query, schemas)
             }
             connection.commit()  # the extraction's own connection waits outside a transaction, not idle in one
             plan = _planned(command, platform, baseline, fingerprints)

@@ -309,6 +309,7 @@ def extraction_workflow(
             credentials=request.credentials,
             filters=request.filters,
             count_columns=False,
+            incremental_for=None if request.full else connection_qn,
         )
         checked = PreflightCompleted.model_validate(
             (yield from run_stage(ctx, version, stage, TopicName.PREFLIGHT_REQUESTED, command, timeout))
