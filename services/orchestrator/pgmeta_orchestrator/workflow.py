@@ -2,7 +2,9 @@
 
 Activities only publish commands (and read small state); a stage's outcome arrives as an external event
 raised by the orchestrator's subscription handlers, raced against a timeout. Workflow inputs and outputs stay
-small (ids, counts): bulk data goes by claim-check.
+small (ids, counts): bulk data goes by claim-check. From v3 the stages overlap where nothing is waited for: the
+server unit (preflight's chunk) is transformed during extraction, and a unit with nothing to transform is not
+sent to the transformer.
 
 The workflow is versioned (``WORKFLOW_VERSIONS``): every run records the version it started on and is
 replayed on that version to its end, so an orchestrator upgraded mid-run finishes old runs on the old
@@ -446,7 +448,7 @@ def extraction_workflow(
             "skipped": sum(e.get("schemas_skipped", 0) for e in extracted.values()),
         }
         for u in units:
-            if version.skips_empty_transforms and u.chunk_count == 0 and u.unit != SERVER_UNIT:
+            if version.skips_empty_transforms and u.chunk_count == 0:
                 transformed[u.unit] = nothing_to_transform(run_id, u.unit).model_dump(mode="json")
         transform_commands: dict[str, BaseModel] = {
             u.unit: transform_command(u) for u in units if u.unit not in transformed
