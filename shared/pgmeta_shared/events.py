@@ -267,6 +267,14 @@ class TransformCompleted(EventModel):
     problems: int = Field(default=0, ge=0)
 
 
+def nothing_to_transform(run_id: str, unit: str) -> TransformCompleted:
+    """The transform result of a unit with no chunk (every schema carried over): what the transformer answers to
+    a command with ``chunk_count`` 0, so the workflow need not send one. Nothing else of the transform stage
+    exists for such a unit — no chunk markers, parts or problem report — and readers take a missing report
+    as no problems."""
+    return TransformCompleted(run_id=run_id, unit=unit, chunk_count=0, counts={}, problems=0)
+
+
 class PublishRequested(StageCommand):
     connection_qualified_name: ConnectionQualifiedName
     units: list[UnitChunks] = Field(max_length=100_001)

@@ -14,7 +14,7 @@ import pytest
 from pgmeta_devstack.stack import DEMO_DATABASE, LocalStack
 from pgmeta_shared.outputfiles import decode
 
-from .test_pipeline import publish, request_document, wait_for_completion
+from .test_pipeline import publish, request_document, stream_events, wait_for_completion
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,12 @@ def run(stack: LocalStack, name: str, **extra: Any) -> dict[str, Any]:
     completed = wait_for_completion(stack, run_id)
     assert completed["status"] == "COMPLETED", completed
     return completed
+
+
+def transformed_units(stack: LocalStack, run_id: str) -> list[str]:
+    """The units the workflow sent the transformer a command for, in one run (read on the command stream)."""
+    events = [e["data"] for e in stream_events(stack, "transform.requested")]
+    return sorted({e["unit"] for e in events if e["run_id"] == run_id})
 
 
 def snapshot_lines(stack: LocalStack, location: str) -> tuple[list[bytes], dict[str, Any]]:
@@ -59,6 +65,8 @@ def test_unchanged_schemas_are_skipped_and_the_snapshot_stays_exact(full_stack: 
     again_lines, again_manifest = snapshot_lines(full_stack, again["location"])
     assert again_lines == first_lines
     assert again_manifest["counts"] == first_manifest["counts"]
+    # Nothing to transform but the server unit (workflow v3: no command for a database unit with 0 chunks).
+    assert transformed_units(full_stack, again["run_id"]) == ["server"]
     # Carried over, not copied: the files stay in the first run's folder.
     assert all(entry.get("folder") == first["location"] for entry in again_manifest["files"] if "schema" in entry)
 
@@ -68,6 +76,7 @@ def test_unchanged_schemas_are_skipped_and_the_snapshot_stays_exact(full_stack: 
     assert 1 <= changed["schemas"]["extracted"] < schemas
     assert changed["schemas"]["extracted"] + changed["schemas"]["skipped"] == schemas
     assert (changed["changes"]["created"], changed["changes"]["updated"], changed["changes"]["deleted"]) == (0, 1, 0)
+    assert transformed_units(full_stack, changed["run_id"]) == ["db000", "server"]  # the demo's one database
     changed_lines, _ = snapshot_lines(full_stack, changed["location"])
 
     full = run(full_stack, "full", full=True)

@@ -398,7 +398,7 @@ def test_a_run_started_on_the_previous_workflow_version_finishes_on_it_after_an_
     stack: LocalStack, undisturbed: tuple[Counter[str], float]
 ) -> None:
     """An orchestrator starting runs on version N is replaced mid-run by one starting them on N+1 (whose
-    workflow has a new step: the silence timer): the run finishes exactly, on N; the next run is on N+1."""
+    workflow yields other steps): the run finishes exactly, on N; the next run is on N+1."""
     expected, baseline = undisturbed
     previous, newest = WORKFLOW_VERSIONS[-2].name, WORKFLOW_VERSIONS[-1].name
     wait_healthy(stack)

@@ -17,6 +17,7 @@ from pgmeta_shared.events import (
     TopicName,
     TransformRequested,
     UnitChunks,
+    nothing_to_transform,
 )
 from pgmeta_shared.keys import ArtifactStage, scope_id
 from pgmeta_shared.outputfiles import decode
@@ -88,6 +89,28 @@ def test_transform_records_unmappable_records_in_the_report() -> None:
     completed = transform(transform_command(chunk_count=1), platform)
     assert completed.problems == 1
     assert platform.stored_json("r1/report/transform/db000")[0]["object"] == "mystery shop"
+
+
+def test_nothing_to_transform_is_what_the_transformer_answers_for_a_unit_without_chunks() -> None:
+    """Workflow v3 sends no command for such a unit and takes this result instead: it must be the same."""
+    answered = transform(transform_command(chunk_count=0), InMemoryPlatform())
+    assert nothing_to_transform("r1", "db000") == answered
+
+
+def test_publish_copes_with_a_unit_that_was_never_sent_to_the_transformer() -> None:
+    """A unit with 0 chunks has no transform result, report, marker or parts (workflow v3 skips it)."""
+    platform = transformed_platform()
+    never_transformed = UnitChunks(unit="db001", chunk_count=0)
+    command = PublishRequested(
+        run_id="r1", connection_qualified_name=CONNECTION_QN, units=[*UNITS, never_transformed], counts={}
+    )
+    stored = [key for _, key in platform.state] + list(platform.chunks)
+    assert not [key for key in stored if "db001" in key]
+    completed = publish(command, platform)
+    alone = publish(publish_command("r2"), transformed_platform("r2"))
+    assert completed.counts == alone.counts and completed.problems == alone.problems == 0
+    report = json.loads(platform.objects[("objectstore", f"{CONNECTION_QN}/r1/report.json")])
+    assert report["problems"] == []
 
 
 def test_publish_writes_jsonl_per_type_extras_report_and_manifest_last() -> None:

@@ -266,7 +266,8 @@ def test_a_failed_database_fails_the_run_and_is_named() -> None:
     finish = ctx.log[-1]
     assert finish[:2] == ("activity", ACTIVITY_FINISH)
     assert finish[2]["result"]["status"] == "FAILED"
-    assert not any(p["topic"] == "transform.requested" for p in published(ctx))
+    # Only the server unit's transform went out (with the extract commands): no database unit's.
+    assert [p["event"]["unit"] for p in published(ctx) if p["topic"] == "transform.requested"] == ["server"]
 
 
 def test_preflight_failure_stops_before_any_extraction() -> None:
@@ -349,14 +350,125 @@ def test_released_v1_yields_exactly_what_it_did_when_released() -> None:
     assert actions(ctx) == V1_FAILED_EXTRACT
 
 
-def test_v2_is_a_new_definition_with_a_silence_timer_per_stage() -> None:
+# v2 as released: v1 plus one silence timer per stage.
+V2_SUCCESS = [
+    *V1_SUCCESS[:2],
+    ["timer", f"0:00:{SILENCE_SECONDS}"],
+    *V1_SUCCESS[2:6],
+    ["timer", f"0:00:{SILENCE_SECONDS}"],
+    *V1_SUCCESS[6:12],
+    ["timer", f"0:00:{SILENCE_SECONDS}"],
+    *V1_SUCCESS[12:14],
+    ["timer", f"0:00:{SILENCE_SECONDS}"],
+    V1_SUCCESS[14],
+]
+
+# v3: the server unit's transform goes out with the extract commands and is waited on alongside them.
+V3_SUCCESS = [
+    *V2_SUCCESS[:3],
+    ["activity", "publish_event", "extract.requested", "db000"],
+    ["activity", "publish_event", "extract.requested", "db001"],
+    ["activity", "publish_event", "transform.requested", "server"],
+    ["event", "extract_result_db000", "0:01:00"],
+    ["event", "extract_result_db001", "0:01:00"],
+    ["event", "transform_result_server", "0:01:00"],
+    ["timer", f"0:00:{SILENCE_SECONDS}"],
+    ["activity", "publish_event", "transform.requested", "db000"],
+    ["activity", "publish_event", "transform.requested", "db001"],
+    ["event", "transform_result_db000", "0:01:00"],
+    ["event", "transform_result_db001", "0:01:00"],
+    *V2_SUCCESS[14:],
+]
+
+
+def test_released_v2_yields_exactly_what_it_did_when_released() -> None:
+    """If this fails, a change reached a released version: put it in a new version instead."""
     ctx = TimedContext()
     _, result = drive(success("shop", "crm"), ctx, workflow_version("v2"))
     assert result["status"] == "COMPLETED"
-    got = actions(ctx)
-    assert got != V1_SUCCESS
-    assert [a for a in got if a[0] != "timer"] == V1_SUCCESS  # same commands and waits, nothing re-sent
-    assert got.count(["timer", f"0:00:{SILENCE_SECONDS}"]) == 4  # one per stage: nothing stayed silent
+    assert actions(ctx) == V2_SUCCESS
+
+
+def test_v3_sends_the_server_units_transform_with_the_extract_commands() -> None:
+    ctx = TimedContext()
+    _, result = drive(success("shop", "crm"), ctx, workflow_version("v3"))
+    assert result["status"] == "COMPLETED"
+    assert actions(ctx) == V3_SUCCESS
+    assert result["counts"] == {"Column": 6}  # the publisher's counts, as in every version
+
+
+def with_empty_unit(outcomes: dict[str, Any], unit: str) -> dict[str, Any]:
+    """A database unit whose every schema was carried over: extracted with 0 chunks, no transform answer."""
+    outcomes[f"extract_result_{unit}"]["event"] |= {"chunk_count": 0, "counts": {}}
+    del outcomes[f"transform_result_{unit}"]  # a wait on it would fail the test: the driver has no outcome
+    return outcomes
+
+
+def test_v3_sends_no_transform_command_for_a_unit_without_chunks() -> None:
+    ctx, result = drive(with_empty_unit(success("shop", "crm"), "db001"), version=workflow_version("v3"))
+    assert result["status"] == "COMPLETED"
+    sent = [(p["topic"], p["event"].get("unit")) for p in published(ctx) if p["topic"] == "transform.requested"]
+    assert sent == [("transform.requested", "server"), ("transform.requested", "db000")]
+    assert not any(name == "transform_result_db001" for _, name, _ in ctx.log)
+    publish = published(ctx)[-1]["event"]
+    assert publish["units"] == [  # the publisher still hears of the unit: it carries its schemas over
+        {"unit": "server", "chunk_count": 1, "generation": 1},
+        {"unit": "db000", "chunk_count": 2, "generation": 1},
+        {"unit": "db001", "chunk_count": 0, "generation": 1},
+    ]
+    assert publish["counts"] == {"Connection": 1, "Database": 2, "Column": 3}
+
+
+def test_v3_goes_from_extraction_straight_to_publish_when_no_unit_has_chunks() -> None:
+    """A no-change re-run: the server unit was transformed during extraction, every database unit is empty."""
+    outcomes = with_empty_unit(with_empty_unit(success("shop", "crm"), "db000"), "db001")
+    ctx = TimedContext()
+    _, result = drive(outcomes, ctx, workflow_version("v3"))
+    assert result["status"] == "COMPLETED"
+    assert actions(ctx) == [*V3_SUCCESS[:10], *V3_SUCCESS[-4:]]
+    assert published(ctx)[-1]["event"]["counts"] == {"Connection": 1, "Database": 2}
+
+
+def test_released_versions_still_send_a_transform_command_for_a_unit_without_chunks() -> None:
+    for name in ("v1", "v2"):
+        ctx, _ = drive(
+            with_empty_unit(success("shop", "crm"), "db001")
+            | {"transform_result_db001": ok({"run_id": "r1", "unit": "db001", "chunk_count": 0, "counts": {}})},
+            version=workflow_version(name),
+        )
+        sent = [p["event"].get("unit") for p in published(ctx) if p["topic"] == "transform.requested"]
+        assert sent == ["server", "db000", "db001"], name
+
+
+def test_v3_re_sends_a_silent_server_transform_while_extraction_goes_on() -> None:
+    outcomes = success("shop")
+    outcomes["transform_result_server"] = Silent(1, outcomes["transform_result_server"])
+    outcomes["extract_result_db000"] = Silent(1, outcomes["extract_result_db000"])
+    ctx, result = drive(outcomes, version=workflow_version("v3"))
+    assert result["status"] == "COMPLETED"
+    sent = [(p["topic"], p["event"].get("unit") or p["event"].get("selection", {}).get("unit")) for p in published(ctx)]
+    assert sent.count(("transform.requested", "server")) == 2
+    assert sent.count(("extract.requested", "db000")) == 2
+    checks = [payload for kind, name, payload in ctx.log if name == ACTIVITY_SILENT_UNITS]
+    assert checks == [  # one question per stage, each naming only its own units
+        {"run_id": "r1", "stage": "extract", "units": ["db000"]},
+        {"run_id": "r1", "stage": "transform", "units": ["server"]},
+    ]
+
+
+def test_v3_fails_the_run_when_the_server_units_transform_fails_during_extraction() -> None:
+    outcomes = success("shop")
+    outcomes["transform_result_server"] = {"ok": False, "error_code": "artifact_missing", "error": "no chunk"}
+    ctx = ScriptedContext()
+    with pytest.raises(StageFailedError, match=r"transform of server failed \(artifact_missing\): no chunk"):
+        drive(outcomes, ctx, workflow_version("v3"))
+    assert ctx.log[-1][2]["result"]["status"] == "FAILED"
+    assert not any(p["topic"] == "publish.requested" for p in published(ctx))
+
+
+def test_a_version_that_sends_commands_together_must_resend_silent_ones() -> None:
+    with pytest.raises(ValueError, match="re-sending"):
+        WorkflowVersion("vX", transforms_server_with_extract=True)
 
 
 def test_every_status_names_the_version_the_run_is_on() -> None:
@@ -419,5 +531,5 @@ def test_every_version_is_registered_and_new_runs_start_on_the_newest_unless_pin
 
 
 def test_an_unknown_version_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"workflow version 'v9' does not exist \(known: v1, v2\)"):
+    with pytest.raises(ValueError, match=r"workflow version 'v9' does not exist \(known: v1, v2, v3\)"):
         workflow_version("v9")

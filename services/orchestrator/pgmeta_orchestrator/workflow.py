@@ -2,7 +2,9 @@
 
 Activities only publish commands (and read small state); a stage's outcome arrives as an external event
 raised by the orchestrator's subscription handlers, raced against a timeout. Workflow inputs and outputs stay
-small (ids, counts): bulk data goes by claim-check.
+small (ids, counts): bulk data goes by claim-check. From v3 the stages overlap where nothing is waited for: the
+server unit (preflight's chunk) is transformed during extraction, and a unit with nothing to transform is not
+sent to the transformer.
 
 The workflow is versioned (``WORKFLOW_VERSIONS``): every run records the version it started on and is
 replayed on that version to its end, so an orchestrator upgraded mid-run finishes old runs on the old
@@ -38,6 +40,7 @@ from pgmeta_shared.events import (
     TransformRequested,
     UnitChunks,
     clip,
+    nothing_to_transform,
     stage_result_event,
     topic,
 )
@@ -72,11 +75,25 @@ class WorkflowVersion:
 
     name: str
     resends_silent_commands: bool = False
+    # The server unit's chunk is written by preflight: its transform command goes out with the extract commands
+    # and is waited on alongside them, instead of after extraction.
+    transforms_server_with_extract: bool = False
+    # A database unit that extracted 0 chunks (every schema carried over) gets no transform command: its result
+    # is the one the transformer would answer (``nothing_to_transform``).
+    skips_empty_transforms: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transforms_server_with_extract and not self.resends_silent_commands:
+            raise ValueError(f"{self.name}: commands sent together are waited on with re-sending only")
 
 
 WORKFLOW_VERSIONS = (
     WorkflowVersion("v1"),  # preflight → extract → transform → publish, each stage waited on with its timeout
     WorkflowVersion("v2", resends_silent_commands=True),  # v1 + re-sending commands whose unit stays silent
+    # v2 + the server unit transformed during extraction + no transform command for a unit with 0 chunks
+    WorkflowVersion(
+        "v3", resends_silent_commands=True, transforms_server_with_extract=True, skips_empty_transforms=True
+    ),
 )
 LATEST_VERSION = WORKFLOW_VERSIONS[-1]
 
@@ -183,6 +200,76 @@ def fan_out(
     return results
 
 
+@dataclass(frozen=True)
+class Command:
+    """One command the workflow sends and waits on: a stage's command for one unit (``None``: the stage has one)."""
+
+    stage: Stage
+    topic: TopicName
+    unit: str | None
+    event: BaseModel
+
+
+CommandKey = tuple[Stage, str | None]
+
+
+def await_commands(
+    ctx: Any,
+    commands: list[Command],
+    timeout: timedelta,
+    on_result: Callable[[dict[CommandKey, dict[str, Any]]], None] | None = None,
+) -> Generator[Any, Any, dict[CommandKey, dict[str, Any]]]:
+    """Publishes every command at once and waits for every outcome; the first failure fails the wait. A unit
+    that shows no sign of life for ``SILENCE_SECONDS`` gets its command again (handlers are idempotent: a
+    duplicate finds the work done or in progress), at most ``MAX_RESENDS`` times; the stage timeout bounds the
+    wait as before. Commands of one stage yield exactly what ``await_units`` always did (version v2).
+    """
+    by_key = {(c.stage, c.unit): c for c in commands}
+
+    def send(keys: list[CommandKey]) -> Any:
+        return when_all(
+            [ctx.call_activity(ACTIVITY_PUBLISH, input=_command(by_key[k].topic, by_key[k].event)) for k in keys]
+        )
+
+    yield send(list(by_key))
+    pending = {key: ctx.wait_for_external_event(stage_result_event(*key), timeout=timeout) for key in by_key}
+    sent_at = dict.fromkeys(by_key, ctx.current_utc_datetime)
+    resends = dict.fromkeys(by_key, 0)
+    silence = timedelta(seconds=SILENCE_SECONDS)
+    check = ctx.create_timer(silence)
+    results: dict[CommandKey, dict[str, Any]] = {}
+    while pending:
+        finished = yield when_any([*pending.values(), *([check] if check is not None else [])])
+        if finished is check:
+            now = ctx.current_utc_datetime
+            due = [k for k in pending if resends[k] < MAX_RESENDS and now - sent_at[k] >= silence]
+            again: list[CommandKey] = []
+            for stage in dict.fromkeys(stage for stage, _ in due):  # one question per stage, in send order
+                units = [unit for s, unit in due if s is stage]
+                query = {"run_id": ctx.instance_id, "stage": stage.value, "units": units}
+                silent: list[str | None] = yield ctx.call_activity(ACTIVITY_SILENT_UNITS, input=query)
+                again += [(stage, unit) for unit in units if unit in silent]
+            if again:
+                yield send(again)
+                for key in again:
+                    sent_at[key], resends[key] = now, resends[key] + 1
+            more = any(resends[k] < MAX_RESENDS for k in pending)
+            check = ctx.create_timer(silence) if more else None
+            continue
+        key = next(k for k, task in pending.items() if task is finished)
+        del pending[key]
+        stage, unit = key
+        if finished.is_failed:
+            if isinstance(finished.get_exception(), TimeoutError):
+                raise StageFailedError(_timeout_message(stage, unit, timeout))
+            where = stage.value if unit is None else f"{stage.value} of {unit}"
+            raise StageFailedError(f"{where} failed: {finished.get_exception()}")
+        results[key] = _unwrap(stage, unit, finished.get_result())
+        if on_result is not None:
+            on_result(results)
+    return results
+
+
 def await_units(
     ctx: Any,
     stage: Stage,
@@ -191,49 +278,11 @@ def await_units(
     timeout: timedelta,
     on_result: Callable[[int], None] | None = None,
 ) -> Generator[Any, Any, dict[str | None, dict[str, Any]]]:
-    """Publishes one command per unit (``None``: the stage has one) and waits for every outcome; the first
-    failure fails the stage. A unit that shows no sign of life for ``SILENCE_SECONDS`` gets its command
-    again (handlers are idempotent: a duplicate finds the work done or in progress), at most ``MAX_RESENDS``
-    times; the stage timeout bounds the wait as before.
-    """
-
-    def send(units: list[str | None]) -> Any:
-        return when_all([ctx.call_activity(ACTIVITY_PUBLISH, input=_command(topic, commands[u])) for u in units])
-
-    yield send(list(commands))
-    pending = {unit: ctx.wait_for_external_event(stage_result_event(stage, unit), timeout=timeout) for unit in commands}
-    sent_at = dict.fromkeys(commands, ctx.current_utc_datetime)
-    resends = dict.fromkeys(commands, 0)
-    silence = timedelta(seconds=SILENCE_SECONDS)
-    check = ctx.create_timer(silence)
-    results: dict[str | None, dict[str, Any]] = {}
-    while pending:
-        finished = yield when_any([*pending.values(), *([check] if check is not None else [])])
-        if finished is check:
-            now = ctx.current_utc_datetime
-            due = [u for u in pending if resends[u] < MAX_RESENDS and now - sent_at[u] >= silence]
-            if due:
-                query = {"run_id": ctx.instance_id, "stage": stage.value, "units": due}
-                silent: list[str | None] = yield ctx.call_activity(ACTIVITY_SILENT_UNITS, input=query)
-                again = [u for u in due if u in silent]
-                if again:
-                    yield send(again)
-                    for unit in again:
-                        sent_at[unit], resends[unit] = now, resends[unit] + 1
-            more = any(resends[u] < MAX_RESENDS for u in pending)
-            check = ctx.create_timer(silence) if more else None
-            continue
-        unit = next(u for u, task in pending.items() if task is finished)
-        del pending[unit]
-        if finished.is_failed:
-            if isinstance(finished.get_exception(), TimeoutError):
-                raise StageFailedError(_timeout_message(stage, unit, timeout))
-            where = stage.value if unit is None else f"{stage.value} of {unit}"
-            raise StageFailedError(f"{where} failed: {finished.get_exception()}")
-        results[unit] = _unwrap(stage, unit, finished.get_result())
-        if on_result is not None:
-            on_result(len(results))
-    return results
+    """One stage's commands (one per unit; ``None``: the stage has one) sent and waited on by ``await_commands``."""
+    show = None if on_result is None else (lambda results: on_result(len(results)))
+    sent = [Command(stage, topic, unit, event) for unit, event in commands.items()]
+    results = yield from await_commands(ctx, sent, timeout, show)
+    return {unit: result for (_, unit), result in results.items()}
 
 
 def run_stage(
@@ -275,6 +324,36 @@ def run_fan_out(
     by_unit = cast(dict[str | None, BaseModel], commands)  # every key a unit name; None only for single-unit stages
     results = yield from await_units(ctx, stage, topic, by_unit, timeout, show)
     return {str(unit): result for unit, result in results.items()}
+
+
+def extract_and_transform_server(
+    ctx: Any,
+    version: WorkflowVersion,
+    extract_commands: dict[str, BaseModel],
+    server_transform: TransformRequested,
+    timeout: timedelta,
+    status: dict[str, Any],
+) -> Generator[Any, Any, tuple[dict[str, dict[str, Any]], dict[str, Any]]]:
+    """The extract commands and the server unit's transform command (its chunk is preflight's), sent together
+    and waited on together: the extract results by unit, and the server unit's transform result."""
+    commands = [Command(Stage.EXTRACT, TopicName.EXTRACT_REQUESTED, unit, c) for unit, c in extract_commands.items()]
+    commands.append(Command(Stage.TRANSFORM, TopicName.TRANSFORM_REQUESTED, SERVER_UNIT, server_transform))
+
+    def show(results: dict[CommandKey, dict[str, Any]]) -> None:
+        ctx.set_custom_status(
+            custom_status(
+                Stage.EXTRACT.value,
+                status["counts"],
+                units_done=sum(1 for stage, _ in results if stage is Stage.EXTRACT),
+                units_total=len(extract_commands),
+                databases=status.get("databases"),
+                workflow_version=version.name,
+            )
+        )
+
+    results = yield from await_commands(ctx, commands, timeout, show)
+    extracted = {str(unit): result for (stage, unit), result in results.items() if stage is Stage.EXTRACT}
+    return extracted, results[(Stage.TRANSFORM, SERVER_UNIT)]
 
 
 def _sum_counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -336,12 +415,29 @@ def extraction_workflow(
             )
             for db in checked.databases
         }
-        extracted = yield from run_fan_out(
-            ctx, version, stage, TopicName.EXTRACT_REQUESTED, extract_commands, timeout, status
-        )
+
+        def transform_command(unit: UnitChunks) -> TransformRequested:
+            return TransformRequested(
+                run_id=run_id,
+                connection_qualified_name=connection_qn,
+                unit=unit.unit,
+                chunk_count=unit.chunk_count,
+                generation=unit.generation,
+            )
+
+        server_unit = UnitChunks(unit=SERVER_UNIT, chunk_count=1)  # written by preflight
+        transformed: dict[str, dict[str, Any]] = {}
+        if version.transforms_server_with_extract:
+            extracted, transformed[SERVER_UNIT] = yield from extract_and_transform_server(
+                ctx, version, extract_commands, transform_command(server_unit), timeout, status
+            )
+        else:
+            extracted = yield from run_fan_out(
+                ctx, version, stage, TopicName.EXTRACT_REQUESTED, extract_commands, timeout, status
+            )
 
         stage = Stage.TRANSFORM
-        units = [UnitChunks(unit=SERVER_UNIT, chunk_count=1)] + [
+        units = [server_unit] + [
             UnitChunks(
                 unit=unit, chunk_count=extracted[unit]["chunk_count"], generation=extracted[unit].get("generation", 1)
             )
@@ -352,19 +448,16 @@ def extraction_workflow(
             "extracted": sum(e.get("schemas_extracted", 0) for e in extracted.values()),
             "skipped": sum(e.get("schemas_skipped", 0) for e in extracted.values()),
         }
+        for u in units:
+            if version.skips_empty_transforms and u.chunk_count == 0:
+                transformed[u.unit] = nothing_to_transform(run_id, u.unit).model_dump(mode="json")
         transform_commands: dict[str, BaseModel] = {
-            u.unit: TransformRequested(
-                run_id=run_id,
-                connection_qualified_name=connection_qn,
-                unit=u.unit,
-                chunk_count=u.chunk_count,
-                generation=u.generation,
-            )
-            for u in units
+            u.unit: transform_command(u) for u in units if u.unit not in transformed
         }
-        transformed = yield from run_fan_out(
-            ctx, version, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status
-        )
+        if transform_commands:  # none on a v3 re-run that carried every schema over
+            transformed |= yield from run_fan_out(
+                ctx, version, stage, TopicName.TRANSFORM_REQUESTED, transform_commands, timeout, status
+            )
 
         stage = Stage.PUBLISH
         counts = _sum_counts(list(transformed.values()))
