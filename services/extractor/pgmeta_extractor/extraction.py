@@ -181,6 +181,8 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
         _validate_regexes(connection, patterns, filters)
         rows = list(stream_rows(connection, DATABASES_QUERY, patterns.database_params()))
         choice = choose_databases(rows, filters, command.source.database, patterns)
+        if command.incremental_for is not None:  # as soon as the selection is known: it runs while preflight counts
+            _start_fingerprints_ahead(command, command.incremental_for, choice.selected, platform, password)
         # The database connected to for discovery is counted on the same connection (one connection less on
         # the usual run of one database, i.e. on every re-run's critical path).
         for selection in choice.selected:
@@ -204,8 +206,6 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
         )
     if problems:
         raise InvalidRequestError("; ".join(problems))  # the workflow says "preflight failed (…):"
-    if command.incremental_for is not None:
-        _start_fingerprints_ahead(command, command.incremental_for, choice.selected, platform, password)
     server_record = {"kind": "server", **server, "host": command.source.host, "port": command.source.port}
     databases = [database_records[selection.database] for selection in choice.selected]
     platform.save_chunk(command.run_id, Stage.EXTRACT, SERVER_UNIT, 0, [server_record, *databases])
@@ -228,7 +228,8 @@ def _start_fingerprints_ahead(
     password: PasswordProvider,
 ) -> None:
     """Starts the discovered database's fingerprint query when its extract will compare them with a baseline (one
-    database: a server's worth of queries at once would not be light on it)."""
+    database: a server's worth of queries at once would not be light on it). Should preflight fail after this,
+    the query still ends on its own and its rows are forgotten (``AHEAD_TTL_SECONDS``)."""
     discovered = [s for s in selected if s.database == command.source.discovery_database]
     if not discovered:
         return
