@@ -44,10 +44,11 @@ rel AS MATERIALIZED (
 -- catalog went through a 40,000-group aggregate: ~0.25 s more on a 200,000-column catalog.) Index relations'
 -- columns are in: an expression index's column may be the only one of a type.
 att AS MATERIALIZED (
-    SELECT r.nsp, CASE WHEN a.atttypid >= 16384 THEN a.atttypid END AS user_type, count(*) AS n,
+    SELECT c.relnamespace AS nsp, CASE WHEN a.atttypid >= 16384 THEN a.atttypid END AS user_type, count(*) AS n,
            sum({column_hash}) AS h
-    FROM pg_attribute a JOIN rel r ON r.oid = a.attrelid
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     WHERE a.attnum > 0
+      AND c.relnamespace NOT IN (SELECT n.oid FROM pg_namespace n WHERE NOT ({SYSTEM_SCHEMA_FILTER}))
     GROUP BY 1, 2
 ),
 rows_of(nsp, h) AS (
