@@ -28,7 +28,7 @@ from pgmeta_shared.fingerprints import (
     FingerprintIndex,
     ScopeFingerprints,
     buckets_for,
-    folded_part_keys,
+    ledger_part_keys,
     owned_part_keys,
 )
 from pgmeta_shared.keys import (
@@ -213,7 +213,11 @@ def index_folds(platform: Platform, run_id: str, folds: list[FoldedChunk]) -> li
 
 def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
     """A run's fingerprint index; a baseline stored in the layout before per-scope parts is migrated once."""
-    stored = platform.get_json(fingerprint_parts_key(run_id))
+    return index_from(platform, run_id, platform.get_json(fingerprint_parts_key(run_id)))
+
+
+def index_from(platform: Platform, run_id: str, stored: Any | None) -> FingerprintIndex | None:
+    """A run's fingerprint index from its stored entry as read (``load_index``)."""
     if stored is None:
         return None
     if isinstance(stored, dict):
@@ -235,17 +239,22 @@ def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
     return index
 
 
+def bucket_part_keys(scope: ScopeFingerprints | None, bucket: int) -> list[str]:
+    """The stored parts that hold bucket ``bucket`` of a scope (of however many buckets ``load_bucket`` is given)."""
+    return [] if scope is None else scope.bucket_keys(bucket % len(scope.parts))
+
+
 def load_bucket(
-    platform: Platform, scope: ScopeFingerprints | None, bucket: int, buckets: int
+    stored_parts: dict[str, Any | None], scope: ScopeFingerprints | None, bucket: int, buckets: int
 ) -> dict[str, Fingerprint]:
-    """Bucket ``bucket`` of ``buckets`` of a scope: part of one stored bucket when the scope has fewer."""
+    """Bucket ``bucket`` of ``buckets`` of a scope: part of one stored bucket when the scope has fewer.
+    ``stored_parts``: the entries of its ``bucket_part_keys``, as read."""
     records: dict[str, Fingerprint] = {}
     if scope is None:
         return records
-    stored_bucket = bucket % len(scope.parts)
     narrower = len(scope.parts) < buckets
-    for key in scope.bucket_keys(stored_bucket):
-        stored = platform.get_json(key)
+    for key in bucket_part_keys(scope, bucket):
+        stored = stored_parts.get(key)
         if stored is None:  # compared as absent (its entities "created"), as a baseline without fingerprints is
             log.warning("fingerprint part %s is gone", key)
         for row in stored or []:
@@ -256,10 +265,15 @@ def load_bucket(
     return records
 
 
-def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | None) -> None:
+def forget_run(
+    platform: Platform, run_id: str, successor: FingerprintIndex | None, index: FingerprintIndex | None = None
+) -> None:
     """Removes a superseded baseline's fingerprint parts, except those its successor still refers to (the
-    parts of schemas carried over unread), and its index and ledger of per-chunk parts."""
-    stored = platform.get_json(fingerprint_parts_key(run_id))
+    parts of schemas carried over unread), and its index and ledger of per-chunk parts. ``index``: the run's
+    own index as the caller read it (read here when not given)."""
+    parts_key, folds_key = fingerprint_parts_key(run_id), fingerprint_folds_key(run_id)
+    stored_entries = platform.get_json_many([folds_key] if index is not None else [parts_key, folds_key])
+    stored = index.to_json() if index is not None else stored_entries[parts_key]
     kept_scopes = {(scope.owner, scope.scope) for scope in successor.scopes} if successor is not None else set()
     kept = {key for scope in successor.scopes for key in scope.part_keys()} if successor is not None else set()
     if isinstance(stored, list):
@@ -275,11 +289,13 @@ def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | No
         doomed = []
     # The run's own per-chunk parts its index never named (a chunk of an extraction attempt that was replaced).
     listed = set(doomed)
-    doomed += [key for key in folded_part_keys(platform, run_id) if key not in kept and key not in listed]
+    doomed += [
+        key for key in ledger_part_keys(run_id, stored_entries[folds_key]) if key not in kept and key not in listed
+    ]
     for key in doomed:
         platform.delete_json(key)
-    platform.delete_json(fingerprint_parts_key(run_id))
-    platform.delete_json(fingerprint_folds_key(run_id))
+    platform.delete_json(parts_key)
+    platform.delete_json(folds_key)
 
 
 @dataclass(frozen=True)
@@ -404,7 +420,9 @@ def compare(
     def both(
         now: ScopeFingerprints | None, then: ScopeFingerprints | None, bucket: int, buckets: int
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
-        return load_bucket(platform, now, bucket, buckets), load_bucket(platform, then, bucket, buckets)
+        # This run's parts and the baseline's in one round trip (a scope folded per chunk has a part per chunk).
+        stored = platform.get_json_many(bucket_part_keys(now, bucket) + bucket_part_keys(then, bucket))
+        return load_bucket(stored, now, bucket, buckets), load_bucket(stored, then, bucket, buckets)
 
     loads: list[Callable[[], tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]] = []
     for key in compared:
