@@ -246,23 +246,22 @@ def bucket_part_keys(scope: ScopeFingerprints | None, bucket: int) -> list[str]:
 
 def load_bucket(
     stored_parts: dict[str, Any | None], scope: ScopeFingerprints | None, bucket: int, buckets: int
-) -> dict[str, Fingerprint]:
-    """Bucket ``bucket`` of ``buckets`` of a scope: part of one stored bucket when the scope has fewer.
-    ``stored_parts``: the entries of its ``bucket_part_keys``, as read."""
-    records: dict[str, Fingerprint] = {}
+) -> dict[str, list[Any]]:
+    """Bucket ``bucket`` of ``buckets`` of a scope, by qualifiedName: part of one stored bucket when the scope has
+    fewer. ``stored_parts``: the entries of its ``bucket_part_keys``, as read. The rows stay rows (see ``compare``)."""
+    rows: dict[str, list[Any]] = {}
     if scope is None:
-        return records
+        return rows
     narrower = len(scope.parts) < buckets
     for key in bucket_part_keys(scope, bucket):
         stored = stored_parts.get(key)
         if stored is None:  # compared as absent (its entities "created"), as a baseline without fingerprints is
             log.warning("fingerprint part %s is gone", key)
-        for row in stored or []:
-            if narrower and bucket_of(row[0], buckets) != bucket:
-                continue
-            record = Fingerprint.from_row(row)
-            records[record.qualified_name] = record
-    return records
+        elif narrower:
+            rows.update((row[0], row) for row in stored if bucket_of(row[0], buckets) == bucket)
+        else:
+            rows.update((row[0], row) for row in stored)
+    return rows
 
 
 def forget_run(
@@ -418,33 +417,40 @@ def compare(
     compared = list(mine) + [key for key in before_scopes if key not in mine and key not in carried]
 
     def both(
-        now: ScopeFingerprints | None, then: ScopeFingerprints | None, bucket: int, buckets: int
-    ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
+        key: ScopeKey, now: ScopeFingerprints | None, then: ScopeFingerprints | None, bucket: int, buckets: int
+    ) -> tuple[ScopeKey, dict[str, list[Any]], dict[str, list[Any]]]:
         # This run's parts and the baseline's in one round trip (a scope folded per chunk has a part per chunk).
         stored = platform.get_json_many(bucket_part_keys(now, bucket) + bucket_part_keys(then, bucket))
-        return load_bucket(stored, now, bucket, buckets), load_bucket(stored, then, bucket, buckets)
+        return key, load_bucket(stored, now, bucket, buckets), load_bucket(stored, then, bucket, buckets)
 
-    loads: list[Callable[[], tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]] = []
+    loads: list[Callable[[], tuple[ScopeKey, dict[str, list[Any]], dict[str, list[Any]]]]] = []
     for key in compared:
         now, then = mine.get(key), before_scopes.get(key)
         buckets = max(len(entry.parts) for entry in (now, then) if entry is not None)
-        loads += [functools.partial(both, now, then, bucket, buckets) for bucket in range(buckets)]
+        loads += [functools.partial(both, key, now, then, bucket, buckets) for bucket in range(buckets)]
     # A few buckets read ahead (each is at most about FLUSH_AT fingerprints per part: memory stays bounded).
-    for current, before in prefetched(loads, ahead=2):
-        for qn, record in current.items():
+    # Per entity, only its row's digest is looked at: most entities are unchanged, and are only counted (per type:
+    # a bucket's rows are all of its scope), so a Fingerprint is made only of a changed or vanished one.
+    for (database, schema), current, before in prefetched(loads, ahead=2):
+        unchanged: dict[str, int] = {}
+        for qn, row in current.items():
             old = before.get(qn)
-            if old is not None and old.digest == record.digest:
-                changes.add_unchanged(record.database, record.schema, record.type_name)
+            if old is not None and old[2] == row[2]:
+                unchanged[row[1]] = unchanged.get(row[1], 0) + 1
                 continue
             kind = "created" if old is None else "updated"
-            changes.add(record.type_name, kind)
+            changes.add(row[1], kind)
             if keep_changed and changes.changed is not None:
                 changes.changed.add(qn)
-            emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
+            emit("change", {"typeName": row[1], "qualifiedName": qn, "change": kind})
+        for type_name, count in unchanged.items():
+            changes.add_unchanged(database, schema, type_name, count)
         for qn, old in before.items():
-            if qn not in current and scope.selects(old):
-                changes.add(old.type_name, "deleted")
-                emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
+            if qn not in current:
+                record = Fingerprint.from_row(old)
+                if scope.selects(record):
+                    changes.add(record.type_name, "deleted")
+                    emit("deleted", {"typeName": record.type_name, "qualifiedName": qn})
     for line in changes.unchanged_lines():
         emit("change", line)
     return changes

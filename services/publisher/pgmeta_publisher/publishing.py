@@ -484,7 +484,7 @@ def _advance_snapshot(
         # as this stage read it, unchanged since: a run's entry is written once, by its publish).
         superseded = [baseline_scopes_key(previous["run_id"], db) for db in Baseline.model_validate(previous).databases]
         unread = [key for key in superseded if known.get(key) is None]
-        stored = {**known, **platform.get_json_many(unread)}
+        stored = {**known, **(platform.get_json_many(unread) if unread else {})}
         for key in superseded:
             if stored.get(key) is not None:
                 platform.save_json(key, stored[key])
