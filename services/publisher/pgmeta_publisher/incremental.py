@@ -430,8 +430,8 @@ def compare(
         loads += [functools.partial(both, key, now, then, bucket, buckets) for bucket in range(buckets)]
     # A few buckets read ahead (each is at most about FLUSH_AT fingerprints per part: memory stays bounded).
     # Per entity, only its row's digest is looked at: most entities are unchanged, and are only counted (per type:
-    # a bucket's rows are all of its scope), so a Fingerprint is made only of a changed or vanished one.
-    for (database, schema), current, before in prefetched(loads, ahead=2):
+    # a bucket's rows are all of its scope); a Fingerprint is made only of a vanished one.
+    for (bucket_database, bucket_schema), current, before in prefetched(loads, ahead=2):
         unchanged: dict[str, int] = {}
         for qn, row in current.items():
             old = before.get(qn)
@@ -444,7 +444,7 @@ def compare(
                 changes.changed.add(qn)
             emit("change", {"typeName": row[1], "qualifiedName": qn, "change": kind})
         for type_name, count in unchanged.items():
-            changes.add_unchanged(database, schema, type_name, count)
+            changes.add_unchanged(bucket_database, bucket_schema, type_name, count)
         for qn, old in before.items():
             if qn not in current:
                 record = Fingerprint.from_row(old)
