@@ -33,7 +33,6 @@ from pgmeta_publisher.incremental import (
     fold_chunk,
     forget_run,
     index_folds,
-    index_from,
     load_index,
 )
 from pgmeta_shared.errors import ArtifactMissingError
@@ -307,12 +306,12 @@ def _publish(
                 ExtractionProgress(run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks")
             )
 
-    # 2. Schemas the extractor found unchanged: the baseline's files, referred to where they are. What this
-    # depends on (the carried schemas' indexes, the baseline's fingerprint index) is read in one round trip.
+    # 2. Schemas the extractor found unchanged: the baseline's files, referred to where they are. Their indexes
+    # and the connection's snapshot are read in one round trip — the snapshot now, after the chunks, not at the
+    # start: an overlapping run of the connection may have moved it meanwhile, and the window stays as short.
     plans = inputs.plans
-    baseline_reads = platform.get_json_many(
-        carried_index_keys(plans) + baseline_index_keys(command.run_id, inputs.snapshot)
-    )
+    snapshot = snapshot_key(command.connection_qualified_name)
+    baseline_reads = platform.get_json_many([*carried_index_keys(plans), snapshot])
     carried = carry_over(command, plans, writer, baseline_reads)
     for name, count in carried.counts.items():
         counts[name] = counts.get(name, 0) + count
@@ -320,7 +319,7 @@ def _publish(
     # 3. Compare with the previous successful run of this connection, scope by scope (carried schemas are not
     # compared: they are unchanged, and this run's fingerprint index refers to the parts that hold them).
     own = index_folds(platform, command.run_id, folds)
-    previous, previous_index = current_baseline(platform, command, inputs.snapshot, baseline_reads)
+    previous, previous_index = current_baseline(platform, command, baseline_reads[snapshot])
     fingerprint_index = FingerprintIndex(own + carried_fingerprints(platform, plans, previous_index))
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
     deleted: list[tuple[str, str]] = []
@@ -501,7 +500,6 @@ class StageInputs:
     markers: dict[tuple[str, int], Any | None]  # (unit, chunk) → its PublishedChunk marker, if published early
     plans: list[ScopePlan]  # the extractor's plan of every database unit (the server unit has none)
     reports: dict[tuple[str, Stage], Any | None]  # (unit, stage) → the problems the stage recorded
-    snapshot: dict[str, Any] | None  # the connection's baseline
 
 
 def read_inputs(platform: Platform, command: PublishRequested) -> StageInputs:
@@ -517,13 +515,11 @@ def read_inputs(platform: Platform, command: PublishRequested) -> StageInputs:
         for unit in command.units
         for stage in REPORT_STAGES
     }
-    baseline_key = snapshot_key(command.connection_qualified_name)
-    stored = platform.get_json_many([*marker_keys.values(), *plan_keys, *report_keys.values(), baseline_key])
+    stored = platform.get_json_many([*marker_keys.values(), *plan_keys, *report_keys.values()])
     return StageInputs(
         markers={chunk: stored[key] for chunk, key in marker_keys.items()},
         plans=[ScopePlan.model_validate(stored[key]) for key in plan_keys if stored[key] is not None],
         reports={unit_stage: stored[key] for unit_stage, key in report_keys.items()},
-        snapshot=stored[baseline_key],
     )
 
 
@@ -548,13 +544,6 @@ def carried_index_keys(plans: list[ScopePlan]) -> list[str]:
         for plan in plans
         if plan.carried and plan.baseline_run_id is not None
     ]
-
-
-def baseline_index_keys(run_id: str, snapshot: dict[str, Any] | None) -> list[str]:
-    """The fingerprint index ``current_baseline`` reads first: the snapshot's run's (none for a first run)."""
-    if snapshot is None or snapshot.get("run_id") == run_id:
-        return []
-    return [fingerprint_parts_key(snapshot["run_id"])]
 
 
 def carry_over(
@@ -597,22 +586,20 @@ BASELINE_READS = 5
 
 
 def current_baseline(
-    platform: Platform, command: PublishRequested, snapshot: dict[str, Any] | None, stored: dict[str, Any | None]
+    platform: Platform, command: PublishRequested, snapshot: dict[str, Any] | None
 ) -> tuple[dict[str, Any] | None, FingerprintIndex | None]:
     """The connection's snapshot and its fingerprint index, read together. Runs of one connection may overlap:
     between reading the snapshot and its index, another run may have superseded it and forgotten its index;
     the snapshot is then read again (the newer one's index exists before the snapshot names it).
 
-    ``snapshot`` and ``stored`` (the entries of ``baseline_index_keys``): the first attempt, as already read."""
+    ``snapshot``: the first attempt's, as already read."""
     previous: dict[str, Any] | None = snapshot
     for attempt in range(BASELINE_READS):
         if attempt:
             previous = platform.get_json(snapshot_key(command.connection_qualified_name))
         if previous is None or previous.get("run_id") == command.run_id:
             return None, None
-        key = fingerprint_parts_key(previous["run_id"])
-        index = index_from(platform, previous["run_id"], stored[key]) if key in stored else None
-        index = index or load_index(platform, previous["run_id"])
+        index = load_index(platform, previous["run_id"])
         if index is not None:
             return previous, index
     log.warning("run %s: the baseline's fingerprints are gone (runs overlapping): compared with none", command.run_id)
