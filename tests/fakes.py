@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ class InMemoryPlatform:
         self.objects: dict[tuple[str, str], bytes] = {}
         self.secrets = secrets or {}
         self.object_writes = 0
+        self.bulk_reads = 0
 
     def close(self) -> None:
         pass
@@ -55,6 +56,10 @@ class InMemoryPlatform:
 
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json("artifacts", key)
+
+    def get_json_many(self, keys: Sequence[str]) -> dict[str, Any | None]:
+        self.bulk_reads += 1
+        return {key: self.get_json(key) for key in keys}
 
     def stored_json(self, key: str) -> Any:
         """What a test expects to be stored under ``key``: fails the test, naming the key, when nothing is."""

@@ -117,7 +117,12 @@ class FoldLedger(Protocol):
 
 def folded_part_keys(store: FoldLedger, run_id: str) -> list[str]:
     """Every per-chunk fingerprint part the run wrote (its index may name fewer: see ``fingerprint_folds_key``)."""
-    ledger: dict[str, int] = store.get_json(fingerprint_folds_key(run_id)) or {}
+    return ledger_part_keys(run_id, store.get_json(fingerprint_folds_key(run_id)))
+
+
+def ledger_part_keys(run_id: str, ledger: dict[str, int] | None) -> list[str]:
+    """``folded_part_keys`` from the run's ledger as read (None: no ledger)."""
+    ledger = ledger or {}
     return [
         fingerprint_chunk_part_key(run_id, fingerprint_chunk_part(chunk, n))
         for chunk, scopes in ledger.items()

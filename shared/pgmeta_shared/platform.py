@@ -7,7 +7,7 @@ Domain code asks for the narrowest Protocol it uses (``PubSub``, ``ArtifactStore
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+BULK_GET_PARALLELISM = 8  # keys the sidecar reads at once in a bulk get
+BULK_GET_KEYS = 100  # keys per bulk get: each answer stays well under the gRPC message limit
 NO_TTL = 0  # ``save_json(..., ttl_seconds=NO_TTL)``: an entry that must outlive runs (a baseline)
 
 
@@ -47,6 +49,10 @@ class ArtifactStore(Protocol):
     def load_parts(self, run_id: str, stage: StageName, unit: str, index: int) -> dict[str, bytes]: ...
 
     def get_json(self, key: str) -> Any | None: ...
+
+    def get_json_many(self, keys: Sequence[str]) -> dict[str, Any | None]:
+        """Several entries in one round trip to the sidecar: each key's value (None where nothing is stored)."""
+        ...
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None: ...
 
@@ -167,6 +173,24 @@ class DaprPlatform:
 
     def get_json(self, key: str) -> Any | None:
         return self.get_state_json(self._settings.artifacts_store, key)
+
+    def get_json_many(self, keys: Sequence[str]) -> dict[str, Any | None]:
+        # One GetBulkState: the sidecar reads the keys side by side, instead of one round trip per key.
+        unique = list(dict.fromkeys(keys))
+        values: dict[str, Any | None] = {}
+        for start in range(0, len(unique), BULK_GET_KEYS):
+            response = self._call(
+                "get bulk state",
+                self._client.get_bulk_state,
+                self._settings.artifacts_store,
+                unique[start : start + BULK_GET_KEYS],
+                parallelism=BULK_GET_PARALLELISM,
+            )
+            for item in response.items:
+                if item.error:  # that key's read failed in the store: retried as a whole, as a failed get is
+                    raise TransientInfrastructureError(f"state store read of {item.key!r} failed: {item.error}")
+                values[item.key] = orjson.loads(item.data) if item.data else None
+        return {key: values.get(key) for key in keys}
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         # Run-scoped entries expire with the claim-check chunks unless the caller asks for NO_TTL.

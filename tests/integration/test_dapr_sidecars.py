@@ -13,6 +13,7 @@ import redis
 from pydantic import SecretStr
 
 from pgmeta_devstack.stack import LocalStack
+from pgmeta_shared import platform as platform_module
 from pgmeta_shared.events import ExtractionProgress, PublishCompleted, Stage, TopicName
 from pgmeta_shared.keys import ArtifactStage
 from pgmeta_shared.platform import DaprPlatform
@@ -64,6 +65,23 @@ def test_json_state_round_trip(orchestrator: DaprPlatform) -> None:
     orchestrator.save_json("it-run/result", {"chunks": 2, "counts": {"Column": 5}}, ttl_seconds=60)
     assert orchestrator.get_json("it-run/result") == {"chunks": 2, "counts": {"Column": 5}}
     assert orchestrator.get_json("it-run/absent") is None
+
+
+def test_json_state_read_in_bulk(orchestrator: DaprPlatform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One GetBulkState per ``BULK_GET_KEYS`` keys: each key's value, None where nothing is stored, in the
+    order first asked."""
+    monkeypatch.setattr(platform_module, "BULK_GET_KEYS", 2)  # several batches from a few keys
+    for n in range(3):
+        orchestrator.save_json(f"it-bulk/{n}", {"n": n}, ttl_seconds=60)
+    keys = ["it-bulk/2", "it-bulk/absent", "it-bulk/0", "it-bulk/1", "it-bulk/2"]
+    assert orchestrator.get_json_many(keys) == {
+        "it-bulk/2": {"n": 2},
+        "it-bulk/absent": None,
+        "it-bulk/0": {"n": 0},
+        "it-bulk/1": {"n": 1},
+    }
+    assert list(orchestrator.get_json_many(keys)) == list(dict.fromkeys(keys))
+    assert orchestrator.get_json_many([]) == {}
 
 
 def test_published_events_reach_the_redis_stream(publisher: DaprPlatform, raw_redis: redis.Redis) -> None:

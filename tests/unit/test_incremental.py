@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pgmeta_publisher.incremental import Scope, ScopePartWriter, bucket_of
 from pgmeta_publisher.publishing import publish, publish_early
-from pgmeta_shared.events import ChunkReady, FilterSpec, PublishRequested, TransformRequested, UnitChunks
+from pgmeta_shared.events import ChunkReady, FilterSpec, PublishRequested, Stage, TransformRequested, UnitChunks
 from pgmeta_shared.fingerprints import Fingerprint, FingerprintIndex, buckets_for, folded_part_keys
 from pgmeta_shared.keys import (
     ArtifactStage,
     extract_scopes_key,
     fingerprint_part_key,
     fingerprint_parts_key,
+    run_fence_key,
     snapshot_key,
+    stage_result_key,
 )
 from pgmeta_shared.outputfiles import decode
 from pgmeta_shared.scopes import ScopePlan
@@ -457,3 +460,72 @@ def test_the_next_run_compares_with_folded_parts_and_forgets_them() -> None:
     assert not any(key.startswith("r1/") and ("/fps/" in key or "/fpb/" in key) for _, key in platform.state), (
         "the superseded baseline's folded parts and ledger are gone"
     )
+
+
+class ReadRecordingPlatform(InMemoryPlatform):
+    """Records each round trip a read would be to the sidecar: a single get by key, or a bulk get's keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, list[str]]] = []  # ("get" | "bulk", keys)
+
+    def get_json(self, key: str) -> Any | None:
+        self.reads.append(("get", [key]))
+        return super().get_json(key)
+
+    def get_json_many(self, keys: Sequence[str]) -> dict[str, Any | None]:
+        self.reads.append(("bulk", list(keys)))
+        return {key: InMemoryPlatform.get_json(self, key) for key in keys}
+
+
+def test_a_rerun_publish_reads_in_a_few_round_trips_and_nothing_twice() -> None:
+    """The publish stage's reads cost round trips one after another: what it reads in any case (chunk markers,
+    plans, reports; then the carried schemas' index and the snapshot; then each compared bucket) is read in bulk, and
+    nothing is read again later (the run's fence excepted: each commit claim reads it for its ETag)."""
+    platform = ReadRecordingPlatform()
+    plan_r1 = ScopePlan(
+        database="shop",
+        unit="db000",
+        fingerprints=dict.fromkeys(["sales", "crm"], "f"),
+        extracted=["sales", "crm"],
+        reason="test",
+    )
+    platform.save_json(extract_scopes_key("r1", "db000"), plan_r1.model_dump(mode="json"))
+    publish(transformed_in_chunks(platform, "r1", two_schemas()), platform)
+    plan = plan_r1.model_copy(update={"extracted": ["sales"], "carried": ["crm"], "baseline_run_id": "r1"})
+    platform.save_json(extract_scopes_key("r2", "db000"), plan.model_dump(mode="json"))
+    command = transformed_in_chunks(platform, "r2", [r for r in two_schemas() if r.get("schema_name") != "crm"])
+    platform.reads.clear()
+    publish(command, platform)
+
+    fence = run_fence_key("r2")
+    keys = [key for _, trip in platform.reads for key in trip if key != fence]
+    assert sorted(key for key in set(keys) if keys.count(key) > 1) == [], "read twice"
+    single = [trip[0] for kind, trip in platform.reads if kind == "get" and trip[0] != fence]
+    # The baseline's fingerprint index depends on the snapshot, read after the chunks (overlapping runs).
+    assert single == [stage_result_key("r2", Stage.PUBLISH), fingerprint_parts_key("r1")], "the rest in bulk"
+    # The recorded result; the stage's inputs; the carried schemas' index with the snapshot; the baseline's
+    # fingerprint index; one per compared bucket (the Connection's, the Database's, sales'); the superseded
+    # baseline's ledger; and the fence: at start, and in each of two claims.
+    assert len(platform.reads) == 1 + 1 + 1 + 1 + 3 + 1 + 3, "\n".join(map(str, platform.reads))
+    result = published(platform, "r2")
+    assert result["manifest"]["changes"]["created"] == result["manifest"]["changes"]["updated"] == 0
+
+
+def test_unchanged_entities_are_counted_from_their_rows(monkeypatch: Any) -> None:
+    """A re-run's compare looks at each entity's digest in its stored row and counts the unchanged per type: it
+    makes a Fingerprint only of an entity that vanished (to ask the filters whether it is deleted)."""
+    platform = InMemoryPlatform()
+    run(platform, "r1", sample_catalog())
+    made: list[Any] = []
+    original = Fingerprint.from_row.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Fingerprint], row: Sequence[Any]) -> Fingerprint:
+        made.append(row)
+        return original(cls, row)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Fingerprint, "from_row", classmethod(counted))
+    result = run(platform, "r2", [r for r in sample_catalog() if r.get("relation_name") != "remote_rates"])
+    assert result["deleted"] == ["sales/remote_rates", "sales/remote_rates/rate"]
+    assert result["unchanged"] == sum(result["manifest"]["counts"].values())
+    assert sorted(row[0].removeprefix(f"{CONNECTION_QN}/shop/") for row in made) == result["deleted"]

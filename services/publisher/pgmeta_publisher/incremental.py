@@ -28,7 +28,7 @@ from pgmeta_shared.fingerprints import (
     FingerprintIndex,
     ScopeFingerprints,
     buckets_for,
-    folded_part_keys,
+    ledger_part_keys,
     owned_part_keys,
 )
 from pgmeta_shared.keys import (
@@ -213,7 +213,11 @@ def index_folds(platform: Platform, run_id: str, folds: list[FoldedChunk]) -> li
 
 def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
     """A run's fingerprint index; a baseline stored in the layout before per-scope parts is migrated once."""
-    stored = platform.get_json(fingerprint_parts_key(run_id))
+    return index_from(platform, run_id, platform.get_json(fingerprint_parts_key(run_id)))
+
+
+def index_from(platform: Platform, run_id: str, stored: Any | None) -> FingerprintIndex | None:
+    """A run's fingerprint index from its stored entry as read (``load_index``)."""
     if stored is None:
         return None
     if isinstance(stored, dict):
@@ -235,31 +239,40 @@ def load_index(platform: Platform, run_id: str) -> FingerprintIndex | None:
     return index
 
 
+def bucket_part_keys(scope: ScopeFingerprints | None, bucket: int) -> list[str]:
+    """The stored parts that hold bucket ``bucket`` of a scope (of however many buckets ``load_bucket`` is given)."""
+    return [] if scope is None else scope.bucket_keys(bucket % len(scope.parts))
+
+
 def load_bucket(
-    platform: Platform, scope: ScopeFingerprints | None, bucket: int, buckets: int
-) -> dict[str, Fingerprint]:
-    """Bucket ``bucket`` of ``buckets`` of a scope: part of one stored bucket when the scope has fewer."""
-    records: dict[str, Fingerprint] = {}
+    stored_parts: dict[str, Any | None], scope: ScopeFingerprints | None, bucket: int, buckets: int
+) -> dict[str, list[Any]]:
+    """Bucket ``bucket`` of ``buckets`` of a scope, by qualifiedName: part of one stored bucket when the scope has
+    fewer. ``stored_parts``: the entries of its ``bucket_part_keys``, as read. The rows stay rows (see ``compare``)."""
+    rows: dict[str, list[Any]] = {}
     if scope is None:
-        return records
-    stored_bucket = bucket % len(scope.parts)
+        return rows
     narrower = len(scope.parts) < buckets
-    for key in scope.bucket_keys(stored_bucket):
-        stored = platform.get_json(key)
+    for key in bucket_part_keys(scope, bucket):
+        stored = stored_parts.get(key)
         if stored is None:  # compared as absent (its entities "created"), as a baseline without fingerprints is
             log.warning("fingerprint part %s is gone", key)
-        for row in stored or []:
-            if narrower and bucket_of(row[0], buckets) != bucket:
-                continue
-            record = Fingerprint.from_row(row)
-            records[record.qualified_name] = record
-    return records
+        elif narrower:
+            rows.update((row[0], row) for row in stored if bucket_of(row[0], buckets) == bucket)
+        else:
+            rows.update((row[0], row) for row in stored)
+    return rows
 
 
-def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | None) -> None:
+def forget_run(
+    platform: Platform, run_id: str, successor: FingerprintIndex | None, index: FingerprintIndex | None = None
+) -> None:
     """Removes a superseded baseline's fingerprint parts, except those its successor still refers to (the
-    parts of schemas carried over unread), and its index and ledger of per-chunk parts."""
-    stored = platform.get_json(fingerprint_parts_key(run_id))
+    parts of schemas carried over unread), and its index and ledger of per-chunk parts. ``index``: the run's
+    own index as the caller read it (read here when not given)."""
+    parts_key, folds_key = fingerprint_parts_key(run_id), fingerprint_folds_key(run_id)
+    stored_entries = platform.get_json_many([folds_key] if index is not None else [parts_key, folds_key])
+    stored = index.to_json() if index is not None else stored_entries[parts_key]
     kept_scopes = {(scope.owner, scope.scope) for scope in successor.scopes} if successor is not None else set()
     kept = {key for scope in successor.scopes for key in scope.part_keys()} if successor is not None else set()
     if isinstance(stored, list):
@@ -275,11 +288,13 @@ def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | No
         doomed = []
     # The run's own per-chunk parts its index never named (a chunk of an extraction attempt that was replaced).
     listed = set(doomed)
-    doomed += [key for key in folded_part_keys(platform, run_id) if key not in kept and key not in listed]
+    doomed += [
+        key for key in ledger_part_keys(run_id, stored_entries[folds_key]) if key not in kept and key not in listed
+    ]
     for key in doomed:
         platform.delete_json(key)
-    platform.delete_json(fingerprint_parts_key(run_id))
-    platform.delete_json(fingerprint_folds_key(run_id))
+    platform.delete_json(parts_key)
+    platform.delete_json(folds_key)
 
 
 @dataclass(frozen=True)
@@ -402,31 +417,40 @@ def compare(
     compared = list(mine) + [key for key in before_scopes if key not in mine and key not in carried]
 
     def both(
-        now: ScopeFingerprints | None, then: ScopeFingerprints | None, bucket: int, buckets: int
-    ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
-        return load_bucket(platform, now, bucket, buckets), load_bucket(platform, then, bucket, buckets)
+        key: ScopeKey, now: ScopeFingerprints | None, then: ScopeFingerprints | None, bucket: int, buckets: int
+    ) -> tuple[ScopeKey, dict[str, list[Any]], dict[str, list[Any]]]:
+        # This run's parts and the baseline's in one round trip (a scope folded per chunk has a part per chunk).
+        stored = platform.get_json_many(bucket_part_keys(now, bucket) + bucket_part_keys(then, bucket))
+        return key, load_bucket(stored, now, bucket, buckets), load_bucket(stored, then, bucket, buckets)
 
-    loads: list[Callable[[], tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]] = []
+    loads: list[Callable[[], tuple[ScopeKey, dict[str, list[Any]], dict[str, list[Any]]]]] = []
     for key in compared:
         now, then = mine.get(key), before_scopes.get(key)
         buckets = max(len(entry.parts) for entry in (now, then) if entry is not None)
-        loads += [functools.partial(both, now, then, bucket, buckets) for bucket in range(buckets)]
+        loads += [functools.partial(both, key, now, then, bucket, buckets) for bucket in range(buckets)]
     # A few buckets read ahead (each is at most about FLUSH_AT fingerprints per part: memory stays bounded).
-    for current, before in prefetched(loads, ahead=2):
-        for qn, record in current.items():
+    # Per entity, only its row's digest is looked at: most entities are unchanged, and are only counted (per type:
+    # a bucket's rows are all of its scope); a Fingerprint is made only of a vanished one.
+    for (bucket_database, bucket_schema), current, before in prefetched(loads, ahead=2):
+        unchanged: dict[str, int] = {}
+        for qn, row in current.items():
             old = before.get(qn)
-            if old is not None and old.digest == record.digest:
-                changes.add_unchanged(record.database, record.schema, record.type_name)
+            if old is not None and old[2] == row[2]:
+                unchanged[row[1]] = unchanged.get(row[1], 0) + 1
                 continue
             kind = "created" if old is None else "updated"
-            changes.add(record.type_name, kind)
+            changes.add(row[1], kind)
             if keep_changed and changes.changed is not None:
                 changes.changed.add(qn)
-            emit("change", {"typeName": record.type_name, "qualifiedName": qn, "change": kind})
+            emit("change", {"typeName": row[1], "qualifiedName": qn, "change": kind})
+        for type_name, count in unchanged.items():
+            changes.add_unchanged(bucket_database, bucket_schema, type_name, count)
         for qn, old in before.items():
-            if qn not in current and scope.selects(old):
-                changes.add(old.type_name, "deleted")
-                emit("deleted", {"typeName": old.type_name, "qualifiedName": qn})
+            if qn not in current:
+                record = Fingerprint.from_row(old)
+                if scope.selects(record):
+                    changes.add(record.type_name, "deleted")
+                    emit("deleted", {"typeName": record.type_name, "qualifiedName": qn})
     for line in changes.unchanged_lines():
         emit("change", line)
     return changes

@@ -191,9 +191,19 @@ class PublishedChunk(BaseModel):
 
 
 def publish_chunk(
-    platform: Platform, run_id: str, connection_qn: str, unit: str, generation: int, index: int
+    platform: Platform,
+    run_id: str,
+    connection_qn: str,
+    unit: str,
+    generation: int,
+    index: int,
+    recorded: Any | None = None,
 ) -> PublishedChunk:
-    """Writes one transformed chunk's files once; returns the files and counts (recorded, so a repeat is free)."""
+    """Writes one transformed chunk's files once; returns the files and counts (recorded, so a repeat is free).
+
+    ``recorded``: the chunk's marker as the caller already read it (None: not read, or not there then)."""
+    if recorded is not None:
+        return PublishedChunk.model_validate(recorded)
     chunk_unit = extract_chunk_unit(unit, generation)
     done_key = chunk_done_key(run_id, Stage.PUBLISH, chunk_unit, index)
 
@@ -253,7 +263,9 @@ def publish(command: PublishRequested, platform: Platform, sink: EntitySink | No
     if recorded is not None:
         completed = PublishCompleted.model_validate(recorded)
         if run_state(platform, command.run_id) is RunState.COMMITTING:  # a crash came between the two writes
-            _advance_snapshot(platform, command)
+            current = platform.get_json(snapshot_key(command.connection_qualified_name))
+            if current is None or current.get("run_id") != command.run_id:
+                _advance_snapshot(platform, command, scope_plans(platform, command))
         return completed
     started = datetime.now(UTC).isoformat()
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="pgmeta-write") as pool:
@@ -264,6 +276,7 @@ def _publish(
     command: PublishRequested, platform: Platform, sink: EntitySink | None, started: str, pool: ThreadPoolExecutor
 ) -> PublishCompleted:
     writer = RunWriter(platform, run_prefix(command.connection_qualified_name, command.run_id), pool)
+    inputs = read_inputs(platform, command)
 
     # 1. The full snapshot: every chunk's files (most already written early, as the transformer finished them).
     counts: dict[str, int] = {}
@@ -274,7 +287,13 @@ def _publish(
     for unit in command.units:
         for index in range(unit.chunk_count):
             chunk = publish_chunk(
-                platform, command.run_id, command.connection_qualified_name, unit.unit, unit.generation, index
+                platform,
+                command.run_id,
+                command.connection_qualified_name,
+                unit.unit,
+                unit.generation,
+                index,
+                inputs.markers.get((unit.unit, index)),
             )
             writer.files += chunk.files
             chunk_unit = extract_chunk_unit(unit.unit, unit.generation)
@@ -287,16 +306,20 @@ def _publish(
                 ExtractionProgress(run_id=command.run_id, stage=Stage.PUBLISH, done=done, total=total, measure="chunks")
             )
 
-    # 2. Schemas the extractor found unchanged: the baseline's files, referred to where they are.
-    plans = scope_plans(platform, command)
-    carried = carry_over(platform, command, plans, writer)
+    # 2. Schemas the extractor found unchanged: the baseline's files, referred to where they are. Their indexes
+    # and the connection's snapshot are read in one round trip — the snapshot now, after the chunks, not at the
+    # start: an overlapping run of the connection may have moved it meanwhile, and the window stays as short.
+    plans = inputs.plans
+    snapshot = snapshot_key(command.connection_qualified_name)
+    baseline_reads = platform.get_json_many([*carried_index_keys(plans), snapshot])
+    carried = carry_over(command, plans, writer, baseline_reads)
     for name, count in carried.counts.items():
         counts[name] = counts.get(name, 0) + count
 
     # 3. Compare with the previous successful run of this connection, scope by scope (carried schemas are not
     # compared: they are unchanged, and this run's fingerprint index refers to the parts that hold them).
     own = index_folds(platform, command.run_id, folds)
-    previous, previous_index = current_baseline(platform, command)
+    previous, previous_index = current_baseline(platform, command, baseline_reads[snapshot])
     fingerprint_index = FingerprintIndex(own + carried_fingerprints(platform, plans, previous_index))
     spools = {"change": LineSpool(writer, "changes"), "deleted": LineSpool(writer, "deleted")}
     deleted: list[tuple[str, str]] = []
@@ -339,7 +362,7 @@ def _publish(
 
     # 5. Report, then the manifest, last — only if the run has not ended meanwhile (fencing.claim_commit).
     claim_commit(platform, command.run_id)
-    problems = collect_report(command, platform)
+    problems = collect_report(command, inputs.reports)
     writer.write(
         "report.json",
         orjson.dumps({"problems": problems, "atlan": sink_results}, option=orjson.OPT_INDENT_2),
@@ -375,7 +398,7 @@ def _publish(
     save_scope_indexes(platform, command, plans, writer.files, problems)
     platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
     claim_commit(platform, command.run_id)  # a run that ended during the last writes never becomes the baseline
-    _advance_snapshot(platform, command, previous, fingerprint_index)
+    _advance_snapshot(platform, command, plans, previous, fingerprint_index, previous_index, baseline_reads)
     return completed
 
 
@@ -432,46 +455,78 @@ def _send_changes(
 def _advance_snapshot(
     platform: Platform,
     command: PublishRequested,
+    plans: list[ScopePlan],
     previous: dict[str, Any] | None = None,
     index: FingerprintIndex | None = None,
+    previous_index: FingerprintIndex | None = None,
+    known: dict[str, Any | None] | None = None,
 ) -> None:
     """This run becomes the baseline of the next one; the superseded baseline's fingerprints (those this run's
-    ``index`` does not refer to) and scopes go."""
-    key = snapshot_key(command.connection_qualified_name)
-    current = platform.get_json(key)
-    if current is not None and current.get("run_id") == command.run_id:
-        return
+    ``index`` does not refer to) and scopes go. ``previous_index`` and ``known`` (entries by key): what this
+    stage has read already, not read again."""
     baseline = Baseline(
         run_id=command.run_id,
         at=datetime.now(UTC).isoformat(),
         format=INCREMENTAL_FORMAT,
         scope=request_scope(command.filters, command.database),
-        databases=[plan.database for plan in scope_plans(platform, command)],
+        databases=[plan.database for plan in plans],
     )
-    platform.save_json(key, baseline.model_dump(mode="json"), ttl_seconds=NO_TTL)
+    platform.save_json(
+        snapshot_key(command.connection_qualified_name), baseline.model_dump(mode="json"), ttl_seconds=NO_TTL
+    )
     if previous is not None:
-        forget_run(platform, previous["run_id"], index)
+        known = known or {}
+        forget_run(platform, previous["run_id"], index, previous_index)
         # Not deleted yet: a run of the same connection planned on the superseded baseline may still be
         # publishing, and lists its carried schemas' files from there. They expire with the run artifacts
-        # (the default TTL), as that run's own chunks do.
-        for database in Baseline.model_validate(previous).databases:
-            superseded = baseline_scopes_key(previous["run_id"], database)
-            stored = platform.get_json(superseded)
-            if stored is not None:
-                platform.save_json(superseded, stored)
+        # (the default TTL), as that run's own chunks do: written again with it (a carried database's entry
+        # as this stage read it, unchanged since: a run's entry is written once, by its publish).
+        superseded = [baseline_scopes_key(previous["run_id"], db) for db in Baseline.model_validate(previous).databases]
+        unread = [key for key in superseded if known.get(key) is None]
+        stored = {**known, **(platform.get_json_many(unread) if unread else {})}
+        for key in superseded:
+            if stored.get(key) is not None:
+                platform.save_json(key, stored[key])
 
 
 # -- incremental runs: schemas carried over from the baseline ------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StageInputs:
+    """What the publish stage reads in every run, read together at its start: one round trip to the sidecar,
+    not one per key. All of it was written before the stage was commanded (the stages before it are done)."""
+
+    markers: dict[tuple[str, int], Any | None]  # (unit, chunk) → its PublishedChunk marker, if published early
+    plans: list[ScopePlan]  # the extractor's plan of every database unit (the server unit has none)
+    reports: dict[tuple[str, Stage], Any | None]  # (unit, stage) → the problems the stage recorded
+
+
+def read_inputs(platform: Platform, command: PublishRequested) -> StageInputs:
+    run_id = command.run_id
+    marker_keys = {
+        (unit.unit, index): chunk_done_key(run_id, Stage.PUBLISH, extract_chunk_unit(unit.unit, unit.generation), index)
+        for unit in command.units
+        for index in range(unit.chunk_count)
+    }
+    plan_keys = [extract_scopes_key(run_id, unit.unit) for unit in command.units]
+    report_keys = {
+        (unit.unit, stage): stage_report_key(run_id, stage, unit.unit)
+        for unit in command.units
+        for stage in REPORT_STAGES
+    }
+    stored = platform.get_json_many([*marker_keys.values(), *plan_keys, *report_keys.values()])
+    return StageInputs(
+        markers={chunk: stored[key] for chunk, key in marker_keys.items()},
+        plans=[ScopePlan.model_validate(stored[key]) for key in plan_keys if stored[key] is not None],
+        reports={unit_stage: stored[key] for unit_stage, key in report_keys.items()},
+    )
+
+
 def scope_plans(platform: Platform, command: PublishRequested) -> list[ScopePlan]:
     """The extractor's plan of every database unit (the server unit has none)."""
-    plans: list[ScopePlan] = []
-    for unit in command.units:
-        recorded = platform.get_json(extract_scopes_key(command.run_id, unit.unit))
-        if recorded is not None:
-            plans.append(ScopePlan.model_validate(recorded))
-    return plans
+    stored = platform.get_json_many([extract_scopes_key(command.run_id, unit.unit) for unit in command.units])
+    return [ScopePlan.model_validate(value) for value in stored.values() if value is not None]
 
 
 @dataclass
@@ -482,15 +537,24 @@ class CarriedOver:
     unchanged: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
 
+def carried_index_keys(plans: list[ScopePlan]) -> list[str]:
+    """The schema indexes ``carry_over`` reads: the planned-on run's, of each database that carries schemas."""
+    return [
+        baseline_scopes_key(plan.baseline_run_id, plan.database)
+        for plan in plans
+        if plan.carried and plan.baseline_run_id is not None
+    ]
+
+
 def carry_over(
-    platform: Platform,
     command: PublishRequested,
     plans: list[ScopePlan],
     writer: RunWriter,
+    stored: dict[str, Any | None],
 ) -> CarriedOver:
     """Lists the carried schemas' files where they are: in the folder of the run that last read the schema (the
     baseline's, or the one the baseline's manifest names). Nothing is read or copied; retention keeps a folder
-    while a kept run's manifest refers to it."""
+    while a kept run's manifest refers to it. ``stored``: the entries of ``carried_index_keys``, as read."""
     carried = CarriedOver()
     for plan in plans:
         if not plan.carried:
@@ -500,13 +564,13 @@ def carry_over(
             raise ArtifactMissingError(f"run {command.run_id}: database {plan.database!r} carries schemas from no run")
         # The run planned on may have been superseded meanwhile by another run of the connection (runs of one
         # connection may overlap): its schemas stay until the run artifacts' TTL, and its files until retention.
-        stored = platform.get_json(baseline_scopes_key(baseline_run, plan.database))
-        if stored is None:
+        scopes = stored.get(baseline_scopes_key(baseline_run, plan.database))
+        if scopes is None:
             raise ArtifactMissingError(
                 f"the baseline's schemas of database {plan.database!r} (run {baseline_run}) are gone: run again, "
                 "or with --full"
             )
-        index = ScopeIndex.model_validate(stored)
+        index = ScopeIndex.model_validate(scopes)
         source = run_prefix(command.connection_qualified_name, baseline_run)
         for schema in plan.carried:
             scope = index.schemas[schema]
@@ -522,14 +586,17 @@ BASELINE_READS = 5
 
 
 def current_baseline(
-    platform: Platform, command: PublishRequested
+    platform: Platform, command: PublishRequested, snapshot: dict[str, Any] | None
 ) -> tuple[dict[str, Any] | None, FingerprintIndex | None]:
     """The connection's snapshot and its fingerprint index, read together. Runs of one connection may overlap:
     between reading the snapshot and its index, another run may have superseded it and forgotten its index;
-    the snapshot is then read again (the newer one's index exists before the snapshot names it)."""
-    previous: dict[str, Any] | None = None
-    for _ in range(BASELINE_READS):
-        previous = platform.get_json(snapshot_key(command.connection_qualified_name))
+    the snapshot is then read again (the newer one's index exists before the snapshot names it).
+
+    ``snapshot``: the first attempt's, as already read."""
+    previous: dict[str, Any] | None = snapshot
+    for attempt in range(BASELINE_READS):
+        if attempt:
+            previous = platform.get_json(snapshot_key(command.connection_qualified_name))
         if previous is None or previous.get("run_id") == command.run_id:
             return None, None
         index = load_index(platform, previous["run_id"])
@@ -604,11 +671,11 @@ def save_scope_indexes(
         )
 
 
-def collect_report(command: PublishRequested, platform: Platform) -> list[dict[str, str]]:
-    """The run report: per-object problems every stage recorded, in unit order."""
+def collect_report(command: PublishRequested, reports: dict[tuple[str, Stage], Any | None]) -> list[dict[str, str]]:
+    """The run report: per-object problems every stage recorded (``StageInputs.reports``), in unit order."""
     problems: list[dict[str, str]] = []
     for unit in command.units:
         for stage in REPORT_STAGES:
-            for problem in platform.get_json(stage_report_key(command.run_id, stage, unit.unit)) or []:
+            for problem in reports.get((unit.unit, stage)) or []:
                 problems.append({"stage": stage.value, "unit": unit.unit, **problem})
     return problems
