@@ -270,3 +270,23 @@ def test_the_fingerprint_query_hashes_no_not_null_constraint(
     assert row is not None
     scans = [n for n in plan_nodes(fingerprint_plan(postgres, database)) if n.get("Relation Name") == "pg_constraint"]
     assert scans and all(n["Actual Rows"] <= row[0] for n in scans), (row[0], [n["Actual Rows"] for n in scans])
+
+
+def test_the_fingerprint_querys_column_pass_can_run_in_parallel(
+    postgres: PostgresServer, split_catalogs: dict[int, str]
+) -> None:
+    """The pass over pg_attribute is most of the query: joined to pg_class itself (not to a CTE, whose scan keeps a
+    join out of parallel workers), PostgreSQL may hand it to parallel workers when the query is run at once
+    (``fetch_all``): ~0.27 s instead of ~0.42 s on the benchmark catalog. The test catalog is too small for the
+    planner to choose that on its own, so its thresholds are lowered for this session only."""
+    statement = re.sub(r"(?<!:):([a-z_]+)", r"%(\1)s", fingerprints_query_of(postgres).replace("%", "%%"))
+    cheap_workers = "-c parallel_setup_cost=0 -c min_parallel_table_scan_size=0"
+    with psycopg.connect(**postgres.connect_kwargs(split_catalogs[MANY_SCHEMAS]), options=cheap_workers) as conn:
+        row = conn.execute(f"EXPLAIN (FORMAT JSON) {statement}", FILTERS).fetchone()
+    assert row is not None
+    columns = next(n for n in plan_nodes(row[0][0]["Plan"]) if n.get("Subplan Name") == "CTE att")
+    gathered = [n for n in plan_nodes(columns) if n["Node Type"] in {"Gather", "Gather Merge"}]
+    scans = [n for n in plan_nodes(columns) if n.get("Relation Name") == "pg_attribute"]
+    assert gathered and scans and all(n.get("Parallel Aware") for n in scans), [
+        n["Node Type"] for n in plan_nodes(columns)
+    ]

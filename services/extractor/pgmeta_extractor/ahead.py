@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgmeta_extractor.change_sql import schema_fingerprints_query
-from pgmeta_extractor.source import PasswordProvider, connect, server_version_num, stream_rows
+from pgmeta_extractor.source import PasswordProvider, connect, fetch_all, server_version_num
 from pgmeta_shared.events import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _read(
     try:
         with connect(source, password, database) as connection:
             query = schema_fingerprints_query(server_version_num(connection))
-            rows = list(stream_rows(connection, query, params))
+            rows = fetch_all(connection, query, params)
             connection.rollback()
     except BaseException as exc:  # handed to whoever takes the rows; the extract stage then asks again itself
         future.set_exception(exc)

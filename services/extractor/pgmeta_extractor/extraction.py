@@ -39,6 +39,7 @@ from pgmeta_extractor.selection import (
 from pgmeta_extractor.source import (
     PasswordProvider,
     connect,
+    fetch_all,
     fetch_one,
     rows_in_background,
     server_version_num,
@@ -511,7 +512,7 @@ def _fingerprint_rows(
             return ahead.result()
         except Exception as exc:
             log.warning("fingerprints started ahead failed (%s): asking again", type(exc).__name__)
-    return list(stream_rows(connection, query, schemas))
+    return fetch_all(connection, query, schemas)  # at once, not by cursor: the query may then run in parallel
 
 
 def _extract_once(
