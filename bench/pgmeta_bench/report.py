@@ -242,8 +242,10 @@ into a PostgreSQL cluster cached in `~/.cache/pgmeta/bench/pg-<S>x<T>x<C>`; Data
   discarded;
 - **pgmeta**: a freshly started local stack; from the `extraction.requested` entry on the Redis stream (published
   through the orchestrator sidecar, credentials by reference to a secret) to the run's `extraction.completed`.
-  A stage runs from its first command to its last result on the streams (entry ids are the Redis clock);
-  "orchestration" is the rest, the workflow's hand-offs between stages. Peak RSS is each process's VmHWM just
+  A stage runs from its first command (or the stage before's last result, when that is later: work that overlaps
+  it, such as workflow v3's transform of the server unit during extraction, counts in the earlier stage) to its
+  last result on the streams (entry ids are the Redis clock); "orchestration" is the rest, the workflow's
+  hand-offs between stages. Peak RSS is each process's VmHWM just
   before the stack stops. CPU is each process's user + system time from `/proc/<pid>/stat` before and after
   the run (the source PostgreSQL: the postmaster with its reaped and live backends). Stack start-up (about
   6 s) is not counted;
