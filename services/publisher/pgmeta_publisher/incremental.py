@@ -264,15 +264,16 @@ def load_bucket(
     return rows
 
 
-def forget_run(
-    platform: Platform, run_id: str, successor: FingerprintIndex | None, index: FingerprintIndex | None = None
-) -> None:
+def forget_run(platform: Platform, run_id: str, successor: FingerprintIndex | None) -> None:
     """Removes a superseded baseline's fingerprint parts, except those its successor still refers to (the
-    parts of schemas carried over unread), and its index and ledger of per-chunk parts. ``index``: the run's
-    own index as the caller read it (read here when not given)."""
+    parts of schemas carried over unread), and its index and ledger of per-chunk parts.
+
+    The index is read here, not taken from what the caller read earlier: a run of the same connection that
+    overlapped the caller may have superseded and forgotten this baseline already, and a run planned on that one
+    may refer to parts the caller's successor does not. Found gone, nothing of it is deleted again."""
     parts_key, folds_key = fingerprint_parts_key(run_id), fingerprint_folds_key(run_id)
-    stored_entries = platform.get_json_many([folds_key] if index is not None else [parts_key, folds_key])
-    stored = index.to_json() if index is not None else stored_entries[parts_key]
+    stored_entries = platform.get_json_many([parts_key, folds_key])
+    stored = stored_entries[parts_key]
     kept_scopes = {(scope.owner, scope.scope) for scope in successor.scopes} if successor is not None else set()
     kept = {key for scope in successor.scopes for key in scope.part_keys()} if successor is not None else set()
     if isinstance(stored, list):

@@ -398,7 +398,7 @@ def _publish(
     save_scope_indexes(platform, command, plans, writer.files, problems)
     platform.save_json(stage_result_key(command.run_id, Stage.PUBLISH), completed.model_dump(mode="json"))
     claim_commit(platform, command.run_id)  # a run that ended during the last writes never becomes the baseline
-    _advance_snapshot(platform, command, plans, previous, fingerprint_index, previous_index, baseline_reads)
+    _advance_snapshot(platform, command, plans, previous, fingerprint_index, baseline_reads)
     return completed
 
 
@@ -458,12 +458,11 @@ def _advance_snapshot(
     plans: list[ScopePlan],
     previous: dict[str, Any] | None = None,
     index: FingerprintIndex | None = None,
-    previous_index: FingerprintIndex | None = None,
     known: dict[str, Any | None] | None = None,
 ) -> None:
     """This run becomes the baseline of the next one; the superseded baseline's fingerprints (those this run's
-    ``index`` does not refer to) and scopes go. ``previous_index`` and ``known`` (entries by key): what this
-    stage has read already, not read again."""
+    ``index`` does not refer to) and scopes go. ``known`` (entries by key): what this stage has read already,
+    not read again."""
     baseline = Baseline(
         run_id=command.run_id,
         at=datetime.now(UTC).isoformat(),
@@ -476,7 +475,7 @@ def _advance_snapshot(
     )
     if previous is not None:
         known = known or {}
-        forget_run(platform, previous["run_id"], index, previous_index)
+        forget_run(platform, previous["run_id"], index)
         # Not deleted yet: a run of the same connection planned on the superseded baseline may still be
         # publishing, and lists its carried schemas' files from there. They expire with the run artifacts
         # (the default TTL), as that run's own chunks do: written again with it (a carried database's entry
