@@ -179,18 +179,28 @@ class DaprPlatform:
         unique = list(dict.fromkeys(keys))
         values: dict[str, Any | None] = {}
         for start in range(0, len(unique), BULK_GET_KEYS):
-            response = self._call(
-                "get bulk state",
-                self._client.get_bulk_state,
-                self._settings.artifacts_store,
-                unique[start : start + BULK_GET_KEYS],
-                parallelism=BULK_GET_PARALLELISM,
-            )
-            for item in response.items:
-                if item.error:  # that key's read failed in the store: retried as a whole, as a failed get is
-                    raise TransientInfrastructureError(f"state store read of {item.key!r} failed: {item.error}")
-                values[item.key] = orjson.loads(item.data) if item.data else None
+            values |= self._get_bulk(unique[start : start + BULK_GET_KEYS])
         return {key: values.get(key) for key in keys}
+
+    def _get_bulk(self, keys: list[str]) -> dict[str, Any | None]:
+        """One GetBulkState; an answer too big for one gRPC message (large entries) is asked for again in halves."""
+        try:
+            response = self._client.get_bulk_state(
+                self._settings.artifacts_store, keys, parallelism=BULK_GET_PARALLELISM
+            )
+        except grpc.RpcError as exc:
+            if len(keys) > 1 and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                half = len(keys) // 2
+                return self._get_bulk(keys[:half]) | self._get_bulk(keys[half:])
+            if _transient(exc):
+                raise TransientInfrastructureError(f"Dapr sidecar unavailable during get bulk state: {exc}") from exc
+            raise
+        values: dict[str, Any | None] = {}
+        for item in response.items:
+            if item.error:  # that key's read failed in the store: retried as a whole, as a failed get is
+                raise TransientInfrastructureError(f"state store read of {item.key!r} failed: {item.error}")
+            values[item.key] = orjson.loads(item.data) if item.data else None
+        return values
 
     def save_json(self, key: str, value: Any, *, ttl_seconds: int | None = None) -> None:
         # Run-scoped entries expire with the claim-check chunks unless the caller asks for NO_TTL.
