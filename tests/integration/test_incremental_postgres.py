@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from pgmeta_devstack.postgres import PostgresServer
-from pgmeta_extractor import ahead
+from pgmeta_extractor import ahead, extraction
 from pgmeta_extractor.extraction import extract_database, fingerprints_ahead, preflight, schema_params
 from pgmeta_publisher.publishing import publish
 from pgmeta_shared.events import (
@@ -449,3 +449,30 @@ def test_fingerprints_ahead_are_taken_once_and_forgotten_when_not_taken(
     assert started.take("never-taken", case_database, params) is None
     assert started.take("next", case_database, params | {"schema_exclude": ["^e$"]}) is None, "other filters"
     ahead_queries_finished()
+
+
+def test_preflight_does_not_fail_for_fingerprints_it_cannot_start(
+    postgres: PostgresServer, case_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starting them is a speed-up: a state store error on the way is logged, and the extract stage asks itself."""
+    platform = platform_for(postgres)
+    first = run_pipeline(postgres, platform, case_database)
+
+    def store_down(*args: object) -> None:
+        raise ConnectionError("state store unavailable")
+
+    monkeypatch.setattr(extraction, "baseline_for", store_down)
+    with caplog.at_level(logging.WARNING, logger="pgmeta_extractor.extraction"):
+        checked = preflight(
+            PreflightRequested(
+                run_id="store-down",
+                source=SourceSpec(host="127.0.0.1", port=postgres.port, username="postgres", database=case_database),
+                credentials=CREDENTIALS,
+                incremental_for=CONNECTION_QN,
+            ),
+            platform,
+        )
+    assert checked.databases and "fingerprints not started ahead (ConnectionError)" in caplog.text
+    monkeypatch.undo()
+    again = run_pipeline(postgres, platform, case_database)
+    assert again.extracted == set() and again.lines == first.lines

@@ -60,14 +60,16 @@ class FingerprintsAhead:
             self._forget_expired()
             if key in self._started:
                 return
-            started = self._started[key] = _Started(Future())
-        work = contextvars.copy_context()
-        threading.Thread(
-            target=work.run,
-            args=(_read, started.future, source, password, database, params),
-            name="pgmeta-fingerprints-ahead",
-            daemon=True,  # bounded by statement_timeout; never holds up the extractor's exit
-        ).start()
+            started = _Started(Future())
+            work = contextvars.copy_context()
+            threading.Thread(
+                target=work.run,
+                args=(_read, started.future, source, password, database, params),
+                name="pgmeta-fingerprints-ahead",
+                daemon=True,  # bounded by statement_timeout; never holds up the extractor's exit
+            ).start()
+            # Kept only once it runs: a thread that could not start must not leave a future nobody completes.
+            self._started[key] = started
 
     def take(self, run_id: str, database: str, params: dict[str, Any]) -> Future[list[dict[str, Any]]] | None:
         """The query started for this run, database and filters, once; None when none was started here."""

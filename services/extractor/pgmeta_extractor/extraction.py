@@ -183,7 +183,10 @@ def preflight(command: PreflightRequested, platform: Platform) -> PreflightCompl
         rows = list(stream_rows(connection, DATABASES_QUERY, patterns.database_params()))
         choice = choose_databases(rows, filters, command.source.database, patterns)
         if command.incremental_for is not None:  # as soon as the selection is known: it runs while preflight counts
-            _start_fingerprints_ahead(command, command.incremental_for, choice.selected, platform, password)
+            try:
+                _start_fingerprints_ahead(command, command.incremental_for, choice.selected, platform, password)
+            except Exception as exc:  # a speed-up only: the extract stage sends the query itself
+                log.warning("run %s: fingerprints not started ahead (%s)", command.run_id, type(exc).__name__)
         # The database connected to for discovery is counted on the same connection (one connection less on
         # the usual run of one database, i.e. on every re-run's critical path).
         for selection in choice.selected:
