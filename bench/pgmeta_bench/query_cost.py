@@ -22,7 +22,7 @@ from pgmeta_bench.runners import postmaster_pid, server_cpu_seconds
 from pgmeta_devstack.postgres import PostgresServer
 from pgmeta_extractor.catalog_sql import CATALOG_QUERIES, COUNT_QUERY
 from pgmeta_extractor.change_sql import schema_fingerprints_query
-from pgmeta_extractor.extraction import view_definitions
+from pgmeta_extractor.extraction import schema_params, view_definitions
 from pgmeta_extractor.selection import relation_params
 from pgmeta_extractor.source import connect, fetch_one, server_version_num, stream_rows
 from pgmeta_shared.events import DatabaseSelection, FilterSpec, SourceSpec
@@ -39,7 +39,7 @@ def measure_queries(server: PostgresServer, only: list[str] | None = None) -> li
     )
     selection = DatabaseSelection(database=BENCH_DATABASE, unit="bench")
     params = relation_params(selection, FilterSpec()) | {"only_schemas": only}
-    schemas = {"schema_include": params["schema_include"], "schema_exclude": params["schema_exclude"]}
+    schemas = schema_params(selection, FilterSpec())
     results: list[tuple[str, float, float]] = []
     with connect(source, lambda: server.password, BENCH_DATABASE) as connection:
 

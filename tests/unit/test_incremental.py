@@ -462,11 +462,8 @@ def test_the_next_run_compares_with_folded_parts_and_forgets_them() -> None:
     )
 
 
-def test_a_baseline_forgotten_already_is_not_forgotten_again_from_an_older_read() -> None:
-    """Overlapping runs of one connection: r3 superseded r1 and forgot it, keeping the parts of the schema it carried
-    from r1. A run that had read r1's index before and supersedes r1 late must not delete those parts (a run
-    planned on r3 reads them): the index is read when forgetting, and found gone, nothing is deleted."""
-    platform = InMemoryPlatform()
+def published_r1_and_planned_to_carry_crm(platform: InMemoryPlatform, next_run: str) -> None:
+    """r1 reads and publishes shop's sales and crm; ``next_run`` is planned to read sales and carry crm from r1."""
     plan_r1 = ScopePlan(
         database="shop",
         unit="db000",
@@ -477,7 +474,15 @@ def test_a_baseline_forgotten_already_is_not_forgotten_again_from_an_older_read(
     platform.save_json(extract_scopes_key("r1", "db000"), plan_r1.model_dump(mode="json"))
     publish(transformed_in_chunks(platform, "r1", two_schemas()), platform)
     plan = plan_r1.model_copy(update={"extracted": ["sales"], "carried": ["crm"], "baseline_run_id": "r1"})
-    platform.save_json(extract_scopes_key("r3", "db000"), plan.model_dump(mode="json"))
+    platform.save_json(extract_scopes_key(next_run, "db000"), plan.model_dump(mode="json"))
+
+
+def test_a_baseline_forgotten_already_is_not_forgotten_again_from_an_older_read() -> None:
+    """Overlapping runs of one connection: r3 superseded r1 and forgot it, keeping the parts of the schema it carried
+    from r1. A run that had read r1's index before and supersedes r1 late must not delete those parts (a run
+    planned on r3 reads them): the index is read when forgetting, and found gone, nothing is deleted."""
+    platform = InMemoryPlatform()
+    published_r1_and_planned_to_carry_crm(platform, "r3")
     r1_as_read_by_r2 = platform.get_json(snapshot_key(CONNECTION_QN))  # r2 started publishing on r1
     publish(
         transformed_in_chunks(platform, "r3", [r for r in two_schemas() if r.get("schema_name") != "crm"]), platform
@@ -516,17 +521,7 @@ def test_a_rerun_publish_reads_in_a_few_round_trips_and_nothing_twice() -> None:
     plans, reports; then the carried schemas' index and the snapshot; then each compared bucket) is read in bulk, and
     nothing is read again later (the run's fence excepted: each commit claim reads it for its ETag)."""
     platform = ReadRecordingPlatform()
-    plan_r1 = ScopePlan(
-        database="shop",
-        unit="db000",
-        fingerprints=dict.fromkeys(["sales", "crm"], "f"),
-        extracted=["sales", "crm"],
-        reason="test",
-    )
-    platform.save_json(extract_scopes_key("r1", "db000"), plan_r1.model_dump(mode="json"))
-    publish(transformed_in_chunks(platform, "r1", two_schemas()), platform)
-    plan = plan_r1.model_copy(update={"extracted": ["sales"], "carried": ["crm"], "baseline_run_id": "r1"})
-    platform.save_json(extract_scopes_key("r2", "db000"), plan.model_dump(mode="json"))
+    published_r1_and_planned_to_carry_crm(platform, "r2")
     command = transformed_in_chunks(platform, "r2", [r for r in two_schemas() if r.get("schema_name") != "crm"])
     platform.reads.clear()
     publish(command, platform)
