@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import time
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from pgmeta_orchestrator.console.outputs import OutputMissingError, RunOutputs, 
 from pgmeta_orchestrator.runs import RunView
 from pgmeta_orchestrator.settings import OrchestratorSettings
 from pgmeta_shared.events import ExtractionCompleted
+from pgmeta_shared.shutdown import Drain
 from tests.unit.api_harness import BOOTSTRAP, admit_bootstrap_admin
 
 CONN = "default/postgres/0000000001"
@@ -355,6 +358,40 @@ def test_an_index_built_in_a_child_process_equals_one_built_in_process(tmp_path:
     with pytest.raises(OutputMissingError, match="listed in the manifest but missing"):
         isolated.index("run-b", location_b)
     assert not list((tmp_path / "index-broken").iterdir()), "a failed build leaves no file behind"
+
+
+def warm_until_done(outputs: RunOutputs, run_id: str, location: str) -> None:
+    outputs.warm(run_id, location)
+    deadline = time.monotonic() + 10
+    while run_id in outputs._warming and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert run_id not in outputs._warming
+
+
+def test_a_background_index_stopped_by_shutdown_is_not_reported_as_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM reaches the index's child process with the service (a process group, a stopping stack): the run's
+    index is simply built on first access later. The same broken pool outside a shutdown is still a warning."""
+    reader = DictReader()
+    location = reader.publish("run-a", catalog(False), None)
+    drain = Drain()
+    outputs = RunOutputs(reader, tmp_path / "index", isolate_builds=True, drain=drain)
+
+    def killed(*_args: Any, **_kwargs: Any) -> None:
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(outputs, "_build", killed)
+    caplog.set_level(logging.INFO, logger="pgmeta_orchestrator.console.outputs")
+    warm_until_done(outputs, "run-a", location)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], "a child that died on its own is a fault"
+
+    caplog.clear()
+    drain.begin(1.0)
+    warm_until_done(outputs, "run-a", location)
+    assert [r.levelno for r in caplog.records if r.name.endswith("outputs")] == [logging.INFO]
+    assert "shutting down" in caplog.records[-1].getMessage() and not caplog.records[-1].exc_info
+    assert "run-a" not in outputs._indexes, "nothing half-built is kept: the next access builds the index"
 
 
 def test_ca_bundles_offer_what_sslrootcert_may_name(console: tuple[TestClient, Any, Any], tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +38,7 @@ import orjson
 
 from pgmeta_shared.keys import OBJECTSTORE_BINDING
 from pgmeta_shared.outputfiles import decode
+from pgmeta_shared.shutdown import Drain, process_drain
 
 log = logging.getLogger(__name__)
 
@@ -411,18 +414,27 @@ def reusable_files(location: str, manifest: dict[str, Any], earlier: list[Earlie
 
 # The priority of an index build that nobody waits for (a run just completed): below the runs' own work.
 BACKGROUND_NICE = 10
+# How long a background build that lost its process waits to learn whether this process is shutting down.
+SHUTDOWN_NOTICE_SECONDS = 1.0
 
 
 class RunOutputs:
     """Finds runs' output, builds each run's index once (per process), and reads entities back.
 
     ``isolate_builds``: build indexes in a child process (the service does; the reader must then be picklable,
-    as BindingObjectReader is)."""
+    as BindingObjectReader is). ``drain``: this process's shutdown (a background build it stops is no fault)."""
 
     def __init__(
-        self, reader: ObjectReader, cache_dir: Path, max_open_files: int = 8, *, isolate_builds: bool = False
+        self,
+        reader: ObjectReader,
+        cache_dir: Path,
+        max_open_files: int = 8,
+        *,
+        isolate_builds: bool = False,
+        drain: Drain | None = None,
     ) -> None:
         self._reader = reader
+        self._drain = drain or process_drain()
         self._isolate_builds = isolate_builds
         self._cache_dir = cache_dir
         self._indexes: dict[str, RunIndex] = {}
@@ -507,6 +519,11 @@ class RunOutputs:
                 # once in the process that also serves the API (a page that needs an index builds it itself).
                 with self._background:
                     self.index(run_id, location, background=True)
+            except BrokenProcessPool:
+                if self._stopped_by_shutdown():
+                    log.info("console: index of run %s not built: shutting down (built on first access)", run_id)
+                else:
+                    log.warning("console: background index of run %s failed", run_id, exc_info=True)
             except Exception:  # the foreground request that needs the index reports the problem
                 log.warning("console: background index of run %s failed", run_id, exc_info=True)
             finally:
@@ -517,6 +534,14 @@ class RunOutputs:
         # run's, when its completion event did).
         context = contextvars.copy_context()
         threading.Thread(target=context.run, args=(build,), name=f"console-index-{run_id}", daemon=True).start()
+
+    def _stopped_by_shutdown(self) -> bool:
+        """Whether a build's process died of this process's SIGTERM (sent to the whole process group by a stopping
+        stack): the child dies at once, and the main thread may take a moment to run the signal handler."""
+        deadline = time.monotonic() + SHUTDOWN_NOTICE_SECONDS
+        while not self._drain.draining and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self._drain.draining
 
     def _index_path(self, location: str) -> Path:
         return self._cache_dir / f"{hashlib.sha256(location.encode()).hexdigest()[:24]}-v{INDEX_VERSION}.sqlite"
