@@ -195,6 +195,54 @@ class TelemetryState:
     metrics_address: str | None
 
 
+# An unreachable collector is reported this often at most, with the spans dropped meanwhile.
+UNREACHABLE_REPORT_SECONDS = 60.0
+
+
+class _QuietWhenUnreachable:
+    """A span exporter that answers FAILURE, not an exception, when its collector cannot be reached.
+
+    Zipkin's exporter raises on a refused connection, and the SDK logs every raised export as an ERROR with a
+    traceback: every batch (5 s), in every service, while the collector starts (the local stack starts it beside
+    the services) or is down. Instead: one line when it first fails, then one a minute, counting the dropped spans.
+    """
+
+    def __init__(self, inner: Any, clock: Any = time.monotonic) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._dropped = 0
+        self._reported_at: float | None = None
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            return self._inner.export(spans)
+        except OSError as exc:  # requests' ConnectionError and timeouts are OSErrors
+            self._dropped += len(spans)
+            now = self._clock()
+            if self._reported_at is None or now - self._reported_at >= UNREACHABLE_REPORT_SECONDS:
+                logging.getLogger(__name__).warning(
+                    "trace collector unreachable (%s): %d span(s) dropped; retrying with the next batch",
+                    type(exc).__name__,
+                    self._dropped,
+                )
+                self._reported_at, self._dropped = now, 0
+            return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        flushed: bool = self._inner.force_flush(timeout_millis)
+        return flushed
+
+
+def quiet_when_unreachable(exporter: Any, clock: Any = time.monotonic) -> Any:
+    """``exporter``, answering FAILURE with a line a minute instead of raising while its collector is unreachable."""
+    return _QuietWhenUnreachable(exporter, clock)
+
+
 def _span_exporter(name: str) -> Any:
     if name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -203,7 +251,7 @@ def _span_exporter(name: str) -> Any:
     if name == "zipkin":
         from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
-        return ZipkinExporter()
+        return quiet_when_unreachable(ZipkinExporter())
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     return ConsoleSpanExporter()

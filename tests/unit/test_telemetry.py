@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -29,6 +30,7 @@ from pgmeta_shared.telemetry import (
     JsonLogFormatter,
     TelemetryConfigError,
     metric_exporter_names,
+    quiet_when_unreachable,
     run_span,
     trace_carrier,
     trace_exporter_names,
@@ -299,3 +301,46 @@ def test_a_work_leases_heartbeat_stays_in_the_runs_trace(monkeypatch: pytest.Mon
         time.sleep(0.3)
     assert len(seen) >= 2  # the lease taken, then heartbeats from the thread
     assert set(seen) == {span.get_span_context().trace_id}
+
+
+class RefusingExporter:
+    """A collector that is not there (yet): how Zipkin's exporter behaves while its server is down."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def export(self, spans: Any) -> Any:
+        self.calls += 1
+        raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def test_an_unreachable_collector_is_one_warning_a_minute_not_a_traceback_a_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The SDK logs an exporter's exception as an ERROR with a traceback, every batch (every 5 s, per service):
+    a collector that starts after the services, or goes down, floods the logs. Spans it cannot take are dropped
+    and counted, in one line a minute."""
+    now = [1000.0]
+    inner = RefusingExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(quiet_when_unreachable(inner, clock=lambda: now[0])))
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        provider.get_tracer("t").start_span("one").end()
+    now[0] += 61
+    provider.get_tracer("t").start_span("one").end()
+    provider.shutdown()
+    assert inner.calls == 4
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "trace collector unreachable (ConnectionError): 1 span(s) dropped; retrying with the next batch",
+        "trace collector unreachable (ConnectionError): 3 span(s) dropped; retrying with the next batch",
+    ]
+    assert not any(r.exc_info for r in warnings)
