@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgmeta_devstack.layout import StackLayout
+from pgmeta_devstack.ownership import STACK_MARKER
 from pgmeta_devstack.processes import StackError, alive
 from pgmeta_devstack.supervisor import (
     FIRST_BACKOFF_SECONDS,
@@ -100,3 +101,34 @@ def test_sigterm_to_the_supervisor_stops_every_child(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in children)
     final = read_status(StackLayout(47000, tmp_path))
     assert final is not None and final["phase"] == "stopped"
+
+
+def _recorder(tmp_path: Path, name: str, drain_seconds: float) -> list[str]:
+    """A child that notes when SIGTERM reaches it and when it exits, taking ``drain_seconds`` in between."""
+    log = tmp_path / f"{name}.events"
+    code = (
+        "import signal, sys, time\n"
+        f"def bye(*_):\n    open({str(log)!r}, 'a').write(f'term {{time.time()}}\\n'); time.sleep({drain_seconds})\n"
+        f"    open({str(log)!r}, 'a').write(f'exit {{time.time()}}\\n'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def _event(tmp_path: Path, name: str, kind: str) -> float:
+    lines = (tmp_path / f"{name}.events").read_text().split()
+    return float(lines[lines.index(kind) + 1])
+
+
+def test_the_trace_collector_stops_after_the_services_that_send_it_spans(tmp_path: Path) -> None:
+    """Services flush their last spans as they drain: a collector stopped beside them dropped the run's tail
+    (and every service logged it)."""
+    stack = _stack(tmp_path)
+    marked = dict(os.environ) | {STACK_MARKER: str(stack.state)}  # as the stack spawns them: its own, to stop
+    for name, drain_seconds in (("zipkin", 0.0), ("orchestrator", 0.5), ("orchestrator-daprd", 0.2)):
+        stack._spawn(name, _recorder(tmp_path, name, drain_seconds), env=marked, health="tcp:1")
+    time.sleep(0.5)  # the children have set their handlers
+    stack.stop_all()
+    assert _event(tmp_path, "zipkin", "term") >= _event(tmp_path, "orchestrator", "exit")
+    assert _event(tmp_path, "zipkin", "term") >= _event(tmp_path, "orchestrator-daprd", "exit")

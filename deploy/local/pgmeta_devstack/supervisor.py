@@ -292,11 +292,12 @@ class SupervisedStack(LocalStack):
             raise StackError(f"stopped by {signal.Signals(signum).name} during start-up")
 
     def stop_all(self) -> list[str]:
-        """Every child stopped, in reverse start order (apps and sidecars, then scheduler, placement, redis)."""
+        """Every child stopped, in reverse start order (apps and sidecars, then scheduler, placement, redis, and the
+        trace collector: the apps and sidecars send it their last spans as they stop)."""
         self._stopping = True
         self.phase = "stopping"
         stopped = []
-        infrastructure = {"redis", "placement", "scheduler"}
+        infrastructure = {"redis", "placement", "scheduler", "zipkin"}
         apps = [c for c in self.children.values() if c.name not in infrastructure and not c.name.endswith("-daprd")]
         # The apps first, all at once: each drains (pgmeta_shared.shutdown) through its sidecar, which must
         # still serve it — in Kubernetes Dapr's block-shutdown-duration keeps it; here the order does. Then
