@@ -185,15 +185,22 @@ class DaprPlatform:
     def _get_bulk(self, keys: list[str]) -> dict[str, Any | None]:
         """One GetBulkState; an answer too big for one gRPC message (large entries) is asked for again in halves."""
         try:
-            response = self._client.get_bulk_state(
-                self._settings.artifacts_store, keys, parallelism=BULK_GET_PARALLELISM
+            response = self._call(
+                "get bulk state",
+                self._client.get_bulk_state,
+                self._settings.artifacts_store,
+                keys,
+                parallelism=BULK_GET_PARALLELISM,
             )
-        except grpc.RpcError as exc:
-            if len(keys) > 1 and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        except TransientInfrastructureError as exc:
+            cause = exc.__cause__
+            if (
+                len(keys) > 1
+                and isinstance(cause, grpc.RpcError)
+                and cause.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            ):
                 half = len(keys) // 2
                 return self._get_bulk(keys[:half]) | self._get_bulk(keys[half:])
-            if _transient(exc):
-                raise TransientInfrastructureError(f"Dapr sidecar unavailable during get bulk state: {exc}") from exc
             raise
         values: dict[str, Any | None] = {}
         for item in response.items:

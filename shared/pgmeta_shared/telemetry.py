@@ -239,7 +239,8 @@ class _QuietWhenUnreachable:
 
 
 def quiet_when_unreachable(exporter: Any, clock: Any = time.monotonic) -> Any:
-    """``exporter``, answering FAILURE with a line a minute instead of raising while its collector is unreachable."""
+    """``exporter``, answering FAILURE with a line a minute instead of raising while its collector is unreachable
+    (typed Any, as the exporters here are: the SDK's SpanExporter base is imported only once telemetry is set up)."""
     return _QuietWhenUnreachable(exporter, clock)
 
 

@@ -519,13 +519,11 @@ class RunOutputs:
                 # once in the process that also serves the API (a page that needs an index builds it itself).
                 with self._background:
                     self.index(run_id, location, background=True)
-            except BrokenProcessPool:
-                if self._stopped_by_shutdown():
+            except Exception as exc:  # the foreground request that needs the index reports the problem
+                if isinstance(exc, BrokenProcessPool) and self._stopped_by_shutdown():
                     log.info("console: index of run %s not built: shutting down (built on first access)", run_id)
                 else:
                     log.warning("console: background index of run %s failed", run_id, exc_info=True)
-            except Exception:  # the foreground request that needs the index reports the problem
-                log.warning("console: background index of run %s failed", run_id, exc_info=True)
             finally:
                 with self._guard:
                     self._warming.discard(run_id)
